@@ -1,0 +1,54 @@
+"""``mgfr align``: FFHQ-style crops of every face, and a table of where each came from.
+
+It shares detection and alignment with ``restore`` (the same :class:`FaceHelper` calls) and the same
+input collection, so a crop made here is exactly what the restorer would see.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from .batch import FAILED, NO_FACE, RESTORED, Outcome, collect_inputs
+from .errors import MgfrError
+from .faces import FaceHelper, FaceSelection
+from .io import atomic_write_bytes, read_image, write_image
+
+FIELDS = ["source", "face_index", "crop", "score", "x1", "y1", "x2", "y2"] + [
+    f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in ("x", "y")]
+
+
+def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelection, recursive: bool,
+                 max_megapixels: float) -> list[Outcome]:
+    """Write ``OUT/<photo>_NN.png`` per face plus ``faces.csv`` and ``faces.json``; one outcome per photo."""
+    items, outcomes = collect_inputs(inputs, recursive)
+    rows = []
+    for item in items:
+        try:
+            rgb = read_image(item.path, max_megapixels).rgb8()
+            faces = helper.detect_and_align(rgb, selection, item.path)
+        except MgfrError as exc:
+            outcomes.append(Outcome(item.path, FAILED, str(exc)))
+            continue
+        if not faces:
+            outcomes.append(Outcome(item.path, NO_FACE, "no face detected"))
+            continue
+        for f in faces:
+            rel = item.relative
+            crop_path = output / rel.parent / f"{rel.stem}_{f.index:02d}.png"
+            write_image(crop_path, f.crop)
+            row = {"source": str(item.path), "face_index": f.index, "crop": str(crop_path), "score": round(f.score, 4),
+                   **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in f.box)))}
+            row.update(dict(zip(FIELDS[8:], (round(float(v), 2) for v in f.landmarks.reshape(-1)))))
+            rows.append(row)
+        outcomes.append(Outcome(item.path, RESTORED, "", output, len(faces)))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output / "faces.csv", buf.getvalue().encode())
+    atomic_write_bytes(output / "faces.json", json.dumps(rows, indent=1).encode())
+    return outcomes

@@ -1,0 +1,338 @@
+"""Restoring many photos: inputs -> outputs mirrored under OUT, faces batched across photos.
+
+One bad file never stops the rest: each photo ends as an :class:`Outcome` (restored, skipped, no
+face, failed with the reason). Outputs are written atomically and a photo whose output exists is
+skipped, so a run that was stopped resumes where it was. The CPU reads, detects and aligns the next
+photos in a background thread while the restorer works on the current batch.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from .conditions import ConditionSpec, FaceConditions, expand_refs, resolve_specs
+from .errors import InputError, MgfrError
+from .faces import AlignedFace, FaceHelper, FaceSelection
+from .io import DEFAULT_MAX_MEGAPIXELS, Photo, is_image_file, output_format, read_image, write_image
+
+RESTORED, SKIPPED, NO_FACE, FAILED = "restored", "skipped", "no face", "failed"
+FACES_DIR = "_faces"
+
+
+class Restorer(Protocol):
+    """The seam between the face pipeline and a restorer: aligned crops in, restored crops out."""
+
+    def restore(self, crops: list[np.ndarray], conditions: list[FaceConditions], seeds: list[int]) -> list[np.ndarray]:
+        ...
+
+
+@dataclass(frozen=True)
+class RestoreJob:
+    inputs: tuple[str, ...]
+    output: Path
+    flags: ConditionSpec = ConditionSpec()
+    selection: FaceSelection = FaceSelection()
+    upscale: float = 1.0
+    has_aligned: bool = False
+    save_faces: bool = False
+    suffix: str = ""
+    ext: str = "auto"
+    overwrite: bool = False
+    recursive: bool = False
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    batch_size: int = 8
+    seed: int = 0
+    shard: tuple[int, int] = (0, 1)  # (this process, number of processes)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    source: Path
+    status: str
+    detail: str = ""
+    output: Path | None = None
+    faces: int = 0
+
+
+@dataclass(frozen=True)
+class InputItem:
+    path: Path
+    relative: Path  # where its output goes under OUT
+
+
+@dataclass
+class _Prepared:
+    item: InputItem
+    target: Path
+    photo: Photo | None = None
+    faces: list[AlignedFace] = field(default_factory=list)
+    conditions: list[FaceConditions] = field(default_factory=list)
+    outcome: Outcome | None = None  # set when the photo is already finished (skipped, failed, no face)
+
+
+def collect_inputs(inputs: Sequence[str], recursive: bool) -> tuple[list[InputItem], list[Outcome]]:
+    """Files, folders and globs -> image files with the relative path their output mirrors.
+
+    Returns the items and the outcomes of inputs that name nothing. Symbolic links to folders are not
+    followed (a link loop cannot trap the walk).
+    """
+    items: list[InputItem] = []
+    missing: list[Outcome] = []
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            items += _walk(path, recursive)
+        elif path.exists() or path.is_symlink():
+            items.append(InputItem(path, Path(path.name)))
+        elif glob.has_magic(spec):
+            matches = sorted(glob.glob(spec, recursive=recursive))
+            root = Path(spec.split("*")[0].split("?")[0].split("[")[0]).parent if matches else None
+            for m in matches:
+                mp = Path(m)
+                if mp.is_file() and is_image_file(mp):
+                    items.append(InputItem(mp, _relative(mp, root)))
+            if not matches:
+                missing.append(Outcome(path, FAILED, "no file matches this pattern"))
+        else:
+            missing.append(Outcome(path, FAILED, "not found"))
+    seen: set[Path] = set()
+    unique = []
+    for it in items:
+        key = it.path.absolute()
+        if key not in seen:
+            seen.add(key)
+            unique.append(it)
+    return unique, missing
+
+
+def _relative(path: Path, root: Path | None) -> Path:
+    try:
+        return path.relative_to(root) if root is not None else Path(path.name)
+    except ValueError:
+        return Path(path.name)
+
+
+def _walk(folder: Path, recursive: bool) -> list[InputItem]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if not name.startswith(".") and is_image_file(p):
+                out.append(InputItem(p, p.relative_to(folder)))
+    return out
+
+
+def output_path(job: RestoreJob, item: InputItem, photo: Photo | None) -> Path:
+    ext = output_format(photo, job.ext, item.path) if photo is not None else _plain_ext(job.ext, item.path)
+    rel = item.relative
+    return job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}"
+
+
+def _plain_ext(requested: str, source: Path) -> str:
+    if requested != "auto":
+        return requested
+    ext = source.suffix.lower().lstrip(".")
+    return {"jpeg": "jpg", "tiff": "tif"}.get(ext, ext) or "png"
+
+
+def _existing_output(job: RestoreJob, item: InputItem) -> Path | None:
+    """An output already written for ``item`` by an earlier run (any extension ``auto`` may choose)."""
+    rel = item.relative
+    folder = job.output / rel.parent
+    candidates = [_plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
+    for ext in candidates:
+        p = folder / f"{rel.stem}{job.suffix}.{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+class BatchRestorer:
+    """Runs a :class:`RestoreJob`: the face helper on the CPU side, ``restorer`` on the GPU side."""
+
+    def __init__(self, helper: FaceHelper, restorer: Restorer):
+        self.helper = helper
+        self.restorer = restorer
+
+    def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
+            on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
+        items, outcomes = collect_inputs(job.inputs, job.recursive)
+        rank, world = job.shard
+        items = items[rank::world]
+        for o in outcomes if rank == 0 else []:
+            on_outcome(o)
+        outcomes = outcomes if rank == 0 else []
+        on_total(len(items) + len(outcomes))
+        inputs = {it.path.resolve() for it in items}
+        ref_cache: dict[Path, AlignedFace] = {}  # one run's aligned references, by file
+
+        def finish(o: Outcome):
+            outcomes.append(o)
+            on_outcome(o)
+
+        pending: list[_Prepared] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgfr-prepare") as pool:
+            tasks = (partial(self._prepare, job, it, inputs, ref_cache) for it in items)
+            for prep in _prefetch(pool, tasks):
+                if prep.outcome is not None:
+                    finish(prep.outcome)
+                    continue
+                pending.append(prep)
+                if sum(len(p.faces) for p in pending) >= job.batch_size:
+                    for o in self._restore_and_write(job, pending):
+                        finish(o)
+                    pending = []
+            for o in self._restore_and_write(job, pending):
+                finish(o)
+        return outcomes
+
+    # -- CPU side: read, detect, align, resolve conditions -------------------------------------
+    def _prepare(self, job: RestoreJob, item: InputItem, inputs: set[Path], ref_cache: dict) -> _Prepared:
+        done = None if job.overwrite else _existing_output(job, item)
+        if done is not None:
+            return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, "output exists (use --overwrite)", done))
+        try:
+            photo = read_image(item.path, job.max_megapixels)
+            target = output_path(job, item, photo)
+            if target.resolve() in inputs:
+                raise InputError(f"{item.path}: output {target} would overwrite an input; choose another -o or --suffix")
+            rgb = photo.rgb8()
+            if job.has_aligned:
+                faces = [self.helper.as_aligned(rgb, item.path)]
+            else:
+                faces = self.helper.detect_and_align(rgb, job.selection, item.path)
+            if not faces:
+                return _Prepared(item, target, outcome=Outcome(item.path, NO_FACE, "no face detected"))
+            specs = resolve_specs(item.path, job.flags, len(faces))
+            conditions = [FaceConditions(s.prompt, s.negative_prompt, self._references(s, job, ref_cache))
+                          for s in specs]
+            return _Prepared(item, target, photo, faces, conditions)
+        except MgfrError as exc:
+            return _Prepared(item, item.path, outcome=Outcome(item.path, FAILED, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - in a batch, one file's surprise must not stop the rest
+            if os.environ.get("MGFR_DEBUG"):
+                raise
+            return _Prepared(item, item.path, outcome=Outcome(
+                item.path, FAILED, f"{item.path}: unexpected {type(exc).__name__}: {exc} (MGFR_DEBUG=1 for a traceback)"))
+
+    def _references(self, spec: ConditionSpec, job: RestoreJob, cache: dict) -> tuple[AlignedFace, ...]:
+        refs = []
+        for path in expand_refs(spec.refs):
+            key = path.resolve()
+            if key not in cache:
+                rgb = read_image(path, job.max_megapixels).rgb8()
+                faces = self.helper.detect(rgb, FaceSelection(largest_face=True))
+                if not faces:
+                    raise InputError(f"reference {path}: no face detected")
+                cache[key] = self.helper.align(rgb, faces[0], 0, path)
+            refs.append(cache[key])
+        return tuple(refs)
+
+    # -- GPU side: restore all pending faces, then paste and write each photo -------------------
+    def _restore_and_write(self, job: RestoreJob, pending: list[_Prepared]) -> list[Outcome]:
+        if not pending:
+            return []
+        crops = [f.crop for p in pending for f in p.faces]
+        conds = [c for p in pending for c in p.conditions]
+        seeds = [job.seed + f.index for p in pending for f in p.faces]
+        try:
+            restored = restore_in_batches(self.restorer, crops, conds, seeds, job.batch_size)
+        except MgfrError as exc:
+            return [Outcome(p.item.path, FAILED, str(exc)) for p in pending]
+        outcomes, i = [], 0
+        for p in pending:
+            n = len(p.faces)
+            outcomes.append(self._write(job, p, restored[i : i + n]))
+            i += n
+        return outcomes
+
+    def _write(self, job: RestoreJob, p: _Prepared, restored: list[np.ndarray]) -> Outcome:
+        import cv2
+
+        try:
+            if job.has_aligned:
+                h, w = p.photo.height, p.photo.width
+                face = cv2.resize(restored[0], (w, h), interpolation=cv2.INTER_AREA)
+                pixels = _like(p.photo, face)
+            else:
+                bg = p.photo.pixels
+                if job.upscale != 1.0:
+                    size = (round(p.photo.width * job.upscale), round(p.photo.height * job.upscale))
+                    bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
+                pixels = self.helper.paste(bg, p.faces, restored, job.upscale)
+            write_image(p.target, pixels)
+            if job.save_faces:
+                rel = p.item.relative
+                for f, r in zip(p.faces, restored):
+                    stem = job.output / FACES_DIR / rel.parent / f"{rel.stem}_{f.index:02d}"
+                    write_image(stem.with_name(stem.name + "_aligned.png"), f.crop)
+                    write_image(stem.with_name(stem.name + "_restored.png"), r)
+        except (MgfrError, OSError) as exc:
+            return Outcome(p.item.path, FAILED, f"cannot write {p.target}: {getattr(exc, 'strerror', None) or exc}")
+        return Outcome(p.item.path, RESTORED, "", p.target, len(p.faces))
+
+
+def _like(photo: Photo, rgb8: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image in the photo's own form: gray stays gray, alpha kept, 16 bit kept."""
+    px = rgb8.astype(np.float32)
+    if photo.pixels.dtype == np.uint16:
+        px = px * 257.0
+    if photo.is_gray:
+        px = px @ np.array([0.299, 0.587, 0.114], np.float32)
+    out = np.clip(np.rint(px), 0, photo.max_value).astype(photo.pixels.dtype)
+    if photo.has_alpha:
+        out = np.concatenate([out, photo.pixels[:, :, 3:]], axis=2)
+    return out
+
+
+def _prefetch(pool: ThreadPoolExecutor, tasks: Iterator[Callable], depth: int = 2):
+    """Yield each task's result in order, keeping up to ``depth`` tasks running ahead."""
+    futures = []
+    for task in tasks:
+        futures.append(pool.submit(task))
+        if len(futures) > depth:
+            yield futures.pop(0).result()
+    for f in futures:
+        yield f.result()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def restore_in_batches(restorer: Restorer, crops, conditions, seeds, batch_size: int) -> list[np.ndarray]:
+    """Restore in chunks of ``batch_size``; on out-of-memory halve the chunk and retry (down to one face)."""
+    out: list[np.ndarray] = []
+    i, size = 0, max(1, batch_size)
+    while i < len(crops):
+        chunk = slice(i, i + size)
+        try:
+            out += restorer.restore(crops[chunk], conditions[chunk], seeds[chunk])
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            _empty_cache()
+            if size == 1:
+                raise InputError("out of GPU memory even for one face (free memory or use --device cpu)") from None
+            size //= 2
+            continue
+        i += size
+    return out
+
+
+def _empty_cache():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

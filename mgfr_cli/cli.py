@@ -1,0 +1,327 @@
+"""The ``mgfr`` command line: small typed commands over the library.
+
+Only the standard library, typer and rich are imported at the top, so ``mgfr --help`` answers at
+once; torch, diffusers, OpenCV, facexlib and insightface load inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import ConfigError, MgfrError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="MGFR: multi-modal guided diffusion face restoration (prompts, references, identity).")
+weights_app = typer.Typer(no_args_is_help=True, help="List, fetch and verify weight files (weights/manifest.yaml).")
+app.add_typer(weights_app, name="weights")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Detector(str, Enum):
+    resnet50 = "retinaface_resnet50"
+    mobile = "retinaface_mobile0.25"
+
+
+# -- options shared by several commands (defined once) -------------------------------------------
+DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when present (fp16 there, fp32 on cpu).")]
+ModelRootOpt = Annotated[Optional[Path], typer.Option(
+    "--model-root", help="Folder of weight files [default: $MGFR_HOME, else the repo's weights/].")]
+DetectorOpt = Annotated[Detector, typer.Option(help="Face detector (facexlib RetinaFace).")]
+OnlyCenterOpt = Annotated[bool, typer.Option("--only-center-face", help="Keep only the face nearest the centre.")]
+LargestOpt = Annotated[bool, typer.Option("--largest-face", help="Keep only the largest face.")]
+FaceIndexOpt = Annotated[Optional[int], typer.Option("--face-index", min=0, help="Keep only face K (0 = leftmost).")]
+MinFaceOpt = Annotated[float, typer.Option("--min-face-size", min=0, help="Ignore faces whose eye distance is below PX.")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of folder inputs.")]
+MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, help="Refuse larger images (decompression-bomb guard).")]
+
+
+def quiet_libraries() -> None:
+    """diffusers and transformers print progress bars and notices per model load; the CLI has its own."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
+def resolve_device(device: Device):
+    """The one place that turns --device into a torch device and dtype (fp16 on CUDA, fp32 on CPU)."""
+    import torch
+
+    if device == Device.auto:
+        device = Device.cuda if torch.cuda.is_available() else Device.cpu
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here (use --device cpu)")
+    return device.value, (torch.float16 if device == Device.cuda else torch.float32)
+
+
+def _selection(only_center, largest, face_index, min_face_size):
+    from .faces import FaceSelection
+
+    if sum([only_center, largest, face_index is not None]) > 1:
+        raise typer.BadParameter("choose at most one of --only-center-face, --largest-face, --face-index")
+    return FaceSelection(only_center_face=only_center, largest_face=largest, face_index=face_index,
+                         min_face_size=min_face_size)
+
+
+def _shard() -> tuple[int, int]:
+    """This process's share of the inputs under ``accelerate launch``/``torchrun`` (RANK, WORLD_SIZE)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _summary(outcomes, title: str) -> int:
+    from rich.table import Table
+
+    from .batch import FAILED, NO_FACE, RESTORED, SKIPPED
+
+    counts = {s: sum(o.status == s for o in outcomes) for s in (RESTORED, SKIPPED, NO_FACE, FAILED)}
+    table = Table(title=title, show_lines=False)
+    table.add_column("outcome")
+    table.add_column("photos", justify="right")
+    for status, n in counts.items():
+        table.add_row(status, str(n))
+    out.print(table)
+    problems = [o for o in outcomes if o.status in (FAILED, NO_FACE)]
+    if problems:
+        detail = Table(title="not restored", show_lines=False)
+        detail.add_column("file", overflow="fold")
+        detail.add_column("outcome")
+        detail.add_column("reason", overflow="fold")
+        for o in problems:
+            detail.add_row(str(o.source), o.status, o.detail)
+        out.print(detail)
+    return 1 if counts[FAILED] else 0
+
+
+def _run_batch(job, helper, restorer) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .batch import BatchRestorer
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=False) as progress:
+        task = progress.add_task("photos", total=None)
+
+        def on_outcome(o):
+            progress.update(task, advance=1, description=f"{o.status}: {o.source.name}")
+
+        outcomes = BatchRestorer(helper, restorer).run(job, on_outcome, lambda n: progress.update(task, total=n))
+    return _summary(outcomes, "mgfr restore" + (f" (process {job.shard[0]} of {job.shard[1]})" if job.shard[1] > 1 else ""))
+
+
+@app.command()
+def restore(
+    inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder; the input tree is mirrored in it.")],
+    ref: Annotated[Optional[list[Path]], typer.Option("--ref", help="Reference image or folder (repeatable).")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Attributes to keep, e.g. 'brown eyes, beard'.")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Attributes to avoid, e.g. 'eyeglasses'.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Adapter checkpoint or training run folder [default: MODEL_ROOT/mgfr-adapter].")] = None,
+    base: Annotated[Optional[Path], typer.Option(help="Stable Diffusion base (diffusers folder or .safetensors) [default: MODEL_ROOT/sd21-base].")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 30,
+    scheduler: Annotated[str, typer.Option(help="dpmpp or ddim.")] = "dpmpp",
+    guidance_quality: Annotated[float, typer.Option(help="Weight l_nq of the negative-quality direction.")] = 4.0,
+    guidance_attribute: Annotated[float, typer.Option(help="Weight l_na of the negative-attribute direction.")] = 2.0,
+    color_fix: Annotated[str, typer.Option(help="Colour correction toward the input: wavelet, adain or none.")] = "wavelet",
+    seed: Annotated[int, typer.Option(help="Random seed (face K of a photo uses seed + K).")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Faces per GPU batch (halved automatically on out-of-memory).")] = 8,
+    upscale: Annotated[float, typer.Option(min=0.1, max=8, help="Resize the background by this factor.")] = 1.0,
+    has_aligned: Annotated[bool, typer.Option("--has-aligned", help="Inputs are already aligned face crops.")] = False,
+    save_faces: Annotated[bool, typer.Option("--save-faces", help="Also write aligned and restored crops to OUT/_faces.")] = False,
+    suffix: Annotated[str, typer.Option(help="Added to output file names before the extension.")] = "",
+    ext: Annotated[str, typer.Option(help="Output format: auto (keep the input's, png where it cannot hold the data), png, jpg.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo photos whose output exists.")] = False,
+    recursive: RecursiveOpt = False,
+    only_center_face: OnlyCenterOpt = False,
+    largest_face: LargestOpt = False,
+    face_index: FaceIndexOpt = None,
+    min_face_size: MinFaceOpt = 0.0,
+    detector: DetectorOpt = Detector.resnet50,
+    device: DeviceOpt = Device.auto,
+    model_root: ModelRootOpt = None,
+    max_megapixels: MaxMpOpt = 100.0,
+):
+    """Restore every face in photos and paste them back (prompts, references and identity optional)."""
+    from .batch import RestoreJob
+    from .conditions import ConditionSpec
+    from .pipeline import DiffusionRestorer, RestoreSettings
+    from .weights import resolve_root, restore_components
+
+    if ext not in ("auto", "png", "jpg"):
+        raise typer.BadParameter("--ext must be auto, png or jpg")
+    settings = RestoreSettings(steps=steps, scheduler=scheduler, guidance_quality=guidance_quality,
+                               guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed)
+    settings.check()
+    selection = _selection(only_center_face, largest_face, face_index, min_face_size)
+    flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(ref) if ref else None)
+    for r in ref or ():
+        if not r.exists():
+            raise MgfrError(f"--ref {r}: not found")
+    root = resolve_root(model_root)
+    dev, dtype = resolve_device(device)
+    quiet_libraries()
+    helper, pipeline = restore_components(root, detector.value, base=base, checkpoint=checkpoint, device=dev,
+                                          dtype=dtype, need_detector=not has_aligned)
+    job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
+                     has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
+                     recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
+                     shard=_shard())
+    raise typer.Exit(_run_batch(job, helper, DiffusionRestorer(pipeline, settings)))
+
+
+@app.command()
+def align(
+    inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the aligned crops and faces.csv/json.")],
+    face_size: Annotated[int, typer.Option(min=64, max=2048, help="Crop size (FFHQ template scaled to it).")] = 512,
+    recursive: RecursiveOpt = False,
+    only_center_face: OnlyCenterOpt = False,
+    largest_face: LargestOpt = False,
+    face_index: FaceIndexOpt = None,
+    min_face_size: MinFaceOpt = 0.0,
+    detector: DetectorOpt = Detector.resnet50,
+    device: DeviceOpt = Device.auto,
+    model_root: ModelRootOpt = None,
+    max_megapixels: MaxMpOpt = 100.0,
+):
+    """Detect and align every face to FFHQ-style crops, with faces.csv and faces.json listing them."""
+    from .align import align_inputs
+    from .faces import FaceHelper
+    from .weights import resolve_root
+
+    selection = _selection(only_center_face, largest_face, face_index, min_face_size)
+    dev, _ = resolve_device(device)
+    helper = FaceHelper(resolve_root(model_root), detector.value, face_size=face_size, device=dev, use_parse=False)
+    outcomes = align_inputs(helper, inputs, output, selection, recursive, max_megapixels)
+    raise typer.Exit(_summary(outcomes, "mgfr align"))
+
+
+ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest file [default: weights/manifest.yaml].")]
+
+
+def _manifest(path: Optional[Path]):
+    from .weights import MANIFEST, load_manifest
+
+    return load_manifest(path or MANIFEST)
+
+
+@weights_app.command("list")
+def weights_list(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
+    """Every manifest entry: files, state, licence and what uses it (no hashing; see `check`)."""
+    from rich.table import Table
+
+    from .weights import check_entry, resolve_root
+
+    root = resolve_root(model_root)
+    table = Table(title=f"weights in {root}")
+    for col in ("name", "state", "used by", "licence"):
+        table.add_column(col, overflow="fold")
+    for e in _manifest(manifest).entries:
+        states = {s.state for s in check_entry(e, root, hash_files=False)}
+        state = "missing" if states == {"missing"} else ("incomplete" if "missing" in states else "present")
+        table.add_row(e.name + (" (optional)" if e.optional else ""), state, e.used_by, e.license)
+    out.print(table)
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Entries to fetch [default: every required one].")] = None,
+    allow_unpinned: Annotated[bool, typer.Option("--allow-unpinned", help="Fetch files with no pinned SHA-256 and record the hash measured.")] = False,
+    model_root: ModelRootOpt = None,
+    manifest: ManifestOpt = None,
+):
+    """Download entries with resume, verify SHA-256, place each file atomically."""
+    from .weights import fetch_entry, resolve_root
+
+    m = _manifest(manifest)
+    root = resolve_root(model_root)
+    entries = [m.get(n) for n in names] if names else [e for e in m.entries if not e.optional]
+    for e in entries:
+        placed = fetch_entry(e, root, allow_unpinned=allow_unpinned)
+        out.print(f"{e.name}: " + (f"placed {len(placed)} file(s)" if placed else "already present"))
+
+
+@weights_app.command("check")
+def weights_check(names: Annotated[Optional[list[str]], typer.Argument()] = None, model_root: ModelRootOpt = None,
+                  manifest: ManifestOpt = None):
+    """Hash every present file against the manifest; exit 1 if any is corrupt."""
+    from .weights import check_entry, resolve_root
+
+    m = _manifest(manifest)
+    root = resolve_root(model_root)
+    bad = 0
+    for e in [m.get(n) for n in names] if names else m.entries:
+        for st in check_entry(e, root):
+            colour = {"verified": "green", "missing": "yellow", "corrupt": "red"}.get(st.state, "cyan")
+            out.print(f"[{colour}]{st.state:>18}[/{colour}]  {st.path}" + (f"  ({st.detail})" if st.detail else ""))
+            bad += st.state == "corrupt"
+    raise typer.Exit(1 if bad else 0)
+
+
+@weights_app.command("path")
+def weights_path(name: str, model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
+    """Print where an entry's (first) file lives in the model root."""
+    from .weights import resolve_root
+
+    e = _manifest(manifest).get(name)
+    first = e.files[0].path
+    out.print(str(resolve_root(model_root) / (first.split("/")[0] if "/" in first else first)), soft_wrap=True)
+
+
+@app.command()
+def doctor(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
+    """What is installed, what is missing, and what works now. Exit 0 only when restore can run."""
+    from .doctor import diagnose
+    from .weights import resolve_root
+
+    report = diagnose(resolve_root(model_root), _manifest(manifest))
+    for section, rows in report.sections.items():
+        out.print(f"[bold]{section}[/bold]")
+        for ok, label, detail in rows:
+            mark = "[green]ok[/green]  " if ok else "[red]no[/red]  "
+            out.print(f"  {mark}{label}" + (f": {detail}" if detail else ""))
+    raise typer.Exit(0 if report.healthy else 1)
+
+
+def main() -> None:
+    """Entry point: a known error is one red line (exit 1, 2 for usage); anything else keeps its traceback."""
+    from rich.markup import escape
+
+    try:
+        code = app(standalone_mode=False)
+    except MgfrError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
+        sys.exit(2 if isinstance(exc, ConfigError) and str(exc).startswith("--") else 1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("[red]interrupted[/red]: finished outputs are kept; run again to resume", markup=True)
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show(file=sys.stderr)
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

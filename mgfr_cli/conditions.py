@@ -1,0 +1,135 @@
+"""Per-face conditions from flags and YAML sidecars: prompts and reference images.
+
+Where a setting comes from, highest first (documented in the README):
+
+1. command-line flags (``--prompt``, ``--negative-prompt``, ``--ref``);
+2. the photo's sidecar ``<photo stem>.yaml``: its ``faces: {index: {...}}`` entry, then its top level;
+3. the folder's ``mgfr.yaml`` (defaults for every photo in that folder);
+4. built-in defaults (no attributes, no references).
+
+Each key is resolved on its own, so a sidecar may set only ``refs`` and keep the folder's prompt.
+Relative paths in a YAML resolve against that YAML's folder; on the command line, against the
+current folder. Faces are indexed left to right, as ``mgfr align`` reports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .configs import check_keys, expect_type, read_yaml
+from .errors import ConfigError, InputError
+from .io import is_image_file
+
+FOLDER_YAML = "mgfr.yaml"
+_KEYS = {"prompt", "negative_prompt", "refs"}
+
+
+@dataclass(frozen=True)
+class ConditionSpec:
+    """Conditions as written by the user: text, and reference paths not yet read."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    refs: tuple[Path, ...] | None = None  # None: not set here; () : explicitly no references
+
+    def over(self, lower: "ConditionSpec") -> "ConditionSpec":
+        """This spec, with the keys it leaves unset taken from ``lower``."""
+        return ConditionSpec(
+            prompt=self.prompt if self.prompt is not None else lower.prompt,
+            negative_prompt=self.negative_prompt if self.negative_prompt is not None else lower.negative_prompt,
+            refs=self.refs if self.refs is not None else lower.refs,
+        )
+
+
+@dataclass(frozen=True)
+class FaceConditions:
+    """What the restorer gets for one face: attribute text and aligned reference faces."""
+
+    prompt: str | None = None  # attribute words, put into the prompt template
+    negative_prompt: str | None = None  # the negative-attribute prompt
+    references: tuple = field(default=())  # AlignedFace crops of the same person
+
+
+@dataclass(frozen=True)
+class SidecarConditions:
+    top: ConditionSpec
+    faces: dict  # face index -> ConditionSpec
+
+
+def _parse_spec(data: dict, where: str, base_dir: Path) -> ConditionSpec:
+    check_keys(data, _KEYS, where)
+    prompt = data.get("prompt")
+    negative = data.get("negative_prompt")
+    if prompt is not None:
+        expect_type(prompt, str, where, "prompt")
+    if negative is not None:
+        expect_type(negative, str, where, "negative_prompt")
+    refs = data.get("refs")
+    if refs is not None:
+        if isinstance(refs, str):
+            refs = [refs]
+        expect_type(refs, list, where, "refs")
+        for r in refs:
+            expect_type(r, str, where, "refs")
+        refs = tuple(base_dir / r for r in refs)
+        for r in refs:
+            if not r.exists():
+                raise ConfigError(f"{where}: key 'refs': {r} does not exist")
+    return ConditionSpec(prompt=prompt, negative_prompt=negative, refs=refs)
+
+
+def read_sidecar(path: Path, allow_faces: bool = True) -> SidecarConditions:
+    """Parse and validate a sidecar or folder YAML; errors name the file and the key."""
+    data = read_yaml(path)
+    allowed = _KEYS | ({"faces"} if allow_faces else set())
+    check_keys(data, allowed, str(path))
+    faces_data = data.pop("faces", None) or {}
+    expect_type(faces_data, dict, str(path), "faces")
+    top = _parse_spec(data, str(path), path.parent)
+    faces = {}
+    for key, value in faces_data.items():
+        if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+            raise ConfigError(f"{path}: key 'faces': {key!r} is not a face index (0, 1, 2 ... left to right)")
+        where = f"{path}: faces.{key}"
+        expect_type(value, dict, str(path), f"faces.{key}")
+        faces[key] = _parse_spec(value, where, path.parent)
+    return SidecarConditions(top=top, faces=faces)
+
+
+def sidecar_path(photo: Path) -> Path | None:
+    for ext in (".yaml", ".yml"):
+        p = photo.with_suffix(ext)
+        if p.is_file():
+            return p
+    return None
+
+
+def resolve_specs(photo: Path, flags: ConditionSpec, num_faces: int) -> list[ConditionSpec]:
+    """One spec per face of ``photo``, merged by the precedence in the module docstring."""
+    folder_yaml = photo.parent / FOLDER_YAML
+    folder = read_sidecar(folder_yaml, allow_faces=False).top if folder_yaml.is_file() else ConditionSpec()
+    side_path = sidecar_path(photo)
+    side = read_sidecar(side_path) if side_path else SidecarConditions(ConditionSpec(), {})
+    for index in side.faces:
+        if index >= num_faces:
+            raise ConfigError(f"{side_path}: key 'faces': face {index} does not exist (the photo has {num_faces} "
+                              f"face{'s' if num_faces != 1 else ''}, numbered from 0, left to right)")
+    photo_level = side.top.over(folder)
+    return [flags.over(side.faces.get(i, ConditionSpec()).over(photo_level)) for i in range(num_faces)]
+
+
+def expand_refs(refs: tuple[Path, ...] | None) -> tuple[Path, ...]:
+    """Reference files: given files as they are, folders as the images directly in them (sorted)."""
+    out: list[Path] = []
+    for r in refs or ():
+        if r.is_dir():
+            images = sorted(p for p in r.iterdir() if p.is_file() and is_image_file(p))
+            if not images:
+                raise InputError(f"{r}: reference folder holds no images")
+            out += images
+        elif r.is_file():
+            out.append(r)
+        else:
+            raise InputError(f"{r}: reference not found")
+    return tuple(out)

@@ -1,0 +1,71 @@
+"""``mgfr doctor``: a truthful account of this machine: versions, devices, weights, what works."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from .weights import Manifest, check_entry
+
+PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "safetensors", "facexlib",
+            "insightface", "onnxruntime", "opencv-python", "typer", "rich", "PyYAML", "torchmetrics", "lpips")
+
+
+@dataclass
+class Report:
+    sections: dict = field(default_factory=dict)  # title -> [(ok, label, detail)]
+    healthy: bool = True
+
+
+def diagnose(root: Path, manifest: Manifest) -> Report:
+    r = Report()
+    r.sections["python"] = [(True, "python", f"{platform.python_version()} ({sys.executable})")]
+    pkgs = []
+    for name in PACKAGES:
+        try:
+            pkgs.append((True, name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            pkgs.append((False, name, "not installed"))
+    r.sections["packages"] = pkgs
+    r.sections["device"] = _devices()
+    states = {}
+    rows = []
+    for e in manifest.entries:
+        st = {s.state for s in check_entry(e, root)}
+        state = "corrupt" if "corrupt" in st else "missing" if st == {"missing"} else "incomplete" if "missing" in st \
+            else "unpinned" if "present (unpinned)" in st else "verified"
+        states[e.name] = state
+        rows.append((state in ("verified", "unpinned"), e.name + (" (optional)" if e.optional else ""),
+                     state + ("" if state in ("verified",) else f" -> mgfr weights fetch {e.name}" if e.sources else f" -> {e.note}")))
+    r.sections[f"weights in {root}"] = rows
+    have = lambda n: states.get(n) in ("verified", "unpinned")  # noqa: E731
+    detector = have("retinaface_resnet50") or have("retinaface_mobile0.25")
+    works = [
+        (all(ok for ok, _, _ in pkgs[:8]), "core packages import", ""),
+        (detector, "mgfr align", "" if detector else "needs a RetinaFace detector"),
+        (detector and have("sd21-base") and have("mgfr-adapter"), "mgfr restore",
+         "" if detector and have("sd21-base") and have("mgfr-adapter") else "needs a detector, sd21-base and a trained adapter"),
+        (have("sd21-base"), "mgfr train", "" if have("sd21-base") else "needs sd21-base"),
+        (have("arcface"), "identity embeddings (references, eval identity)", "" if have("arcface") else "needs arcface"),
+        (have("parsenet"), "parsing mask for paste-back", "" if have("parsenet") else "feathered square used instead"),
+    ]
+    r.sections["what works now"] = works
+    r.healthy = works[0][0] and works[2][0]
+    return r
+
+
+def _devices():
+    try:
+        import torch
+    except ImportError:
+        return [(False, "torch", "not importable")]
+    if not torch.cuda.is_available():
+        return [(True, "cpu", f"torch {torch.__version__}; no CUDA device (restore runs on the CPU, slowly)")]
+    rows = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        rows.append((True, f"cuda:{i}", f"{p.name}, {p.total_memory / 2**30:.1f} GiB, CUDA {torch.version.cuda}"))
+    return rows

@@ -1,0 +1,258 @@
+"""Detect, align and paste back faces: the whole face round-trip in one helper (DESIGN.md §2).
+
+``FaceHelper`` holds models and settings only; everything about one photo travels in frozen
+:class:`DetectedFace` / :class:`AlignedFace` values, so the helper can serve many photos (and threads).
+``restore`` and ``align`` share every line of detection and alignment through this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, WeightsError
+
+# The FFHQ 5-point template at 512x512: left eye, right eye, nose tip, left and right mouth corners.
+FFHQ_TEMPLATE_512 = np.array(
+    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
+     [201.26117, 371.41043], [313.08905, 371.15118]],
+    dtype=np.float32,
+)
+
+DETECTORS = {
+    # --detector name -> (facexlib network name, weight file in the model root)
+    "retinaface_resnet50": ("resnet50", "detection_Resnet50_Final.pth"),
+    "retinaface_mobile0.25": ("mobile0.25", "detection_mobilenet0.25_Final.pth"),
+}
+PARSENET_FILE = "parsing_parsenet.pth"
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face found in a photo, in the photo's pixel coordinates."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    score: float
+    landmarks: np.ndarray  # (5, 2): left eye, right eye, nose, left mouth, right mouth
+
+    @property
+    def eye_distance(self) -> float:
+        return float(np.linalg.norm(self.landmarks[0] - self.landmarks[1]))
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    """A face warped onto the FFHQ template, with what is needed to paste it back."""
+
+    crop: np.ndarray  # (S, S, 3) uint8 RGB
+    landmarks: np.ndarray  # (5, 2) in the source photo
+    affine: np.ndarray  # (2, 3) source photo -> crop
+    index: int  # position in the photo's face order (left to right)
+    source: Path | None = None
+    score: float = 1.0
+    box: tuple[float, float, float, float] = field(default=(0.0, 0.0, 0.0, 0.0))
+
+
+@dataclass(frozen=True)
+class FaceSelection:
+    """Which detected faces to keep (CodeFormer/GFPGAN flags)."""
+
+    only_center_face: bool = False
+    largest_face: bool = False
+    face_index: int | None = None
+    min_face_size: float = 0.0  # minimum eye distance in pixels
+    confidence: float = 0.8
+
+
+def load_torch_weights(path: Path) -> dict:
+    """Load a ``.pth`` state dict without unpickling code (``weights_only=True``)."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"{path}: refused to load, the file holds more than weights ({exc})".split("\n")[0]) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise WeightsError(f"{path}: not a readable PyTorch weight file ({exc})".split("\n")[0]) from None
+    if isinstance(state, dict) and "params" in state and isinstance(state["params"], dict):
+        state = state["params"]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def missing_weight(path: Path, name: str) -> WeightsError:
+    return WeightsError(f"missing weight file {path} (get it with: mgfr weights fetch {name})")
+
+
+class FaceHelper:
+    """Detect faces with facexlib RetinaFace, align to FFHQ, paste back with a soft mask."""
+
+    def __init__(
+        self,
+        model_root: Path,
+        detector: str | None = "retinaface_resnet50",  # None: only for already aligned inputs
+        face_size: int = 512,
+        device: str = "cpu",
+        use_parse: bool = True,
+    ):
+        import torch
+
+        self.device = torch.device(device)
+        self.face_size = face_size
+        self.template = FFHQ_TEMPLATE_512 * (face_size / 512.0)
+        self.detector = self._load_detector(Path(model_root), detector) if detector is not None else None
+        self.model_root = Path(model_root)
+        self.use_parse = use_parse
+        self._parser = None  # built on first paste that needs it
+
+    def _load_detector(self, root: Path, detector: str):
+        from facexlib.detection.retinaface import RetinaFace
+
+        if detector not in DETECTORS:
+            raise ConfigError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+        network, filename = DETECTORS[detector]
+        path = root / filename
+        if not path.is_file():
+            raise missing_weight(path, detector)
+        net = RetinaFace(network_name=network, half=False, device=self.device)
+        try:
+            net.load_state_dict(load_torch_weights(path), strict=True)
+        except RuntimeError as exc:
+            raise WeightsError(f"{path}: does not match the {detector} network ({str(exc).splitlines()[0]})") from None
+        return net.eval().to(self.device)
+
+    # -- detection ---------------------------------------------------------------------------
+    def detect(self, rgb: np.ndarray, selection: FaceSelection = FaceSelection()) -> list[DetectedFace]:
+        """Faces in an ``(H, W, 3)`` uint8 RGB image, filtered by ``selection``, ordered left to right."""
+        import torch
+
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        with torch.no_grad():
+            dets = self.detector.detect_faces(bgr, conf_threshold=selection.confidence)
+        faces = [
+            DetectedFace(box=tuple(float(v) for v in d[:4]), score=float(d[4]),
+                         landmarks=np.asarray(d[5:15], np.float32).reshape(5, 2))
+            for d in np.asarray(dets).reshape(-1, 15)
+        ]
+        faces = [f for f in faces if f.eye_distance >= selection.min_face_size]
+        faces.sort(key=lambda f: (f.box[0] + f.box[2]) / 2)
+        if selection.face_index is not None:
+            return faces[selection.face_index : selection.face_index + 1]
+        if selection.largest_face and faces:
+            return [max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))]
+        if selection.only_center_face and faces:
+            h, w = rgb.shape[:2]
+            return [min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - w / 2) ** 2 + ((f.box[1] + f.box[3]) / 2 - h / 2) ** 2)]
+        return faces
+
+    # -- alignment -------------------------------------------------------------------------
+    def align(self, rgb: np.ndarray, face: DetectedFace, index: int, source: Path | None = None) -> AlignedFace:
+        """Warp one face onto the FFHQ template: a similarity transform, no shear."""
+        import cv2
+
+        affine, _ = cv2.estimateAffinePartial2D(face.landmarks, self.template, method=cv2.LMEDS)
+        if affine is None:
+            raise ValueError("degenerate landmarks")
+        crop = cv2.warpAffine(rgb, affine, (self.face_size, self.face_size),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(135, 133, 132))
+        return AlignedFace(crop=crop, landmarks=face.landmarks, affine=affine.astype(np.float64), index=index,
+                           source=source, score=face.score, box=face.box)
+
+    def detect_and_align(self, rgb: np.ndarray, selection: FaceSelection = FaceSelection(),
+                         source: Path | None = None) -> list[AlignedFace]:
+        return [self.align(rgb, f, i, source) for i, f in enumerate(self.detect(rgb, selection))]
+
+    def as_aligned(self, rgb: np.ndarray, source: Path | None = None) -> AlignedFace:
+        """An already aligned face (``--has-aligned``): resized to the face size, identity transform."""
+        import cv2
+
+        h, w = rgb.shape[:2]
+        crop = cv2.resize(rgb, (self.face_size, self.face_size), interpolation=cv2.INTER_LINEAR)
+        affine = np.array([[self.face_size / w, 0, 0], [0, self.face_size / h, 0]], np.float64)
+        return AlignedFace(crop=crop, landmarks=self.template.copy(), affine=affine, index=0, source=source)
+
+    # -- paste back ------------------------------------------------------------------------
+    def face_mask(self, crop: np.ndarray) -> np.ndarray:
+        """``(S, S)`` float32 soft mask in the crop: ParseNet's face region, or a feathered square."""
+        parser = self._get_parser()
+        if parser is None:
+            return feathered_square(self.face_size)
+        return self._parse_mask(parser, crop)
+
+    def paste(self, background: np.ndarray, faces: list[AlignedFace], restored: list[np.ndarray],
+              upscale: float = 1.0) -> np.ndarray:
+        """Blend ``restored`` crops into ``background`` (the photo resized by ``upscale``).
+
+        ``background`` is ``(H, W)`` or ``(H, W, C)`` of any dtype; the result has the same shape and dtype.
+        Outside every mask the pixels are exactly the background's.
+        """
+        import cv2
+
+        h, w = background.shape[:2]
+        out = background.astype(np.float32)
+        gray = out.ndim == 2
+        scale = (65535.0 if background.dtype == np.uint16 else 255.0) / 255.0
+        for face, img in zip(faces, restored):
+            inverse = cv2.invertAffineTransform(face.affine)
+            inverse[:, :] *= upscale  # crop -> upscaled photo
+            warped = cv2.warpAffine(img.astype(np.float32) * scale, inverse, (w, h), flags=cv2.INTER_LINEAR)
+            mask = cv2.warpAffine(self.face_mask(img), inverse, (w, h), flags=cv2.INTER_LINEAR)
+            mask = np.clip(mask, 0.0, 1.0)
+            if gray:
+                warped = warped @ np.array([0.299, 0.587, 0.114], np.float32)
+                out = out * (1 - mask) + warped * mask
+            else:
+                m = mask[:, :, None]
+                out[:, :, :3] = out[:, :, :3] * (1 - m) + warped * m
+        info = np.iinfo(background.dtype) if np.issubdtype(background.dtype, np.integer) else None
+        if info is not None:
+            out = np.clip(np.rint(out), info.min, info.max)
+        return out.astype(background.dtype)
+
+    def _get_parser(self):
+        if not self.use_parse:
+            return None
+        if self._parser is None:
+            path = self.model_root / PARSENET_FILE
+            if not path.is_file():
+                self.use_parse = False  # documented fallback: a feathered square
+                return None
+            from facexlib.parsing.parsenet import ParseNet
+
+            net = ParseNet(in_size=512, out_size=512, parsing_ch=19)
+            net.load_state_dict(load_torch_weights(path), strict=True)
+            self._parser = net.eval().to(self.device)
+        return self._parser
+
+    def _parse_mask(self, parser, crop: np.ndarray) -> np.ndarray:
+        import cv2
+        import torch
+
+        x = cv2.resize(crop, (512, 512), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+        x = torch.from_numpy((x - 0.5) / 0.5).permute(2, 0, 1)[None].to(self.device)
+        with torch.no_grad():
+            labels = parser(x)[0].argmax(dim=1).squeeze(0).cpu().numpy()
+        # the ParseNet classes facexlib itself pastes (face, brows, eyes, nose, mouth, ears; not hair, neck, cloth)
+        keep = np.isin(labels, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15]).astype(np.float32)
+        keep = cv2.resize(keep, (self.face_size, self.face_size), interpolation=cv2.INTER_LINEAR)
+        k = max(3, self.face_size // 50) | 1
+        keep = cv2.GaussianBlur(cv2.erode(keep, np.ones((k, k), np.uint8)), (0, 0), self.face_size / 50)
+        keep[: k, :] = keep[-k:, :] = 0
+        keep[:, : k] = keep[:, -k:] = 0
+        return keep
+
+
+def feathered_square(size: int) -> np.ndarray:
+    """A square mask that is 1 in the middle and falls to exactly 0 at the border of the crop."""
+    import cv2
+
+    mask = np.zeros((size, size), np.float32)
+    margin = size // 16
+    mask[margin:-margin, margin:-margin] = 1.0
+    mask = cv2.GaussianBlur(mask, (0, 0), size / 40)
+    mask[: size // 64 + 1, :] = mask[-(size // 64 + 1):, :] = 0
+    mask[:, : size // 64 + 1] = mask[:, -(size // 64 + 1):] = 0
+    return mask

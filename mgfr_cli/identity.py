@@ -1,0 +1,49 @@
+"""The identity embedding: insightface's ArcFace (ONNX) on 112x112 crops (DESIGN.md §2, §3).
+
+The crop is made from the same five landmarks the face pipeline found (no second detector): an
+aligned face already has its landmarks on the FFHQ template, so the template is the crop's landmarks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WeightsError
+from .faces import FFHQ_TEMPLATE_512
+
+ARCFACE_FILE = "arcface_w600k_r50.onnx"
+
+
+class IdentityEncoder:
+    """``embed(crops)`` -> ``(N, 512)`` L2-normalised ArcFace embeddings of aligned RGB face crops."""
+
+    def __init__(self, onnx_path: Path, device: str = "cpu"):
+        from insightface.model_zoo import model_zoo
+
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise WeightsError(f"missing weight file {onnx_path} (get it with: mgfr weights fetch arcface)")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") else ["CPUExecutionProvider"]
+        try:
+            model = model_zoo.ModelRouter(str(onnx_path)).get_model(providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for a bad model file
+            raise WeightsError(f"{onnx_path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+        if model is None or getattr(model, "taskname", None) != "recognition":
+            raise WeightsError(f"{onnx_path}: not an ArcFace-shaped recognition model (112x112 in, embedding out)")
+        self.model = model
+        self.size = model.input_size[0]
+
+    def crop(self, aligned: np.ndarray) -> np.ndarray:
+        """The ArcFace crop (BGR, as insightface expects) of an aligned RGB face of any size."""
+        from insightface.utils.face_align import norm_crop
+
+        kps = FFHQ_TEMPLATE_512 * (aligned.shape[0] / 512.0)
+        return norm_crop(np.ascontiguousarray(aligned[:, :, ::-1]), kps, self.size)
+
+    def embed(self, aligned: list[np.ndarray]) -> np.ndarray:
+        if not aligned:
+            return np.zeros((0, 512), np.float32)
+        feats = np.asarray(self.model.get_feat([self.crop(a) for a in aligned]), np.float32)
+        return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)

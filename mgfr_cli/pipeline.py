@@ -1,0 +1,248 @@
+"""The MGFR restorer: aligned faces + conditions in, restored faces out (DESIGN.md §3, §5).
+
+``MgfrPipeline.restore`` follows diffusers' numbered steps: check inputs, encode prompts once per
+batch, encode LQ faces and references once, prepare latents, denoise, decode, colour-correct. All
+guidance conditions go through one batched UNet call per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import prompts
+from .adapter import MgfrAdapter, ReferenceState
+from .base import BaseModel
+from .colorfix import METHODS as COLOR_METHODS, color_fix
+from .conditions import FaceConditions
+from .errors import ConfigError, WeightsError
+from .sampling import SCHEDULERS, combine_guidance, denoise, make_scheduler
+
+ADAPTER_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    steps: int = 30
+    scheduler: str = "dpmpp"
+    guidance_quality: float = 4.0  # l_nq, toward high quality and away from the negative-quality prompt
+    guidance_attribute: float = 2.0  # l_na, away from the negative-attribute prompt
+    color_fix: str = "wavelet"
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        if self.color_fix not in COLOR_METHODS:
+            raise ConfigError(f"--color-fix {self.color_fix!r}: choose one of {', '.join(COLOR_METHODS)}")
+
+
+@dataclass
+class RestoreOutput:
+    images: list  # (S, S, 3) uint8 RGB, one per input face
+
+
+def find_adapter_dir(path: Path) -> Path:
+    """An adapter folder (``config.json`` + safetensors), or the newest one in a training run folder."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    for candidate in (path / "adapter", path / "final" / "adapter"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    steps = sorted(path.glob("checkpoints/step-*/adapter/config.json"), key=lambda p: int(p.parts[-3].split("-")[1]))
+    if steps:
+        return steps[-1].parent
+    raise WeightsError(f"{path}: no adapter checkpoint there (expected config.json + {ADAPTER_WEIGHTS}, or a "
+                       f"training run folder from `mgfr train`; no public MGFR weights exist: train one)")
+
+
+def load_adapter(path: Path, unet=None) -> MgfrAdapter:
+    """Load an adapter checkpoint and check that it fits ``unet``'s encoder."""
+    folder = find_adapter_dir(path)
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise WeightsError(f"{folder}: missing {ADAPTER_WEIGHTS} beside config.json")
+    try:
+        adapter = MgfrAdapter.from_pretrained(folder, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{folder}: cannot load the adapter ({str(exc).splitlines()[0]})") from None
+    if unet is not None:
+        for key in ("block_out_channels", "cross_attention_dim", "layers_per_block", "in_channels"):
+            a, u = adapter.config[key], unet.config[key]
+            if list(np.atleast_1d(a)) != list(np.atleast_1d(u)):
+                raise WeightsError(f"{folder}: adapter {key}={a} does not fit the base UNet's {key}={u} "
+                                   f"(was it trained on another base?)")
+    return adapter
+
+
+class MgfrPipeline:
+    """Holds the models and settings; per-face data only flow through :meth:`restore`."""
+
+    def __init__(self, base: BaseModel, adapter: MgfrAdapter, identity=None,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.base = base.to(device, dtype)
+        self.adapter = adapter.to(device=device, dtype=dtype) if adapter.dtype != dtype else adapter.to(device)
+        self.adapter.eval()
+        self.adapter.requires_grad_(False)
+        self.identity = identity
+        self.resolution = int(adapter.config.resolution)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.scaling = float(getattr(base.vae.config, "scaling_factor", 0.18215))
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+
+    # -- encoders ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, texts: list[str]) -> torch.Tensor:
+        """``(N, 77, D)`` text states; each distinct prompt is encoded once and kept (DESIGN.md §5)."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._prompt_cache]
+        if todo:
+            length = min(self.base.tokenizer.model_max_length, self.base.text_encoder.config.max_position_embeddings)
+            tok = self.base.tokenizer(todo, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+            states = self.base.text_encoder(tok.input_ids.to(self.device))[0]
+            for t, s in zip(todo, states):
+                self._prompt_cache[t] = s
+        return torch.stack([self._prompt_cache[t] for t in texts])
+
+    def to_tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
+        """``(B, 3, R, R)`` in [-1, 1] at the model's resolution from uint8 RGB crops."""
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        if x.shape[-1] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False,
+                              antialias=True).clamp(-1, 1)
+        return x.to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.vae.encode(x).latent_dist.mode() * self.scaling
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.base.vae.decode(z / self.scaling).sample
+        if self.dtype == torch.float16 and not torch.isfinite(x).all():
+            # The SD VAE can overflow in fp16 on some inputs: redo that decode in fp32.
+            vae32 = self.base.vae.float()
+            x = vae32.decode(z.float() / self.scaling).sample
+            self.base.vae.to(self.dtype)
+        return x.clamp(-1, 1)
+
+    # -- restore --------------------------------------------------------------------------
+    @torch.no_grad()
+    def restore(self, crops: list[np.ndarray], conditions: list[FaceConditions], settings: RestoreSettings,
+                seeds: list[int] | None = None, callback=None) -> RestoreOutput:
+        """Restore aligned faces. ``crops``: ``(S, S, 3)`` uint8 RGB; ``seeds``: one per face (default all
+        ``settings.seed``), so a face restores the same whatever batch it is in."""
+        # 1. Check inputs
+        settings.check()
+        if len(crops) != len(conditions):
+            raise ValueError("one FaceConditions per face")
+        if not crops:
+            return RestoreOutput([])
+        b, size = len(crops), crops[0].shape[0]
+        seeds = seeds if seeds is not None else [settings.seed] * b
+
+        # 2. Encode prompts (once per distinct prompt): positive, negative-quality, negative-attribute
+        text_c = self.encode_prompts([prompts.positive_prompt(c.prompt) for c in conditions])
+        text_nq = self.encode_prompts([prompts.NEGATIVE_QUALITY] * b)
+        has_na = [bool(c.negative_prompt) for c in conditions]
+        text_na = None
+        if any(has_na):
+            text_na = self.encode_prompts([prompts.positive_prompt(c.negative_prompt) if c.negative_prompt
+                                           else prompts.positive_prompt(c.prompt) for c in conditions])
+        w_na = torch.tensor(has_na, device=self.device, dtype=self.dtype).view(b, 1, 1, 1) * settings.guidance_attribute
+
+        # 3. Encode the LQ faces and the references once
+        lq = self.to_tensor(crops)
+        z_lq = self.encode_images(lq)
+        reference = self.prepare_references(z_lq, conditions, text_c)
+
+        # 4. Prepare latents: per-face noise from per-face seeds
+        shape = z_lq.shape[1:]
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        scheduler = make_scheduler(settings.scheduler, self.base.scheduler_config)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        latents = torch.stack(noise).to(self.device, self.dtype) * scheduler.init_noise_sigma
+
+        # 5. Denoise: all guidance conditions in one batched call
+        texts = [text_c, text_nq] + ([text_na] if text_na is not None else [])
+        k = len(texts)
+        text_all = torch.cat(texts)
+        z_lq_all = z_lq.repeat(k, 1, 1, 1)
+        ref_all = reference.repeat(k) if reference is not None else None
+
+        def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x_all = x.repeat(k, 1, 1, 1)
+            res = self.adapter(x_all, t, text_all, z_lq_all, ref_all)
+            out = self.base.unet(x_all, t, encoder_hidden_states=text_all, down_block_additional_residuals=res.down,
+                                 mid_block_additional_residual=res.mid).sample
+            parts = out.chunk(k)
+            return combine_guidance(parts[0], parts[1], parts[2] if k == 3 else None, settings.guidance_quality, w_na)
+
+        latents = denoise(step, latents, scheduler, callback=callback)
+
+        # 6. Decode and 7. colour-correct toward the input
+        x = self.decode_latents(latents)
+        x = color_fix(x, lq, settings.color_fix)
+        if x.shape[-1] != size:
+            x = F.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False)
+        images = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        return RestoreOutput(list(images))
+
+    def prepare_references(self, z_lq: torch.Tensor, conditions: list[FaceConditions],
+                           text_c: torch.Tensor) -> ReferenceState | None:
+        """VAE latents, identity embeddings and RLF fusion of every face's references, once per restore.
+
+        Faces have different numbers of references: they are padded to the batch's largest count and
+        the padding is masked out (a face without references gets no reference signal at all).
+        """
+        counts = [len(c.references) for c in conditions]
+        r = max(counts)
+        if r == 0 or not self.adapter.config.use_reference:
+            return None
+        b = len(conditions)
+        flat = [ref.crop for c in conditions for ref in c.references]
+        z_flat = self.encode_images(self.to_tensor(flat))
+        z_refs = torch.zeros((b, r) + z_flat.shape[1:], device=self.device, dtype=self.dtype)
+        mask = torch.zeros(b, r, device=self.device)
+        ids = None
+        if self.identity is not None:
+            e_flat = torch.from_numpy(self.identity.embed(flat)).to(self.device, self.dtype)
+            ids = torch.zeros(b, r, e_flat.shape[1], device=self.device, dtype=self.dtype)
+        i = 0
+        for f, n in enumerate(counts):
+            z_refs[f, :n] = z_flat[i : i + n]
+            if ids is not None:
+                ids[f, :n] = e_flat[i : i + n]
+            mask[f, :n] = 1
+            i += n
+        return self.adapter.prepare_reference(z_lq, z_refs, ids, text_c, mask)
+
+
+class DiffusionRestorer:
+    """The :class:`~mgfr_cli.batch.Restorer` that ``mgfr restore`` uses: the pipeline with fixed settings."""
+
+    def __init__(self, pipeline: MgfrPipeline, settings: RestoreSettings):
+        settings.check()
+        self.pipeline = pipeline
+        self.settings = settings
+
+    def restore(self, crops, conditions, seeds):
+        return self.pipeline.restore(crops, conditions, self.settings, seeds).images
+
+
+def build_pipeline(base_path: Path, checkpoint: Path, *, identity_path: Path | None,
+                   device: str, dtype: torch.dtype) -> MgfrPipeline:
+    """Load base + adapter (+ ArcFace when present) for restoring."""
+    from .base import load_base
+    from .identity import IdentityEncoder
+
+    base = load_base(base_path)
+    adapter = load_adapter(checkpoint, base.unet)
+    identity = IdentityEncoder(identity_path, device) if identity_path is not None and identity_path.is_file() else None
+    return MgfrPipeline(base, adapter, identity=identity, device=device, dtype=dtype)

@@ -1,0 +1,245 @@
+"""Weight files: the manifest, the model root, verified resumable fetches, and what a command needs.
+
+``weights/manifest.yaml`` lists every file mgfr can use with its sources, SHA-256, size and licence.
+A fetch downloads to ``<file>.part`` (resumed with an HTTP Range request after a cut), verifies the
+hash, and only then renames the file into place; a file that fails verification is deleted. Where the
+manifest has no pinned hash yet, ``--allow-unpinned`` fetches it and records the hash it measured in
+``pins.yaml`` beside the files (trust on first download), so later checks verify against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .configs import check_keys, expect_type, read_yaml
+from .errors import ConfigError, WeightsError
+
+REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+MANIFEST = REPO_WEIGHTS / "manifest.yaml"
+PINS = "pins.yaml"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    path: str  # relative to the model root
+    sha256: str | None = None
+    size: int | None = None
+    remote: str | None = None  # path under each source URL (default: ``path`` without the entry's folder)
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    sources: tuple[str, ...]  # URL prefixes, tried in order; file URL = prefix + remote
+    files: tuple[WeightFile, ...]
+    license: str = ""
+    used_by: str = ""
+    optional: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    entries: tuple[Entry, ...]
+    path: Path | None = field(default=None, compare=False)
+
+    def get(self, name: str) -> Entry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise ConfigError(f"no weight entry named {name!r} in {self.path} (known: {', '.join(e.name for e in self.entries)})")
+
+
+def load_manifest(path: Path = MANIFEST) -> Manifest:
+    data = read_yaml(path)
+    check_keys(data, {"entries"}, str(path))
+    entries = []
+    for i, raw in enumerate(expect_type(data.get("entries", []), list, str(path), "entries")):
+        where = f"{path}: entries[{i}]"
+        expect_type(raw, dict, str(path), f"entries[{i}]")
+        check_keys(raw, {"name", "sources", "files", "license", "used_by", "optional", "note"}, where)
+        files = []
+        for j, f in enumerate(expect_type(raw.get("files", []), list, where, "files")):
+            expect_type(f, dict, where, f"files[{j}]")
+            check_keys(f, {"path", "sha256", "size", "remote"}, f"{where}.files[{j}]")
+            files.append(WeightFile(path=str(f["path"]), sha256=f.get("sha256"), size=f.get("size"), remote=f.get("remote")))
+        entries.append(Entry(name=str(raw["name"]), sources=tuple(raw.get("sources", [])), files=tuple(files),
+                             license=str(raw.get("license", "")), used_by=str(raw.get("used_by", "")),
+                             optional=bool(raw.get("optional", False)), note=str(raw.get("note", ""))))
+    return Manifest(tuple(entries), path)
+
+
+def resolve_root(model_root: Path | None = None) -> Path:
+    """``--model-root``, else ``$MGFR_HOME``, else the repository's ``weights/`` folder."""
+    if model_root is not None:
+        return Path(model_root)
+    env = os.environ.get("MGFR_HOME")
+    return Path(env) if env else REPO_WEIGHTS
+
+
+# -- verification ----------------------------------------------------------------------------------
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_pins(root: Path) -> dict:
+    p = root / PINS
+    return {str(k): str(v) for k, v in read_yaml(p).items()} if p.is_file() else {}
+
+
+def write_pin(root: Path, rel: str, digest: str) -> None:
+    import yaml
+
+    from .io import atomic_write_bytes
+
+    pins = read_pins(root)
+    pins[rel] = digest
+    atomic_write_bytes(root / PINS, yaml.safe_dump(pins, sort_keys=True).encode())
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    entry: str
+    path: Path
+    state: str  # "verified", "present (unpinned)", "missing", "corrupt"
+    detail: str = ""
+
+
+def check_entry(entry: Entry, root: Path, pins: dict | None = None, hash_files: bool = True) -> list[FileStatus]:
+    pins = read_pins(root) if pins is None else pins
+    out = []
+    for f in entry.files:
+        p = root / f.path
+        expected = f.sha256 or pins.get(f.path)
+        if not p.is_file():
+            out.append(FileStatus(entry.name, p, "missing"))
+        elif f.size is not None and p.stat().st_size != f.size:
+            out.append(FileStatus(entry.name, p, "corrupt", f"size {p.stat().st_size}, expected {f.size}"))
+        elif expected is None:
+            out.append(FileStatus(entry.name, p, "present (unpinned)", "no SHA-256 pinned yet"))
+        elif not hash_files:
+            out.append(FileStatus(entry.name, p, "present"))
+        elif sha256_of(p) != expected:
+            out.append(FileStatus(entry.name, p, "corrupt", "SHA-256 differs from the manifest"))
+        else:
+            out.append(FileStatus(entry.name, p, "verified"))
+    return out
+
+
+# -- fetching ---------------------------------------------------------------------------------------
+def fetch_entry(entry: Entry, root: Path, *, allow_unpinned: bool = False, timeout: float = 30.0,
+                progress: Callable[[str, int, int | None], None] | None = None) -> list[Path]:
+    """Fetch every file of ``entry`` that is not already verified; return the files placed."""
+    if not entry.sources:
+        raise WeightsError(f"{entry.name}: no download source in the manifest ({entry.note or 'place the files by hand'})")
+    pins = read_pins(root)
+    placed = []
+    for f in entry.files:
+        status = check_entry(Entry(entry.name, entry.sources, (f,)), root, pins)[0]
+        if status.state in ("verified", "present (unpinned)"):
+            continue
+        expected = f.sha256 or pins.get(f.path)
+        if expected is None and not allow_unpinned:
+            raise WeightsError(f"{entry.name}: {f.path} has no pinned SHA-256 in the manifest; fetch with "
+                               f"--allow-unpinned to trust the first download (its hash is then recorded in {root / PINS})")
+        remote = f.remote or (f.path.split("/", 1)[1] if "/" in f.path else f.path)
+        errors = []
+        for prefix in entry.sources:
+            url = prefix.rstrip("/") + "/" + remote
+            try:
+                digest = download(url, root / f.path, expected, f.size, timeout=timeout,
+                                  progress=(lambda n, t, p=f.path: progress(p, n, t)) if progress else None)
+            except _SourceFailed as exc:
+                errors.append(str(exc))
+                continue
+            if expected is None:
+                write_pin(root, f.path, digest)
+            placed.append(root / f.path)
+            break
+        else:
+            raise WeightsError(f"{entry.name}: could not fetch {f.path}: " + "; ".join(errors))
+    return placed
+
+
+class _SourceFailed(Exception):
+    """This source did not give a good file; the next one may."""
+
+
+def download(url: str, dest: Path, sha256: str | None, size: int | None, *, timeout: float = 30.0,
+             progress: Callable[[int, int | None], None] | None = None) -> str:
+    """Download ``url`` to ``dest`` via ``dest.part``, resuming a partial file; verify; rename. Returns the hash."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "mgfr", **({"Range": f"bytes={have}-"} if have else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            resumed = have > 0 and resp.status == 206
+            total = resp.headers.get("Content-Length")
+            total = int(total) + (have if resumed else 0) if total is not None else size
+            with open(part, "ab" if resumed else "wb") as fh:
+                done = have if resumed else 0
+                for block in iter(lambda: resp.read(CHUNK), b""):
+                    fh.write(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the partial file is already whole: verify it below
+            pass
+        else:
+            raise _SourceFailed(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise _SourceFailed(f"{url}: no network or host unreachable ({exc.reason})") from None
+    except (TimeoutError, ConnectionError, OSError) as exc:
+        # The partial file stays: the next fetch resumes from it.
+        raise _SourceFailed(f"{url}: connection lost after {part.stat().st_size if part.exists() else 0} bytes "
+                            f"({exc}); run the fetch again to resume") from None
+    if size is not None and part.stat().st_size != size:
+        got = part.stat().st_size
+        if got > size:
+            part.unlink()
+        raise _SourceFailed(f"{url}: got {got} bytes, expected {size}" + ("; run the fetch again to resume" if got < size else ""))
+    digest = sha256_of(part)
+    if sha256 is not None and digest != sha256:
+        part.unlink()  # never keep a file that fails verification
+        raise _SourceFailed(f"{url}: SHA-256 mismatch (got {digest[:12]}..., expected {sha256[:12]}...); file deleted")
+    os.replace(part, dest)
+    return digest
+
+
+# -- what restore needs -----------------------------------------------------------------------------
+def restore_components(root: Path, detector: str, *, base: Path | None, checkpoint: Path | None, device: str,
+                       dtype, need_detector: bool = True):
+    """Build the face helper and the pipeline, or fail once naming every missing file and its fix."""
+    from .faces import DETECTORS, FaceHelper
+    from .identity import ARCFACE_FILE
+    from .pipeline import build_pipeline, find_adapter_dir
+
+    base = base or root / "sd21-base"
+    checkpoint = checkpoint or root / "mgfr-adapter"
+    missing = []
+    if need_detector and not (root / DETECTORS[detector][1]).is_file():
+        missing.append(f"{root / DETECTORS[detector][1]} (mgfr weights fetch {detector})")
+    if not base.exists():
+        missing.append(f"{base} (mgfr weights fetch sd21-base, or --base DIR)")
+    try:
+        find_adapter_dir(checkpoint)
+    except WeightsError:
+        missing.append(f"{checkpoint} (no public MGFR weights exist: train one with `mgfr train`, then --checkpoint RUN_DIR)")
+    if missing:
+        raise WeightsError("missing weights: " + "; ".join(missing))
+    helper = FaceHelper(root, detector if need_detector else None, device=device)
+    pipeline = build_pipeline(base, checkpoint, identity_path=root / ARCFACE_FILE, device=device, dtype=dtype)
+    return helper, pipeline

@@ -1,0 +1,63 @@
+"""Small builders the tests share: a real CLIP tokenizer, tiny models, an ArcFace-shaped ONNX."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from functools import lru_cache
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FIXTURES = SHARED / "fixtures"
+MOBILENET = FIXTURES / "detection_mobilenet0.25_Final.pth"
+
+
+def clip_tokenizer_files(out: Path) -> Path:
+    """Write ``vocab.json`` + ``merges.txt`` for CLIP's BPE from the vocabulary open_clip ships.
+
+    The vocabulary order is CLIP's own (bytes, bytes + ``</w>``, merges, two special tokens), so the
+    ids match the real CLIP tokenizer's.
+    """
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return out
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_dir() -> Path:
+    import tempfile
+
+    return clip_tokenizer_files(Path(tempfile.mkdtemp(prefix="mgfr-clip-")))
+
+
+def clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    d = _tokenizer_dir()
+    return CLIPTokenizer(vocab=str(d / "vocab.json"), merges=str(d / "merges.txt"), model_max_length=77)
+
+
+def tiny_base(seed: int = 0):
+    from mgfr_cli.base import build_random_base
+    from mgfr_cli.configs import load_model_config
+
+    return build_random_base(load_model_config("mgfr-tiny"), clip_tokenizer(), seed=seed)
+
+
+def tiny_adapter(base, seed: int = 0):
+    import torch
+
+    from mgfr_cli.adapter import MgfrAdapter
+    from mgfr_cli.configs import load_model_config
+
+    torch.manual_seed(seed)
+    return MgfrAdapter.from_unet(base.unet, **load_model_config("mgfr-tiny").adapter)
