@@ -313,13 +313,9 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err.print("[red]interrupted[/red]: finished outputs are kept; run again to resume", markup=True)
         sys.exit(130)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show(file=sys.stderr)
-            sys.exit(exc.exit_code)
-        raise
+    except typer.TyperException as exc:  # usage errors from the command line (exit 2)
+        exc.show(file=sys.stderr)
+        sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 
 

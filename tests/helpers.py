@@ -61,3 +61,36 @@ def tiny_adapter(base, seed: int = 0):
 
     torch.manual_seed(seed)
     return MgfrAdapter.from_unet(base.unet, **load_model_config("mgfr-tiny").adapter)
+
+
+def arcface_onnx(path: Path, seed: int = 0) -> Path:
+    """Export a small random network shaped like ArcFace (1x3x112x112 in, 512 out) to ONNX."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.PReLU(8), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.PReLU(16),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(256, 512),
+    ).eval()
+    torch.onnx.export(net, torch.zeros(1, 3, 112, 112), str(path), input_names=["input"], output_names=["embedding"],
+                      dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
+    return path
+
+
+def tiny_pipeline(seed: int = 0, identity=None):
+    from mgfr_cli.pipeline import MgfrPipeline
+
+    base = tiny_base(seed)
+    return MgfrPipeline(base, tiny_adapter(base, seed), identity=identity)
+
+
+def randomize_zero_paths(adapter, seed: int = 1, scale: float = 0.05):
+    """Give every zero-initialised path small random weights (what training would do)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if torch.count_nonzero(p) == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)

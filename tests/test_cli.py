@@ -1,0 +1,116 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from mgfr_cli.io import read_image
+
+FAST = ["--steps", "2", "--detector", "retinaface_mobile0.25", "--device", "cpu"]
+
+
+def _write(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]) if rgb.ndim == 3 else rgb)
+    return path
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = "import sys; from mgfr_cli.cli import app; sys.argv=['mgfr','--help']\n" \
+           "try: app()\nexcept SystemExit: pass\nassert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_restore_real_photo_with_tiny_checkpoint(tiny_root, astronaut, tmp_path, cli):
+    src = _write(tmp_path / "in" / "astro.png", astronaut)
+    before = src.read_bytes()
+    code, out, err = cli("restore", src, "-o", tmp_path / "out", "--model-root", tiny_root, "--save-faces",
+                         "--prompt", "brown eyes", "--ref", src, *FAST)
+    assert code == 0, out + err
+    result = read_image(tmp_path / "out" / "astro.png").pixels
+    assert result.shape == astronaut.shape and src.read_bytes() == before
+    diff = np.abs(result.astype(int) - astronaut.astype(int)).sum(axis=2)
+    assert diff[:, :120].max() == 0 and diff[:, 330:].max() == 0 and diff[260:].max() == 0  # far from the face
+    assert diff[90:150, 200:250].mean() > 5  # the face itself was restored (random weights: changed)
+    assert len(list((tmp_path / "out" / "_faces").glob("astro_00_*.png"))) == 2
+    # a second run skips what is done; --overwrite redoes it
+    code, out, _ = cli("restore", src, "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
+    assert code == 0 and "skipped  │      1" in out.replace("│ ", "│ ").replace("  ", "  ")
+
+
+def test_batch_with_bad_inputs_keeps_going(tiny_root, astronaut, tmp_path, cli):
+    inp = tmp_path / "in"
+    _write(inp / "good.jpg", astronaut)
+    _write(inp / "sub" / "gray.png", cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY))
+    _write(inp / "noface.png", np.full((200, 200, 3), 127, np.uint8))
+    (inp / "empty.jpg").write_bytes(b"")
+    (inp / "text.jpg").write_text("not an image")
+    (inp / "trunc.jpg").write_bytes((inp / "good.jpg").read_bytes()[:2000])
+    _write(inp / "badyaml.png", astronaut)
+    (inp / "badyaml.yaml").write_text("prompt: [unclosed\n")
+    _write(inp / "noref.png", astronaut)
+    (inp / "noref.yaml").write_text("refs: [missing.jpg]\n")
+    _write(inp / "refnoface.png", astronaut)
+    (inp / "refnoface.yaml").write_text("refs: [noface.png]\n")
+    snapshot = {p: p.read_bytes() for p in inp.rglob("*") if p.is_file()}
+    code, out, err = cli("restore", inp, "-o", tmp_path / "out", "--recursive", "--model-root", tiny_root, *FAST)
+    assert code == 1
+    assert (tmp_path / "out" / "good.jpg").is_file()
+    gray = read_image(tmp_path / "out" / "sub" / "gray.png").pixels
+    assert gray.ndim == 2  # grayscale stays grayscale, in the mirrored sub-folder
+    text = " ".join(out.split())
+    for expected in ["empty file", "not a readable image", "truncated or corrupt", "malformed YAML",
+                     "missing.jpg does not exist", "no face detected", "reference"]:
+        assert expected in text, expected
+    assert {p: p.read_bytes() for p in inp.rglob("*") if p.is_file()} == snapshot  # inputs untouched
+    leftovers = [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") or p.suffix in (".tmp", ".part")]
+    assert leftovers == []
+
+
+def test_rgba_and_16bit_keep_their_form(tiny_root, astronaut, tmp_path, cli):
+    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 200, np.uint8)])
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    cv2.imwrite(str(tmp_path / "d.png"), (astronaut[..., ::-1].astype(np.uint16) * 257))
+    code, out, err = cli("restore", tmp_path / "a.png", tmp_path / "d.png", "-o", tmp_path / "out",
+                         "--model-root", tiny_root, *FAST)
+    assert code == 0, out + err
+    a = read_image(tmp_path / "out" / "a.png").pixels
+    assert a.shape[2] == 4 and (a[..., 3] == 200).all()
+    assert read_image(tmp_path / "out" / "d.png").pixels.dtype == np.uint16
+
+
+def test_missing_weights_one_message_naming_each_file(tmp_path, cli, astronaut):
+    src = _write(tmp_path / "a.png", astronaut)
+    code, out, err = cli("restore", src, "-o", tmp_path / "out", "--model-root", tmp_path / "empty", "--device", "cpu")
+    assert code == 1
+    line = " ".join(err.split())
+    assert line.startswith("error: missing weights:")
+    for name in ("detection_Resnet50_Final.pth", "mgfr weights fetch retinaface_resnet50", "sd21-base",
+                 "mgfr-adapter", "mgfr train"):
+        assert name in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_exit_2(cli, tmp_path):
+    code, _, err = cli("restore", tmp_path, "-o", tmp_path / "o", "--largest-face", "--face-index", "1")
+    assert code == 2 and "choose at most one" in err
+    code, _, _ = cli("restore", tmp_path, "-o", tmp_path / "o", "--steps", "0")
+    assert code == 2
+
+
+def test_align_writes_crops_and_tables(detector_root, group_photo, astronaut, tmp_path, cli):
+    _write(tmp_path / "in" / "group.jpg", group_photo)
+    _write(tmp_path / "in" / "astro.jpg", astronaut)
+    code, out, err = cli("align", tmp_path / "in", "-o", tmp_path / "out", "--model-root", detector_root,
+                         "--detector", "retinaface_mobile0.25", "--face-size", "256", "--device", "cpu")
+    assert code == 0, out + err
+    rows = json.loads((tmp_path / "out" / "faces.json").read_text())
+    assert sum(r["source"].endswith("group.jpg") for r in rows) >= 5
+    assert (tmp_path / "out" / "faces.csv").read_text().count("\n") == len(rows) + 1
+    crop = read_image(tmp_path / "out" / "astro_00.png").pixels
+    assert crop.shape == (256, 256, 3)

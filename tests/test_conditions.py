@@ -1,0 +1,70 @@
+import pytest
+
+from mgfr_cli.conditions import ConditionSpec, expand_refs, read_sidecar, resolve_specs
+from mgfr_cli.errors import ConfigError, InputError
+
+
+def _photo(tmp_path):
+    p = tmp_path / "photo.jpg"
+    p.write_bytes(b"x")
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "refs" / "b.png").write_bytes(b"x")
+    return p
+
+
+def test_precedence_flag_over_face_over_photo_over_folder(tmp_path):
+    photo = _photo(tmp_path)
+    (tmp_path / "mgfr.yaml").write_text("prompt: folder words\nnegative_prompt: folder negative\nrefs: [refs]\n")
+    (tmp_path / "photo.yaml").write_text("prompt: photo words\nfaces:\n  1: {prompt: face one words}\n")
+    specs = resolve_specs(photo, ConditionSpec(), 2)
+    assert specs[0].prompt == "photo words" and specs[1].prompt == "face one words"
+    assert specs[0].negative_prompt == "folder negative"  # each key resolved on its own
+    assert specs[0].refs == (tmp_path / "refs",)  # relative to the YAML's folder
+    flagged = resolve_specs(photo, ConditionSpec(prompt="flag words"), 2)
+    assert [s.prompt for s in flagged] == ["flag words", "flag words"]
+    assert flagged[0].negative_prompt == "folder negative"
+
+
+def test_no_yaml_means_defaults(tmp_path):
+    assert resolve_specs(_photo(tmp_path), ConditionSpec(), 1) == [ConditionSpec()]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("prompt: [1, 2]\n", "key 'prompt' must be text"),
+    ("promt: brown eyes\n", "unknown key 'promt'"),
+    ("refs: [nowhere.jpg]\n", "does not exist"),
+    ("faces:\n  x: {prompt: a}\n", "is not a face index"),
+    ("faces:\n  0: {colour: red}\n", "faces.0: unknown key 'colour'"),
+    ("prompt: 'unterminated\n", "malformed YAML"),
+    ("- just\n- a list\n", "expected a mapping"),
+])
+def test_invalid_sidecars_name_file_and_key(tmp_path, text, message):
+    photo = _photo(tmp_path)
+    (tmp_path / "photo.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve_specs(photo, ConditionSpec(), 1)
+    assert "photo.yaml" in str(info.value)
+
+
+def test_face_override_for_a_face_that_does_not_exist(tmp_path):
+    photo = _photo(tmp_path)
+    (tmp_path / "photo.yaml").write_text("faces:\n  3: {prompt: a}\n")
+    with pytest.raises(ConfigError, match="face 3 does not exist"):
+        resolve_specs(photo, ConditionSpec(), 2)
+
+
+def test_folder_yaml_may_not_hold_faces(tmp_path):
+    (tmp_path / "mgfr.yaml").write_text("faces: {0: {prompt: a}}\n")
+    with pytest.raises(ConfigError, match="unknown key 'faces'"):
+        read_sidecar(tmp_path / "mgfr.yaml", allow_faces=False)
+
+
+def test_expand_refs(tmp_path):
+    _photo(tmp_path)
+    assert [p.name for p in expand_refs((tmp_path / "refs",))] == ["a.jpg", "b.png"]
+    with pytest.raises(InputError, match="reference not found"):
+        expand_refs((tmp_path / "missing.jpg",))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no images"):
+        expand_refs((tmp_path / "empty",))

@@ -1,0 +1,66 @@
+import numpy as np
+
+from mgfr_cli.faces import FFHQ_TEMPLATE_512, FaceSelection, feathered_square
+
+
+def test_detects_the_astronaut_with_landmarks_where_a_person_puts_them(helper, astronaut):
+    faces = helper.detect(astronaut)
+    assert len(faces) == 1
+    f = faces[0]
+    assert np.allclose(f.box, (178, 56, 272, 178), atol=8)
+    le, re, nose, lm, rm = f.landmarks
+    # eyes level and apart, nose below and between them, mouth below the nose
+    assert abs(le[1] - re[1]) < 6 and 30 < re[0] - le[0] < 70
+    assert le[0] < nose[0] < re[0] and nose[1] > le[1] + 10
+    assert lm[1] > nose[1] and rm[1] > nose[1] and lm[0] < rm[0]
+    for x, y in f.landmarks:
+        assert f.box[0] <= x <= f.box[2] and f.box[1] <= y <= f.box[3]
+
+
+def test_group_photo_finds_many_faces_left_to_right(helper, group_photo):
+    faces = helper.detect(group_photo)
+    assert len(faces) >= 5
+    centres = [(f.box[0] + f.box[2]) / 2 for f in faces]
+    assert centres == sorted(centres)
+
+
+def test_selection_filters(helper, group_photo):
+    all_faces = helper.detect(group_photo)
+    largest = helper.detect(group_photo, FaceSelection(largest_face=True))
+    assert len(largest) == 1
+    area = lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])  # noqa: E731
+    assert area(largest[0]) == max(area(f) for f in all_faces)
+    assert helper.detect(group_photo, FaceSelection(face_index=1))[0].box == all_faces[1].box
+    assert len(helper.detect(group_photo, FaceSelection(only_center_face=True))) == 1
+    assert helper.detect(group_photo, FaceSelection(min_face_size=10_000)) == []
+
+
+def test_alignment_puts_landmarks_on_the_ffhq_template(helper, astronaut):
+    face = helper.detect_and_align(astronaut)[0]
+    assert face.crop.shape == (512, 512, 3)
+    moved = np.c_[face.landmarks, np.ones(5)] @ face.affine.T
+    err = np.linalg.norm(moved - FFHQ_TEMPLATE_512, axis=1)
+    assert err.mean() < 12 and err.max() < 20  # a least-squares similarity fit of 5 points (px at 512)
+
+
+def test_paste_back_of_the_unchanged_face_reproduces_the_photo(helper, astronaut):
+    faces = helper.detect_and_align(astronaut)
+    out = helper.paste(astronaut, faces, [f.crop for f in faces])
+    diff = np.abs(out.astype(int) - astronaut.astype(int))
+    x1, y1, x2, y2 = map(int, faces[0].box)
+    assert diff[y1:y2, x1:x2].mean() < 3  # inside the face: close (two resamplings)
+    # outside the mask: exactly the input
+    import cv2
+
+    inv = cv2.invertAffineTransform(faces[0].affine)
+    mask = cv2.warpAffine(feathered_square(512), inv, astronaut.shape[1::-1])
+    assert diff[mask == 0].max() == 0
+    assert (mask > 0).sum() < 0.2 * mask.size
+
+
+def test_paste_keeps_dtype_and_gray(helper, astronaut):
+    faces = helper.detect_and_align(astronaut)
+    gray16 = (astronaut.mean(axis=2) * 257).astype(np.uint16)
+    out = helper.paste(gray16, faces, [np.zeros_like(f.crop) for f in faces])
+    assert out.dtype == np.uint16 and out.shape == gray16.shape
+    assert out[0, 0] == gray16[0, 0]

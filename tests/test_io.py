@@ -1,0 +1,84 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mgfr_cli.errors import InputError
+from mgfr_cli.io import Photo, output_format, read_image, write_image
+
+
+def _save(path, arr, **kw):
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+def test_gray_rgba_and_16bit_roundtrip(tmp_path):
+    gray = np.random.default_rng(0).integers(0, 255, (20, 30), dtype=np.uint8)
+    assert read_image(_save(tmp_path / "g.png", gray)).pixels.ndim == 2
+    rgba = np.random.default_rng(1).integers(0, 255, (20, 30, 4), dtype=np.uint8)
+    p = read_image(_save(tmp_path / "a.png", rgba))
+    assert p.has_alpha and np.array_equal(p.pixels, rgba)
+    deep = np.random.default_rng(2).integers(0, 65535, (20, 30, 3), dtype=np.uint16)
+    write_image(tmp_path / "d.png", deep)
+    back = read_image(tmp_path / "d.png")
+    assert back.pixels.dtype == np.uint16 and np.array_equal(back.pixels, deep)
+    gray16 = (np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)
+    write_image(tmp_path / "g16.png", gray16)
+    assert np.array_equal(read_image(tmp_path / "g16.png").pixels, gray16)
+
+
+def test_exif_orientation_applied(tmp_path):
+    arr = np.zeros((10, 20, 3), np.uint8)
+    arr[:, :5] = 255  # white on the left
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    im.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=100)
+    p = read_image(tmp_path / "r.jpg")
+    assert p.pixels.shape[:2] == (20, 10)
+    assert p.pixels[:5].mean() > 200 and p.pixels[-5:].mean() < 50  # the left edge is now on top
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "empty file"),
+    (b"this is text, not a photo", "not a readable image"),
+])
+def test_bad_files(tmp_path, content, message):
+    (tmp_path / "x.jpg").write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        read_image(tmp_path / "x.jpg")
+
+
+def test_truncated_jpeg_and_png(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for ext in ("jpg", "png"):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG" if ext == "jpg" else "PNG")
+        (tmp_path / f"t.{ext}").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+        with pytest.raises(InputError, match="truncated or corrupt|not a readable"):
+            read_image(tmp_path / f"t.{ext}")
+
+
+def test_size_limit(tmp_path):
+    _save(tmp_path / "big.png", np.zeros((2000, 1000), np.uint8))
+    with pytest.raises(InputError, match="over the limit of 1"):
+        read_image(tmp_path / "big.png", max_megapixels=1)
+
+
+def test_cmyk_and_palette(tmp_path):
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
+    assert read_image(tmp_path / "c.jpg").pixels.shape == (8, 8, 3)
+    Image.new("P", (8, 8), 3).save(tmp_path / "p.png")
+    assert read_image(tmp_path / "p.png").pixels.shape == (8, 8, 3)
+
+
+def test_output_format_never_drops_alpha(tmp_path):
+    rgba = Photo(np.zeros((4, 4, 4), np.uint8))
+    assert output_format(rgba, "auto", tmp_path / "x.jpg") == "png"
+    assert output_format(Photo(np.zeros((4, 4, 3), np.uint8)), "auto", tmp_path / "x.jpeg") == "jpg"
+
+
+def test_atomic_write_leaves_no_temporary(tmp_path):
+    write_image(tmp_path / "o.png", np.zeros((4, 4, 3), np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
