@@ -273,9 +273,10 @@ class MgfrAdapter(ModelMixin, ConfigMixin):
         down = tuple(zero(s) for zero, s in zip(self.lca_down_zero, skips))
         return AdapterOutput(down=down, mid=self.lca_mid_zero(h))
 
+    LCA_MODULES = ("lca.", "lca_down_zero.", "lca_mid_zero.")
+
     def trainable_parameters(self, stage: int):
-        """Stage 1 trains LCA; stage 2 trains everything else (LCA stays frozen unless asked)."""
-        lca = [p for n, p in self.named_parameters() if n.startswith("lca")]
-        if stage == 1:
-            return lca
-        return [p for n, p in self.named_parameters() if not n.startswith("lca")]
+        """Stage 1 trains LCA and its zero convs; stage 2 trains everything else: RLF, RCA, the exchange
+        convs (``lca_to_rca`` included) and the identity projector (DESIGN.md §4)."""
+        in_lca = [n.startswith(self.LCA_MODULES) for n, _ in self.named_parameters()]
+        return [p for (n, p), lca in zip(self.named_parameters(), in_lca) if lca == (stage == 1)]

@@ -212,6 +212,85 @@ def align(
     raise typer.Exit(_summary(outcomes, "mgfr align"))
 
 
+@app.command()
+def train(
+    stage: Annotated[int, typer.Option(min=1, max=2, help="1: LQ branch with prompts; 2: reference/identity branch.")],
+    data: Annotated[Path, typer.Option(help="Stage 1: folder of aligned HQ faces; stage 2: one folder per identity.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoints, logs, final adapter).")],
+    base: Annotated[Optional[Path], typer.Option(help="Stable Diffusion base [default: MODEL_ROOT/sd21-base].")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Training config YAML (every knob); flags override it.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Stage 2: the stage-1 run folder or adapter to start from.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o from its latest checkpoint.")] = False,
+    max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Per process.")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option()] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="no, fp16 or bf16.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Architecture config in models/ (or a YAML path).")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(min=1)] = None,
+    num_workers: Annotated[Optional[int], typer.Option(min=0)] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    model_root: ModelRootOpt = None,
+):
+    """Train an MGFR adapter (multi-GPU: `accelerate launch -m mgfr_cli.cli train ...`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .identity import ARCFACE_FILE
+    from .train import load_train_config, train as run_training
+    from .weights import resolve_root
+
+    overrides = dict(stage=stage, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+                     mixed_precision=mixed_precision, model=model, checkpoint_every=checkpoint_every,
+                     num_workers=num_workers, seed=seed)
+    cfg = load_train_config(config, overrides)
+    root = resolve_root(model_root)
+    quiet_libraries()
+    with Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
+                  TimeRemainingColumn(), console=err) as progress:
+        task = progress.add_task("", total=cfg.max_steps)
+
+        def on_step(step, loss, rate):
+            progress.update(task, completed=step, description=f"loss {loss:.4f}  {rate:.1f} samples/s")
+
+        final = run_training(cfg, base_path=base or root / "sd21-base", data_dir=data, run_dir=output, init=init,
+                             resume=resume, identity_path=root / ARCFACE_FILE, on_step=on_step)
+    out.print(f"adapter written to {final} (use: mgfr restore ... --checkpoint {output})")
+
+
+@app.command()
+def degrade(
+    inputs: Annotated[list[str], typer.Argument(help="HQ images, folders or globs.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the degraded copies (tree mirrored).")],
+    config: Annotated[Optional[Path], typer.Option(help="Training config YAML whose `degradation:` ranges to use.")] = None,
+    seed: Annotated[int, typer.Option(help="Image i uses seed + i: the same command gives the same files.")] = 0,
+    recursive: RecursiveOpt = False,
+):
+    """Write synthetic low-quality copies of images (to build test sets), with params.json."""
+    import json
+
+    import numpy as np
+
+    from .batch import FAILED, RESTORED, Outcome, collect_inputs
+    from .degrade import degrade as apply
+    from .io import atomic_write_bytes, read_image, write_image
+    from .train import load_train_config
+
+    cfg = load_train_config(config, {}).degradation
+    items, outcomes = collect_inputs(inputs, recursive)
+    params = {}
+    for i, item in enumerate(items):
+        try:
+            lq, p = apply(read_image(item.path).rgb8(), cfg, np.random.default_rng([seed, i]))
+        except MgfrError as exc:
+            outcomes.append(Outcome(item.path, FAILED, str(exc)))
+            continue
+        target = output / item.relative.with_suffix(".png")
+        write_image(target, lq)
+        params[str(item.relative)] = p
+        outcomes.append(Outcome(item.path, RESTORED, "", target, 0))
+    atomic_write_bytes(output / "params.json", json.dumps(params, indent=1, default=list).encode())
+    raise typer.Exit(_summary(outcomes, "mgfr degrade"))
+
+
 ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest file [default: weights/manifest.yaml].")]
 
 

@@ -88,8 +88,7 @@ class MgfrPipeline:
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.base = base.to(device, dtype)
         self.adapter = adapter.to(device=device, dtype=dtype) if adapter.dtype != dtype else adapter.to(device)
-        self.adapter.eval()
-        self.adapter.requires_grad_(False)
+        self.adapter.eval()  # restore runs under no_grad; requires_grad is left to the owner (the trainer)
         self.identity = identity
         self.resolution = int(adapter.config.resolution)
         self.device = torch.device(device)

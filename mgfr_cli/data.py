@@ -1,0 +1,188 @@
+"""Training data: HQ faces with attribute labels (stage 1) and identity groups (stage 2).
+
+Every random choice of a sample (the image, its degradation, prompt dropout, negative-quality swap,
+the reference) is drawn from a generator seeded by the sample's *position* in the run, so a run that
+is stopped and resumed sees exactly the samples an uninterrupted run would (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import prompts
+from .configs import check_keys
+from .degrade import DegradeConfig, degrade, negative_target
+from .errors import ConfigError, InputError
+from .io import is_image_file, read_image
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    attribute_drop: float = 0.3  # each attribute dropped with this chance
+    prompt_drop: float = 0.1  # the whole prompt dropped (unconditional) with this chance
+    negative_fraction: float = 0.1  # targets swapped for a bad version captioned with the negative-quality prompt
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> "PromptConfig":
+        check_keys(data, set(asdict(cls())), where)
+        return cls(**data)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+
+
+def read_attributes(data_dir: Path) -> dict[str, list[str]]:
+    """Per-image attribute names from ``attributes.csv`` (CelebA style: name + 1/-1 columns, or
+    ``file,attributes`` with ``;``-separated names) or ``attributes.json`` (``{file: [names]}``); keys
+    are file names relative to ``data_dir``. A ``.txt`` caption beside an image is read per sample."""
+    out: dict[str, list[str]] = {}
+    js, cs = data_dir / "attributes.json", data_dir / "attributes.csv"
+    if js.is_file():
+        try:
+            raw = json.loads(js.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{js}: malformed JSON ({exc})") from None
+        out = {str(k): [str(a) for a in v] for k, v in raw.items()}
+    elif cs.is_file():
+        with open(cs, newline="") as fh:
+            rows = list(csv.reader(fh))
+        if rows:
+            head = rows[0]
+            for row in rows[1:]:
+                if not row:
+                    continue
+                if len(head) == 2 and head[1].lower() in ("attributes", "attrs"):
+                    out[row[0]] = [a for a in row[1].split(";") if a.strip()]
+                else:
+                    out[row[0]] = [name for name, v in zip(head[1:], row[1:]) if v.strip() in ("1", "true", "True")]
+    return out
+
+
+def to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
+    """``(3, size, size)`` in [-1, 1] from a uint8 RGB image."""
+    import cv2
+
+    if image.shape[0] != size or image.shape[1] != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+class FaceDataset(torch.utils.data.Dataset):
+    """Item ``p`` (a position in the run, any non-negative integer) -> one training sample.
+
+    Stage 1: ``data_dir`` holds aligned HQ faces. Stage 2: one sub-folder per identity (the Reface-HQ
+    layout); the reference is another image of the same identity.
+    """
+
+    def __init__(self, data_dir: Path, stage: int, resolution: int, degradation: DegradeConfig,
+                 prompt_cfg: PromptConfig, seed: int = 0):
+        self.data_dir = Path(data_dir)
+        if not self.data_dir.is_dir():
+            raise InputError(f"{data_dir}: training data folder not found")
+        self.stage, self.resolution, self.degradation, self.prompt_cfg, self.seed = stage, resolution, degradation, prompt_cfg, seed
+        self.attributes = read_attributes(self.data_dir)
+        self.gender_labelled = any("male" in (n.lower() for n in v) for v in self.attributes.values())
+        self.skipped_identities: list[str] = []
+        if stage == 1:
+            self.images = list_images(self.data_dir)
+            self.identity_of = [0] * len(self.images)
+            self.groups = [list(range(len(self.images)))]
+        else:
+            self.images, self.identity_of, self.groups = [], [], []
+            for folder in sorted(p for p in self.data_dir.iterdir() if p.is_dir()):
+                members = list_images(folder)
+                if len(members) < 2:
+                    self.skipped_identities.append(folder.name)  # no other image to be its reference
+                    continue
+                self.groups.append(list(range(len(self.images), len(self.images) + len(members))))
+                self.identity_of += [len(self.groups) - 1] * len(members)
+                self.images += members
+        if not self.images:
+            raise InputError(f"{data_dir}: no usable training images" + (
+                " (stage 2 needs one folder per identity with at least two images each)" if stage == 2 else ""))
+        self.id_embeddings: dict[int, np.ndarray] | None = None  # filled by prepare_identity
+
+    def __len__(self) -> int:  # one pass over the images; positions beyond wrap around
+        return len(self.images)
+
+    def _load(self, index: int) -> np.ndarray:
+        import cv2
+
+        rgb = read_image(self.images[index]).rgb8()
+        if rgb.shape[:2] != (512, 512):
+            rgb = cv2.resize(rgb, (512, 512), interpolation=cv2.INTER_AREA)
+        return rgb
+
+    def _prompt(self, index: int, rng: np.random.Generator) -> str:
+        path = self.images[index]
+        caption = path.with_suffix(".txt")
+        if caption.is_file():
+            names = [a.strip() for a in caption.read_text().split(",") if a.strip()]
+        else:
+            names = self.attributes.get(str(path.relative_to(self.data_dir)), self.attributes.get(path.name, []))
+        male = any(n.lower() == "male" for n in names)
+        # CelebA labels have a Male column, so an unlabelled-male face there is a woman; otherwise unknown.
+        subject = "man" if male else ("woman" if self.gender_labelled and not caption.is_file() else "person")
+        kept = [n for n in names if n.lower() != "male" and rng.random() >= self.prompt_cfg.attribute_drop]
+        return prompts.positive_prompt(prompts.attribute_text(kept), subject)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
+
+    def __getitem__(self, position: int) -> dict:
+        rng = np.random.default_rng([self.seed, int(position)])
+        epoch, offset = divmod(int(position), len(self.images))
+        index = int(self.order(epoch)[offset])
+        hq = self._load(index)
+        lq, _ = degrade(hq, self.degradation, rng)
+        text = self._prompt(index, rng)
+        target = hq
+        if rng.random() < self.prompt_cfg.negative_fraction:
+            target, text = negative_target(hq, rng), prompts.NEGATIVE_QUALITY
+        elif rng.random() < self.prompt_cfg.prompt_drop:
+            text = ""
+        sample = {"hq": to_tensor(target, self.resolution), "lq": to_tensor(lq, self.resolution), "prompt": text,
+                  "position": int(position)}
+        if self.stage == 2:
+            group = self.groups[self.identity_of[index]]
+            others = [i for i in group if i != index]
+            ref = int(others[rng.integers(len(others))])
+            sample["ref"] = to_tensor(self._load(ref), self.resolution)
+            emb = self.id_embeddings.get(ref) if self.id_embeddings is not None else None
+            sample["id_embed"] = torch.from_numpy(emb) if emb is not None else torch.zeros(512)
+            sample["has_id"] = emb is not None
+        return sample
+
+    def prepare_identity(self, encoder) -> None:
+        """Pre-compute the ArcFace embedding of every image once (they are references in stage 2)."""
+        self.id_embeddings = {}
+        for start in range(0, len(self.images), 32):
+            idx = list(range(start, min(start + 32, len(self.images))))
+            embs = encoder.embed([self._load(i) for i in idx])
+            self.id_embeddings.update(zip(idx, embs))
+
+
+class PositionSampler(torch.utils.data.Sampler):
+    """Positions for one process: micro-step ``m``, process ``r``, slot ``j`` -> ``(m * world + r) * batch + j``.
+
+    Starting at ``first_micro_step`` makes a resumed run continue the same sequence; two processes
+    with batch B together see exactly what one process with batch 2B sees.
+    """
+
+    def __init__(self, batch_size: int, rank: int, world: int, first_micro_step: int, total_micro_steps: int):
+        self.b, self.r, self.w, self.m0, self.m1 = batch_size, rank, world, first_micro_step, total_micro_steps
+
+    def __iter__(self):
+        for m in range(self.m0, self.m1):
+            base = (m * self.w + self.r) * self.b
+            yield from range(base, base + self.b)
+
+    def __len__(self) -> int:
+        return max(0, self.m1 - self.m0) * self.b

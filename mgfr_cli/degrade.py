@@ -1,0 +1,96 @@
+"""Synthetic degradations of HQ faces (DESIGN.md §4, the GFPGAN/CodeFormer family), seeded.
+
+``degrade`` draws every parameter from the given ``numpy.random.Generator`` and returns it, so a
+sample is reproducible from its seed and its parameters can be checked against the configured ranges.
+Images are ``(H, W, 3)`` uint8 RGB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DegradeConfig:
+    blur_prob: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 10.0)
+    blur_kernel: int = 41
+    anisotropic_prob: float = 0.5
+    downsample: tuple[float, float] = (1.0, 16.0)
+    min_size: int = 32
+    noise: tuple[float, float] = (0.0, 20.0)
+    jpeg: tuple[int, int] = (30, 100)
+    color_jitter_prob: float = 0.0
+    color_jitter: float = 0.1  # brightness/contrast shift, as a fraction
+    gray_prob: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> "DegradeConfig":
+        from .configs import check_keys
+
+        check_keys(data, set(asdict(cls())), where)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def gaussian_kernel(size: int, sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
+    """A normalised (possibly rotated, anisotropic) Gaussian kernel of odd ``size``."""
+    r = np.arange(size, dtype=np.float64) - size // 2
+    xx, yy = np.meshgrid(r, r)
+    c, s = np.cos(theta), np.sin(theta)
+    u, v = c * xx + s * yy, -s * xx + c * yy
+    k = np.exp(-0.5 * ((u / sigma_x) ** 2 + (v / sigma_y) ** 2))
+    return (k / k.sum()).astype(np.float32)
+
+
+def degrade(image: np.ndarray, cfg: DegradeConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Blur -> downsample -> noise -> JPEG -> resize back (-> colour jitter, grayscale). Returns (LQ, params)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    x = image.astype(np.float32)
+    params: dict = {}
+    if rng.random() < cfg.blur_prob:
+        sx = float(rng.uniform(*cfg.blur_sigma))
+        aniso = rng.random() < cfg.anisotropic_prob
+        sy = float(rng.uniform(*cfg.blur_sigma)) if aniso else sx
+        theta = float(rng.uniform(0, np.pi)) if aniso else 0.0
+        x = cv2.filter2D(x, -1, gaussian_kernel(cfg.blur_kernel, sx, sy, theta), borderType=cv2.BORDER_REFLECT)
+        params.update(blur_sigma=(sx, sy), blur_theta=theta)
+    factor = float(rng.uniform(*cfg.downsample))
+    small = (max(cfg.min_size, round(w / factor)), max(cfg.min_size, round(h / factor)))
+    x = cv2.resize(x, small, interpolation=[cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC][rng.integers(3)])
+    params["size"] = small
+    sigma = float(rng.uniform(*cfg.noise))
+    x = x + rng.normal(0, sigma, x.shape).astype(np.float32)
+    params["noise"] = sigma
+    quality = int(rng.integers(cfg.jpeg[0], cfg.jpeg[1] + 1))
+    ok, buf = cv2.imencode(".jpg", np.clip(x, 0, 255).round().astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    x = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).astype(np.float32)
+    params["jpeg"] = quality
+    x = cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < cfg.color_jitter_prob:
+        b, c = rng.uniform(-cfg.color_jitter, cfg.color_jitter, 2)
+        x = (x - x.mean()) * (1 + c) + x.mean() + b * 255
+        params["color_jitter"] = (float(b), float(c))
+    if rng.random() < cfg.gray_prob:
+        x = np.repeat((x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None], 3, axis=2)
+        params["gray"] = True
+    return np.clip(x, 0, 255).round().astype(np.uint8), params
+
+
+def negative_target(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A deliberately bad version of an HQ face (blurred, over-smoothed or JPEG-broken), after SUPIR."""
+    import cv2
+
+    kind = rng.integers(3)
+    if kind == 0:
+        return cv2.GaussianBlur(image, (0, 0), float(rng.uniform(3, 8)))
+    if kind == 1:
+        out = image
+        for _ in range(3):
+            out = cv2.bilateralFilter(out, 9, 75, 75)
+        return cv2.medianBlur(out, 7)
+    ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(5, 16))])
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])

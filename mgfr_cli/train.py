@@ -1,0 +1,401 @@
+"""Two-stage MGFR training with Accelerate (DESIGN.md §4).
+
+Stage 1 trains LCA (the low-quality branch) with attribute prompts and negative-quality samples;
+stage 2 trains RLF, RCA, the exchange convs and the identity projector on identity-grouped data,
+starting from a stage-1 checkpoint. The base model (UNet, VAE, text encoder) stays frozen, in half
+precision on GPU. Run folder layout::
+
+    RUN_DIR/config.yaml                      the config used (flags applied)
+    RUN_DIR/checkpoints/step-N/state/        Accelerate state: adapter, optimiser, scheduler, EMA, RNG
+    RUN_DIR/checkpoints/step-N/adapter/      EMA adapter weights (safetensors) + config.json
+    RUN_DIR/adapter/                         the final EMA adapter: what `mgfr restore --checkpoint RUN_DIR` loads
+    RUN_DIR/logs/                            TensorBoard
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .configs import check_keys, load_model_config, read_yaml
+from .data import FaceDataset, PositionSampler, PromptConfig
+from .degrade import DegradeConfig
+from .errors import ConfigError, InputError, WeightsError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: int = 1
+    model: str = "mgfr-sd21"  # architecture config (models/*.yaml) for the adapter knobs and resolution
+    batch_size: int = 4  # per process
+    grad_accum: int = 1
+    learning_rate: float = 1e-5
+    lca_learning_rate: float = 0.0  # stage 2: > 0 also fine-tunes LCA at this rate (ours; off by default)
+    lr_warmup_steps: int = 500
+    lr_schedule: str = "constant_with_warmup"  # any diffusers get_scheduler name
+    weight_decay: float = 1e-2
+    max_steps: int = 100_000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: str = "no"  # no | fp16 | bf16 (Accelerate)
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 2_000
+    log_every: int = 10
+    sample_every: int = 0  # sample grids to TensorBoard every N steps (0: never)
+    sample_steps: int = 20
+    num_workers: int = 2
+    seed: int = 0
+    degradation: DegradeConfig = field(default_factory=DegradeConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+
+
+_NESTED = {"degradation": DegradeConfig, "prompts": PromptConfig}
+
+
+def load_train_config(path: Path | None, overrides: dict) -> TrainConfig:
+    """Defaults < YAML file < command-line overrides (``None`` values are not overrides)."""
+    data = read_yaml(path) if path is not None else {}
+    where = str(path) if path is not None else "training config"
+    check_keys(data, {f.name for f in fields(TrainConfig)}, where)
+    kwargs = {}
+    for f in fields(TrainConfig):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name in _NESTED:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: key {f.name!r} must be a mapping")
+            try:
+                value = _NESTED[f.name].from_dict(value, f"{where}: {f.name}")
+            except TypeError as exc:
+                raise ConfigError(f"{where}: {f.name}: {exc}") from None
+        else:
+            default = f.default
+            if isinstance(default, bool) and not isinstance(value, bool) or \
+               isinstance(default, (int, float)) and not isinstance(default, bool) and (isinstance(value, bool) or not isinstance(value, (int, float))) or \
+               isinstance(default, str) and not isinstance(value, str):
+                raise ConfigError(f"{where}: key {f.name!r} must be {type(default).__name__}, got {type(value).__name__}")
+            if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+                if not value.is_integer():
+                    raise ConfigError(f"{where}: key {f.name!r} must be a whole number, got {value}")
+                value = int(value)
+        kwargs[f.name] = value
+    cfg = replace(TrainConfig(**kwargs), **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.stage not in (1, 2):
+        raise ConfigError(f"{where}: stage must be 1 or 2, got {cfg.stage}")
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"{where}: mixed_precision must be no, fp16 or bf16")
+    for name in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{where}: {name} must be at least 1, got {getattr(cfg, name)}")
+    return cfg
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    import yaml
+
+    from .io import atomic_write_bytes
+
+    data = asdict(cfg)
+    for k in _NESTED:
+        data[k] = {kk: list(v) if isinstance(v, tuple) else v for kk, v in data[k].items()}
+    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
+
+
+def get_lr_lambda(cfg: TrainConfig):
+    """The learning-rate multiplier at a step: linear warm-up, then constant or cosine (a pure function)."""
+    def lr_lambda(step: int) -> float:
+        if step < cfg.lr_warmup_steps:
+            return (step + 1) / cfg.lr_warmup_steps
+        if cfg.lr_schedule == "cosine":
+            progress = (step - cfg.lr_warmup_steps) / max(1, cfg.max_steps - cfg.lr_warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return lr_lambda
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    steps = sorted((p for p in run_dir.glob("checkpoints/step-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+    steps = [p for p in steps if (p / "state").is_dir() and (p / "step.json").is_file()]
+    return steps[-1] if steps else None
+
+
+def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, init: Path | None = None,
+          resume: bool = False, identity_path: Path | None = None,
+          on_step: Callable[[int, float, float], None] | None = None) -> Path:
+    """Train one stage; returns the final adapter folder. ``on_step(step, loss, samples_per_s)`` reports progress."""
+    import time
+
+    import numpy as np
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    from .adapter import MgfrAdapter
+    from .base import load_base
+    from .pipeline import load_adapter
+
+    run_dir = Path(run_dir)
+    start_ckpt = latest_checkpoint(run_dir) if resume else None
+    if resume and start_ckpt is None:
+        raise InputError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise InputError(f"{run_dir}: holds checkpoints already; use --resume to continue it, or another -o")
+    if cfg.stage == 2 and init is None and start_ckpt is None:
+        raise InputError("stage 2 starts from a stage-1 checkpoint: give --init RUN_DIR_OF_STAGE_1")
+
+    # cpu=True where there is no GPU: without it Accelerate does not start gloo under torchrun on CPUs.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                              log_with="tensorboard",
+                              project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")))
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+
+    # 1. The frozen base, in half precision on GPU
+    base = load_base(base_path).to(device, weight_dtype).freeze()
+    noise_schedule = DDPMScheduler.from_config(base.scheduler_config)
+    scaling = float(getattr(base.vae.config, "scaling_factor", 0.18215))
+    model_cfg = load_model_config(cfg.model)
+
+    # 2. The adapter: stage 1 copies the UNet encoder into LCA; stage 2 starts from stage 1
+    if cfg.stage == 1:
+        torch.manual_seed(cfg.seed)  # the paths stage 1 does not train still get reproducible weights
+        adapter = MgfrAdapter.from_unet(base.unet.float(), **model_cfg.adapter)
+        base.unet.to(weight_dtype)
+    else:
+        adapter = load_adapter(init if init is not None else run_dir, base.unet)
+    adapter.to(device, torch.float32)  # trained weights stay fp32 (Accelerate autocasts the forward)
+    adapter.requires_grad_(False)
+    trainable = adapter.trainable_parameters(cfg.stage)
+    groups = [{"params": trainable, "lr": cfg.learning_rate}]
+    if cfg.stage == 2 and cfg.lca_learning_rate > 0:
+        groups.append({"params": adapter.trainable_parameters(1), "lr": cfg.lca_learning_rate})
+    for g in groups:
+        for p in g["params"]:
+            p.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        adapter.enable_gradient_checkpointing()
+    ema = EMAModel([p for g in groups for p in g["params"]], decay=cfg.ema_decay)
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, get_lr_lambda(cfg))
+    # The LR scheduler is not prepared: Accelerate would step it once per process.
+    adapter, optimizer = accelerator.prepare(adapter, optimizer)
+
+    # 3. Data: positions make every sample reproducible (and a resumed run identical)
+    dataset = FaceDataset(data_dir, cfg.stage, model_cfg.resolution, cfg.degradation, cfg.prompts, cfg.seed)
+    if cfg.stage == 2 and identity_path is not None and identity_path.is_file():
+        from .identity import IdentityEncoder
+
+        dataset.prepare_identity(IdentityEncoder(identity_path, "cuda" if device.type == "cuda" else "cpu"))
+    step = 0
+    if start_ckpt is not None:
+        step = _load_state(start_ckpt, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    sampler = PositionSampler(cfg.batch_size, rank, world, step * cfg.grad_accum, cfg.max_steps * cfg.grad_accum)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                                         num_workers=cfg.num_workers, persistent_workers=False)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        accelerator.init_trackers("mgfr", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
+        if dataset.skipped_identities:
+            accelerator.print(f"skipped {len(dataset.skipped_identities)} identities with a single image: "
+                              + ", ".join(dataset.skipped_identities[:10]))
+
+    # 4. The loop
+    adapter.train()
+    prediction = base.scheduler_config.get("prediction_type", "epsilon")
+    tick, seen = time.time(), 0
+    for batch in loader:
+        with accelerator.accumulate(adapter):
+            loss = _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, cfg.seed)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+            optimizer.step()  # Accelerate skips it on accumulation micro-steps
+            if accelerator.sync_gradients:
+                lr_scheduler.step()  # once per optimiser step, whatever the number of processes
+            optimizer.zero_grad(set_to_none=True)
+        seen += batch["hq"].shape[0] * world
+        if not accelerator.sync_gradients:
+            continue  # an accumulation micro-step: the optimiser has not stepped yet
+        ema.step([p for g in groups for p in g["params"]])
+        step += 1
+        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+        if on_step is not None and accelerator.is_main_process:
+            now = time.time()
+            on_step(step, loss_value, seen / max(now - tick, 1e-9))
+            tick, seen = now, 0
+        if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
+            _log_samples(accelerator, base, accelerator.unwrap_model(adapter), ema, batch, cfg, step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            _checkpoint(accelerator, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, run_dir, step)
+
+    # 5. The final EMA adapter: what restore loads from the run folder
+    final = run_dir / "adapter"
+    if accelerator.is_main_process:
+        _save_ema_adapter(accelerator.unwrap_model(adapter), ema, final)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, seed):
+    """The base model's objective (epsilon or v) as MSE on latents; noise and t drawn per sample position."""
+    hq = batch["hq"].to(device, weight_dtype)
+    lq = batch["lq"].to(device, weight_dtype)
+    with torch.no_grad():
+        z0 = base.vae.encode(hq).latent_dist.mode() * scaling
+        z_lq = base.vae.encode(lq).latent_dist.mode() * scaling
+        tok = base.tokenizer(list(batch["prompt"]), padding="max_length", truncation=True, return_tensors="pt",
+                             max_length=min(base.tokenizer.model_max_length, base.text_encoder.config.max_position_embeddings))
+        text = base.text_encoder(tok.input_ids.to(device))[0]
+    # Per-sample generators keyed by position: the same sample gets the same noise in any batch,
+    # on any number of processes, before or after a resume.
+    gens = [torch.Generator().manual_seed(seed * 1_000_003 + int(p)) for p in batch["position"]]
+    noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(device, z0.dtype)
+    t = torch.stack([torch.randint(0, noise_schedule.config.num_train_timesteps, (1,), generator=g) for g in gens])
+    t = t.reshape(-1).to(device)
+    z_t = noise_schedule.add_noise(z0, noise, t)
+    reference = None
+    if "ref" in batch:
+        with torch.no_grad():
+            z_ref = base.vae.encode(batch["ref"].to(device, weight_dtype)).latent_dist.mode() * scaling
+        ids = batch["id_embed"].to(device)[:, None] if bool(batch["has_id"].any()) else None
+        reference = _unwrap(adapter).prepare_reference(z_lq.float(), z_ref[:, None].float(), ids, text.float())
+    res = adapter(z_t.float(), t, text.float(), z_lq.float(), reference)
+    pred = base.unet(z_t, t, encoder_hidden_states=text,
+                     down_block_additional_residuals=[r.to(weight_dtype) for r in res.down],
+                     mid_block_additional_residual=res.mid.to(weight_dtype)).sample
+    target = noise if prediction == "epsilon" else noise_schedule.get_velocity(z0, noise, t)
+    return F.mse_loss(pred.float(), target.float())
+
+
+@torch.no_grad()
+def estimate_loss(cfg: TrainConfig, *, base_path: Path, data_dir: Path, adapter_path: Path,
+                  positions: range = range(16), identity_path: Path | None = None) -> float:
+    """The training loss of an adapter on fixed sample positions (same images, degradations, noise and t
+    every call): a deterministic yardstick for comparing checkpoints."""
+    from diffusers import DDPMScheduler
+
+    from .base import load_base
+    from .pipeline import load_adapter
+
+    base = load_base(base_path)
+    adapter = load_adapter(adapter_path, base.unet).eval()
+    dataset = FaceDataset(data_dir, cfg.stage, int(adapter.config.resolution), cfg.degradation, cfg.prompts, cfg.seed)
+    if cfg.stage == 2 and identity_path is not None and identity_path.is_file():
+        from .identity import IdentityEncoder
+
+        dataset.prepare_identity(IdentityEncoder(identity_path))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=list(positions))
+    schedule = DDPMScheduler.from_config(base.scheduler_config)
+    scaling = float(getattr(base.vae.config, "scaling_factor", 0.18215))
+    prediction = base.scheduler_config.get("prediction_type", "epsilon")
+    losses = [float(_loss(b, base, adapter, schedule, scaling, prediction, torch.float32, torch.device("cpu"), cfg.seed))
+              for b in loader]
+    return float(sum(losses) / len(losses))
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def _save_ema_adapter(adapter, ema, folder: Path) -> None:
+    """EMA weights into a ``save_pretrained`` folder, written beside and renamed into place."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        adapter.save_pretrained(tmp, safe_serialization=True)
+    finally:
+        ema.restore(params)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def _checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir: Path, step: int) -> None:
+    """Everything a resume needs, without pickles: safetensors for tensors, JSON for counters, and the
+    optimiser state (tensors and numbers only, so it loads with ``weights_only=True``). Written to a
+    temporary folder and renamed; processes hold identical copies under DDP, so the main one writes."""
+    from safetensors.torch import save_file
+
+    if accelerator.is_main_process:
+        final = run_dir / "checkpoints" / f"step-{step}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "state").mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, tmp / "state" / "adapter.safetensors")
+        save_file({str(i): p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}, tmp / "state" / "ema.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "state" / "optimizer.pt")
+        meta = {"step": step, "lr_scheduler": lr_scheduler.state_dict(),
+                "ema": {"optimization_step": ema.optimization_step, "decay": ema.decay}}
+        (tmp / "step.json").write_text(json.dumps(meta, default=str))
+        _save_ema_adapter(adapter, ema, tmp / "adapter")
+        shutil.copy(run_dir / "config.yaml", tmp / "config.yaml")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+
+
+def _load_state(ckpt: Path, adapter, optimizer, lr_scheduler, ema) -> int:
+    from safetensors.torch import load_file
+
+    try:
+        adapter.load_state_dict(load_file(ckpt / "state" / "adapter.safetensors"))
+        shadow = load_file(ckpt / "state" / "ema.safetensors")
+        optimizer.load_state_dict(torch.load(ckpt / "state" / "optimizer.pt", map_location="cpu", weights_only=True))
+        meta = json.loads((ckpt / "step.json").read_text())
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise WeightsError(f"{ckpt}: cannot resume from this checkpoint ({str(exc).splitlines()[0]})") from None
+    for i, p in enumerate(ema.shadow_params):
+        p.data.copy_(shadow[str(i)].to(p.device))
+    ema.optimization_step = meta["ema"]["optimization_step"]
+    lr_scheduler.load_state_dict(meta["lr_scheduler"])
+    return int(meta["step"])
+
+
+@torch.no_grad()
+def _log_samples(accelerator, base, adapter, ema, batch, cfg: TrainConfig, step: int) -> None:
+    """A grid of LQ / restored (EMA weights) / HQ / reference for the first faces of the batch."""
+    import numpy as np
+
+    from .conditions import FaceConditions
+    from .faces import AlignedFace
+    from .pipeline import MgfrPipeline, RestoreSettings
+
+    n = min(4, batch["hq"].shape[0])
+    to_u8 = lambda x: ((x.float().clamp(-1, 1) + 1) * 127.5).byte().permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
+    lq = list(to_u8(batch["lq"][:n]))
+    refs = list(to_u8(batch["ref"][:n])) if "ref" in batch else [None] * n
+    conds = [FaceConditions(references=(AlignedFace(r, np.zeros((5, 2)), np.eye(2, 3), 0),) if r is not None else ())
+             for r in refs]
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        pipe = MgfrPipeline(base, adapter, device=accelerator.device, dtype=next(base.unet.parameters()).dtype)
+        restored = pipe.restore(lq, conds, RestoreSettings(steps=cfg.sample_steps, seed=cfg.seed)).images
+    finally:
+        ema.restore(params)
+        adapter.train()
+    rows = [np.concatenate([r for r in row if r is not None], axis=1)
+            for row in zip(lq, restored, to_u8(batch["hq"][:n]), refs)]
+    grid = np.concatenate(rows, axis=0)
+    tracker = accelerator.get_tracker("tensorboard", unwrap=True)
+    tracker.add_image("samples/lq_restored_hq_ref", grid, step, dataformats="HWC")

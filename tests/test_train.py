@@ -1,0 +1,199 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mgfr_cli.data import FaceDataset, PromptConfig
+from mgfr_cli.degrade import DegradeConfig, degrade
+from mgfr_cli.errors import ConfigError, InputError
+from mgfr_cli.train import estimate_loss, load_train_config, train
+
+HERE = Path(__file__).resolve().parent
+MILD = DegradeConfig(blur_sigma=(2.0, 3.0), downsample=(4.0, 4.0), noise=(0.0, 5.0), jpeg=(60, 80))
+
+
+def _crops():
+    """Face crops of real photos: the astronaut and five faces of insightface's group photo."""
+    import insightface
+    import skimage.data
+
+    a = skimage.data.astronaut()
+    g = cv2.imread(str(Path(insightface.__file__).parent / "data/images/t1.jpg"))[:, :, ::-1]
+    boxes = [(105, 115, 215, 225), (255, 135, 365, 245), (500, 110, 610, 220), (745, 120, 855, 230), (1005, 115, 1115, 225)]
+    faces = [a[30:230, 125:325]] + [g[y1:y2, x1:x2] for x1, y1, x2, y2 in boxes]
+    return [cv2.resize(np.ascontiguousarray(f), (128, 128), interpolation=cv2.INTER_AREA) for f in faces]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny base whose VAE latents are scaled to unit variance (as SD's scaling factor is chosen),
+    stage-1 data (six faces with attribute labels) and stage-2 data (three identities, one with a single image)."""
+    from helpers import tiny_base
+
+    root = tmp_path_factory.mktemp("train")
+    crops = _crops()
+    base = tiny_base()
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        std = float(base.vae.encode(x).latent_dist.mode().std())
+    base.vae.register_to_config(scaling_factor=1.0 / std)
+    base.save(root / "base")
+    s1 = root / "stage1"
+    s1.mkdir()
+    for i, c in enumerate(crops):
+        cv2.imwrite(str(s1 / f"face{i}.png"), c[:, :, ::-1])
+    (s1 / "attributes.csv").write_text("file,Male,Eyeglasses,Smiling\n" + "".join(
+        f"face{i}.png,{1 if i % 2 else -1},-1,{1 if i < 3 else -1}\n" for i in range(len(crops))))
+    s2 = root / "stage2"
+    for ident, members in {"anna": [0, 1], "bob": [2, 3, 4], "solo": [5]}.items():
+        (s2 / ident).mkdir(parents=True)
+        for m in members:
+            flipped = crops[m] if m % 2 == 0 else crops[m][:, ::-1]
+            cv2.imwrite(str(s2 / ident / f"{m}.png"), np.ascontiguousarray(flipped[:, :, ::-1]))
+    return {"root": root, "base": root / "base", "s1": s1, "s2": s2, "crops": crops}
+
+
+def _cfg(**kw):
+    defaults = dict(model="mgfr-tiny", batch_size=2, num_workers=0, lr_warmup_steps=2, learning_rate=1e-3,
+                    log_every=5, checkpoint_every=1000, ema_decay=0.9)
+    return load_train_config(None, {**defaults, **kw})
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(folder / "diffusion_pytorch_model.safetensors")
+
+
+def test_degradations_reproducible_and_in_range(world):
+    img = world["crops"][0]
+    cfg = DegradeConfig(color_jitter_prob=0.5, gray_prob=0.5)
+    for seed in range(20):
+        a, pa = degrade(img, cfg, np.random.default_rng(seed))
+        b, pb = degrade(img, cfg, np.random.default_rng(seed))
+        assert np.array_equal(a, b) and pa == pb
+        assert a.shape == img.shape and a.dtype == np.uint8
+        assert all(0.1 <= s <= 10 for s in pa["blur_sigma"])
+        assert 0 <= pa["noise"] <= 20 and 30 <= pa["jpeg"] <= 100
+        assert all(max(32, 128 // 16) <= s <= 128 for s in pa["size"])
+    assert not np.array_equal(degrade(img, cfg, np.random.default_rng(1))[0], degrade(img, cfg, np.random.default_rng(2))[0])
+
+
+def test_prompts_from_labels_with_dropout_and_negative_samples(world):
+    ds = FaceDataset(world["s1"], 1, 128, MILD, PromptConfig(attribute_drop=0.0, prompt_drop=0.0, negative_fraction=0.0))
+    texts = {ds[p]["prompt"] for p in range(12)}
+    assert "a high-quality photo of a man who has smiling" in texts
+    assert "a high-quality photo of a woman who has smiling" in texts
+    ds = FaceDataset(world["s1"], 1, 128, MILD, PromptConfig(attribute_drop=0.0, prompt_drop=0.0, negative_fraction=1.0))
+    from mgfr_cli.prompts import NEGATIVE_QUALITY
+
+    assert {ds[p]["prompt"] for p in range(6)} == {NEGATIVE_QUALITY}
+    ds = FaceDataset(world["s1"], 1, 128, MILD, PromptConfig(prompt_drop=1.0, negative_fraction=0.0))
+    assert {ds[p]["prompt"] for p in range(6)} == {""}
+
+
+def test_stage2_references_are_other_images_of_the_same_identity(world):
+    ds = FaceDataset(world["s2"], 2, 128, MILD, PromptConfig())
+    assert ds.skipped_identities == ["solo"] and len(ds) == 5
+    for p in range(10):
+        s = ds[p]
+        assert s["ref"].shape == s["hq"].shape and not torch.equal(s["ref"], s["hq"])
+
+
+def test_learning_is_real_and_both_stages_run(world, tmp_path):
+    """Overfit stage 1 on two faces: the loss falls and restoring their degraded versions gets closer
+    to the HQ faces than with the untrained adapter. The tiny base's VAE is random, so "the HQ face"
+    is its VAE reconstruction D(E(HQ)), the best any latent restorer on this base can give."""
+    from mgfr_cli.adapter import MgfrAdapter
+    from mgfr_cli.base import load_base
+    from mgfr_cli.conditions import FaceConditions
+    from mgfr_cli.configs import load_model_config
+    from mgfr_cli.pipeline import MgfrPipeline, RestoreSettings, load_adapter
+
+    data = tmp_path / "two"
+    data.mkdir()
+    for i in (0, 1):
+        shutil.copy(world["s1"] / f"face{i}.png", data)
+    losses = []
+    cfg = _cfg(stage=1, max_steps=150, prompts=PromptConfig(0.0, 0.0, 0.0), degradation=MILD)
+    train(cfg, base_path=world["base"], data_dir=data, run_dir=tmp_path / "run1", on_step=lambda s, l, r: losses.append(l))
+    assert np.mean(losses[-15:]) < 0.6 * np.mean(losses[:15])
+
+    base = load_base(world["base"])
+    trained = MgfrPipeline(base, load_adapter(tmp_path / "run1", base.unet))
+    torch.manual_seed(0)
+    untrained = MgfrPipeline(base, MgfrAdapter.from_unet(base.unet, **load_model_config("mgfr-tiny").adapter))
+    hq = world["crops"][:2]
+    lq = [degrade(c, MILD, np.random.default_rng(100 + i))[0] for i, c in enumerate(hq)]
+    with torch.no_grad():
+        best = trained.decode_latents(trained.encode_images(trained.to_tensor(hq)))
+    best = ((best + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    settings = RestoreSettings(steps=10, color_fix="none", guidance_quality=0.0)
+
+    def psnr(a, b):
+        return 10 * np.log10(255.0**2 / np.mean((a.astype(float) - b.astype(float)) ** 2))
+
+    gain = [psnr(t, r) - psnr(u, r) for t, u, r in zip(trained.restore(lq, [FaceConditions()] * 2, settings).images,
+                                                         untrained.restore(lq, [FaceConditions()] * 2, settings).images, best)]
+    assert min(gain) > 0.1, gain
+
+    cfg2 = _cfg(stage=2, max_steps=60, learning_rate=3e-3, prompts=PromptConfig(0.0, 0.0, 0.0), degradation=MILD)
+    final = train(cfg2, base_path=world["base"], data_dir=world["s2"], run_dir=tmp_path / "run2", init=tmp_path / "run1")
+    kw = dict(base_path=world["base"], data_dir=world["s2"], positions=range(20))
+    before, after = estimate_loss(cfg2, adapter_path=tmp_path / "run1", **kw), estimate_loss(cfg2, adapter_path=final, **kw)
+    print("stage 2 loss on fixed samples", before, after)
+    assert after < 0.99 * before  # zero-initialised exchange paths: stage 2 starts slowly
+    before, after = _weights(tmp_path / "run1" / "adapter"), _weights(final)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("lca.", "lca_down_zero", "lca_mid_zero")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("rca_to_lca"))
+
+
+def test_resume_gives_the_same_weights(world, tmp_path):
+    cfg = _cfg(stage=1, max_steps=6, checkpoint_every=3, prompts=PromptConfig(0.3, 0.1, 0.2))
+    train(cfg, base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "straight")
+    short = _cfg(stage=1, max_steps=3, checkpoint_every=3, prompts=PromptConfig(0.3, 0.1, 0.2))
+    train(short, base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "resumed")
+    train(cfg, base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "resumed", resume=True)
+    a, b = _weights(tmp_path / "straight" / "adapter"), _weights(tmp_path / "resumed" / "adapter")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    with pytest.raises(InputError, match="--resume"):
+        train(cfg, base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "straight")
+    with pytest.raises(InputError, match="no checkpoint"):
+        train(cfg, base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "empty", resume=True)
+
+
+def test_two_processes_average_gradients(world, tmp_path):
+    """Two processes with batch 1 must end where one process with batch 2 ends (DDP averages gradients)."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", str(HERE / "dist_train.py"),
+           str(world["base"]), str(world["s1"]), str(tmp_path / "two"), "1"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    subprocess.run([sys.executable, str(HERE / "dist_train.py"), str(world["base"]), str(world["s1"]),
+                    str(tmp_path / "one"), "2"], env=env, check=True, capture_output=True, timeout=600)
+    a, b = _weights(tmp_path / "two" / "adapter"), _weights(tmp_path / "one" / "adapter")
+    # The zero convs start at zero, so their weights are the whole update. Adam turns float-rounding
+    # differences of near-zero gradients into full-size steps on a few elements, hence a norm test.
+    zero = [k for k in a if "_zero" in k]
+    update = torch.cat([a[k].flatten() for k in zero])
+    gap = torch.cat([(a[k] - b[k]).flatten() for k in zero])
+    assert update.norm() > 0 and gap.norm() < 0.02 * update.norm(), (float(gap.norm()), float(update.norm()))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("learning_rate: fast\n", "must be float"),
+    ("batch_size: 0\n", "at least 1"),
+    ("lerning_rate: 1e-4\n", "unknown key 'lerning_rate'"),
+    ("degradation: {blur: 3}\n", "degradation: unknown key 'blur'"),
+    ("mixed_precision: fp8\n", "no, fp16 or bf16"),
+])
+def test_bad_training_configs(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(tmp_path / "c.yaml", {})
