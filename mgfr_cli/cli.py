@@ -291,6 +291,49 @@ def degrade(
     raise typer.Exit(_summary(outcomes, "mgfr degrade"))
 
 
+@app.command("eval")
+def evaluate_cmd(
+    pred: Annotated[Path, typer.Option(help="Folder of restored images.")],
+    gt: Annotated[Path, typer.Option(help="Folder of ground-truth images (paired by file name).")],
+    ref: Annotated[Optional[Path], typer.Option(help="Folder of references: adds identity cosine pred vs reference.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write per-image values and the mean as CSV.")] = None,
+    device: DeviceOpt = Device.auto,
+    model_root: ModelRootOpt = None,
+):
+    """PSNR, SSIM, LPIPS and ArcFace identity cosine per image and averaged (metrics whose weights are missing are skipped, and said so)."""
+    from rich.table import Table
+
+    from .evaluate import LPIPS_TRUNK, Lpips, evaluate, write_csv
+    from .identity import ARCFACE_FILE, IdentityEncoder
+    from .weights import resolve_root
+
+    for folder, flag in ((pred, "--pred"), (gt, "--gt")):
+        if not folder.is_dir():
+            raise MgfrError(f"{flag} {folder}: not a folder")
+    root = resolve_root(model_root)
+    dev, _ = resolve_device(device)
+    skipped = []
+    lp = Lpips(root / LPIPS_TRUNK, dev) if (root / LPIPS_TRUNK).is_file() else skipped.append("lpips (mgfr weights fetch lpips-alex)")
+    ident = IdentityEncoder(root / ARCFACE_FILE, dev) if (root / ARCFACE_FILE).is_file() else skipped.append("identity (mgfr weights fetch arcface)")
+    result = evaluate(pred, gt, lpips_model=lp, identity=ident, ref_dir=ref)
+    table = Table(title=f"mgfr eval: {len(result.rows)} pairs")
+    table.add_column("image", overflow="fold")
+    for m in result.metrics:
+        table.add_column(m, justify="right")
+    for r in result.rows:
+        table.add_row(r["name"], *(f"{r[m]:.4f}" for m in result.metrics))
+    if result.rows:
+        table.add_row("[bold]mean[/bold]", *(f"[bold]{v:.4f}[/bold]" for v in result.mean().values()))
+    out.print(table)
+    for path, why in result.problems:
+        out.print(f"[yellow]skipped[/yellow] {path}: {why}")
+    if skipped:
+        out.print("not computed: " + "; ".join(skipped))
+    if report is not None:
+        write_csv(result, report)
+    raise typer.Exit(0 if result.rows else 1)
+
+
 ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest file [default: weights/manifest.yaml].")]
 
 
