@@ -326,6 +326,8 @@ def restore_in_batches(restorer: Restorer, crops, conditions, seeds, batch_size:
             if size == 1:
                 raise InputError("out of GPU memory even for one face (free memory or use --device cpu)") from None
             size //= 2
+            if getattr(restorer, "pad_to", 0) > size:
+                restorer.pad_to = size  # a compiled restorer pads batches: pad to the smaller size from now on
             continue
         i += size
     return out

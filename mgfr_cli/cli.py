@@ -61,14 +61,18 @@ def quiet_libraries() -> None:
 
 
 def resolve_device(device: Device):
-    """The one place that turns --device into a torch device and dtype (fp16 on CUDA, fp32 on CPU)."""
+    """The one place that turns --device into a torch device and dtype (fp16 on CUDA, fp32 on CPU).
+
+    Under ``accelerate launch``/``torchrun`` each process takes the GPU of its LOCAL_RANK."""
     import torch
 
     if device == Device.auto:
         device = Device.cuda if torch.cuda.is_available() else Device.cpu
     if device == Device.cuda and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here (use --device cpu)")
-    return device.value, (torch.float16 if device == Device.cuda else torch.float32)
+    if device == Device.cuda:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}", torch.float16
+    return "cpu", torch.float32
 
 
 def _selection(only_center, largest, face_index, min_face_size):
@@ -109,6 +113,36 @@ def _summary(outcomes, title: str) -> int:
     return 1 if counts[FAILED] else 0
 
 
+def write_summary(path: Path, outcomes) -> None:
+    import json
+
+    from .io import atomic_write_bytes
+
+    rows = [{"source": str(o.source), "status": o.status, "detail": o.detail,
+             "output": str(o.output) if o.output else None, "faces": o.faces} for o in outcomes]
+    atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
+
+
+def merge_summaries(output: Path, world: int, wait_s: float = 3600.0):
+    """Wait (up to ``wait_s``) for every process's summary file; return the merged outcomes and missing ranks."""
+    import json
+    import time
+
+    from .batch import Outcome
+
+    files = [output / f"mgfr-summary-{r}-of-{world}.json" for r in range(world)]
+    deadline = time.time() + wait_s
+    while not all(f.is_file() for f in files) and time.time() < deadline:
+        time.sleep(0.5)
+    merged = []
+    for f in files:
+        if f.is_file():
+            merged += [Outcome(Path(r["source"]), r["status"], r["detail"], Path(r["output"]) if r["output"] else None,
+                               r["faces"]) for r in json.loads(f.read_text())]
+    write_summary(output / "mgfr-summary.json", merged)
+    return merged, [r for r, f in enumerate(files) if not f.is_file()]
+
+
 def _run_batch(job, helper, restorer) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -122,7 +156,18 @@ def _run_batch(job, helper, restorer) -> int:
             progress.update(task, advance=1, description=f"{o.status}: {o.source.name}")
 
         outcomes = BatchRestorer(helper, restorer).run(job, on_outcome, lambda n: progress.update(task, total=n))
-    return _summary(outcomes, "mgfr restore" + (f" (process {job.shard[0]} of {job.shard[1]})" if job.shard[1] > 1 else ""))
+    rank, world = job.shard
+    if world == 1:
+        write_summary(job.output / "mgfr-summary.json", outcomes)
+        return _summary(outcomes, "mgfr restore")
+    # Several processes: each writes its share; the first merges them once all are there.
+    write_summary(job.output / f"mgfr-summary-{rank}-of-{world}.json", outcomes)
+    if rank != 0:
+        return 1 if any(o.status == "failed" for o in outcomes) else 0
+    merged, missing = merge_summaries(job.output, world)
+    if missing:
+        err.print(f"[yellow]summary without processes {missing} (they did not finish)[/yellow]", markup=True)
+    return _summary(merged, f"mgfr restore ({world} processes)") or (1 if missing else 0)
 
 
 @app.command()
@@ -141,6 +186,7 @@ def restore(
     color_fix: Annotated[str, typer.Option(help="Colour correction toward the input: wavelet, adain or none.")] = "wavelet",
     seed: Annotated[int, typer.Option(help="Random seed (face K of a photo uses seed + K).")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per GPU batch (halved automatically on out-of-memory).")] = 8,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile + CUDA graphs (slow first batch; batches padded to --batch-size).")] = False,
     upscale: Annotated[float, typer.Option(min=0.1, max=8, help="Resize the background by this factor.")] = 1.0,
     has_aligned: Annotated[bool, typer.Option("--has-aligned", help="Inputs are already aligned face crops.")] = False,
     save_faces: Annotated[bool, typer.Option("--save-faces", help="Also write aligned and restored crops to OUT/_faces.")] = False,
@@ -182,7 +228,8 @@ def restore(
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
                      shard=_shard())
-    raise typer.Exit(_run_batch(job, helper, DiffusionRestorer(pipeline, settings)))
+    pipeline.optimize(compile=compile, channels_last=dev.startswith("cuda"))
+    raise typer.Exit(_run_batch(job, helper, DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)))
 
 
 @app.command()
