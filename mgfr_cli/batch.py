@@ -19,11 +19,15 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from .conditions import ConditionSpec, FaceConditions, expand_refs, resolve_specs
-from .errors import InputError, MgfrError
+import errno
+
+from .errors import InputError, MgfrError, OutputError
 from .faces import AlignedFace, FaceHelper, FaceSelection
 from .io import DEFAULT_MAX_MEGAPIXELS, Photo, is_image_file, output_format, read_image, write_image
 
 RESTORED, SKIPPED, NO_FACE, FAILED = "restored", "skipped", "no face", "failed"
+# Errors of the output folder itself: no later photo can be written either, so the run stops.
+FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 FACES_DIR = "_faces"
 
 
@@ -166,6 +170,7 @@ class BatchRestorer:
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
         items, outcomes = collect_inputs(job.inputs, job.recursive)
+        check_output_folder(job.output)
         rank, world = job.shard
         items = items[rank::world]
         for o in outcomes if rank == 0 else []:
@@ -258,6 +263,7 @@ class BatchRestorer:
     def _write(self, job: RestoreJob, p: _Prepared, restored: list[np.ndarray]) -> Outcome:
         import cv2
 
+        remove_stale_temporaries(p.target)
         try:
             if job.has_aligned:
                 h, w = p.photo.height, p.photo.width
@@ -276,9 +282,34 @@ class BatchRestorer:
                     stem = job.output / FACES_DIR / rel.parent / f"{rel.stem}_{f.index:02d}"
                     write_image(stem.with_name(stem.name + "_aligned.png"), f.crop)
                     write_image(stem.with_name(stem.name + "_restored.png"), r)
-        except (MgfrError, OSError) as exc:
-            return Outcome(p.item.path, FAILED, f"cannot write {p.target}: {getattr(exc, 'strerror', None) or exc}")
+        except OSError as exc:
+            if exc.errno in FATAL_WRITE_ERRORS:
+                raise OutputError(f"{job.output}: cannot write outputs ({exc.strerror}); stopped, inputs untouched, "
+                                  f"finished outputs kept") from None
+            return Outcome(p.item.path, FAILED, f"cannot write {p.target}: {exc.strerror or exc}")
+        except MgfrError as exc:
+            return Outcome(p.item.path, FAILED, f"cannot write {p.target}: {exc}")
         return Outcome(p.item.path, RESTORED, "", p.target, len(p.faces))
+
+
+def check_output_folder(output: Path) -> None:
+    """Fail before any work when the output folder cannot take a file (a real probe: permission bits say
+    nothing to root, and a read-only mount only shows on writing)."""
+    import tempfile
+
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{output}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Temporary files of ``target`` left by a run that was killed mid-write (``atomic_write_bytes``)."""
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def _like(photo: Photo, rgb8: np.ndarray) -> np.ndarray:

@@ -89,7 +89,13 @@ def _shard() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _summary(outcomes, title: str) -> int:
+def shown(path) -> str:
+    """A path for the terminal: undecodable bytes of a file name (kept as surrogates) shown as U+FFFD."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _summary(outcomes, title: str, done: str = "restored") -> int:
+    """Print the outcome counts and every photo not done with its reason; return the exit code."""
     from rich.table import Table
 
     from .batch import FAILED, NO_FACE, RESTORED, SKIPPED
@@ -99,7 +105,7 @@ def _summary(outcomes, title: str) -> int:
     table.add_column("outcome")
     table.add_column("photos", justify="right")
     for status, n in counts.items():
-        table.add_row(status, str(n))
+        table.add_row(done if status == RESTORED else status, str(n))
     out.print(table)
     problems = [o for o in outcomes if o.status in (FAILED, NO_FACE)]
     if problems:
@@ -108,7 +114,7 @@ def _summary(outcomes, title: str) -> int:
         detail.add_column("outcome")
         detail.add_column("reason", overflow="fold")
         for o in problems:
-            detail.add_row(str(o.source), o.status, o.detail)
+            detail.add_row(shown(o.source), o.status, shown(o.detail))
         out.print(detail)
     return 1 if counts[FAILED] else 0
 
@@ -153,7 +159,7 @@ def _run_batch(job, helper, restorer) -> int:
         task = progress.add_task("photos", total=None)
 
         def on_outcome(o):
-            progress.update(task, advance=1, description=f"{o.status}: {o.source.name}")
+            progress.update(task, advance=1, description=f"{o.status}: {shown(o.source.name)}")
 
         outcomes = BatchRestorer(helper, restorer).run(job, on_outcome, lambda n: progress.update(task, total=n))
     rank, world = job.shard
@@ -256,7 +262,7 @@ def align(
     dev, _ = resolve_device(device)
     helper = FaceHelper(resolve_root(model_root), detector.value, face_size=face_size, device=dev, use_parse=False)
     outcomes = align_inputs(helper, inputs, output, selection, recursive, max_megapixels)
-    raise typer.Exit(_summary(outcomes, "mgfr align"))
+    raise typer.Exit(_summary(outcomes, "mgfr align", done="aligned"))
 
 
 @app.command()
@@ -335,7 +341,7 @@ def degrade(
         params[str(item.relative)] = p
         outcomes.append(Outcome(item.path, RESTORED, "", target, 0))
     atomic_write_bytes(output / "params.json", json.dumps(params, indent=1, default=list).encode())
-    raise typer.Exit(_summary(outcomes, "mgfr degrade"))
+    raise typer.Exit(_summary(outcomes, "mgfr degrade", done="degraded"))
 
 
 @app.command("eval")
@@ -475,16 +481,17 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except MgfrError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
+        err.print(f"[red]error:[/red] {escape(shown(exc))}", markup=True, highlight=False)
         sys.exit(2 if isinstance(exc, ConfigError) and str(exc).startswith("--") else 1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err.print("[red]interrupted[/red]: finished outputs are kept; run again to resume", markup=True)
-        sys.exit(130)
+        code = 130
     except typer.TyperException as exc:  # usage errors from the command line (exit 2)
         exc.show(file=sys.stderr)
         sys.exit(exc.exit_code)
+    if code == 130:  # Ctrl-C (typer turns KeyboardInterrupt into exit code 130)
+        err.print("[red]interrupted[/red]: finished outputs are kept; run again to resume", markup=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -31,7 +31,8 @@ def read_yaml(path: Path) -> dict:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"{path}: malformed YAML{line} ({getattr(exc, 'problem', None) or exc})") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, whatever YAML says
+        raise ConfigError(f"{path}: malformed YAML{line} ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

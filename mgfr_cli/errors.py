@@ -19,3 +19,7 @@ class ConfigError(MgfrError):
 
 class WeightsError(MgfrError):
     """A weight file is missing, corrupt or does not match its config."""
+
+
+class OutputError(MgfrError):
+    """The output folder cannot take files (read-only, no permission, disk full): the run stops."""

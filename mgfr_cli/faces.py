@@ -129,6 +129,10 @@ class FaceHelper:
         """Faces in an ``(H, W, 3)`` uint8 RGB image, filtered by ``selection``, ordered left to right."""
         import torch
 
+        if min(rgb.shape[:2]) < 16:
+            return []  # too small to hold a face, and too small for RetinaFace's anchor grid
+        if self.detector is None:
+            raise ConfigError("this FaceHelper was built without a detector (for --has-aligned inputs only)")
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         with torch.no_grad():
             dets = self.detector.detect_faces(bgr, conf_threshold=selection.confidence)
