@@ -197,3 +197,30 @@ def test_bad_training_configs(tmp_path, text, message):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_train_config(tmp_path / "c.yaml", {})
+
+
+def test_killed_training_resumes_to_the_same_weights(world, tmp_path, cli):
+    import signal
+    import time
+
+    import yaml
+
+    knobs = dict(model="mgfr-tiny", batch_size=2, num_workers=0, lr_warmup_steps=2, learning_rate=1e-3, log_every=5,
+                 checkpoint_every=2, ema_decay=0.9, max_steps=8)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(knobs))
+    train(_cfg(stage=1, **{k: v for k, v in knobs.items() if k != "model"}), base_path=world["base"],
+          data_dir=world["s1"], run_dir=tmp_path / "straight")
+    run = tmp_path / "killed"
+    args = ["train", "--stage", "1", "--data", world["s1"], "-o", run, "--base", world["base"], "--config", tmp_path / "cfg.yaml"]
+    proc = subprocess.Popen([sys.executable, "-m", "mgfr_cli.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "step-2" / "step.json").is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (run / "adapter").exists(), "killed before the end"
+    code, out, err = cli(*args, "--resume")
+    assert code == 0, err
+    a, b = _weights(tmp_path / "straight" / "adapter"), _weights(run / "adapter")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
