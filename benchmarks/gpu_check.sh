@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU check, as one command (for a session lent a GPU machine through the `device` tool):
+#   correctness of the fp16 CUDA path on the tiny config, then timings of the full-size architecture
+#   with random weights, eager and compiled, batch 1/8/16/32. Prints Markdown for benchmarks/RESULTS.md.
+# The GPU machine has torch but not diffusers, facexlib, insightface: carry them as wheels in .whl/
+# (see the device tool's README) and this script installs them to /tmp/site first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD:${PYTHONPATH:-}"
+else
+  export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 - <<'PY'
+import sys, torch
+sys.path.insert(0, "tests")
+import numpy as np
+from helpers import randomize_zero_paths, tiny_pipeline
+from mgfr_cli.conditions import FaceConditions
+from mgfr_cli.pipeline import MgfrPipeline, RestoreSettings
+crop = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+cond, settings = [FaceConditions("brown eyes")], RestoreSettings(steps=4)
+p = tiny_pipeline()
+randomize_zero_paths(p.adapter)
+cpu = p.restore([crop], cond, settings).images[0]
+out = MgfrPipeline(p.base, p.adapter, device="cuda", dtype=torch.float16).restore([crop], cond, settings).images[0]
+print(f"tiny fp16 CUDA vs fp32 CPU: mean abs diff {np.abs(out.astype(int) - cpu.astype(int)).mean():.2f} (0-255)")
+PY
+python3 benchmarks/bench_restore.py --model mgfr-sd21 --device cuda --batch 1 8 16 32 --compile both --steps 30
