@@ -98,7 +98,7 @@ def collect_inputs(inputs: Sequence[str], recursive: bool) -> tuple[list[InputIt
             items.append(InputItem(path, Path(path.name)))
         elif glob.has_magic(spec):
             matches = sorted(glob.glob(spec, recursive=recursive))
-            root = Path(spec.split("*")[0].split("?")[0].split("[")[0]).parent if matches else None
+            root = _glob_root(spec)
             for m in matches:
                 mp = Path(m)
                 if mp.is_file() and is_image_file(mp):
@@ -115,6 +115,13 @@ def collect_inputs(inputs: Sequence[str], recursive: bool) -> tuple[list[InputIt
             seen.add(key)
             unique.append(it)
     return unique, missing
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a pattern's matches are mirrored from: its leading parts without wildcards."""
+    parts = Path(pattern).parts
+    fixed = [p for p in parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]]
+    return Path(*fixed) if fixed else Path(".")
 
 
 def _relative(path: Path, root: Path | None) -> Path:

@@ -282,6 +282,8 @@ def train(
     checkpoint_every: Annotated[Optional[int], typer.Option(min=1)] = None,
     num_workers: Annotated[Optional[int], typer.Option(min=0)] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
+    align: Annotated[bool, typer.Option("--align", help="Data is unaligned: align each image's largest face once, cached in RUN_DIR/aligned-data.")] = False,
+    detector: DetectorOpt = Detector.resnet50,
     model_root: ModelRootOpt = None,
 ):
     """Train an MGFR adapter (multi-GPU: `accelerate launch -m mgfr_cli.cli train ...`)."""
@@ -297,6 +299,21 @@ def train(
     cfg = load_train_config(config, overrides)
     root = resolve_root(model_root)
     quiet_libraries()
+    if align:
+        from .data import align_dataset
+        from .faces import FaceHelper
+
+        aligned = output / "aligned-data"
+        if _shard()[0] == 0:
+            data, skipped = align_dataset(FaceHelper(root, detector.value, use_parse=False), data, aligned)
+        else:  # under accelerate launch the first process aligns; the others wait for it
+            import time
+
+            while not (aligned / ".mgfr-aligned.json").is_file():
+                time.sleep(1)
+            data, skipped = aligned, []
+        if skipped:
+            err.print(f"--align: {len(skipped)} image(s) without a detectable face were left out, e.g. {shown(skipped[0])}")
     with Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
                   TimeRemainingColumn(), console=err) as progress:
         task = progress.add_task("", total=cfg.max_steps)

@@ -88,6 +88,7 @@ class FaceDataset(torch.utils.data.Dataset):
             raise InputError(f"{data_dir}: training data folder not found")
         self.stage, self.resolution, self.degradation, self.prompt_cfg, self.seed = stage, resolution, degradation, prompt_cfg, seed
         self.attributes = read_attributes(self.data_dir)
+        self.attributes_by_stem = {Path(k).stem: v for k, v in self.attributes.items()}  # after `--align`: .png names
         self.gender_labelled = any("male" in (n.lower() for n in v) for v in self.attributes.values())
         self.skipped_identities: list[str] = []
         if stage == 1:
@@ -126,7 +127,8 @@ class FaceDataset(torch.utils.data.Dataset):
         if caption.is_file():
             names = [a.strip() for a in caption.read_text().split(",") if a.strip()]
         else:
-            names = self.attributes.get(str(path.relative_to(self.data_dir)), self.attributes.get(path.name, []))
+            names = (self.attributes.get(str(path.relative_to(self.data_dir))) or self.attributes.get(path.name)
+                     or self.attributes_by_stem.get(path.stem, []))
         male = any(n.lower() == "male" for n in names)
         # CelebA labels have a Male column, so an unlabelled-male face there is a woman; otherwise unknown.
         subject = "man" if male else ("woman" if self.gender_labelled and not caption.is_file() else "person")
@@ -167,6 +169,40 @@ class FaceDataset(torch.utils.data.Dataset):
             idx = list(range(start, min(start + 32, len(self.images))))
             embs = encoder.embed([self._load(i) for i in idx])
             self.id_embeddings.update(zip(idx, embs))
+
+
+def align_dataset(helper, src: Path, dst: Path) -> tuple[Path, list[Path]]:
+    """Align every image of ``src`` (its largest face) into ``dst`` once, keeping the folder layout (identity
+    folders), captions and label files. A finished ``dst`` is reused. Returns ``dst`` and the images skipped."""
+    import shutil
+
+    from .faces import FaceSelection
+    from .io import write_image
+
+    marker = dst / ".mgfr-aligned.json"
+    if marker.is_file():
+        return dst, [Path(p) for p in json.loads(marker.read_text())["skipped"]]
+    skipped = []
+    for p in list_images(src):
+        try:
+            rgb = read_image(p).rgb8()
+        except InputError:
+            skipped.append(p)
+            continue
+        faces = helper.detect(rgb, FaceSelection(largest_face=True))
+        if not faces:
+            skipped.append(p)
+            continue
+        target = (dst / p.relative_to(src)).with_suffix(".png")
+        write_image(target, helper.align(rgb, faces[0], 0).crop)
+        if p.with_suffix(".txt").is_file():
+            shutil.copy(p.with_suffix(".txt"), target.with_suffix(".txt"))
+    for name in ("attributes.csv", "attributes.json"):
+        if (src / name).is_file():
+            shutil.copy(src / name, dst / name)
+    dst.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"skipped": [str(p) for p in skipped]}))
+    return dst, skipped
 
 
 class PositionSampler(torch.utils.data.Sampler):

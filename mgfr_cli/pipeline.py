@@ -85,9 +85,13 @@ class MgfrPipeline:
     """Holds the models and settings; per-face data only flow through :meth:`restore`."""
 
     def __init__(self, base: BaseModel, adapter: MgfrAdapter, identity=None,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-        self.base = base.to(device, dtype)
-        self.adapter = adapter.to(device=device, dtype=dtype) if adapter.dtype != dtype else adapter.to(device)
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, cast: bool = True):
+        """``cast``: move and cast the models to ``device``/``dtype``; the trainer passes False to sample
+        with its own models as they are (fp32 adapter, half-precision base, under autocast)."""
+        self.base = base.to(device, dtype) if cast else base
+        if cast:
+            adapter = adapter.to(device=device, dtype=dtype) if adapter.dtype != dtype else adapter.to(device)
+        self.adapter = adapter
         self.adapter.eval()  # restore runs under no_grad; requires_grad is left to the owner (the trainer)
         self.identity = identity
         self.resolution = int(adapter.config.resolution)

@@ -169,8 +169,7 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     # 2. The adapter: stage 1 copies the UNet encoder into LCA; stage 2 starts from stage 1
     if cfg.stage == 1:
         torch.manual_seed(cfg.seed)  # the paths stage 1 does not train still get reproducible weights
-        adapter = MgfrAdapter.from_unet(base.unet.float(), **model_cfg.adapter)
-        base.unet.to(weight_dtype)
+        adapter = MgfrAdapter.from_unet(base.unet, **model_cfg.adapter)
     else:
         adapter = load_adapter(init if init is not None else run_dir, base.unet)
     adapter.to(device, torch.float32)  # trained weights stay fp32 (Accelerate autocasts the forward)
@@ -389,8 +388,9 @@ def _log_samples(accelerator, base, adapter, ema, batch, cfg: TrainConfig, step:
     ema.store(params)
     ema.copy_to(params)
     try:
-        pipe = MgfrPipeline(base, adapter, device=accelerator.device, dtype=next(base.unet.parameters()).dtype)
-        restored = pipe.restore(lq, conds, RestoreSettings(steps=cfg.sample_steps, seed=cfg.seed)).images
+        pipe = MgfrPipeline(base, adapter, device=accelerator.device, dtype=base.unet.dtype, cast=False)
+        with accelerator.autocast():
+            restored = pipe.restore(lq, conds, RestoreSettings(steps=cfg.sample_steps, seed=cfg.seed)).images
     finally:
         ema.restore(params)
         adapter.train()

@@ -224,3 +224,21 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path, cli):
     assert code == 0, err
     a, b = _weights(tmp_path / "straight" / "adapter"), _weights(run / "adapter")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_unaligned_data_is_aligned_once_with_labels_kept(helper, astronaut, tmp_path):
+    from mgfr_cli.data import align_dataset
+    from mgfr_cli.io import read_image
+
+    src = tmp_path / "raw"
+    src.mkdir()
+    cv2.imwrite(str(src / "astro.jpg"), astronaut[..., ::-1])
+    cv2.imwrite(str(src / "wall.jpg"), np.full((300, 300, 3), 120, np.uint8))
+    (src / "attributes.csv").write_text("file,Male,Smiling\nastro.jpg,-1,1\nwall.jpg,1,-1\n")
+    dst, skipped = align_dataset(helper, src, tmp_path / "aligned")
+    assert [p.name for p in skipped] == ["wall.jpg"]
+    assert read_image(dst / "astro.png").pixels.shape == (512, 512, 3)
+    ds = FaceDataset(dst, 1, 128, MILD, PromptConfig(0.0, 0.0, 0.0))
+    assert ds[0]["prompt"] == "a high-quality photo of a woman who has smiling"
+    again, _ = align_dataset(helper, src, tmp_path / "aligned")  # cached: nothing redone
+    assert (again / "astro.png").stat().st_mtime_ns == (dst / "astro.png").stat().st_mtime_ns
