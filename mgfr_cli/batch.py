@@ -299,6 +299,35 @@ class BatchRestorer:
         return Outcome(p.item.path, RESTORED, "", p.target, len(p.faces))
 
 
+def write_summary(path: Path, outcomes) -> None:
+    """The outcomes as JSON (mgfr-summary.json): what a later run, a script or a merge reads."""
+    import json
+
+    from .io import atomic_write_bytes
+
+    rows = [{"source": str(o.source), "status": o.status, "detail": o.detail,
+             "output": str(o.output) if o.output else None, "faces": o.faces} for o in outcomes]
+    atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
+
+
+def merge_summaries(output: Path, world: int, wait_s: float = 3600.0):
+    """Wait (up to ``wait_s``) for every process's summary file; return the merged outcomes and missing ranks."""
+    import json
+    import time
+
+    files = [output / f"mgfr-summary-{r}-of-{world}.json" for r in range(world)]
+    deadline = time.time() + wait_s
+    while not all(f.is_file() for f in files) and time.time() < deadline:
+        time.sleep(0.5)
+    merged = []
+    for f in files:
+        if f.is_file():
+            merged += [Outcome(Path(r["source"]), r["status"], r["detail"], Path(r["output"]) if r["output"] else None,
+                               r["faces"]) for r in json.loads(f.read_text())]
+    write_summary(output / "mgfr-summary.json", merged)
+    return merged, [r for r, f in enumerate(files) if not f.is_file()]
+
+
 def check_output_folder(output: Path) -> None:
     """Fail before any work when the output folder cannot take a file (a real probe: permission bits say
     nothing to root, and a read-only mount only shows on writing)."""

@@ -60,19 +60,21 @@ def quiet_libraries() -> None:
     tlog.disable_progress_bar()
 
 
-def resolve_device(device: Device):
-    """The one place that turns --device into a torch device and dtype (fp16 on CUDA, fp32 on CPU).
-
-    Under ``accelerate launch``/``torchrun`` each process takes the GPU of its LOCAL_RANK."""
+def resolve_device(device: Device, precision: str = "auto"):
+    """The one place that turns --device/--precision into a torch device and dtype (auto: fp16 on CUDA,
+    fp32 on CPU). Under ``accelerate launch``/``torchrun`` each process takes the GPU of its LOCAL_RANK."""
     import torch
 
     if device == Device.auto:
         device = Device.cuda if torch.cuda.is_available() else Device.cpu
     if device == Device.cuda and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available here (use --device cpu)")
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if precision not in ("auto", *dtypes):
+        raise typer.BadParameter("--precision must be auto, fp16, bf16 or fp32")
     if device == Device.cuda:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}", torch.float16
-    return "cpu", torch.float32
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}", dtypes.get(precision, torch.float16)
+    return "cpu", dtypes.get(precision, torch.float32)
 
 
 def _selection(only_center, largest, face_index, min_face_size):
@@ -119,40 +121,10 @@ def _summary(outcomes, title: str, done: str = "restored") -> int:
     return 1 if counts[FAILED] else 0
 
 
-def write_summary(path: Path, outcomes) -> None:
-    import json
-
-    from .io import atomic_write_bytes
-
-    rows = [{"source": str(o.source), "status": o.status, "detail": o.detail,
-             "output": str(o.output) if o.output else None, "faces": o.faces} for o in outcomes]
-    atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
-
-
-def merge_summaries(output: Path, world: int, wait_s: float = 3600.0):
-    """Wait (up to ``wait_s``) for every process's summary file; return the merged outcomes and missing ranks."""
-    import json
-    import time
-
-    from .batch import Outcome
-
-    files = [output / f"mgfr-summary-{r}-of-{world}.json" for r in range(world)]
-    deadline = time.time() + wait_s
-    while not all(f.is_file() for f in files) and time.time() < deadline:
-        time.sleep(0.5)
-    merged = []
-    for f in files:
-        if f.is_file():
-            merged += [Outcome(Path(r["source"]), r["status"], r["detail"], Path(r["output"]) if r["output"] else None,
-                               r["faces"]) for r in json.loads(f.read_text())]
-    write_summary(output / "mgfr-summary.json", merged)
-    return merged, [r for r, f in enumerate(files) if not f.is_file()]
-
-
 def _run_batch(job, helper, restorer) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .batch import BatchRestorer
+    from .batch import BatchRestorer, merge_summaries, write_summary
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=False) as progress:
@@ -192,6 +164,7 @@ def restore(
     color_fix: Annotated[str, typer.Option(help="Colour correction toward the input: wavelet, adain or none.")] = "wavelet",
     seed: Annotated[int, typer.Option(help="Random seed (face K of a photo uses seed + K).")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per GPU batch (halved automatically on out-of-memory).")] = 8,
+    precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile + CUDA graphs (slow first batch; batches padded to --batch-size).")] = False,
     upscale: Annotated[float, typer.Option(min=0.1, max=8, help="Resize the background by this factor.")] = 1.0,
     has_aligned: Annotated[bool, typer.Option("--has-aligned", help="Inputs are already aligned face crops.")] = False,
@@ -226,7 +199,7 @@ def restore(
         if not r.exists():
             raise MgfrError(f"--ref {r}: not found")
     root = resolve_root(model_root)
-    dev, dtype = resolve_device(device)
+    dev, dtype = resolve_device(device, precision)
     quiet_libraries()
     helper, pipeline = restore_components(root, detector.value, base=base, checkpoint=checkpoint, device=dev,
                                           dtype=dtype, need_detector=not has_aligned)

@@ -114,3 +114,16 @@ def test_align_writes_crops_and_tables(detector_root, group_photo, astronaut, tm
     assert (tmp_path / "out" / "faces.csv").read_text().count("\n") == len(rows) + 1
     crop = read_image(tmp_path / "out" / "astro_00.png").pixels
     assert crop.shape == (256, 256, 3)
+
+
+def test_upscale_and_has_aligned(tiny_root, astronaut, helper, tmp_path, cli):
+    src = _write(tmp_path / "a.png", astronaut)
+    code, out, err = cli("restore", src, "-o", tmp_path / "up", "--model-root", tiny_root, "--upscale", "2", *FAST)
+    assert code == 0, err
+    assert read_image(tmp_path / "up" / "a.png").pixels.shape == (1024, 1024, 3)
+    crop = helper.detect_and_align(astronaut)[0].crop
+    aligned = _write(tmp_path / "crop.png", crop[::2, ::2])  # an aligned face at 256
+    code, out, err = cli("restore", aligned, "-o", tmp_path / "al", "--has-aligned", "--model-root", tiny_root, *FAST)
+    assert code == 0, err
+    result = read_image(tmp_path / "al" / "crop.png").pixels
+    assert result.shape == (256, 256, 3) and np.abs(result.astype(int) - crop[::2, ::2]).mean() > 1
