@@ -255,6 +255,7 @@ def train(
     checkpoint_every: Annotated[Optional[int], typer.Option(min=1)] = None,
     num_workers: Annotated[Optional[int], typer.Option(min=0)] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
+    cache_latents: Annotated[Optional[bool], typer.Option("--cache-latents/--no-cache-latents", help="Encode every clean image with the VAE once, up front.")] = None,
     align: Annotated[bool, typer.Option("--align", help="Data is unaligned: align each image's largest face once, cached in RUN_DIR/aligned-data.")] = False,
     detector: DetectorOpt = Detector.resnet50,
     model_root: ModelRootOpt = None,
@@ -268,7 +269,7 @@ def train(
 
     overrides = dict(stage=stage, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
                      mixed_precision=mixed_precision, model=model, checkpoint_every=checkpoint_every,
-                     num_workers=num_workers, seed=seed)
+                     num_workers=num_workers, seed=seed, cache_latents=cache_latents)
     cfg = load_train_config(config, overrides)
     root = resolve_root(model_root)
     quiet_libraries()

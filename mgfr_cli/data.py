@@ -151,16 +151,21 @@ class FaceDataset(torch.utils.data.Dataset):
         elif rng.random() < self.prompt_cfg.prompt_drop:
             text = ""
         sample = {"hq": to_tensor(target, self.resolution), "lq": to_tensor(lq, self.resolution), "prompt": text,
-                  "position": int(position)}
+                  "position": int(position), "index": index, "target_is_hq": target is hq}
         if self.stage == 2:
             group = self.groups[self.identity_of[index]]
             others = [i for i in group if i != index]
             ref = int(others[rng.integers(len(others))])
             sample["ref"] = to_tensor(self._load(ref), self.resolution)
+            sample["ref_index"] = ref
             emb = self.id_embeddings.get(ref) if self.id_embeddings is not None else None
             sample["id_embed"] = torch.from_numpy(emb) if emb is not None else torch.zeros(512)
             sample["has_id"] = emb is not None
         return sample
+
+    def clean_tensor(self, index: int) -> torch.Tensor:
+        """``(3, R, R)``: image ``index`` as a clean target or reference (what the latent cache encodes)."""
+        return to_tensor(self._load(index), self.resolution)
 
     def prepare_identity(self, encoder) -> None:
         """Pre-compute the ArcFace embedding of every image once (they are references in stage 2)."""

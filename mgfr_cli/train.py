@@ -51,6 +51,7 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 0  # sample grids to TensorBoard every N steps (0: never)
     sample_steps: int = 20
+    cache_latents: bool = False  # encode every clean image (targets, references) with the VAE once, up front
     num_workers: int = 2
     seed: int = 0
     degradation: DegradeConfig = field(default_factory=DegradeConfig)
@@ -195,6 +196,7 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
         from .identity import IdentityEncoder
 
         dataset.prepare_identity(IdentityEncoder(identity_path, "cuda" if device.type == "cuda" else "cpu"))
+    cache = latent_cache(dataset, base, scaling, run_dir, weight_dtype, device, accelerator) if cfg.cache_latents else None
     step = 0
     if start_ckpt is not None:
         step = _load_state(start_ckpt, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema)
@@ -216,7 +218,7 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     tick, seen = time.time(), 0
     for batch in loader:
         with accelerator.accumulate(adapter):
-            loss = _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, cfg.seed)
+            loss = _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, cfg.seed, cache)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
@@ -250,13 +252,50 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     return final
 
 
-def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, seed):
-    """The base model's objective (epsilon or v) as MSE on latents; noise and t drawn per sample position."""
-    hq = batch["hq"].to(device, weight_dtype)
-    lq = batch["lq"].to(device, weight_dtype)
+def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerator) -> torch.Tensor:
+    """``(N, 4, h, w)`` VAE latents of every dataset image, computed once and kept in
+    ``RUN_DIR/latent-cache.safetensors`` (reused while the image list and resolution are the same)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256(("\n".join(map(str, dataset.images)) + f"|{dataset.resolution}|{scaling}").encode()).hexdigest()
+    path = run_dir / "latent-cache.safetensors"
+    if path.is_file():
+        stored = load_file(path)
+        if "latents" in stored and bytes(stored["key"].tolist()).decode() == key:
+            return stored["latents"].to(device, dtype)
+    latents = []
     with torch.no_grad():
-        z0 = base.vae.encode(hq).latent_dist.mode() * scaling
-        z_lq = base.vae.encode(lq).latent_dist.mode() * scaling
+        for start in range(0, len(dataset.images), 16):
+            x = torch.stack([dataset.clean_tensor(i) for i in range(start, min(start + 16, len(dataset.images)))])
+            latents.append(base.vae.encode(x.to(device, dtype)).latent_dist.mode() * scaling)
+    latents = torch.cat(latents)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"latents": latents.float().cpu().contiguous(), "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}, tmp)
+        os.replace(tmp, path)
+    return latents
+
+
+def _encode(base, images, scaling, device, dtype):
+    return base.vae.encode(images.to(device, dtype)).latent_dist.mode() * scaling
+
+
+def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, seed, cache=None):
+    """The base model's objective (epsilon or v) as MSE on latents; noise and t drawn per sample position.
+    With ``cache``, clean targets and references come from it; only LQ faces and negative-quality targets
+    go through the VAE."""
+    with torch.no_grad():
+        if cache is None:
+            z0 = _encode(base, batch["hq"], scaling, device, weight_dtype)
+        else:
+            z0 = cache[batch["index"].to(cache.device)].clone()
+            bad = ~batch["target_is_hq"]
+            if bool(bad.any()):
+                z0[bad.to(z0.device)] = _encode(base, batch["hq"][bad], scaling, device, weight_dtype)
+        z_lq = _encode(base, batch["lq"], scaling, device, weight_dtype)
         tok = base.tokenizer(list(batch["prompt"]), padding="max_length", truncation=True, return_tensors="pt",
                              max_length=min(base.tokenizer.model_max_length, base.text_encoder.config.max_position_embeddings))
         text = base.text_encoder(tok.input_ids.to(device))[0]
@@ -270,7 +309,8 @@ def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtyp
     reference = None
     if "ref" in batch:
         with torch.no_grad():
-            z_ref = base.vae.encode(batch["ref"].to(device, weight_dtype)).latent_dist.mode() * scaling
+            z_ref = (cache[batch["ref_index"].to(cache.device)] if cache is not None
+                     else _encode(base, batch["ref"], scaling, device, weight_dtype))
         ids = batch["id_embed"].to(device)[:, None] if bool(batch["has_id"].any()) else None
         reference = _unwrap(adapter).prepare_reference(z_lq.float(), z_ref[:, None].float(), ids, text.float())
     res = adapter(z_t.float(), t, text.float(), z_lq.float(), reference)

@@ -242,3 +242,14 @@ def test_unaligned_data_is_aligned_once_with_labels_kept(helper, astronaut, tmp_
     assert ds[0]["prompt"] == "a high-quality photo of a woman who has smiling"
     again, _ = align_dataset(helper, src, tmp_path / "aligned")  # cached: nothing redone
     assert (again / "astro.png").stat().st_mtime_ns == (dst / "astro.png").stat().st_mtime_ns
+
+
+def test_cached_latents_train_the_same_weights(world, tmp_path):
+    kw = dict(stage=2, max_steps=3, prompts=PromptConfig(0.3, 0.1, 0.5))
+    train(_cfg(stage=1, max_steps=1), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
+    plain = train(_cfg(**kw), base_path=world["base"], data_dir=world["s2"], run_dir=tmp_path / "plain", init=tmp_path / "s1")
+    cached = train(_cfg(cache_latents=True, **kw), base_path=world["base"], data_dir=world["s2"],
+                   run_dir=tmp_path / "cached", init=tmp_path / "s1")
+    assert (tmp_path / "cached" / "latent-cache.safetensors").is_file()
+    a, b = _weights(plain), _weights(cached)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
