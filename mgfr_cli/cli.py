@@ -415,12 +415,22 @@ def weights_fetch(
     """Download entries with resume, verify SHA-256, place each file atomically."""
     from .weights import fetch_entry, resolve_root
 
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
     m = _manifest(manifest)
     root = resolve_root(model_root)
     entries = [m.get(n) for n in names] if names else [e for e in m.entries if not e.optional]
-    for e in entries:
-        placed = fetch_entry(e, root, allow_unpinned=allow_unpinned)
-        out.print(f"{e.name}: " + (f"placed {len(placed)} file(s)" if placed else "already present"))
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err) as progress:
+        tasks = {}
+
+        def on_bytes(path, done, total):
+            if path not in tasks:
+                tasks[path] = progress.add_task(path, total=total)
+            progress.update(tasks[path], completed=done, total=total)
+
+        for e in entries:
+            placed = fetch_entry(e, root, allow_unpinned=allow_unpinned, progress=on_bytes)
+            out.print(f"{e.name}: " + (f"placed {len(placed)} file(s)" if placed else "already present"))
 
 
 @weights_app.command("check")

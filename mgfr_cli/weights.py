@@ -10,6 +10,7 @@ manifest has no pinned hash yet, ``--allow-unpinned`` fetches it and records the
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -65,10 +66,14 @@ def load_manifest(path: Path = MANIFEST) -> Manifest:
         where = f"{path}: entries[{i}]"
         expect_type(raw, dict, str(path), f"entries[{i}]")
         check_keys(raw, {"name", "sources", "files", "license", "used_by", "optional", "note"}, where)
+        if "name" not in raw:
+            raise ConfigError(f"{where}: missing key 'name'")
         files = []
         for j, f in enumerate(expect_type(raw.get("files", []), list, where, "files")):
             expect_type(f, dict, where, f"files[{j}]")
             check_keys(f, {"path", "sha256", "size", "remote"}, f"{where}.files[{j}]")
+            if "path" not in f:
+                raise ConfigError(f"{where}.files[{j}]: missing key 'path'")
             files.append(WeightFile(path=str(f["path"]), sha256=f.get("sha256"), size=f.get("size"), remote=f.get("remote")))
         entries.append(Entry(name=str(raw["name"]), sources=tuple(raw.get("sources", [])), files=tuple(files),
                              license=str(raw.get("license", "")), used_by=str(raw.get("used_by", "")),
@@ -202,7 +207,7 @@ def download(url: str, dest: Path, sha256: str | None, size: int | None, *, time
             raise _SourceFailed(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise _SourceFailed(f"{url}: no network or host unreachable ({exc.reason})") from None
-    except (TimeoutError, ConnectionError, OSError) as exc:
+    except (TimeoutError, OSError, http.client.HTTPException) as exc:  # IncompleteRead: a cut transfer
         # The partial file stays: the next fetch resumes from it.
         raise _SourceFailed(f"{url}: connection lost after {part.stat().st_size if part.exists() else 0} bytes "
                             f"({exc}); run the fetch again to resume") from None

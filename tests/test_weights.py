@@ -76,10 +76,11 @@ def test_good_fetch_verifies_and_places(tmp_path, server):
     assert fetch_entry(entry, root) == []  # already there: nothing downloaded
 
 
-def test_cut_connection_then_resume(tmp_path, server):
+@pytest.mark.parametrize("size", [len(PAYLOAD), None])
+def test_cut_connection_then_resume(tmp_path, server, size):
     url, handler = server
     handler.cut_after = 300_000
-    entry = _manifest(tmp_path, url)
+    entry = _manifest(tmp_path, url, size=size)
     root = tmp_path / "root"
     with pytest.raises(WeightsError, match="run the fetch again to resume"):
         fetch_entry(entry, root, timeout=5)
