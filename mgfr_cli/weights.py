@@ -200,6 +200,8 @@ def download(url: str, dest: Path, sha256: str | None, size: int | None, *, time
                     done += len(block)
                     if progress:
                         progress(done, total)
+            if total is not None and done < total:  # http.client ends a cut body quietly
+                raise ConnectionError(f"the server sent {done} of {total} bytes")
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the partial file is already whole: verify it below
             pass
