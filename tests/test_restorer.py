@@ -135,3 +135,22 @@ def test_ddim_and_colour_fix_options(astronaut):
     for settings in (RestoreSettings(steps=2, scheduler="ddim", color_fix="adain"),
                      RestoreSettings(steps=2, color_fix="none")):
         assert pipe.restore([crop], [FaceConditions()], settings).images[0].shape == crop.shape
+
+
+def test_mismatched_or_missing_adapter_files_name_the_problem(tmp_path):
+    from mgfr_cli.errors import WeightsError
+    from mgfr_cli.pipeline import find_adapter_dir
+
+    pipe = tiny_pipeline()
+    pipe.adapter.save_pretrained(tmp_path / "adapter")
+
+    class OtherUnet:  # a base whose encoder is wider than the one the adapter was trained on
+        config = {**pipe.base.unet.config, "block_out_channels": [64, 128]}
+
+    with pytest.raises(WeightsError, match=r"block_out_channels=\[32, 64\] does not fit the base UNet's block_out_channels=\[64, 128\]"):
+        load_adapter(tmp_path / "adapter", OtherUnet())
+    (tmp_path / "adapter" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(WeightsError, match="missing diffusion_pytorch_model.safetensors"):
+        load_adapter(tmp_path / "adapter")
+    with pytest.raises(WeightsError, match="no adapter checkpoint there"):
+        find_adapter_dir(tmp_path / "nothing")
