@@ -99,6 +99,7 @@ class MgfrPipeline:
         self.dtype = dtype
         self.scaling = float(getattr(base.vae.config, "scaling_factor", 0.18215))
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._ref_cache: dict = {}  # reference file -> (latent, identity embedding)
         self._predict_fn = self._predict
         self.compiled = False
 
@@ -217,6 +218,22 @@ class MgfrPipeline:
         images = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         return RestoreOutput(list(images))
 
+    def encode_references(self, refs: list) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(VAE latent, ArcFace embedding) of each reference face. A reference read from a file is encoded
+        once per pipeline: in a batch run the same ``--ref`` serves every photo."""
+        todo = [ref for ref in refs if ref.source is None or ref.source not in self._ref_cache]
+        if todo:
+            z = self.encode_images(self.to_tensor([ref.crop for ref in todo]))
+            e = (torch.from_numpy(self.identity.embed([ref.crop for ref in todo])).to(self.device, self.dtype)
+                 if self.identity is not None else [None] * len(todo))
+            fresh = {id(ref): (zi, ei) for ref, zi, ei in zip(todo, z, e)}
+            if len(self._ref_cache) > 1024:
+                self._ref_cache.clear()
+            self._ref_cache.update({ref.source: fresh[id(ref)] for ref in todo if ref.source is not None})
+        else:
+            fresh = {}
+        return [fresh[id(ref)] if id(ref) in fresh else self._ref_cache[ref.source] for ref in refs]
+
     def prepare_references(self, z_lq: torch.Tensor, conditions: list[FaceConditions],
                            text_c: torch.Tensor) -> ReferenceState | None:
         """VAE latents, identity embeddings and RLF fusion of every face's references, once per restore.
@@ -229,13 +246,13 @@ class MgfrPipeline:
         if r == 0 or not self.adapter.config.use_reference:
             return None
         b = len(conditions)
-        flat = [ref.crop for c in conditions for ref in c.references]
-        z_flat = self.encode_images(self.to_tensor(flat))
+        encoded = self.encode_references([ref for c in conditions for ref in c.references])
+        z_flat = torch.stack([z for z, _ in encoded])
         z_refs = torch.zeros((b, r) + z_flat.shape[1:], device=self.device, dtype=self.dtype)
         mask = torch.zeros(b, r, device=self.device)
         ids = None
         if self.identity is not None:
-            e_flat = torch.from_numpy(self.identity.embed(flat)).to(self.device, self.dtype)
+            e_flat = torch.stack([e for _, e in encoded])
             ids = torch.zeros(b, r, e_flat.shape[1], device=self.device, dtype=self.dtype)
         i = 0
         for f, n in enumerate(counts):
