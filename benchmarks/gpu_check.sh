@@ -2,8 +2,10 @@
 # The GPU check, as one command (for a session lent a GPU machine through the `device` tool):
 #   correctness of the fp16 CUDA path on the tiny config, then timings of the full-size architecture
 #   with random weights, eager and compiled, batch 1/8/16/32. Prints Markdown for benchmarks/RESULTS.md.
-# The GPU machine has torch but not diffusers, facexlib, insightface: carry them as wheels in .whl/
-# (see the device tool's README) and this script installs them to /tmp/site first.
+# The GPU machine has torch, transformers, accelerate, safetensors, opencv, onnxruntime but not diffusers,
+# facexlib, insightface or open_clip_torch (whose BPE vocabulary builds the CLIP tokenizer): carry them as
+# wheels in .whl/ (see the device tool's README; open_clip also needs ftfy, wcwidth and timm, which may be
+# missing there too) and this script installs them to /tmp/site first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
