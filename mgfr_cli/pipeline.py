@@ -220,19 +220,19 @@ class MgfrPipeline:
 
     def encode_references(self, refs: list) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(VAE latent, ArcFace embedding) of each reference face. A reference read from a file is encoded
-        once per pipeline: in a batch run the same ``--ref`` serves every photo."""
-        todo = [ref for ref in refs if ref.source is None or ref.source not in self._ref_cache]
+        once per pipeline: in a batch run the same ``--ref`` serves every face of every photo."""
+        key = lambda ref: ref.source if ref.source is not None else id(ref)  # noqa: E731
+        done = {k: v for k, v in ((key(r), self._ref_cache.get(r.source)) for r in refs) if v is not None}
+        todo = list({key(r): r for r in refs if key(r) not in done}.values())
         if todo:
-            z = self.encode_images(self.to_tensor([ref.crop for ref in todo]))
-            e = (torch.from_numpy(self.identity.embed([ref.crop for ref in todo])).to(self.device, self.dtype)
+            z = self.encode_images(self.to_tensor([r.crop for r in todo]))
+            e = (torch.from_numpy(self.identity.embed([r.crop for r in todo])).to(self.device, self.dtype)
                  if self.identity is not None else [None] * len(todo))
-            fresh = {id(ref): (zi, ei) for ref, zi, ei in zip(todo, z, e)}
+            done.update({key(r): (zi, ei) for r, zi, ei in zip(todo, z, e)})
             if len(self._ref_cache) > 1024:
                 self._ref_cache.clear()
-            self._ref_cache.update({ref.source: fresh[id(ref)] for ref in todo if ref.source is not None})
-        else:
-            fresh = {}
-        return [fresh[id(ref)] if id(ref) in fresh else self._ref_cache[ref.source] for ref in refs]
+            self._ref_cache.update({r.source: done[key(r)] for r in todo if r.source is not None})
+        return [done[key(r)] for r in refs]
 
     def prepare_references(self, z_lq: torch.Tensor, conditions: list[FaceConditions],
                            text_c: torch.Tensor) -> ReferenceState | None:

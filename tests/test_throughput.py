@@ -88,3 +88,20 @@ def test_two_process_shards_write_every_output_once(photos, tiny_root, tmp_path)
     assert sorted(r["source"] for r in merged) == sorted(sources)
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in inputs.iterdir())
     assert "(2 processes)" in " ".join(results[0][0].split())
+
+
+def test_a_reference_file_is_encoded_once_per_run(astronaut):
+    from pathlib import Path
+
+    from mgfr_cli.conditions import FaceConditions
+    from mgfr_cli.faces import AlignedFace
+
+    pipe = tiny_pipeline()
+    crop = np.ascontiguousarray(astronaut[:512, :512])
+    ref = AlignedFace(crop[::-1].copy(), np.zeros((5, 2)), np.eye(2, 3), 0, source=Path("ref.jpg"))
+    sizes = []
+    encode = pipe.encode_images
+    pipe.encode_images = lambda x: (sizes.append(x.shape[0]), encode(x))[1]
+    for _ in range(2):  # two batches that share the reference
+        pipe.restore([crop, crop], [FaceConditions(references=(ref,))] * 2, FAST)
+    assert sizes == [2, 1, 2]  # LQ faces, the reference once, LQ faces again
