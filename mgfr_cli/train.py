@@ -135,7 +135,6 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     """Train one stage; returns the final adapter folder. ``on_step(step, loss, samples_per_s)`` reports progress."""
     import time
 
-    import numpy as np
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from diffusers import DDPMScheduler
@@ -182,9 +181,11 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     for g in groups:
         for p in g["params"]:
             p.requires_grad_(True)
+    # One order for every list of trained weights (EMA, clipping, saving): the module's own.
+    trained = [p for p in adapter.parameters() if p.requires_grad]
     if cfg.gradient_checkpointing:
         adapter.enable_gradient_checkpointing()
-    ema = EMAModel([p for g in groups for p in g["params"]], decay=cfg.ema_decay)
+    ema = EMAModel(trained, decay=cfg.ema_decay)
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, get_lr_lambda(cfg))
     # The LR scheduler is not prepared: Accelerate would step it once per process.
@@ -221,7 +222,7 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
             loss = _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, cfg.seed, cache)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+                accelerator.clip_grad_norm_(trained, cfg.grad_clip)
             optimizer.step()  # Accelerate skips it on accumulation micro-steps
             if accelerator.sync_gradients:
                 lr_scheduler.step()  # once per optimiser step, whatever the number of processes
@@ -229,7 +230,7 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
         seen += batch["hq"].shape[0] * world
         if not accelerator.sync_gradients:
             continue  # an accumulation micro-step: the optimiser has not stepped yet
-        ema.step([p for g in groups for p in g["params"]])
+        ema.step(trained)
         step += 1
         loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
         if step % cfg.log_every == 0 or step == cfg.max_steps:

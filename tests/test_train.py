@@ -253,3 +253,12 @@ def test_cached_latents_train_the_same_weights(world, tmp_path):
     assert (tmp_path / "cached" / "latent-cache.safetensors").is_file()
     a, b = _weights(plain), _weights(cached)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_stage2_can_fine_tune_lca_at_its_own_rate(world, tmp_path):
+    train(_cfg(stage=1, max_steps=1), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
+    final = train(_cfg(stage=2, max_steps=2, lca_learning_rate=1e-4), base_path=world["base"], data_dir=world["s2"],
+                  run_dir=tmp_path / "s2", init=tmp_path / "s1")
+    before, after = _weights(tmp_path / "s1" / "adapter"), _weights(final)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("lca_mid_zero"))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("rca_to_lca"))
