@@ -36,6 +36,12 @@ class BaseModel:
             m.eval()
         return self
 
+    def encode_text(self, texts: list[str], device):
+        """``(N, L, D)`` text-encoder states of ``texts``, padded to the encoder's length (77 for CLIP)."""
+        length = min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+        tok = self.tokenizer(list(texts), padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        return self.text_encoder(tok.input_ids.to(device))[0]
+
     def save(self, path: Path) -> None:
         """Write the standard diffusers folder layout (safetensors)."""
         import json

@@ -132,9 +132,7 @@ class MgfrPipeline:
         """``(N, 77, D)`` text states; each distinct prompt is encoded once and kept (DESIGN.md §5)."""
         todo = [t for t in dict.fromkeys(texts) if t not in self._prompt_cache]
         if todo:
-            length = min(self.base.tokenizer.model_max_length, self.base.text_encoder.config.max_position_embeddings)
-            tok = self.base.tokenizer(todo, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-            states = self.base.text_encoder(tok.input_ids.to(self.device))[0]
+            states = self.base.encode_text(todo, self.device)
             for t, s in zip(todo, states):
                 self._prompt_cache[t] = s
         return torch.stack([self._prompt_cache[t] for t in texts])

@@ -270,7 +270,7 @@ def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerat
     with torch.no_grad():
         for start in range(0, len(dataset.images), 16):
             x = torch.stack([dataset.clean_tensor(i) for i in range(start, min(start + 16, len(dataset.images)))])
-            latents.append(base.vae.encode(x.to(device, dtype)).latent_dist.mode() * scaling)
+            latents.append(_encode(base, x, scaling, device, dtype))
     latents = torch.cat(latents)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -297,9 +297,7 @@ def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtyp
             if bool(bad.any()):
                 z0[bad.to(z0.device)] = _encode(base, batch["hq"][bad], scaling, device, weight_dtype)
         z_lq = _encode(base, batch["lq"], scaling, device, weight_dtype)
-        tok = base.tokenizer(list(batch["prompt"]), padding="max_length", truncation=True, return_tensors="pt",
-                             max_length=min(base.tokenizer.model_max_length, base.text_encoder.config.max_position_embeddings))
-        text = base.text_encoder(tok.input_ids.to(device))[0]
+        text = base.encode_text(batch["prompt"], device)
     # Per-sample generators keyed by position: the same sample gets the same noise in any batch,
     # on any number of processes, before or after a resume.
     gens = [torch.Generator().manual_seed(seed * 1_000_003 + int(p)) for p in batch["position"]]
