@@ -278,5 +278,4 @@ class MgfrAdapter(ModelMixin, ConfigMixin):
     def trainable_parameters(self, stage: int):
         """Stage 1 trains LCA and its zero convs; stage 2 trains everything else: RLF, RCA, the exchange
         convs (``lca_to_rca`` included) and the identity projector (DESIGN.md §4)."""
-        in_lca = [n.startswith(self.LCA_MODULES) for n, _ in self.named_parameters()]
-        return [p for (n, p), lca in zip(self.named_parameters(), in_lca) if lca == (stage == 1)]
+        return [p for n, p in self.named_parameters() if n.startswith(self.LCA_MODULES) == (stage == 1)]

@@ -392,16 +392,15 @@ def weights_list(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
     """Every manifest entry: files, state, licence and what uses it (no hashing; see `check`)."""
     from rich.table import Table
 
-    from .weights import check_entry, resolve_root
+    from .weights import entry_state, resolve_root
 
     root = resolve_root(model_root)
     table = Table(title=f"weights in {root}")
     for col in ("name", "state", "used by", "licence"):
         table.add_column(col, overflow="fold")
     for e in _manifest(manifest).entries:
-        states = {s.state for s in check_entry(e, root, hash_files=False)}
-        state = "missing" if states == {"missing"} else ("incomplete" if "missing" in states else "present")
-        table.add_row(e.name + (" (optional)" if e.optional else ""), state, e.used_by, e.license)
+        table.add_row(e.name + (" (optional)" if e.optional else ""), entry_state(e, root, hash_files=False),
+                      e.used_by, e.license)
     out.print(table)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .weights import Manifest, check_entry
+from .weights import Manifest, entry_state
 
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "safetensors", "facexlib",
             "insightface", "onnxruntime", "opencv-python", "typer", "rich", "PyYAML", "torchmetrics", "lpips")
@@ -34,10 +34,7 @@ def diagnose(root: Path, manifest: Manifest) -> Report:
     states = {}
     rows = []
     for e in manifest.entries:
-        st = {s.state for s in check_entry(e, root)}
-        state = "corrupt" if "corrupt" in st else "missing" if st == {"missing"} else "incomplete" if "missing" in st \
-            else "unpinned" if "present (unpinned)" in st else "verified"
-        states[e.name] = state
+        state = states[e.name] = entry_state(e, root)
         rows.append((state in ("verified", "unpinned"), e.name + (" (optional)" if e.optional else ""),
                      state + ("" if state in ("verified",) else f" -> mgfr weights fetch {e.name}" if e.sources else f" -> {e.note}")))
     r.sections[f"weights in {root}"] = rows

@@ -101,7 +101,6 @@ class MgfrPipeline:
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._ref_cache: dict = {}  # reference file -> (latent, identity embedding)
         self._predict_fn = self._predict
-        self.compiled = False
 
     def optimize(self, compile: bool = False, channels_last: bool = False) -> "MgfrPipeline":
         """GPU speed-ups (DESIGN.md §5). ``compile``: torch.compile with CUDA graphs ("reduce-overhead") of
@@ -112,7 +111,6 @@ class MgfrPipeline:
         if compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             self._predict_fn = torch.compile(self._predict, mode=mode, dynamic=False)
-            self.compiled = True
         return self
 
     def _predict(self, x: torch.Tensor, t: torch.Tensor, text_all: torch.Tensor, z_lq_all: torch.Tensor,

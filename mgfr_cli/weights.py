@@ -142,6 +142,18 @@ def check_entry(entry: Entry, root: Path, pins: dict | None = None, hash_files: 
     return out
 
 
+def entry_state(entry: Entry, root: Path, hash_files: bool = True) -> str:
+    """One word for a whole entry: missing, incomplete, corrupt, unpinned, present (not hashed) or verified."""
+    states = {s.state for s in check_entry(entry, root, hash_files=hash_files)}
+    if "corrupt" in states:
+        return "corrupt"
+    if "missing" in states:
+        return "missing" if states == {"missing"} else "incomplete"
+    if "present (unpinned)" in states:
+        return "unpinned"
+    return "present" if "present" in states else "verified"
+
+
 # -- fetching ---------------------------------------------------------------------------------------
 def fetch_entry(entry: Entry, root: Path, *, allow_unpinned: bool = False, timeout: float = 30.0,
                 progress: Callable[[str, int, int | None], None] | None = None) -> list[Path]:
