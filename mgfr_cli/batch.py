@@ -120,13 +120,13 @@ def collect_inputs(inputs: Sequence[str], recursive: bool) -> tuple[list[InputIt
 def _glob_root(pattern: str) -> Path:
     """The folder a pattern's matches are mirrored from: its leading parts without wildcards."""
     parts = Path(pattern).parts
-    fixed = [p for p in parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]]
+    fixed = parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
     return Path(*fixed) if fixed else Path(".")
 
 
-def _relative(path: Path, root: Path | None) -> Path:
+def _relative(path: Path, root: Path) -> Path:
     try:
-        return path.relative_to(root) if root is not None else Path(path.name)
+        return path.relative_to(root)
     except ValueError:
         return Path(path.name)
 
