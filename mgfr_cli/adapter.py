@@ -157,6 +157,15 @@ class MgfrAdapter(ModelMixin, ConfigMixin):
         id_tokens: int = 4,
         rlf_channels: int = 64,
         resolution: int = 512,  # the face size the adapter was trained at (the VAE input)
+        # What the weights are (DESIGN.md §7), checked at restore: where they came from, which training
+        # stages they went through (None: not recorded), whether RCA saw identity tokens, and the base
+        # they expect (its prediction type, beta schedule and a fingerprint of its UNet weights).
+        source: str = "mgfr",
+        stages_trained: list | None = None,
+        use_identity: bool | None = None,
+        prediction_type: str | None = None,
+        beta_schedule: str | None = None,
+        base_fingerprint: str | None = None,
     ):
         super().__init__()
         cfg = dict(self.config)

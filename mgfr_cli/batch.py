@@ -170,9 +170,10 @@ def _existing_output(job: RestoreJob, item: InputItem) -> Path | None:
 class BatchRestorer:
     """Runs a :class:`RestoreJob`: the face helper on the CPU side, ``restorer`` on the GPU side."""
 
-    def __init__(self, helper: FaceHelper, restorer: Restorer):
+    def __init__(self, helper: FaceHelper, restorer: Restorer, upsampler=None):
         self.helper = helper
         self.restorer = restorer
+        self.upsampler = upsampler  # upsampler.BackgroundUpsampler for --upscale > 1, or None (Lanczos)
 
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
@@ -280,7 +281,10 @@ class BatchRestorer:
                 bg = p.photo.pixels
                 if job.upscale != 1.0:
                     size = (round(p.photo.width * job.upscale), round(p.photo.height * job.upscale))
-                    bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
+                    if self.upsampler is not None and job.upscale > 1:
+                        bg = _upscaled_like(p.photo, self.upsampler(p.photo.rgb8(), size), size)
+                    else:
+                        bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
                 pixels = self.helper.paste(bg, p.faces, restored, job.upscale)
             write_image(p.target, pixels)
             if job.save_faces:
@@ -359,6 +363,17 @@ def _like(photo: Photo, rgb8: np.ndarray) -> np.ndarray:
     if photo.has_alpha:
         out = np.concatenate([out, photo.pixels[:, :, 3:]], axis=2)
     return out
+
+
+def _upscaled_like(photo: Photo, rgb8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The upsampler's 8-bit RGB in the photo's form; alpha resized alongside (the upsampler sees RGB only)."""
+    import cv2
+
+    if not photo.has_alpha:
+        return _like(photo, rgb8)
+    alpha = cv2.resize(photo.pixels[:, :, 3], size, interpolation=cv2.INTER_LANCZOS4)
+    frame = np.concatenate([np.zeros(alpha.shape + (3,), alpha.dtype), alpha[:, :, None]], axis=2)
+    return _like(Photo(frame), rgb8)
 
 
 def _prefetch(pool: ThreadPoolExecutor, tasks: Iterator[Callable], depth: int = 2):

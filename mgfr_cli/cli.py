@@ -121,7 +121,7 @@ def _summary(outcomes, title: str, done: str = "restored") -> int:
     return 1 if counts[FAILED] else 0
 
 
-def _run_batch(job, helper, restorer) -> int:
+def _run_batch(job, helper, restorer, upsampler=None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .batch import BatchRestorer, merge_summaries, write_summary
@@ -133,7 +133,7 @@ def _run_batch(job, helper, restorer) -> int:
         def on_outcome(o):
             progress.update(task, advance=1, description=f"{o.status}: {shown(o.source.name)}")
 
-        outcomes = BatchRestorer(helper, restorer).run(job, on_outcome, lambda n: progress.update(task, total=n))
+        outcomes = BatchRestorer(helper, restorer, upsampler).run(job, on_outcome, lambda n: progress.update(task, total=n))
     rank, world = job.shard
     if world == 1:
         write_summary(job.output / "mgfr-summary.json", outcomes)
@@ -155,14 +155,18 @@ def restore(
     ref: Annotated[Optional[list[Path]], typer.Option("--ref", help="Reference image or folder (repeatable).")] = None,
     prompt: Annotated[Optional[str], typer.Option(help="Attributes to keep, e.g. 'brown eyes, beard'.")] = None,
     negative_prompt: Annotated[Optional[str], typer.Option(help="Attributes to avoid, e.g. 'eyeglasses'.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Adapter checkpoint or training run folder [default: MODEL_ROOT/mgfr-adapter].")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Adapter checkpoint or training run folder [default: MODEL_ROOT/mgfr-adapter, else the public DiffBIR prior MODEL_ROOT/diffbir-v2-lca].")] = None,
     base: Annotated[Optional[Path], typer.Option(help="Stable Diffusion base (diffusers folder or .safetensors) [default: MODEL_ROOT/sd21-base].")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps.")] = 30,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps [default: 30; 50 for a DiffBIR adapter].")] = None,
     scheduler: Annotated[str, typer.Option(help="dpmpp or ddim.")] = "dpmpp",
-    guidance_quality: Annotated[float, typer.Option(help="Weight l_nq of the negative-quality direction.")] = 4.0,
+    guidance_quality: Annotated[Optional[float], typer.Option(help="Weight l_nq of the negative-quality direction [default: 4; 3 for a DiffBIR adapter, its scale s = 1 + l_nq].")] = None,
     guidance_attribute: Annotated[float, typer.Option(help="Weight l_na of the negative-attribute direction.")] = 2.0,
     color_fix: Annotated[str, typer.Option(help="Colour correction toward the input: wavelet, adain or none.")] = "wavelet",
-    seed: Annotated[int, typer.Option(help="Random seed (face K of a photo uses seed + K).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed (face K of a photo uses seed + K).")] = 0,
+    start_from: Annotated[str, typer.Option(help="noise, or cond: start from the condition latent noised to the first step (DiffBIR's option).")] = "noise",
+    cleaner: Annotated[str, typer.Option(help="Clean the face before encoding it: auto (swinir-codeformer for DiffBIR adapters, none otherwise), swinir-codeformer, swinir-face or none.")] = "auto",
+    bg_upsampler: Annotated[str, typer.Option(help="Background upsampler when --upscale > 1: auto (realesrgan-x2 up to x2, realesrgan-x4 above), realesrgan-x2, realesrgan-x4 or none.")] = "auto",
+    offline: Annotated[bool, typer.Option("--offline", help="Never download missing weights (also MGFR_OFFLINE=1 or HF_HUB_OFFLINE=1).")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per GPU batch (halved automatically on out-of-memory).")] = 8,
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile + CUDA graphs (slow first batch; batches padded to --batch-size).")] = False,
@@ -185,30 +189,81 @@ def restore(
     """Restore every face in photos and paste them back (prompts, references and identity optional)."""
     from .batch import RestoreJob
     from .conditions import ConditionSpec
+    from .identity import ARCFACE_FILE
     from .pipeline import DiffusionRestorer, RestoreSettings
-    from .weights import resolve_root, restore_components
+    from .provision import offline_requested, plan_restore, provide, restore_components
+    from .weights import load_manifest, resolve_root
 
     if ext not in ("auto", "png", "jpg"):
         raise typer.BadParameter("--ext must be auto, png or jpg")
-    settings = RestoreSettings(steps=steps, scheduler=scheduler, guidance_quality=guidance_quality,
-                               guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed)
-    settings.check()
+    RestoreSettings(guidance_quality=guidance_quality or 0.0, guidance_attribute=guidance_attribute,
+                    scheduler=scheduler, color_fix=color_fix, start_from=start_from).check()
     selection = _selection(only_center_face, largest_face, face_index, min_face_size)
     flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(ref) if ref else None)
     for r in ref or ():
         if not r.exists():
             raise MgfrError(f"--ref {r}: not found")
     root = resolve_root(model_root)
+    manifest = load_manifest()
+    offline = offline_requested(offline)
+    plan = plan_restore(root, manifest, detector=None if has_aligned else detector.value, base=base,
+                        checkpoint=checkpoint, cleaner=cleaner, bg_upsampler=bg_upsampler, upscale=upscale,
+                        offline=offline)
+    provide(plan, manifest, offline=offline, announce=_announce_downloads, progress=_download_progress())
+    for note in plan.notes:
+        err.print(f"[yellow]note:[/yellow] {note}", markup=True)
     dev, dtype = resolve_device(device, precision)
     quiet_libraries()
-    helper, pipeline = restore_components(root, detector.value, base=base, checkpoint=checkpoint, device=dev,
-                                          dtype=dtype, need_detector=not has_aligned)
+    helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
+    prof = pipeline.profile
+    settings = RestoreSettings(steps=steps or prof.default_steps, scheduler=scheduler,
+                               guidance_quality=prof.default_guidance if guidance_quality is None else guidance_quality,
+                               guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed, start_from=start_from)
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
                      shard=_shard())
     pipeline.optimize(compile=compile, channels_last=dev.startswith("cuda"))
-    raise typer.Exit(_run_batch(job, helper, DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)))
+    restorer = DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)
+    code = _run_batch(job, helper, restorer, upsampler)
+    for what in sorted(restorer.ignored):
+        err.print(f"[yellow]note:[/yellow] {what} given but not used: the adapter ({prof.source}) has no trained "
+                  f"reference branch; references and identity need an MGFR adapter trained through stage 2", markup=True)
+    raise typer.Exit(code)
+
+
+def _announce_downloads(rows) -> None:
+    from rich.table import Table
+
+    table = Table(title="first run: downloading the public weights restore needs (once)")
+    for col in ("entry", "size", "licence"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    err.print(table)
+
+
+def _download_progress():
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    tasks, holder = {}, {}
+
+    def on_bytes(path, done, total):
+        if "p" not in holder:
+            holder["p"] = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err)
+            holder["p"].start()
+        p = holder["p"]
+        if path not in tasks:
+            tasks[path] = p.add_task(path, total=total)
+        p.update(tasks[path], completed=done, total=total)
+        if total is not None and done >= total:
+            p.stop_task(tasks[path])
+            if all(p.tasks[t].finished for t in tasks.values()):
+                p.stop()
+                holder.pop("p")
+                tasks.clear()
+
+    return on_bytes
 
 
 @app.command()
@@ -378,13 +433,13 @@ def evaluate_cmd(
     raise typer.Exit(0 if result.rows else 1)
 
 
-ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest file [default: weights/manifest.yaml].")]
+ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest file [default: $MGFR_MANIFEST, else weights/manifest.yaml].")]
 
 
 def _manifest(path: Optional[Path]):
-    from .weights import MANIFEST, load_manifest
+    from .weights import load_manifest
 
-    return load_manifest(path or MANIFEST)
+    return load_manifest(path)
 
 
 @weights_app.command("list")
@@ -430,6 +485,34 @@ def weights_fetch(
         for e in entries:
             placed = fetch_entry(e, root, allow_unpinned=allow_unpinned, progress=on_bytes)
             out.print(f"{e.name}: " + (f"placed {len(placed)} file(s)" if placed else "already present"))
+            if e.convert:
+                from .provision import convert_entry, converted_dir
+
+                if placed or not (converted_dir(root, e.name) / "config.json").is_file():
+                    out.print(f"{e.name}: converted to {convert_entry(e, root, m)}")
+
+
+@weights_app.command("convert")
+def weights_convert(
+    kind: Annotated[str, typer.Argument(help="The format of SRC: diffbir (an IRControlNet for SD 2.1 base).")],
+    src: Annotated[Path, typer.Argument(help="The checkpoint (.pth, .ckpt, .pt or .safetensors).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Adapter folder to write (what --checkpoint loads).")],
+    source: Annotated[str, typer.Option(help="Which release SRC is: diffbir-v2 or diffbir-v1-face.")] = "diffbir-v2",
+    base: Annotated[Optional[Path], typer.Option(help="Base whose UNet the LCA must fit [default: MODEL_ROOT/sd21-base, else SD 2.1's shape].")] = None,
+    model_root: ModelRootOpt = None,
+    manifest: ManifestOpt = None,
+):
+    """Convert public ControlNet weights into an mgfr adapter folder (refusing any that do not fit exactly)."""
+    from .convert import convert_diffbir
+    from .provision import base_unet_config, incompatible_hashes
+    from .weights import resolve_root
+
+    if kind != "diffbir":
+        raise typer.BadParameter("KIND must be diffbir")
+    root = resolve_root(model_root)
+    done = convert_diffbir(src, output, unet_config=base_unet_config(root, base), source=source,
+                           known_bad=incompatible_hashes(_manifest(manifest), root))
+    out.print(f"wrote {done} (use: mgfr restore ... --checkpoint {done})")
 
 
 @weights_app.command("check")

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import prompts
 from .adapter import MgfrAdapter, ReferenceState
 from .base import BaseModel
 from .colorfix import METHODS as COLOR_METHODS, color_fix
 from .conditions import FaceConditions
 from .errors import ConfigError, WeightsError
+from .profiles import check_base, profile_of
 from .sampling import SCHEDULERS, combine_guidance, denoise, make_scheduler
 
 ADAPTER_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -33,8 +33,16 @@ class RestoreSettings:
     guidance_attribute: float = 2.0  # l_na, away from the negative-attribute prompt
     color_fix: str = "wavelet"
     seed: int = 0
+    start_from: str = "noise"  # "cond": the condition latent noised to the first timestep (DiffBIR's option)
 
     def check(self) -> None:
+        import math
+
+        if self.start_from not in ("noise", "cond"):
+            raise ConfigError(f"--start-from {self.start_from!r}: choose noise or cond")
+        for name in ("guidance_quality", "guidance_attribute"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         if self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
         if self.scheduler not in SCHEDULERS:
@@ -46,6 +54,7 @@ class RestoreSettings:
 @dataclass
 class RestoreOutput:
     images: list  # (S, S, 3) uint8 RGB, one per input face
+    ignored: tuple = ()  # inputs this adapter cannot use (e.g. "references"), reported once per run
 
 
 def find_adapter_dir(path: Path) -> Path:
@@ -60,11 +69,12 @@ def find_adapter_dir(path: Path) -> Path:
     if steps:
         return steps[-1].parent
     raise WeightsError(f"{path}: no adapter checkpoint there (expected config.json + {ADAPTER_WEIGHTS}, or a "
-                       f"training run folder from `mgfr train`; no public MGFR weights exist: train one)")
+                       f"training run folder from `mgfr train`, or a converted DiffBIR LCA from "
+                       f"`mgfr weights convert diffbir`)")
 
 
-def load_adapter(path: Path, unet=None) -> MgfrAdapter:
-    """Load an adapter checkpoint and check that it fits ``unet``'s encoder."""
+def load_adapter(path: Path, unet=None, scheduler_config: dict | None = None) -> MgfrAdapter:
+    """Load an adapter checkpoint and check that it fits ``unet``'s encoder and the base's objective."""
     folder = find_adapter_dir(path)
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise WeightsError(f"{folder}: missing {ADAPTER_WEIGHTS} beside config.json")
@@ -78,6 +88,8 @@ def load_adapter(path: Path, unet=None) -> MgfrAdapter:
             if list(np.atleast_1d(a)) != list(np.atleast_1d(u)):
                 raise WeightsError(f"{folder}: adapter {key}={a} does not fit the base UNet's {key}={u} "
                                    f"(was it trained on another base?)")
+    if scheduler_config is not None:
+        check_base(adapter.config, scheduler_config, str(folder))
     return adapter
 
 
@@ -85,7 +97,8 @@ class MgfrPipeline:
     """Holds the models and settings; per-face data only flow through :meth:`restore`."""
 
     def __init__(self, base: BaseModel, adapter: MgfrAdapter, identity=None,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, cast: bool = True):
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, cast: bool = True,
+                 cleaner=None):
         """``cast``: move and cast the models to ``device``/``dtype``; the trainer passes False to sample
         with its own models as they are (fp32 adapter, half-precision base, under autocast)."""
         self.base = base.to(device, dtype) if cast else base
@@ -93,7 +106,10 @@ class MgfrPipeline:
             adapter = adapter.to(device=device, dtype=dtype) if adapter.dtype != dtype else adapter.to(device)
         self.adapter = adapter
         self.adapter.eval()  # restore runs under no_grad; requires_grad is left to the owner (the trainer)
-        self.identity = identity
+        self.profile = profile_of(adapter.config)
+        # Identity tokens only for an RCA that was trained with them (tokens it never saw are noise to it).
+        self.identity = identity if self.profile.uses_identity else None
+        self.cleaner = cleaner  # DiffBIR: a 1x SwinIR before the VAE encode (cleaner.Cleaner)
         self.resolution = int(adapter.config.resolution)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -173,46 +189,54 @@ class MgfrPipeline:
         seeds = seeds if seeds is not None else [settings.seed] * b
 
         # 2. Encode prompts (once per distinct prompt): positive, negative-quality, negative-attribute
-        text_c = self.encode_prompts([prompts.positive_prompt(c.prompt) for c in conditions])
-        text_nq = self.encode_prompts([prompts.NEGATIVE_QUALITY] * b)
+        prof = self.profile
+        text_c = self.encode_prompts([prof.positive(c.prompt) for c in conditions])
+        text_nq = self.encode_prompts([prof.negative_quality] * b)
         has_na = [bool(c.negative_prompt) for c in conditions]
         text_na = None
         if any(has_na):
-            text_na = self.encode_prompts([prompts.positive_prompt(c.negative_prompt) if c.negative_prompt
-                                           else prompts.positive_prompt(c.prompt) for c in conditions])
+            text_na = self.encode_prompts([prof.positive(c.negative_prompt) if c.negative_prompt
+                                           else prof.positive(c.prompt) for c in conditions])
         w_na = torch.tensor(has_na, device=self.device, dtype=self.dtype).view(b, 1, 1, 1) * settings.guidance_attribute
+        texts = [text_c, text_nq] + ([text_na] if text_na is not None else [])
 
-        # 3. Encode the LQ faces and the references once
+        # 3. Encode the (cleaned) LQ faces and the references once; each guidance branch's RCA reads that
+        # branch's own text, the combination it was trained on
         lq = self.to_tensor(crops)
-        z_lq = self.encode_images(lq)
-        reference = self.prepare_references(z_lq, conditions, text_c)
+        cond = self.cleaner(lq) if self.cleaner is not None else lq
+        z_lq = self.encode_images(cond)
+        ref_all = self.prepare_references(z_lq, conditions, texts)
+        ignored = ("references",) if any(c.references for c in conditions) and not prof.uses_reference else ()
 
-        # 4. Prepare latents: per-face noise from per-face seeds
+        # 4. Prepare latents: per-face noise from per-face seeds; from pure noise, or (DiffBIR's "cond" start)
+        # from the condition latent noised to the first timestep
         shape = z_lq.shape[1:]
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         scheduler = make_scheduler(settings.scheduler, self.base.scheduler_config)
         scheduler.set_timesteps(settings.steps, device=self.device)
-        latents = torch.stack(noise).to(self.device, self.dtype) * scheduler.init_noise_sigma
+        noise = torch.stack(noise).to(self.device, self.dtype)
+        if settings.start_from == "cond":
+            latents = scheduler.add_noise(z_lq, noise, scheduler.timesteps[:1].repeat(b))
+        else:
+            latents = noise * scheduler.init_noise_sigma
 
         # 5. Denoise: all guidance conditions in one batched call
-        texts = [text_c, text_nq] + ([text_na] if text_na is not None else [])
         k = len(texts)
         text_all = torch.cat(texts)
         z_lq_all = z_lq.repeat(k, 1, 1, 1)
-        ref_all = reference.repeat(k) if reference is not None else None
 
         def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self._predict_fn(x, t, text_all, z_lq_all, ref_all, settings.guidance_quality, w_na)
 
         latents = denoise(step, latents, scheduler, callback=callback)
 
-        # 6. Decode and 7. colour-correct toward the input
+        # 6. Decode and 7. colour-correct toward the (cleaned) input
         x = self.decode_latents(latents)
-        x = color_fix(x, lq, settings.color_fix)
+        x = color_fix(x, cond, settings.color_fix)
         if x.shape[-1] != size:
             x = F.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False)
         images = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        return RestoreOutput(list(images))
+        return RestoreOutput(list(images), ignored)
 
     def encode_references(self, refs: list) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(VAE latent, ArcFace embedding) of each reference face. A reference read from a file is encoded
@@ -231,15 +255,16 @@ class MgfrPipeline:
         return [done[key(r)] for r in refs]
 
     def prepare_references(self, z_lq: torch.Tensor, conditions: list[FaceConditions],
-                           text_c: torch.Tensor) -> ReferenceState | None:
-        """VAE latents, identity embeddings and RLF fusion of every face's references, once per restore.
+                           texts: list[torch.Tensor]) -> ReferenceState | None:
+        """VAE latents, identity embeddings and RLF fusion of every face's references, once per restore,
+        stacked for the guidance branches (one ``(B, L, D)`` text each) in the order of ``texts``.
 
         Faces have different numbers of references: they are padded to the batch's largest count and
         the padding is masked out (a face without references gets no reference signal at all).
         """
         counts = [len(c.references) for c in conditions]
         r = max(counts)
-        if r == 0 or not self.adapter.config.use_reference:
+        if r == 0 or not self.profile.uses_reference:
             return None
         b = len(conditions)
         encoded = self.encode_references([ref for c in conditions for ref in c.references])
@@ -257,7 +282,9 @@ class MgfrPipeline:
                 ids[f, :n] = e_flat[i : i + n]
             mask[f, :n] = 1
             i += n
-        return self.adapter.prepare_reference(z_lq, z_refs, ids, text_c, mask)
+        states = [self.adapter.prepare_reference(z_lq, z_refs, ids, t, mask) for t in texts]
+        return ReferenceState(torch.cat([st.z_ref for st in states]), torch.cat([st.context for st in states]),
+                              torch.cat([st.weights for st in states]))
 
 
 class DiffusionRestorer:
@@ -268,22 +295,37 @@ class DiffusionRestorer:
         self.pipeline = pipeline
         self.settings = settings
         self.pad_to = pad_to  # a compiled pipeline keeps static shapes: fill short batches with copies
+        self.ignored: set[str] = set()  # inputs the adapter could not use, for the run's summary
 
     def restore(self, crops, conditions, seeds):
         n = len(crops)
         if self.pad_to and n < self.pad_to:
             extra = self.pad_to - n
             crops, conditions, seeds = crops + crops[-1:] * extra, conditions + conditions[-1:] * extra, seeds + seeds[-1:] * extra
-        return self.pipeline.restore(crops, conditions, self.settings, seeds).images[:n]
+        out = self.pipeline.restore(crops, conditions, self.settings, seeds)
+        self.ignored.update(out.ignored)
+        return out.images[:n]
 
 
-def build_pipeline(base_path: Path, checkpoint: Path, *, identity_path: Path | None,
-                   device: str, dtype: torch.dtype) -> MgfrPipeline:
-    """Load base + adapter (+ ArcFace when present) for restoring."""
+def build_pipeline(base_path: Path, checkpoint: Path, *, identity_path: Path | None, device: str, dtype: torch.dtype,
+                   cleaner_path: Path | None = None) -> MgfrPipeline:
+    """Load base + adapter (+ ArcFace where the adapter was trained with it, + the cleaner) for restoring."""
     from .base import load_base
     from .identity import IdentityEncoder
 
     base = load_base(base_path)
-    adapter = load_adapter(checkpoint, base.unet)
-    identity = IdentityEncoder(identity_path, device) if identity_path is not None and identity_path.is_file() else None
-    return MgfrPipeline(base, adapter, identity=identity, device=device, dtype=dtype)
+    adapter = load_adapter(checkpoint, base.unet, base.scheduler_config)
+    profile = profile_of(adapter.config)
+    identity = None
+    if profile.uses_identity and adapter.config.get("use_identity"):
+        if identity_path is None or not identity_path.is_file():
+            raise WeightsError(f"missing weights: {identity_path} (the adapter {find_adapter_dir(checkpoint)} was trained "
+                               f"with ArcFace identity tokens; get it with: mgfr weights fetch arcface)")
+    if profile.uses_identity and identity_path is not None and identity_path.is_file():
+        identity = IdentityEncoder(identity_path, device)
+    cleaner = None
+    if cleaner_path is not None:
+        from .cleaner import Cleaner
+
+        cleaner = Cleaner(cleaner_path, device)
+    return MgfrPipeline(base, adapter, identity=identity, device=device, dtype=dtype, cleaner=cleaner)

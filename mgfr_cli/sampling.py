@@ -23,13 +23,19 @@ def combine_guidance(eps_c: torch.Tensor, eps_nq: torch.Tensor, eps_na: torch.Te
 
 
 def make_scheduler(name: str, config: dict):
-    """A diffusers scheduler for sampling, on the base model's training noise schedule."""
+    """A diffusers scheduler for sampling, on the base model's training noise schedule.
+
+    Both use "trailing" timestep spacing: the first step is t = T-1 whatever the step count (SD 2.1's
+    scheduler config says "leading", which starts 30 DDIM steps at t = 958, from pure noise that belongs
+    to t = 999: a mismatch that costs detail; Lin et al. 2024, "Common diffusion noise schedules ... are flawed").
+    """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     if name == "dpmpp":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       timestep_spacing="trailing")
     if name == "ddim":
-        return DDIMScheduler.from_config(config)
+        return DDIMScheduler.from_config(config, timestep_spacing="trailing")
     raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 

@@ -22,7 +22,7 @@ from .configs import check_keys, expect_type, read_yaml
 from .errors import ConfigError, WeightsError
 
 REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-MANIFEST = REPO_WEIGHTS / "manifest.yaml"
+MANIFEST = REPO_WEIGHTS / "manifest.yaml"  # $MGFR_MANIFEST, when set, replaces it (mirrors, tests)
 PINS = "pins.yaml"
 CHUNK = 1 << 20
 
@@ -44,6 +44,8 @@ class Entry:
     used_by: str = ""
     optional: bool = False
     note: str = ""
+    convert: str = ""  # "diffbir": converted into an adapter folder (MODEL_ROOT/<name>-lca) after fetching
+    incompatible: bool = False  # listed only so that its hash is known and the file refused
 
 
 @dataclass(frozen=True)
@@ -58,14 +60,21 @@ class Manifest:
         raise ConfigError(f"no weight entry named {name!r} in {self.path} (known: {', '.join(e.name for e in self.entries)})")
 
 
-def load_manifest(path: Path = MANIFEST) -> Manifest:
+def default_manifest() -> Path:
+    return Path(os.environ.get("MGFR_MANIFEST") or MANIFEST)
+
+
+def load_manifest(path: Path | None = None) -> Manifest:
+    path = path or default_manifest()
     data = read_yaml(path)
     check_keys(data, {"entries"}, str(path))
     entries = []
     for i, raw in enumerate(expect_type(data.get("entries", []), list, str(path), "entries")):
         where = f"{path}: entries[{i}]"
         expect_type(raw, dict, str(path), f"entries[{i}]")
-        check_keys(raw, {"name", "sources", "files", "license", "used_by", "optional", "note"}, where)
+        check_keys(raw, {"name", "sources", "files", "license", "used_by", "optional", "note", "convert", "incompatible"}, where)
+        if raw.get("convert", "") not in ("", "diffbir"):
+            raise ConfigError(f"{where}: convert must be 'diffbir', got {raw['convert']!r}")
         if "name" not in raw:
             raise ConfigError(f"{where}: missing key 'name'")
         files = []
@@ -77,7 +86,8 @@ def load_manifest(path: Path = MANIFEST) -> Manifest:
             files.append(WeightFile(path=str(f["path"]), sha256=f.get("sha256"), size=f.get("size"), remote=f.get("remote")))
         entries.append(Entry(name=str(raw["name"]), sources=tuple(raw.get("sources", [])), files=tuple(files),
                              license=str(raw.get("license", "")), used_by=str(raw.get("used_by", "")),
-                             optional=bool(raw.get("optional", False)), note=str(raw.get("note", ""))))
+                             optional=bool(raw.get("optional", False)), note=str(raw.get("note", "")),
+                             convert=str(raw.get("convert", "")), incompatible=bool(raw.get("incompatible", False))))
     return Manifest(tuple(entries), path)
 
 
@@ -236,29 +246,3 @@ def download(url: str, dest: Path, sha256: str | None, size: int | None, *, time
         raise _SourceFailed(f"{url}: SHA-256 mismatch (got {digest[:12]}..., expected {sha256[:12]}...); file deleted")
     os.replace(part, dest)
     return digest
-
-
-# -- what restore needs -----------------------------------------------------------------------------
-def restore_components(root: Path, detector: str, *, base: Path | None, checkpoint: Path | None, device: str,
-                       dtype, need_detector: bool = True):
-    """Build the face helper and the pipeline, or fail once naming every missing file and its fix."""
-    from .faces import DETECTORS, FaceHelper
-    from .identity import ARCFACE_FILE
-    from .pipeline import build_pipeline, find_adapter_dir
-
-    base = base or root / "sd21-base"
-    checkpoint = checkpoint or root / "mgfr-adapter"
-    missing = []
-    if need_detector and not (root / DETECTORS[detector][1]).is_file():
-        missing.append(f"{root / DETECTORS[detector][1]} (mgfr weights fetch {detector})")
-    if not base.exists():
-        missing.append(f"{base} (mgfr weights fetch sd21-base, or --base DIR)")
-    try:
-        find_adapter_dir(checkpoint)
-    except WeightsError:
-        missing.append(f"{checkpoint} (no public MGFR weights exist: train one with `mgfr train`, then --checkpoint RUN_DIR)")
-    if missing:
-        raise WeightsError("missing weights: " + "; ".join(missing))
-    helper = FaceHelper(root, detector if need_detector else None, device=device)
-    pipeline = build_pipeline(base, checkpoint, identity_path=root / ARCFACE_FILE, device=device, dtype=dtype)
-    return helper, pipeline

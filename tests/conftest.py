@@ -1,3 +1,4 @@
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -7,6 +8,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import MOBILENET  # noqa: E402
+
+# No test reaches the internet: restore never downloads here unless a test points it at a loopback server.
+os.environ["MGFR_OFFLINE"] = "1"
 
 
 def pytest_configure(config):
