@@ -284,6 +284,15 @@ class MgfrAdapter(ModelMixin, ConfigMixin):
 
     LCA_MODULES = ("lca.", "lca_down_zero.", "lca_mid_zero.")
 
+    def load_lca(self, other: "MgfrAdapter") -> None:
+        """Start LCA (and its zero convs) from ``other``'s, e.g. a converted DiffBIR LCA (``train --init``)."""
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(self.LCA_MODULES)}
+        theirs = {k: v for k, v in other.state_dict().items() if k.startswith(self.LCA_MODULES)}
+        bad = sorted(k for k in own if k not in theirs or theirs[k].shape != own[k].shape)
+        if bad:
+            raise ValueError(f"the LCA to start from does not fit this adapter (e.g. {bad[0]})")
+        self.load_state_dict(theirs, strict=False)
+
     def trainable_parameters(self, stage: int):
         """Stage 1 trains LCA and its zero convs; stage 2 trains everything else: RLF, RCA, the exchange
         convs (``lca_to_rca`` included) and the identity projector (DESIGN.md §4)."""

@@ -300,7 +300,7 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoints, logs, final adapter).")],
     base: Annotated[Optional[Path], typer.Option(help="Stable Diffusion base [default: MODEL_ROOT/sd21-base].")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Training config YAML (every knob); flags override it.")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Stage 2: the stage-1 run folder or adapter to start from.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Stage 1: an LCA to fine-tune (e.g. MODEL_ROOT/diffbir-v2-lca); stage 2: the stage-1 run folder or adapter to start from.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o from its latest checkpoint.")] = False,
     max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Per process.")] = None,

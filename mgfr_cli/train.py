@@ -170,8 +170,22 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     if cfg.stage == 1:
         torch.manual_seed(cfg.seed)  # the paths stage 1 does not train still get reproducible weights
         adapter = MgfrAdapter.from_unet(base.unet, **model_cfg.adapter)
+        if init is not None:  # fine-tune a given LCA (e.g. a converted DiffBIR one) instead of the UNet copy
+            try:
+                adapter.load_lca(load_adapter(init, base.unet, base.scheduler_config))
+            except ValueError as exc:
+                raise WeightsError(f"--init {init}: {exc}") from None
+        stages = [1]
     else:
-        adapter = load_adapter(init if init is not None else run_dir, base.unet)
+        adapter = load_adapter(init if init is not None else run_dir, base.unet, base.scheduler_config)
+        stages = sorted(set(adapter.config.get("stages_trained") or [1]) | {2})
+    from .profiles import unet_fingerprint
+
+    # What restore checks (DESIGN.md §7): the stages these weights went through and the base they expect.
+    adapter.register_to_config(source="mgfr", stages_trained=stages,
+                               prediction_type=base.scheduler_config.get("prediction_type", "epsilon"),
+                               beta_schedule=base.scheduler_config.get("beta_schedule"),
+                               base_fingerprint=unet_fingerprint(base.unet))
     adapter.to(device, torch.float32)  # trained weights stay fp32 (Accelerate autocasts the forward)
     adapter.requires_grad_(False)
     trainable = adapter.trainable_parameters(cfg.stage)

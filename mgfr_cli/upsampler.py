@@ -131,7 +131,7 @@ class BackgroundUpsampler:
         """``rgb8``: ``(H, W, 3)`` uint8; ``size``: the output ``(width, height)``."""
         import cv2
 
-        x = torch.from_numpy(np.ascontiguousarray(rgb8)).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(np.array(rgb8)).permute(2, 0, 1)[None].float() / 255.0
         y = self.model.run_tiled(x, self.tile, self.overlap, self.context)
         up = (y[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
         if (up.shape[1], up.shape[0]) != tuple(size):
