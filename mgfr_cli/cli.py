@@ -6,146 +6,22 @@ once; torch, diffusers, OpenCV, facexlib and insightface load inside the command
 
 from __future__ import annotations
 
-import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from .errors import ConfigError, MgfrError
+from .options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
+                      OnlyCenterOpt, RecursiveOpt, quiet_libraries, resolve_device, selection as face_selection,
+                      shard)
+from .terminal import err, out, run_batch, shown, summary
+from .weights_cli import ManifestOpt, _manifest, weights_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="MGFR: multi-modal guided diffusion face restoration (prompts, references, identity).")
-weights_app = typer.Typer(no_args_is_help=True, help="List, fetch and verify weight files (weights/manifest.yaml).")
 app.add_typer(weights_app, name="weights")
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Detector(str, Enum):
-    resnet50 = "retinaface_resnet50"
-    mobile = "retinaface_mobile0.25"
-
-
-# -- options shared by several commands (defined once) -------------------------------------------
-DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when present (fp16 there, fp32 on cpu).")]
-ModelRootOpt = Annotated[Optional[Path], typer.Option(
-    "--model-root", help="Folder of weight files [default: $MGFR_HOME, else the repo's weights/].")]
-DetectorOpt = Annotated[Detector, typer.Option(help="Face detector (facexlib RetinaFace).")]
-OnlyCenterOpt = Annotated[bool, typer.Option("--only-center-face", help="Keep only the face nearest the centre.")]
-LargestOpt = Annotated[bool, typer.Option("--largest-face", help="Keep only the largest face.")]
-FaceIndexOpt = Annotated[Optional[int], typer.Option("--face-index", min=0, help="Keep only face K (0 = leftmost).")]
-MinFaceOpt = Annotated[float, typer.Option("--min-face-size", min=0, help="Ignore faces whose eye distance is below PX.")]
-RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of folder inputs.")]
-MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, help="Refuse larger images (decompression-bomb guard).")]
-
-
-def quiet_libraries() -> None:
-    """diffusers and transformers print progress bars and notices per model load; the CLI has its own."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-
-
-def resolve_device(device: Device, precision: str = "auto"):
-    """The one place that turns --device/--precision into a torch device and dtype (auto: fp16 on CUDA,
-    fp32 on CPU). Under ``accelerate launch``/``torchrun`` each process takes the GPU of its LOCAL_RANK."""
-    import torch
-
-    if device == Device.auto:
-        device = Device.cuda if torch.cuda.is_available() else Device.cpu
-    if device == Device.cuda and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here (use --device cpu)")
-    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    if precision not in ("auto", *dtypes):
-        raise typer.BadParameter("--precision must be auto, fp16, bf16 or fp32")
-    if device == Device.cuda:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}", dtypes.get(precision, torch.float16)
-    return "cpu", dtypes.get(precision, torch.float32)
-
-
-def _selection(only_center, largest, face_index, min_face_size):
-    from .faces import FaceSelection
-
-    if sum([only_center, largest, face_index is not None]) > 1:
-        raise typer.BadParameter("choose at most one of --only-center-face, --largest-face, --face-index")
-    return FaceSelection(only_center_face=only_center, largest_face=largest, face_index=face_index,
-                         min_face_size=min_face_size)
-
-
-def _shard() -> tuple[int, int]:
-    """This process's share of the inputs under ``accelerate launch``/``torchrun`` (RANK, WORLD_SIZE)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def shown(path) -> str:
-    """A path for the terminal: undecodable bytes of a file name (kept as surrogates) shown as U+FFFD."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _summary(outcomes, title: str, done: str = "restored") -> int:
-    """Print the outcome counts and every photo not done with its reason; return the exit code."""
-    from rich.table import Table
-
-    from .batch import FAILED, NO_FACE, RESTORED, SKIPPED
-
-    counts = {s: sum(o.status == s for o in outcomes) for s in (RESTORED, SKIPPED, NO_FACE, FAILED)}
-    table = Table(title=title, show_lines=False)
-    table.add_column("outcome")
-    table.add_column("photos", justify="right")
-    for status, n in counts.items():
-        table.add_row(done if status == RESTORED else status, str(n))
-    out.print(table)
-    problems = [o for o in outcomes if o.status in (FAILED, NO_FACE)]
-    if problems:
-        detail = Table(title="not restored", show_lines=False)
-        detail.add_column("file", overflow="fold")
-        detail.add_column("outcome")
-        detail.add_column("reason", overflow="fold")
-        for o in problems:
-            detail.add_row(shown(o.source), o.status, shown(o.detail))
-        out.print(detail)
-    return 1 if counts[FAILED] else 0
-
-
-def _run_batch(job, helper, restorer, upsampler=None) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .batch import BatchRestorer, merge_summaries, write_summary
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=False) as progress:
-        task = progress.add_task("photos", total=None)
-
-        def on_outcome(o):
-            progress.update(task, advance=1, description=f"{o.status}: {shown(o.source.name)}")
-
-        outcomes = BatchRestorer(helper, restorer, upsampler).run(job, on_outcome, lambda n: progress.update(task, total=n))
-    rank, world = job.shard
-    if world == 1:
-        write_summary(job.output / "mgfr-summary.json", outcomes)
-        return _summary(outcomes, "mgfr restore")
-    # Several processes: each writes its share; the first merges them once all are there.
-    write_summary(job.output / f"mgfr-summary-{rank}-of-{world}.json", outcomes)
-    if rank != 0:
-        return 1 if any(o.status == "failed" for o in outcomes) else 0
-    merged, missing = merge_summaries(job.output, world)
-    if missing:
-        err.print(f"[yellow]summary without processes {missing} (they did not finish)[/yellow]", markup=True)
-    return _summary(merged, f"mgfr restore ({world} processes)") or (1 if missing else 0)
 
 
 @app.command()
@@ -198,7 +74,7 @@ def restore(
         raise typer.BadParameter("--ext must be auto, png or jpg")
     RestoreSettings(guidance_quality=guidance_quality or 0.0, guidance_attribute=guidance_attribute,
                     scheduler=scheduler, color_fix=color_fix, start_from=start_from).check()
-    selection = _selection(only_center_face, largest_face, face_index, min_face_size)
+    selection = face_selection(only_center_face, largest_face, face_index, min_face_size)
     flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(ref) if ref else None)
     for r in ref or ():
         if not r.exists():
@@ -209,9 +85,10 @@ def restore(
     plan = plan_restore(root, manifest, detector=None if has_aligned else detector.value, base=base,
                         checkpoint=checkpoint, cleaner=cleaner, bg_upsampler=bg_upsampler, upscale=upscale,
                         offline=offline)
-    provide(plan, manifest, offline=offline, announce=_announce_downloads, progress=_download_progress())
-    for note in plan.notes:
-        err.print(f"[yellow]note:[/yellow] {note}", markup=True)
+    from .terminal import announce_downloads, download_progress, notes
+
+    provide(plan, manifest, offline=offline, announce=announce_downloads, progress=download_progress())
+    notes(plan.notes)
     dev, dtype = resolve_device(device, precision)
     quiet_libraries()
     helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
@@ -222,48 +99,13 @@ def restore(
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
-                     shard=_shard())
+                     shard=shard())
     pipeline.optimize(compile=compile, channels_last=dev.startswith("cuda"))
     restorer = DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)
-    code = _run_batch(job, helper, restorer, upsampler)
-    for what in sorted(restorer.ignored):
-        err.print(f"[yellow]note:[/yellow] {what} given but not used: the adapter ({prof.source}) has no trained "
-                  f"reference branch; references and identity need an MGFR adapter trained through stage 2", markup=True)
+    code = run_batch(job, helper, restorer, upsampler)
+    notes(f"{what} given but not used: the adapter ({prof.source}) has no trained reference branch; references "
+          f"and identity need an MGFR adapter trained through stage 2" for what in sorted(restorer.ignored))
     raise typer.Exit(code)
-
-
-def _announce_downloads(rows) -> None:
-    from rich.table import Table
-
-    table = Table(title="first run: downloading the public weights restore needs (once)")
-    for col in ("entry", "size", "licence"):
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    err.print(table)
-
-
-def _download_progress():
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-    tasks, holder = {}, {}
-
-    def on_bytes(path, done, total):
-        if "p" not in holder:
-            holder["p"] = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err)
-            holder["p"].start()
-        p = holder["p"]
-        if path not in tasks:
-            tasks[path] = p.add_task(path, total=total)
-        p.update(tasks[path], completed=done, total=total)
-        if total is not None and done >= total:
-            p.stop_task(tasks[path])
-            if all(p.tasks[t].finished for t in tasks.values()):
-                p.stop()
-                holder.pop("p")
-                tasks.clear()
-
-    return on_bytes
 
 
 @app.command()
@@ -286,11 +128,11 @@ def align(
     from .faces import FaceHelper
     from .weights import resolve_root
 
-    selection = _selection(only_center_face, largest_face, face_index, min_face_size)
+    selection = face_selection(only_center_face, largest_face, face_index, min_face_size)
     dev, _ = resolve_device(device)
     helper = FaceHelper(resolve_root(model_root), detector.value, face_size=face_size, device=dev, use_parse=False)
     outcomes = align_inputs(helper, inputs, output, selection, recursive, max_megapixels)
-    raise typer.Exit(_summary(outcomes, "mgfr align", done="aligned"))
+    raise typer.Exit(summary(outcomes, "mgfr align", done="aligned"))
 
 
 @app.command()
@@ -333,7 +175,7 @@ def train(
         from .faces import FaceHelper
 
         aligned = output / "aligned-data"
-        if _shard()[0] == 0:
+        if shard()[0] == 0:
             data, skipped = align_dataset(FaceHelper(root, detector.value, use_parse=False), data, aligned)
         else:  # under accelerate launch the first process aligns; the others wait for it
             import time
@@ -387,7 +229,7 @@ def degrade(
         params[str(item.relative)] = p
         outcomes.append(Outcome(item.path, RESTORED, "", target, 0))
     atomic_write_bytes(output / "params.json", json.dumps(params, indent=1, default=list).encode())
-    raise typer.Exit(_summary(outcomes, "mgfr degrade", done="degraded"))
+    raise typer.Exit(summary(outcomes, "mgfr degrade", done="degraded"))
 
 
 @app.command("eval")
@@ -431,115 +273,6 @@ def evaluate_cmd(
     if report is not None:
         write_csv(result, report)
     raise typer.Exit(0 if result.rows else 1)
-
-
-ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest file [default: $MGFR_MANIFEST, else weights/manifest.yaml].")]
-
-
-def _manifest(path: Optional[Path]):
-    from .weights import load_manifest
-
-    return load_manifest(path)
-
-
-@weights_app.command("list")
-def weights_list(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
-    """Every manifest entry: files, state, licence and what uses it (no hashing; see `check`)."""
-    from rich.table import Table
-
-    from .weights import entry_state, resolve_root
-
-    root = resolve_root(model_root)
-    table = Table(title=f"weights in {root}")
-    for col in ("name", "state", "used by", "licence"):
-        table.add_column(col, overflow="fold")
-    for e in _manifest(manifest).entries:
-        table.add_row(e.name + (" (optional)" if e.optional else ""), entry_state(e, root, hash_files=False),
-                      e.used_by, e.license)
-    out.print(table)
-
-
-@weights_app.command("fetch")
-def weights_fetch(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Entries to fetch [default: every required one].")] = None,
-    allow_unpinned: Annotated[bool, typer.Option("--allow-unpinned", help="Fetch files with no pinned SHA-256 and record the hash measured.")] = False,
-    model_root: ModelRootOpt = None,
-    manifest: ManifestOpt = None,
-):
-    """Download entries with resume, verify SHA-256, place each file atomically."""
-    from .weights import fetch_entry, resolve_root
-
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-    m = _manifest(manifest)
-    root = resolve_root(model_root)
-    entries = [m.get(n) for n in names] if names else [e for e in m.entries if not e.optional]
-    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err) as progress:
-        tasks = {}
-
-        def on_bytes(path, done, total):
-            if path not in tasks:
-                tasks[path] = progress.add_task(path, total=total)
-            progress.update(tasks[path], completed=done, total=total)
-
-        for e in entries:
-            placed = fetch_entry(e, root, allow_unpinned=allow_unpinned, progress=on_bytes)
-            out.print(f"{e.name}: " + (f"placed {len(placed)} file(s)" if placed else "already present"))
-            if e.convert:
-                from .provision import convert_entry, converted_dir
-
-                if placed or not (converted_dir(root, e.name) / "config.json").is_file():
-                    out.print(f"{e.name}: converted to {convert_entry(e, root, m)}")
-
-
-@weights_app.command("convert")
-def weights_convert(
-    kind: Annotated[str, typer.Argument(help="The format of SRC: diffbir (an IRControlNet for SD 2.1 base).")],
-    src: Annotated[Path, typer.Argument(help="The checkpoint (.pth, .ckpt, .pt or .safetensors).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Adapter folder to write (what --checkpoint loads).")],
-    source: Annotated[str, typer.Option(help="Which release SRC is: diffbir-v2 or diffbir-v1-face.")] = "diffbir-v2",
-    base: Annotated[Optional[Path], typer.Option(help="Base whose UNet the LCA must fit [default: MODEL_ROOT/sd21-base, else SD 2.1's shape].")] = None,
-    model_root: ModelRootOpt = None,
-    manifest: ManifestOpt = None,
-):
-    """Convert public ControlNet weights into an mgfr adapter folder (refusing any that do not fit exactly)."""
-    from .convert import convert_diffbir
-    from .provision import base_unet_config, incompatible_hashes
-    from .weights import resolve_root
-
-    if kind != "diffbir":
-        raise typer.BadParameter("KIND must be diffbir")
-    root = resolve_root(model_root)
-    done = convert_diffbir(src, output, unet_config=base_unet_config(root, base), source=source,
-                           known_bad=incompatible_hashes(_manifest(manifest), root))
-    out.print(f"wrote {done} (use: mgfr restore ... --checkpoint {done})")
-
-
-@weights_app.command("check")
-def weights_check(names: Annotated[Optional[list[str]], typer.Argument()] = None, model_root: ModelRootOpt = None,
-                  manifest: ManifestOpt = None):
-    """Hash every present file against the manifest; exit 1 if any is corrupt."""
-    from .weights import check_entry, resolve_root
-
-    m = _manifest(manifest)
-    root = resolve_root(model_root)
-    bad = 0
-    for e in [m.get(n) for n in names] if names else m.entries:
-        for st in check_entry(e, root):
-            colour = {"verified": "green", "missing": "yellow", "corrupt": "red"}.get(st.state, "cyan")
-            out.print(f"[{colour}]{st.state:>18}[/{colour}]  {st.path}" + (f"  ({st.detail})" if st.detail else ""))
-            bad += st.state == "corrupt"
-    raise typer.Exit(1 if bad else 0)
-
-
-@weights_app.command("path")
-def weights_path(name: str, model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
-    """Print where an entry's (first) file lives in the model root."""
-    from .weights import resolve_root
-
-    e = _manifest(manifest).get(name)
-    first = e.files[0].path
-    out.print(str(resolve_root(model_root) / (first.split("/")[0] if "/" in first else first)), soft_wrap=True)
 
 
 @app.command()

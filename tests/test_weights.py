@@ -152,14 +152,20 @@ def test_cli_weights_commands(tmp_path, server, cli):
 def test_repository_manifest_is_valid():
     m = load_manifest()
     names = {e.name for e in m.entries}
-    assert {"retinaface_resnet50", "retinaface_mobile0.25", "parsenet", "arcface", "sd21-base", "mgfr-adapter"} <= names
+    assert {"retinaface_resnet50", "retinaface_mobile0.25", "parsenet", "arcface", "sd21-base", "mgfr-adapter",
+            "diffbir-v2", "diffbir-v1-face", "diffbir-v2.1", "swinir-codeformer", "swinir-face", "realesrgan-x2",
+            "realesrgan-x4"} <= names
     for e in m.entries:
         assert e.license and e.used_by
+    # only hashes that belong to the source a file is fetched from (the shared detector fixture is a re-saved copy)
+    assert m.get("retinaface_mobile0.25").files[0].sha256 is None
+    assert m.get("realesrgan-x2").files[0].sha256.startswith("49fafd45") and m.get("diffbir-v2.1").incompatible
+    assert "NON-COMMERCIAL" in m.get("swinir-face").license and m.get("diffbir-v2").convert == "diffbir"
 
 
 def test_doctor_is_truthful_here(cli, tmp_path, detector_root):
     code, out, _ = cli("doctor", "--model-root", detector_root)
     text = " ".join(out.split())
     assert code == 1
-    assert "retinaface_mobile0.25: verified" in text and "sd21-base: missing" in text
+    assert "retinaface_mobile0.25: unpinned" in text and "sd21-base: missing" in text and "diffbir-v2: missing" in text
     assert "ok mgfr align" in text and "no mgfr restore" in text

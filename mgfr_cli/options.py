@@ -1,0 +1,83 @@
+"""Options shared by several commands (defined once), and the one place that resolves --device.
+
+Standard library, typer and rich only at the top: importing this stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import ConfigError
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Detector(str, Enum):
+    resnet50 = "retinaface_resnet50"
+    mobile = "retinaface_mobile0.25"
+
+
+# -- options shared by several commands (defined once) -------------------------------------------
+DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when present (fp16 there, fp32 on cpu).")]
+ModelRootOpt = Annotated[Optional[Path], typer.Option(
+    "--model-root", help="Folder of weight files [default: $MGFR_HOME, else the repo's weights/].")]
+DetectorOpt = Annotated[Detector, typer.Option(help="Face detector (facexlib RetinaFace).")]
+OnlyCenterOpt = Annotated[bool, typer.Option("--only-center-face", help="Keep only the face nearest the centre.")]
+LargestOpt = Annotated[bool, typer.Option("--largest-face", help="Keep only the largest face.")]
+FaceIndexOpt = Annotated[Optional[int], typer.Option("--face-index", min=0, help="Keep only face K (0 = leftmost).")]
+MinFaceOpt = Annotated[float, typer.Option("--min-face-size", min=0, help="Ignore faces whose eye distance is below PX.")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of folder inputs.")]
+MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, help="Refuse larger images (decompression-bomb guard).")]
+
+
+def quiet_libraries() -> None:
+    """diffusers and transformers print progress bars and notices per model load; the CLI has its own."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
+def resolve_device(device: Device, precision: str = "auto"):
+    """The one place that turns --device/--precision into a torch device and dtype (auto: fp16 on CUDA,
+    fp32 on CPU). Under ``accelerate launch``/``torchrun`` each process takes the GPU of its LOCAL_RANK."""
+    import torch
+
+    if device == Device.auto:
+        device = Device.cuda if torch.cuda.is_available() else Device.cpu
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here (use --device cpu)")
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if precision not in ("auto", *dtypes):
+        raise typer.BadParameter("--precision must be auto, fp16, bf16 or fp32")
+    if device == Device.cuda:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}", dtypes.get(precision, torch.float16)
+    return "cpu", dtypes.get(precision, torch.float32)
+
+
+def selection(only_center, largest, face_index, min_face_size):
+    from .faces import FaceSelection
+
+    if sum([only_center, largest, face_index is not None]) > 1:
+        raise typer.BadParameter("choose at most one of --only-center-face, --largest-face, --face-index")
+    return FaceSelection(only_center_face=only_center, largest_face=largest, face_index=face_index,
+                         min_face_size=min_face_size)
+
+
+def shard() -> tuple[int, int]:
+    """This process's share of the inputs under ``accelerate launch``/``torchrun`` (RANK, WORLD_SIZE)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+

@@ -1,0 +1,109 @@
+"""What the terminal shows: progress bars, outcome tables, download tables and notes.
+
+Commands print through these two consoles only (stdout for results, stderr for progress and errors).
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+
+
+def shown(path) -> str:
+    """A path for the terminal: undecodable bytes of a file name (kept as surrogates) shown as U+FFFD."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def summary(outcomes, title: str, done: str = "restored") -> int:
+    """Print the outcome counts and every photo not done with its reason; return the exit code."""
+    from rich.table import Table
+
+    from .batch import FAILED, NO_FACE, RESTORED, SKIPPED
+
+    counts = {s: sum(o.status == s for o in outcomes) for s in (RESTORED, SKIPPED, NO_FACE, FAILED)}
+    table = Table(title=title, show_lines=False)
+    table.add_column("outcome")
+    table.add_column("photos", justify="right")
+    for status, n in counts.items():
+        table.add_row(done if status == RESTORED else status, str(n))
+    out.print(table)
+    problems = [o for o in outcomes if o.status in (FAILED, NO_FACE)]
+    if problems:
+        detail = Table(title="not restored", show_lines=False)
+        detail.add_column("file", overflow="fold")
+        detail.add_column("outcome")
+        detail.add_column("reason", overflow="fold")
+        for o in problems:
+            detail.add_row(shown(o.source), o.status, shown(o.detail))
+        out.print(detail)
+    return 1 if counts[FAILED] else 0
+
+
+def run_batch(job, helper, restorer, upsampler=None) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .batch import BatchRestorer, merge_summaries, write_summary
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=False) as progress:
+        task = progress.add_task("photos", total=None)
+
+        def on_outcome(o):
+            progress.update(task, advance=1, description=f"{o.status}: {shown(o.source.name)}")
+
+        outcomes = BatchRestorer(helper, restorer, upsampler).run(job, on_outcome, lambda n: progress.update(task, total=n))
+    rank, world = job.shard
+    if world == 1:
+        write_summary(job.output / "mgfr-summary.json", outcomes)
+        return summary(outcomes, "mgfr restore")
+    # Several processes: each writes its share; the first merges them once all are there.
+    write_summary(job.output / f"mgfr-summary-{rank}-of-{world}.json", outcomes)
+    if rank != 0:
+        return 1 if any(o.status == "failed" for o in outcomes) else 0
+    merged, missing = merge_summaries(job.output, world)
+    if missing:
+        err.print(f"[yellow]summary without processes {missing} (they did not finish)[/yellow]", markup=True)
+    return summary(merged, f"mgfr restore ({world} processes)") or (1 if missing else 0)
+
+
+def announce_downloads(rows) -> None:
+    from rich.table import Table
+
+    table = Table(title="first run: downloading the public weights restore needs (once)")
+    for col in ("entry", "size", "licence"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    err.print(table)
+
+
+def download_progress():
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    tasks, holder = {}, {}
+
+    def on_bytes(path, done, total):
+        if "p" not in holder:
+            holder["p"] = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err)
+            holder["p"].start()
+        p = holder["p"]
+        if path not in tasks:
+            tasks[path] = p.add_task(path, total=total)
+        p.update(tasks[path], completed=done, total=total)
+        if total is not None and done >= total:
+            p.stop_task(tasks[path])
+            if all(p.tasks[t].finished for t in tasks.values()):
+                p.stop()
+                holder.pop("p")
+                tasks.clear()
+
+    return on_bytes
+
+
+
+
+def notes(lines) -> None:
+    for line in lines:
+        err.print(f"[yellow]note:[/yellow] {line}", markup=True)
