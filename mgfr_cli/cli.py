@@ -161,7 +161,8 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .identity import ARCFACE_FILE
-    from .train import load_train_config, train as run_training
+    from .train import train as run_training
+    from .train_config import load_train_config
     from .weights import resolve_root
 
     overrides = dict(stage=stage, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
@@ -213,7 +214,7 @@ def degrade(
     from .batch import FAILED, RESTORED, Outcome, collect_inputs
     from .degrade import degrade as apply
     from .io import atomic_write_bytes, read_image, write_image
-    from .train import load_train_config
+    from .train_config import load_train_config
 
     cfg = load_train_config(config, {}).degradation
     items, outcomes = collect_inputs(inputs, recursive)

@@ -9,29 +9,31 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from . import prompts
-from .configs import check_keys
 from .degrade import DegradeConfig, degrade, negative_target
 from .errors import ConfigError, InputError
 from .io import is_image_file, read_image
 
 
-@dataclass(frozen=True)
-class PromptConfig:
-    attribute_drop: float = 0.3  # each attribute dropped with this chance
-    prompt_drop: float = 0.1  # the whole prompt dropped (unconditional) with this chance
-    negative_fraction: float = 0.1  # targets swapped for a bad version captioned with the negative-quality prompt
+Chance = Annotated[float, Field(ge=0, le=1)]
 
-    @classmethod
-    def from_dict(cls, data: dict, where: str) -> "PromptConfig":
-        check_keys(data, set(asdict(cls())), where)
-        return cls(**data)
+
+@dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid"))
+class PromptConfig:
+    attribute_drop: Chance = 0.3  # each attribute dropped with this chance
+    # every attribute dropped with this chance: the plain "a high-quality photo of a {subject}", which is
+    # what restore says without --prompt (the empty prompt is never sampled, so it is not trained either)
+    prompt_drop: Chance = 0.1
+    negative_fraction: Chance = 0.1  # targets swapped for a bad version captioned with the negative-quality prompt
+    subject_drop: Chance = 0.2  # "person" instead of man/woman, as restore says when the prompt names no subject
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -82,8 +84,9 @@ class FaceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, data_dir: Path, stage: int, resolution: int, degradation: DegradeConfig,
-                 prompt_cfg: PromptConfig, seed: int = 0):
+                 prompt_cfg: PromptConfig, seed: int = 0, hflip: float = 0.0):
         self.data_dir = Path(data_dir)
+        self.hflip = hflip  # chance of a horizontal flip (target and LQ together; the reference on its own)
         if not self.data_dir.is_dir():
             raise InputError(f"{data_dir}: training data folder not found")
         self.stage, self.resolution, self.degradation, self.prompt_cfg, self.seed = stage, resolution, degradation, prompt_cfg, seed
@@ -113,13 +116,13 @@ class FaceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:  # one pass over the images; positions beyond wrap around
         return len(self.images)
 
-    def _load(self, index: int) -> np.ndarray:
+    def _load(self, index: int, flip: bool = False) -> np.ndarray:
         import cv2
 
         rgb = read_image(self.images[index]).rgb8()
         if rgb.shape[:2] != (512, 512):
             rgb = cv2.resize(rgb, (512, 512), interpolation=cv2.INTER_AREA)
-        return rgb
+        return np.ascontiguousarray(rgb[:, ::-1]) if flip else rgb
 
     def _prompt(self, index: int, rng: np.random.Generator) -> str:
         path = self.images[index]
@@ -130,10 +133,13 @@ class FaceDataset(torch.utils.data.Dataset):
             names = (self.attributes.get(str(path.relative_to(self.data_dir))) or self.attributes.get(path.name)
                      or self.attributes_by_stem.get(path.stem, []))
         male = any(n.lower() == "male" for n in names)
-        # CelebA labels have a Male column, so an unlabelled-male face there is a woman; otherwise unknown.
-        subject = "man" if male else ("woman" if self.gender_labelled and not caption.is_file() else "person")
+        # CelebA labels have a Male column, so an unlabelled-male face there is a woman; a caption may name
+        # its subject itself ("woman, red lips"), as a user's --prompt may.
+        subject = "man" if male else ("woman" if self.gender_labelled and not caption.is_file() else None)
+        if rng.random() < self.prompt_cfg.subject_drop:
+            subject = "person"
         kept = [n for n in names if n.lower() != "male" and rng.random() >= self.prompt_cfg.attribute_drop]
-        return prompts.positive_prompt(prompts.attribute_text(kept), subject)
+        return prompts.positive_prompt(", ".join(kept), subject)
 
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
@@ -142,30 +148,34 @@ class FaceDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, int(position)])
         epoch, offset = divmod(int(position), len(self.images))
         index = int(self.order(epoch)[offset])
-        hq = self._load(index)
+        flipped = bool(rng.random() < self.hflip)
+        hq = self._load(index, flipped)
         lq, _ = degrade(hq, self.degradation, rng)
         text = self._prompt(index, rng)
         target = hq
         if rng.random() < self.prompt_cfg.negative_fraction:
             target, text = negative_target(hq, rng), prompts.NEGATIVE_QUALITY
         elif rng.random() < self.prompt_cfg.prompt_drop:
-            text = ""
+            text = prompts.positive_prompt(None, "person")
         sample = {"hq": to_tensor(target, self.resolution), "lq": to_tensor(lq, self.resolution), "prompt": text,
-                  "position": int(position), "index": index, "target_is_hq": target is hq}
+                  "position": int(position), "index": index, "target_is_hq": target is hq, "flipped": flipped,
+                  "identity": self.identity_of[index]}
         if self.stage == 2:
             group = self.groups[self.identity_of[index]]
             others = [i for i in group if i != index]
             ref = int(others[rng.integers(len(others))])
-            sample["ref"] = to_tensor(self._load(ref), self.resolution)
-            sample["ref_index"] = ref
+            ref_flipped = bool(rng.random() < self.hflip)
+            sample["ref"] = to_tensor(self._load(ref, ref_flipped), self.resolution)
+            sample["ref_index"], sample["ref_flipped"] = ref, ref_flipped
+            sample["ref_identity"] = self.identity_of[ref]
             emb = self.id_embeddings.get(ref) if self.id_embeddings is not None else None
             sample["id_embed"] = torch.from_numpy(emb) if emb is not None else torch.zeros(512)
             sample["has_id"] = emb is not None
         return sample
 
-    def clean_tensor(self, index: int) -> torch.Tensor:
+    def clean_tensor(self, index: int, flip: bool = False) -> torch.Tensor:
         """``(3, R, R)``: image ``index`` as a clean target or reference (what the latent cache encodes)."""
-        return to_tensor(self._load(index), self.resolution)
+        return to_tensor(self._load(index, flip), self.resolution)
 
     def prepare_identity(self, encoder) -> None:
         """Pre-compute the ArcFace embedding of every image once (they are references in stage 2)."""

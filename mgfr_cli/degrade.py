@@ -7,31 +7,49 @@ Images are ``(H, W, 3)`` uint8 RGB.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from typing import Annotated
 
 import numpy as np
+from pydantic import AfterValidator, ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+def _ordered(pair):
+    if pair[0] > pair[1]:
+        raise ValueError(f"a [low, high] range needs low <= high, got {list(pair)}")
+    return pair
+
+
+Chance = Annotated[float, Field(ge=0, le=1)]
+
+
+def _range(low, high, kind=float):
+    """A ``[low, high]`` pair of numbers inside ``[low, high]`` bounds, in order."""
+    item = Annotated[kind, Field(ge=low, le=high, allow_inf_nan=False)] if kind is float else Annotated[kind, Field(ge=low, le=high)]
+    return Annotated[tuple[item, item], AfterValidator(_ordered)]
+
+
+def _odd(k: int) -> int:
+    if k % 2 == 0:
+        raise ValueError(f"must be odd, got {k}")
+    return k
+
+
+@dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid"))
 class DegradeConfig:
-    blur_prob: float = 1.0
-    blur_sigma: tuple[float, float] = (0.1, 10.0)
-    blur_kernel: int = 41
-    anisotropic_prob: float = 0.5
-    downsample: tuple[float, float] = (1.0, 16.0)
-    min_size: int = 32
-    noise: tuple[float, float] = (0.0, 20.0)
-    jpeg: tuple[int, int] = (30, 100)
-    color_jitter_prob: float = 0.0
-    color_jitter: float = 0.1  # brightness/contrast shift, as a fraction
-    gray_prob: float = 0.0
+    """Degradation ranges, validated (strict types, finite numbers, ordered ranges, sane bounds)."""
 
-    @classmethod
-    def from_dict(cls, data: dict, where: str) -> "DegradeConfig":
-        from .configs import check_keys
-
-        check_keys(data, set(asdict(cls())), where)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    blur_prob: Chance = 1.0
+    blur_sigma: _range(0.01, 50.0) = (0.1, 10.0)
+    blur_kernel: Annotated[int, Field(ge=3, le=101), AfterValidator(_odd)] = 41
+    anisotropic_prob: Chance = 0.5
+    downsample: _range(1.0, 64.0) = (1.0, 16.0)
+    min_size: Annotated[int, Field(ge=8, le=2048)] = 32
+    noise: _range(0.0, 255.0) = (0.0, 20.0)
+    jpeg: _range(1, 100, int) = (30, 100)
+    color_jitter_prob: Chance = 0.0
+    color_jitter: Annotated[float, Field(ge=0, le=1)] = 0.1  # brightness/contrast shift, as a fraction
+    gray_prob: Chance = 0.0
 
 
 def gaussian_kernel(size: int, sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
@@ -66,8 +84,7 @@ def degrade(image: np.ndarray, cfg: DegradeConfig, rng: np.random.Generator) -> 
     x = x + rng.normal(0, sigma, x.shape).astype(np.float32)
     params["noise"] = sigma
     quality = int(rng.integers(cfg.jpeg[0], cfg.jpeg[1] + 1))
-    ok, buf = cv2.imencode(".jpg", np.clip(x, 0, 255).round().astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    x = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).astype(np.float32)
+    x = jpeg_roundtrip(np.clip(x, 0, 255).round().astype(np.uint8), quality).astype(np.float32)
     params["jpeg"] = quality
     x = cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)
     if rng.random() < cfg.color_jitter_prob:
@@ -78,6 +95,15 @@ def degrade(image: np.ndarray, cfg: DegradeConfig, rng: np.random.Generator) -> 
         x = np.repeat((x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None], 3, axis=2)
         params["gray"] = True
     return np.clip(x, 0, 255).round().astype(np.uint8), params
+
+
+def jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """An RGB uint8 image through JPEG at ``quality``. OpenCV encodes BGR: flip in and out, or the chroma
+    (YCbCr subsampling and quantisation) would be computed with red and blue swapped."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
 
 
 def negative_target(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -92,5 +118,4 @@ def negative_target(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         for _ in range(3):
             out = cv2.bilateralFilter(out, 9, 75, 75)
         return cv2.medianBlur(out, 7)
-    ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(5, 16))])
-    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    return jpeg_roundtrip(image, int(rng.integers(5, 16)))

@@ -6,7 +6,9 @@ starting from a stage-1 checkpoint. The base model (UNet, VAE, text encoder) sta
 precision on GPU. Run folder layout::
 
     RUN_DIR/config.yaml                      the config used (flags applied)
-    RUN_DIR/checkpoints/step-N/state/        Accelerate state: adapter, optimiser, scheduler, EMA, RNG
+    RUN_DIR/checkpoints/step-N/state/        adapter, EMA and optimiser tensors; step.json: counters, LR
+                                             scheduler and fp16 loss-scaler state (no RNG: every random draw
+                                             is seeded by the sample's position, so none needs saving)
     RUN_DIR/checkpoints/step-N/adapter/      EMA adapter weights (safetensors) + config.json
     RUN_DIR/adapter/                         the final EMA adapter: what `mgfr restore --checkpoint RUN_DIR` loads
     RUN_DIR/logs/                            TensorBoard
@@ -15,112 +17,19 @@ precision on GPU. Run folder layout::
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .configs import check_keys, load_model_config, read_yaml
-from .data import FaceDataset, PositionSampler, PromptConfig
-from .degrade import DegradeConfig
-from .errors import ConfigError, InputError, WeightsError
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    stage: int = 1
-    model: str = "mgfr-sd21"  # architecture config (models/*.yaml) for the adapter knobs and resolution
-    batch_size: int = 4  # per process
-    grad_accum: int = 1
-    learning_rate: float = 1e-5
-    lca_learning_rate: float = 0.0  # stage 2: > 0 also fine-tunes LCA at this rate (ours; off by default)
-    lr_warmup_steps: int = 500
-    lr_schedule: str = "constant_with_warmup"  # any diffusers get_scheduler name
-    weight_decay: float = 1e-2
-    max_steps: int = 100_000
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    mixed_precision: str = "no"  # no | fp16 | bf16 (Accelerate)
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 2_000
-    log_every: int = 10
-    sample_every: int = 0  # sample grids to TensorBoard every N steps (0: never)
-    sample_steps: int = 20
-    cache_latents: bool = False  # encode every clean image (targets, references) with the VAE once, up front
-    num_workers: int = 2
-    seed: int = 0
-    degradation: DegradeConfig = field(default_factory=DegradeConfig)
-    prompts: PromptConfig = field(default_factory=PromptConfig)
-
-
-_NESTED = {"degradation": DegradeConfig, "prompts": PromptConfig}
-
-
-def load_train_config(path: Path | None, overrides: dict) -> TrainConfig:
-    """Defaults < YAML file < command-line overrides (``None`` values are not overrides)."""
-    data = read_yaml(path) if path is not None else {}
-    where = str(path) if path is not None else "training config"
-    check_keys(data, {f.name for f in fields(TrainConfig)}, where)
-    kwargs = {}
-    for f in fields(TrainConfig):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        if f.name in _NESTED:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: key {f.name!r} must be a mapping")
-            try:
-                value = _NESTED[f.name].from_dict(value, f"{where}: {f.name}")
-            except TypeError as exc:
-                raise ConfigError(f"{where}: {f.name}: {exc}") from None
-        else:
-            default = f.default
-            if isinstance(default, bool) and not isinstance(value, bool) or \
-               isinstance(default, (int, float)) and not isinstance(default, bool) and (isinstance(value, bool) or not isinstance(value, (int, float))) or \
-               isinstance(default, str) and not isinstance(value, str):
-                raise ConfigError(f"{where}: key {f.name!r} must be {type(default).__name__}, got {type(value).__name__}")
-            if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
-                if not value.is_integer():
-                    raise ConfigError(f"{where}: key {f.name!r} must be a whole number, got {value}")
-                value = int(value)
-        kwargs[f.name] = value
-    cfg = replace(TrainConfig(**kwargs), **{k: v for k, v in overrides.items() if v is not None})
-    if cfg.stage not in (1, 2):
-        raise ConfigError(f"{where}: stage must be 1 or 2, got {cfg.stage}")
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"{where}: mixed_precision must be no, fp16 or bf16")
-    for name in ("batch_size", "grad_accum", "max_steps", "checkpoint_every", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{where}: {name} must be at least 1, got {getattr(cfg, name)}")
-    return cfg
-
-
-def save_config(cfg: TrainConfig, path: Path) -> None:
-    import yaml
-
-    from .io import atomic_write_bytes
-
-    data = asdict(cfg)
-    for k in _NESTED:
-        data[k] = {kk: list(v) if isinstance(v, tuple) else v for kk, v in data[k].items()}
-    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
-
-
-def get_lr_lambda(cfg: TrainConfig):
-    """The learning-rate multiplier at a step: linear warm-up, then constant or cosine (a pure function)."""
-    def lr_lambda(step: int) -> float:
-        if step < cfg.lr_warmup_steps:
-            return (step + 1) / cfg.lr_warmup_steps
-        if cfg.lr_schedule == "cosine":
-            progress = (step - cfg.lr_warmup_steps) / max(1, cfg.max_steps - cfg.lr_warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-    return lr_lambda
+from .configs import load_model_config
+from .data import FaceDataset, PositionSampler
+from .errors import InputError, WeightsError
+from .train_config import TrainConfig, save_config
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -138,11 +47,10 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from .adapter import MgfrAdapter
     from .base import load_base
-    from .pipeline import load_adapter
 
     run_dir = Path(run_dir)
     start_ckpt = latest_checkpoint(run_dir) if resume else None
@@ -152,6 +60,9 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
         raise InputError(f"{run_dir}: holds checkpoints already; use --resume to continue it, or another -o")
     if cfg.stage == 2 and init is None and start_ckpt is None:
         raise InputError("stage 2 starts from a stage-1 checkpoint: give --init RUN_DIR_OF_STAGE_1")
+    if cfg.stage == 2 and cfg.use_identity and (identity_path is None or not Path(identity_path).is_file()):
+        raise WeightsError(f"stage 2 trains identity tokens: missing {identity_path} (mgfr weights fetch arcface), "
+                           f"or set use_identity: false in the config to train references without identity")
 
     # cpu=True where there is no GPU: without it Accelerate does not start gloo under torchrun on CPUs.
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
@@ -167,28 +78,13 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     model_cfg = load_model_config(cfg.model)
 
     # 2. The adapter: stage 1 copies the UNet encoder into LCA; stage 2 starts from stage 1
-    if cfg.stage == 1:
-        torch.manual_seed(cfg.seed)  # the paths stage 1 does not train still get reproducible weights
-        adapter = MgfrAdapter.from_unet(base.unet, **model_cfg.adapter)
-        if init is not None:  # fine-tune a given LCA (e.g. a converted DiffBIR one) instead of the UNet copy
-            try:
-                adapter.load_lca(load_adapter(init, base.unet, base.scheduler_config))
-            except ValueError as exc:
-                raise WeightsError(f"--init {init}: {exc}") from None
-        stages = [1]
-    else:
-        adapter = load_adapter(init if init is not None else run_dir, base.unet, base.scheduler_config)
-        stages = sorted(set(adapter.config.get("stages_trained") or [1]) | {2})
-    from .profiles import unet_fingerprint
-
-    # What restore checks (DESIGN.md §7): the stages these weights went through and the base they expect.
-    adapter.register_to_config(source="mgfr", stages_trained=stages,
-                               prediction_type=base.scheduler_config.get("prediction_type", "epsilon"),
-                               beta_schedule=base.scheduler_config.get("beta_schedule"),
-                               base_fingerprint=unet_fingerprint(base.unet))
+    adapter = _build_adapter(cfg, base, model_cfg, init, run_dir)
     adapter.to(device, torch.float32)  # trained weights stay fp32 (Accelerate autocasts the forward)
     adapter.requires_grad_(False)
     trainable = adapter.trainable_parameters(cfg.stage)
+    if cfg.stage == 2 and not cfg.use_identity:  # an identity projector without input: train none of it
+        skip = {id(p) for m in ("id_proj", "id_norm") for p in getattr(adapter, m).parameters()}
+        trainable = [p for p in trainable if id(p) not in skip]
     groups = [{"params": trainable, "lr": cfg.learning_rate}]
     if cfg.stage == 2 and cfg.lca_learning_rate > 0:
         groups.append({"params": adapter.trainable_parameters(1), "lr": cfg.lca_learning_rate})
@@ -199,22 +95,24 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     trained = [p for p in adapter.parameters() if p.requires_grad]
     if cfg.gradient_checkpointing:
         adapter.enable_gradient_checkpointing()
+    if cfg.unet_gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
     ema = EMAModel(trained, decay=cfg.ema_decay)
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, get_lr_lambda(cfg))
+    lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=cfg.max_steps)
     # The LR scheduler is not prepared: Accelerate would step it once per process.
     adapter, optimizer = accelerator.prepare(adapter, optimizer)
 
     # 3. Data: positions make every sample reproducible (and a resumed run identical)
-    dataset = FaceDataset(data_dir, cfg.stage, model_cfg.resolution, cfg.degradation, cfg.prompts, cfg.seed)
-    if cfg.stage == 2 and identity_path is not None and identity_path.is_file():
-        from .identity import IdentityEncoder
-
-        dataset.prepare_identity(IdentityEncoder(identity_path, "cuda" if device.type == "cuda" else "cpu"))
+    dataset = FaceDataset(data_dir, cfg.stage, model_cfg.resolution, cfg.degradation, cfg.prompts, cfg.seed,
+                          hflip=cfg.hflip)
+    if cfg.stage == 2 and cfg.use_identity:
+        identity_cache(dataset, identity_path, device, run_dir, accelerator)
     cache = latent_cache(dataset, base, scaling, run_dir, weight_dtype, device, accelerator) if cfg.cache_latents else None
     step = 0
     if start_ckpt is not None:
-        step = _load_state(start_ckpt, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema)
+        step = _load_state(start_ckpt, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     sampler = PositionSampler(cfg.batch_size, rank, world, step * cfg.grad_accum, cfg.max_steps * cfg.grad_accum)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
@@ -233,7 +131,8 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     tick, seen = time.time(), 0
     for batch in loader:
         with accelerator.accumulate(adapter):
-            loss = _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, cfg.seed, cache)
+            loss = _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, cfg.seed, cache,
+                         ref_drop=cfg.ref_drop if cfg.lca_learning_rate > 0 else 0.0)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(trained, cfg.grad_clip)
@@ -267,46 +166,104 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     return final
 
 
+def _build_adapter(cfg: TrainConfig, base, model_cfg, init: Path | None, run_dir: Path):
+    """Stage 1: LCA copied from the UNet encoder (or from ``init``, e.g. a converted DiffBIR LCA); stage 2:
+    the stage-1 adapter. Its config records what restore checks (DESIGN.md §7)."""
+    from .adapter import MgfrAdapter
+    from .pipeline import load_adapter
+    from .profiles import unet_fingerprint
+
+    if cfg.stage == 1:
+        torch.manual_seed(cfg.seed)  # the paths stage 1 does not train still get reproducible weights
+        adapter = MgfrAdapter.from_unet(base.unet, **model_cfg.adapter)
+        if init is not None:  # fine-tune a given LCA instead of the UNet copy
+            try:
+                adapter.load_lca(load_adapter(init, base.unet, base.scheduler_config))
+            except ValueError as exc:
+                raise WeightsError(f"--init {init}: {exc}") from None
+        stages = [1]
+    else:
+        adapter = load_adapter(init if init is not None else run_dir, base.unet, base.scheduler_config)
+        if not adapter.config.use_reference:
+            raise WeightsError(f"--init {init}: this adapter has no reference branch to train (use_reference: false)")
+        stages = sorted(set(adapter.config.get("stages_trained") or [1]) | {2})
+    adapter.register_to_config(source="mgfr", stages_trained=stages,
+                               use_identity=cfg.use_identity if cfg.stage == 2 else None,
+                               prediction_type=base.scheduler_config.get("prediction_type", "epsilon"),
+                               beta_schedule=base.scheduler_config.get("beta_schedule"),
+                               base_fingerprint=unet_fingerprint(base.unet))
+    return adapter
+
+
+def identity_cache(dataset, identity_path: Path, device, run_dir: Path, accelerator) -> None:
+    """ArcFace embeddings of every image, computed once by the main process (on its own GPU), written to
+    ``RUN_DIR/identity-cache.safetensors`` and read by the others."""
+    from safetensors.torch import load_file, save_file
+
+    from .identity import IdentityEncoder
+
+    path = run_dir / "identity-cache.safetensors"
+    if accelerator.is_main_process:
+        dataset.prepare_identity(IdentityEncoder(identity_path, str(device)))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({str(i): torch.from_numpy(e).contiguous() for i, e in dataset.id_embeddings.items()}, tmp)
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        dataset.id_embeddings = {int(k): v.numpy() for k, v in load_file(path).items()}
+
+
 def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerator) -> torch.Tensor:
-    """``(N, 4, h, w)`` VAE latents of every dataset image, computed once and kept in
-    ``RUN_DIR/latent-cache.safetensors`` (reused while the image list and resolution are the same)."""
+    """``(2N, 4, h, w)`` VAE latents of every dataset image, then of every image flipped (``index + N``),
+    computed once by the main process into ``RUN_DIR/latent-cache.safetensors`` (reused while the image
+    list and resolution are the same) and read by the others."""
     import hashlib
 
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(("\n".join(map(str, dataset.images)) + f"|{dataset.resolution}|{scaling}").encode()).hexdigest()
+    key = hashlib.sha256(("\n".join(map(str, dataset.images)) + f"|{dataset.resolution}|{scaling}|flip").encode()).hexdigest()
     path = run_dir / "latent-cache.safetensors"
-    if path.is_file():
-        stored = load_file(path)
-        if "latents" in stored and bytes(stored["key"].tolist()).decode() == key:
-            return stored["latents"].to(device, dtype)
-    latents = []
-    with torch.no_grad():
-        for start in range(0, len(dataset.images), 16):
-            x = torch.stack([dataset.clean_tensor(i) for i in range(start, min(start + 16, len(dataset.images)))])
-            latents.append(_encode(base, x, scaling, device, dtype))
-    latents = torch.cat(latents)
-    if accelerator.is_main_process:
+
+    def stored():
+        if path.is_file():
+            data = load_file(path)
+            if "latents" in data and bytes(data["key"].tolist()).decode() == key:
+                return data["latents"].to(device, dtype)
+        return None
+
+    latents = stored()
+    if latents is None and accelerator.is_main_process:
+        parts = []
+        with torch.no_grad():
+            for flip in (False, True):
+                for start in range(0, len(dataset.images), 16):
+                    x = torch.stack([dataset.clean_tensor(i, flip) for i in range(start, min(start + 16, len(dataset.images)))])
+                    parts.append(_encode(base, x, scaling, device, dtype))
+        latents = torch.cat(parts)
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file({"latents": latents.float().cpu().contiguous(), "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}, tmp)
         os.replace(tmp, path)
-    return latents
+    accelerator.wait_for_everyone()
+    return latents if latents is not None else stored()
 
 
 def _encode(base, images, scaling, device, dtype):
     return base.vae.encode(images.to(device, dtype)).latent_dist.mode() * scaling
 
 
-def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, seed, cache=None):
-    """The base model's objective (epsilon or v) as MSE on latents; noise and t drawn per sample position.
-    With ``cache``, clean targets and references come from it; only LQ faces and negative-quality targets
-    go through the VAE."""
+def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, seed, cache=None,
+          ref_drop: float = 0.0):
+    """The base model's objective (epsilon or v) as MSE on latents; noise, t and the reference drop drawn
+    per sample position. With ``cache``, clean targets and references come from it (flipped ones at
+    ``index + N``); only LQ faces and negative-quality targets go through the VAE."""
+    n = cache.shape[0] // 2 if cache is not None else 0
     with torch.no_grad():
         if cache is None:
             z0 = _encode(base, batch["hq"], scaling, device, weight_dtype)
         else:
-            z0 = cache[batch["index"].to(cache.device)].clone()
+            z0 = cache[(batch["index"] + n * batch["flipped"].long()).to(cache.device)].clone()
             bad = ~batch["target_is_hq"]
             if bool(bad.any()):
                 z0[bad.to(z0.device)] = _encode(base, batch["hq"][bad], scaling, device, weight_dtype)
@@ -318,14 +275,17 @@ def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtyp
     noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens]).to(device, z0.dtype)
     t = torch.stack([torch.randint(0, noise_schedule.config.num_train_timesteps, (1,), generator=g) for g in gens])
     t = t.reshape(-1).to(device)
+    # A dropped reference (mask 0) gives no reference signal at all: LCA then learns to restore without one.
+    keep = torch.tensor([[float(torch.rand(1, generator=g)) >= ref_drop] for g in gens], device=device)
     z_t = noise_schedule.add_noise(z0, noise, t)
     reference = None
     if "ref" in batch:
         with torch.no_grad():
-            z_ref = (cache[batch["ref_index"].to(cache.device)] if cache is not None
+            z_ref = (cache[(batch["ref_index"] + n * batch["ref_flipped"].long()).to(cache.device)] if cache is not None
                      else _encode(base, batch["ref"], scaling, device, weight_dtype))
         ids = batch["id_embed"].to(device)[:, None] if bool(batch["has_id"].any()) else None
-        reference = _unwrap(adapter).prepare_reference(z_lq.float(), z_ref[:, None].float(), ids, text.float())
+        reference = _unwrap(adapter).prepare_reference(z_lq.float(), z_ref[:, None].float(), ids, text.float(),
+                                                       mask=keep.float())
     res = adapter(z_t.float(), t, text.float(), z_lq.float(), reference)
     pred = base.unet(z_t, t, encoder_hidden_states=text,
                      down_block_additional_residuals=[r.to(weight_dtype) for r in res.down],
@@ -346,8 +306,9 @@ def estimate_loss(cfg: TrainConfig, *, base_path: Path, data_dir: Path, adapter_
 
     base = load_base(base_path)
     adapter = load_adapter(adapter_path, base.unet).eval()
-    dataset = FaceDataset(data_dir, cfg.stage, int(adapter.config.resolution), cfg.degradation, cfg.prompts, cfg.seed)
-    if cfg.stage == 2 and identity_path is not None and identity_path.is_file():
+    dataset = FaceDataset(data_dir, cfg.stage, int(adapter.config.resolution), cfg.degradation, cfg.prompts, cfg.seed,
+                          hflip=cfg.hflip)
+    if cfg.stage == 2 and cfg.use_identity and identity_path is not None and identity_path.is_file():
         from .identity import IdentityEncoder
 
         dataset.prepare_identity(IdentityEncoder(identity_path))
@@ -395,7 +356,9 @@ def _checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir: Pat
         save_file({str(i): p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}, tmp / "state" / "ema.safetensors")
         torch.save(optimizer.state_dict(), tmp / "state" / "optimizer.pt")
         meta = {"step": step, "lr_scheduler": lr_scheduler.state_dict(),
-                "ema": {"optimization_step": ema.optimization_step, "decay": ema.decay}}
+                "ema": {"optimization_step": ema.optimization_step, "decay": ema.decay},
+                # fp16's loss scale: without it a resumed run restarts at 65536 and skips steps finding it again
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
         (tmp / "step.json").write_text(json.dumps(meta, default=str))
         _save_ema_adapter(adapter, ema, tmp / "adapter")
         shutil.copy(run_dir / "config.yaml", tmp / "config.yaml")
@@ -405,7 +368,7 @@ def _checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir: Pat
     accelerator.wait_for_everyone()
 
 
-def _load_state(ckpt: Path, adapter, optimizer, lr_scheduler, ema) -> int:
+def _load_state(ckpt: Path, adapter, optimizer, lr_scheduler, ema, accelerator=None) -> int:
     from safetensors.torch import load_file
 
     try:
@@ -419,6 +382,9 @@ def _load_state(ckpt: Path, adapter, optimizer, lr_scheduler, ema) -> int:
         p.data.copy_(shadow[str(i)].to(p.device))
     ema.optimization_step = meta["ema"]["optimization_step"]
     lr_scheduler.load_state_dict(meta["lr_scheduler"])
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
     return int(meta["step"])
 
 

@@ -4,7 +4,8 @@ import sys
 from pathlib import Path
 
 from mgfr_cli.data import PromptConfig
-from mgfr_cli.train import load_train_config, train
+from mgfr_cli.train import train
+from mgfr_cli.train_config import load_train_config
 
 base, data, run, batch = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 cfg = load_train_config(None, dict(stage=1, model="mgfr-tiny", batch_size=batch, max_steps=3, checkpoint_every=3,

