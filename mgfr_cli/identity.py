@@ -16,6 +16,16 @@ from .faces import FFHQ_TEMPLATE_512
 ARCFACE_FILE = "arcface_w600k_r50.onnx"
 
 
+def providers_for(device) -> list:
+    """onnxruntime providers for a torch device string: ``cuda:K`` runs on GPU K (each process of a
+    multi-GPU run on its own GPU, not all on GPU 0), anything else on the CPU."""
+    device = str(device)
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    index = int(device.split(":")[1]) if ":" in device else 0
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
 class IdentityEncoder:
     """``embed(crops)`` -> ``(N, 512)`` L2-normalised ArcFace embeddings of aligned RGB face crops."""
 
@@ -25,7 +35,7 @@ class IdentityEncoder:
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise WeightsError(f"missing weight file {onnx_path} (get it with: mgfr weights fetch arcface)")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") else ["CPUExecutionProvider"]
+        providers = providers_for(device)
         try:
             model = model_zoo.ModelRouter(str(onnx_path)).get_model(providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for a bad model file

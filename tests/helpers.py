@@ -86,11 +86,13 @@ def tiny_pipeline(seed: int = 0, identity=None):
 
 
 def randomize_zero_paths(adapter, seed: int = 1, scale: float = 0.05):
-    """Give every zero-initialised path small random weights (what training would do)."""
+    """Give every zero-initialised weight small random values (what training would do): whole zero modules,
+    and the zero halves of the branches' input convs (the LQ and reference latents enter through them)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in adapter.named_parameters():
-            if torch.count_nonzero(p) == 0:
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
+            zero = p == 0
+            if bool(zero.any()):
+                p.copy_(torch.where(zero, torch.randn(p.shape, generator=g) * scale, p))

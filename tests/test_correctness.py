@@ -1,0 +1,346 @@
+"""What an expert review asked for: each test fails when the capability it names is broken or faked."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import arcface_onnx, randomize_zero_paths, tiny_base, tiny_pipeline
+from mgfr_cli.conditions import FaceConditions
+from mgfr_cli.faces import AlignedFace
+from mgfr_cli.pipeline import MgfrPipeline, RestoreSettings
+
+FAST = RestoreSettings(steps=3, color_fix="none")
+
+
+def _face(img) -> AlignedFace:
+    return AlignedFace(crop=np.ascontiguousarray(img), landmarks=np.zeros((5, 2)), affine=np.eye(2, 3), index=0)
+
+
+@pytest.fixture(scope="module")
+def faces():
+    import skimage.data
+
+    a = np.ascontiguousarray(skimage.data.astronaut()[:512, :512])
+    return a, _face(a[::-1]), _face(np.ascontiguousarray(a[:, ::-1, ::-1]))
+
+
+@pytest.fixture(scope="module")
+def trained_pipe():
+    """A tiny pipeline whose every zero-initialised weight, input-conv halves included, is random."""
+    pipe = tiny_pipeline()
+    randomize_zero_paths(pipe.adapter, scale=0.2)
+    return pipe
+
+
+def _out(pipe, crop, cond, settings=FAST):
+    return pipe.restore([crop], [cond], settings).images[0].astype(int)
+
+
+# -- inputs really reach the model ---------------------------------------------------------------
+def test_lq_content_and_reference_content_change_the_output(trained_pipe, faces):
+    crop, ref_a, ref_b = faces
+    base = _out(trained_pipe, crop, FaceConditions(references=(ref_a,)))
+    other_lq = _out(trained_pipe, np.ascontiguousarray(crop[:, ::-1]), FaceConditions(references=(ref_a,)))[:, ::-1]
+    other_ref = _out(trained_pipe, crop, FaceConditions(references=(ref_b,)))
+    assert np.abs(other_lq - base).mean() > 1.0  # the LQ latent enters through the input conv's second half
+    assert np.abs(other_ref - base).mean() > 0.3  # the reference image itself, not just "a reference"
+
+
+def test_guided_prediction_is_each_branch_with_its_own_text(trained_pipe, faces):
+    """``_predict`` must equal eps(c) + w_nq (eps(c) - eps(nq)) + w_na (eps(c) - eps(na)), each eps from
+    its own text (RCA included): catches a flipped sign, swapped branches, or RCA reading the positive text."""
+    pipe = trained_pipe
+    crop, ref, _ = faces
+    z_lq = pipe.encode_images(pipe.to_tensor([crop]))
+    texts = [pipe.encode_prompts([t]) for t in ("a photo of a man", "a bad photo", "a photo of glasses")]
+    refs_all = pipe.prepare_references(z_lq, [FaceConditions(references=(ref,))], texts)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor(500)
+    with torch.no_grad():
+        guided = pipe._predict(x, t, torch.cat(texts), z_lq.repeat(3, 1, 1, 1), refs_all, 2.0,
+                               torch.full((1, 1, 1, 1), 0.5))
+
+        def eps(text):
+            state = pipe.prepare_references(z_lq, [FaceConditions(references=(ref,))], [text])
+            res = pipe.adapter(x, t, text, z_lq, state)
+            return pipe.base.unet(x, t, encoder_hidden_states=text, down_block_additional_residuals=res.down,
+                                  mid_block_additional_residual=res.mid).sample
+
+        c, nq, na = (eps(tx) for tx in texts)
+    expected = c + 2.0 * (c - nq) + 0.5 * (c - na)
+    assert (guided - expected).abs().max() < 1e-4
+    assert (c - nq).abs().max() > 1e-3  # the branches do differ, so the check above means something
+
+
+def test_quality_guidance_direction(trained_pipe, faces):
+    """More quality guidance moves the result away from what the negative-quality prompt alone gives."""
+    crop = faces[0]
+    pipe = trained_pipe
+    outs = {w: _out(pipe, crop, FaceConditions(), RestoreSettings(steps=3, color_fix="none", guidance_quality=w))
+            for w in (0.0, 3.0, -1.0)}
+    # w = -1 is eps(nq) exactly: the negative-quality prompt alone
+    assert np.abs(outs[3.0] - outs[-1.0]).mean() > np.abs(outs[0.0] - outs[-1.0]).mean()
+
+
+def test_scheduler_choice_is_honoured_and_spacing_is_trailing(trained_pipe, faces, monkeypatch):
+    from mgfr_cli import pipeline as pipeline_module
+    from mgfr_cli.sampling import make_scheduler
+
+    made = []
+    monkeypatch.setattr(pipeline_module, "make_scheduler", lambda name, cfg: made.append(make_scheduler(name, cfg)) or made[-1])
+    crop = faces[0]
+    ddim = _out(trained_pipe, crop, FaceConditions(), RestoreSettings(steps=3, scheduler="ddim", color_fix="none"))
+    dpm = _out(trained_pipe, crop, FaceConditions(), RestoreSettings(steps=3, scheduler="dpmpp", color_fix="none"))
+    assert [type(s).__name__ for s in made] == ["DDIMScheduler", "DPMSolverMultistepScheduler"]
+    assert all(int(s.timesteps[0]) == 999 for s in made)  # trailing: 30 or 3 steps, the first is t = T-1
+    assert np.abs(ddim - dpm).mean() > 0.1
+
+
+# -- references and identity follow what the adapter was trained for ----------------------------------
+def test_stage1_adapter_skips_references_and_reports_them(faces):
+    pipe = tiny_pipeline()
+    randomize_zero_paths(pipe.adapter, scale=0.2)
+    pipe.adapter.register_to_config(stages_trained=[1])
+    pipe = MgfrPipeline(pipe.base, pipe.adapter)
+    crop, ref, _ = faces
+    with_ref = pipe.restore([crop], [FaceConditions(references=(ref,))], FAST)
+    without = pipe.restore([crop], [FaceConditions()], FAST)
+    assert np.array_equal(with_ref.images[0], without.images[0]) and with_ref.ignored == ("references",)
+    assert without.ignored == ()
+
+
+def test_identity_required_where_trained_and_unused_where_not(tmp_path, faces):
+    from mgfr_cli.errors import WeightsError
+    from mgfr_cli.pipeline import build_pipeline
+
+    base = tiny_base()
+    base.save(tmp_path / "base")
+    pipe = tiny_pipeline()
+    onnx = arcface_onnx(tmp_path / "arc.onnx")
+    pipe.adapter.register_to_config(stages_trained=[1, 2], use_identity=True)
+    pipe.adapter.save_pretrained(tmp_path / "with-id")
+    with pytest.raises(WeightsError, match=r"missing weights: .*nope\.onnx.*ArcFace identity.*mgfr weights fetch arcface"):
+        build_pipeline(tmp_path / "base", tmp_path / "with-id", identity_path=tmp_path / "nope.onnx", device="cpu",
+                       dtype=torch.float32)
+    assert build_pipeline(tmp_path / "base", tmp_path / "with-id", identity_path=onnx, device="cpu",
+                          dtype=torch.float32).identity is not None
+    pipe.adapter.register_to_config(use_identity=False)
+    pipe.adapter.save_pretrained(tmp_path / "no-id")
+    assert build_pipeline(tmp_path / "base", tmp_path / "no-id", identity_path=onnx, device="cpu",
+                          dtype=torch.float32).identity is None
+
+
+def test_identity_embedding_is_arcface_on_the_template_crop(tmp_path, faces):
+    """The embedding equals onnxruntime run by hand on insightface's norm_crop of the five template points."""
+    import onnxruntime as ort
+    from insightface.utils.face_align import norm_crop
+
+    from mgfr_cli.faces import FFHQ_TEMPLATE_512
+    from mgfr_cli.identity import IdentityEncoder
+
+    path = arcface_onnx(tmp_path / "arc.onnx")
+    crop = faces[0]
+    got = IdentityEncoder(path).embed([crop])[0]
+    bgr = norm_crop(np.ascontiguousarray(crop[:, :, ::-1]), FFHQ_TEMPLATE_512, 112)
+    blob = ((bgr[:, :, ::-1].astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {sess.get_inputs()[0].name: blob})[0][0]
+    assert np.allclose(got, ref / np.linalg.norm(ref), atol=1e-4)
+
+
+def test_identity_encoder_uses_its_own_gpu():
+    from mgfr_cli.identity import providers_for
+
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    assert providers_for("cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": 1})
+
+
+# -- degradations and prompts ---------------------------------------------------------------------
+def test_jpeg_degradation_is_a_true_rgb_jpeg(faces):
+    from PIL import Image
+
+    from mgfr_cli.degrade import DegradeConfig, degrade
+
+    crop = faces[0]
+    cfg = DegradeConfig(blur_prob=0.0, downsample=(1.0, 1.0), noise=(0.0, 0.0), jpeg=(25, 25), min_size=32)
+    lq, params = degrade(crop, cfg, np.random.default_rng(0))
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, "JPEG", quality=25)
+    pil = np.asarray(Image.open(buf)).astype(int)
+    assert params["jpeg"] == 25
+    assert np.abs(lq.astype(int) - pil).mean() < 0.6  # libjpeg via OpenCV and via Pillow, both on RGB
+
+
+def test_training_and_restore_speak_the_same_prompt(tmp_path):
+    import cv2
+
+    from mgfr_cli.data import FaceDataset, PromptConfig
+    from mgfr_cli.degrade import DegradeConfig
+    from mgfr_cli.profiles import profile_of
+
+    (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes())
+    (tmp_path / "attributes.csv").write_text("file,Male,No_Beard,Blurry,Smiling\na.png,1,1,1,1\n")
+    ds = FaceDataset(tmp_path, 1, 64, DegradeConfig(), PromptConfig(0.0, 0.0, 0.0, 0.0))
+    trained = ds[0]["prompt"]
+    restored = profile_of({"source": "mgfr"}).positive("man, no beard, smiling")
+    assert trained == restored == "a high-quality photo of a man who has a clean-shaven face, a smile"
+    assert "blurry" not in trained
+    unprompted = FaceDataset(tmp_path, 1, 64, DegradeConfig(), PromptConfig(0.0, 1.0, 0.0, 0.0))[0]["prompt"]
+    assert unprompted == profile_of({"source": "mgfr"}).positive(None)  # no empty prompt trained, none sampled
+
+
+def test_horizontal_flip_of_target_and_reference(tmp_path):
+    import cv2
+
+    from mgfr_cli.data import FaceDataset, PromptConfig
+    from mgfr_cli.degrade import DegradeConfig
+
+    rng = np.random.default_rng(0)
+    for ident in ("x", "y"):
+        for i in range(2):
+            (tmp_path / ident).mkdir(exist_ok=True)
+            cv2.imwrite(str(tmp_path / ident / f"{i}.png"), (rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    mild = DegradeConfig(blur_prob=0.0, downsample=(1.0, 1.0), noise=(0.0, 0.0), jpeg=(100, 100))
+    plain = FaceDataset(tmp_path, 2, 64, mild, PromptConfig(), hflip=0.0)
+    flipped = FaceDataset(tmp_path, 2, 64, mild, PromptConfig(), hflip=1.0)
+    for p in range(4):
+        a, b = plain[p], flipped[p]
+        assert torch.equal(b["hq"], a["hq"].flip(-1)) and torch.equal(b["ref"], a["ref"].flip(-1))
+        assert b["flipped"] and b["ref_flipped"]
+        # stage 2: the reference is another image of the same identity
+        assert a["ref_identity"] == a["identity"] and a["ref_index"] != a["index"]
+    some = FaceDataset(tmp_path, 2, 64, mild, PromptConfig(), hflip=0.5)
+    drawn = [(some[p]["flipped"], some[p]["ref_flipped"]) for p in range(40)]
+    assert any(f != r for f, r in drawn)  # independent draws
+
+
+# -- the training objective ----------------------------------------------------------------------
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"hq": torch.rand(2, 3, 128, 128, generator=g) * 2 - 1, "lq": torch.rand(2, 3, 128, 128, generator=g) * 2 - 1,
+            "prompt": ["a photo", "another photo"], "position": torch.tensor([3, 4]), "index": torch.tensor([0, 1]),
+            "target_is_hq": torch.tensor([True, True]), "flipped": torch.tensor([False, False])}
+
+
+def test_v_prediction_base_trains_on_velocity():
+    from diffusers import DDPMScheduler
+
+    from helpers import tiny_adapter
+    from mgfr_cli.train import _loss
+
+    base = tiny_base()
+    adapter = tiny_adapter(base)
+    schedule = DDPMScheduler.from_config({**base.scheduler_config, "prediction_type": "v_prediction"})
+    batch = _batch()
+    seen = {}
+    real_unet = base.unet.forward
+
+    def spy(*a, **kw):
+        out = real_unet(*a, **kw)
+        seen["pred"] = out.sample.detach()
+        return out
+
+    base.unet.forward = spy
+    scaling = base.vae.config.scaling_factor
+    loss_v = _loss(batch, base, adapter, schedule, scaling, "v_prediction", torch.float32, torch.device("cpu"), 0)
+    loss_e = _loss(batch, base, adapter, schedule, scaling, "epsilon", torch.float32, torch.device("cpu"), 0)
+    # recompute both targets from the same seeded draws
+    gens = [torch.Generator().manual_seed(0 * 1_000_003 + p) for p in (3, 4)]
+    noise = torch.stack([torch.randn(4, 16, 16, generator=g) for g in gens])
+    t = torch.stack([torch.randint(0, 1000, (1,), generator=g) for g in gens]).reshape(-1)
+    with torch.no_grad():
+        z0 = base.vae.encode(batch["hq"]).latent_dist.mode() * scaling
+    velocity = schedule.get_velocity(z0, noise, t)
+    pred = seen["pred"]
+    assert torch.isclose(loss_v, ((pred - velocity) ** 2).mean(), rtol=1e-4)
+    assert torch.isclose(loss_e, ((pred - noise) ** 2).mean(), rtol=1e-4)
+    assert not torch.isclose(loss_v, loss_e, rtol=1e-2)
+
+
+def test_gradient_checkpointing_and_bf16_training_step(tmp_path):
+    """Checkpointing (adapter and frozen UNet) changes memory, not the gradient; a bf16 autocast step runs."""
+    from diffusers import DDPMScheduler
+
+    from helpers import tiny_adapter
+    from mgfr_cli.train import _loss
+
+    base = tiny_base()
+    schedule = DDPMScheduler.from_config(base.scheduler_config)
+    grads = []
+    for checkpointing in (False, True):
+        adapter = tiny_adapter(base)
+        randomize_zero_paths(adapter)
+        adapter.train()
+        if checkpointing:
+            adapter.enable_gradient_checkpointing()
+            base.unet.enable_gradient_checkpointing()
+        loss = _loss(_batch(), base, adapter, schedule, base.vae.config.scaling_factor, "epsilon", torch.float32,
+                     torch.device("cpu"), 0)
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in adapter.lca_down_zero.parameters()]))
+    base.unet.disable_gradient_checkpointing()
+    assert grads[0].norm() > 0 and (grads[0] - grads[1]).norm() < 1e-4 * grads[0].norm()
+    adapter = tiny_adapter(base)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = _loss(_batch(), base.to("cpu", torch.bfloat16), adapter, schedule, base.vae.config.scaling_factor,
+                     "epsilon", torch.bfloat16, torch.device("cpu"), 0)
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None for p in adapter.parameters())
+
+
+def test_reference_drop_masks_the_reference_per_sample():
+    from diffusers import DDPMScheduler
+
+    from helpers import tiny_adapter
+    from mgfr_cli.train import _loss
+
+    base = tiny_base()
+    adapter = tiny_adapter(base)
+    randomize_zero_paths(adapter, scale=0.2)
+    schedule = DDPMScheduler.from_config(base.scheduler_config)
+    batch = {**_batch(), "ref": torch.rand(2, 3, 128, 128) * 2 - 1, "ref_index": torch.tensor([1, 0]),
+             "ref_flipped": torch.tensor([False, False]), "id_embed": torch.zeros(2, 512), "has_id": torch.tensor([False, False])}
+    no_ref = {k: v for k, v in batch.items() if k not in ("ref",)}
+    args = (base, adapter, schedule, base.vae.config.scaling_factor, "epsilon", torch.float32, torch.device("cpu"), 0)
+    with torch.no_grad():
+        dropped = _loss(batch, *args, ref_drop=1.0)
+        kept = _loss(batch, *args, ref_drop=0.0)
+        without = _loss(no_ref, *args)
+    assert torch.isclose(dropped, without, rtol=1e-6) and not torch.isclose(kept, without, rtol=1e-4)
+
+
+def test_loss_scaler_state_is_checkpointed(tmp_path):
+    """fp16 resume: the GradScaler's scale survives a checkpoint (saved in step.json, loaded on resume)."""
+    import json
+    from types import SimpleNamespace
+
+    from diffusers.training_utils import EMAModel
+
+    from mgfr_cli.train import _checkpoint, _load_state
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(net.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ema = EMAModel(list(net.parameters()))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler._lazy_init_scale_growth_tracker(torch.device("cpu"))
+    scaler.update(new_scale=123.0)
+
+    class Adapter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def save_pretrained(self, folder, safe_serialization=True):
+            folder.mkdir(parents=True)
+
+    acc = SimpleNamespace(is_main_process=True, scaler=scaler, wait_for_everyone=lambda: None)
+    (tmp_path / "config.yaml").write_text("{}")
+    _checkpoint(acc, Adapter(), opt, sched, ema, tmp_path, 5)
+    meta = json.loads((tmp_path / "checkpoints/step-5/step.json").read_text())
+    assert meta["scaler"]["scale"] == 123.0
+    fresh = torch.amp.GradScaler("cpu", init_scale=65536.0)
+    step = _load_state(tmp_path / "checkpoints/step-5", Adapter(), opt, sched, ema, SimpleNamespace(scaler=fresh))
+    assert step == 5 and fresh.state_dict()["scale"] == 123.0
