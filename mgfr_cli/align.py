@@ -11,8 +11,8 @@ import io
 import json
 from pathlib import Path
 
-from .batch import FAILED, NO_FACE, RESTORED, Outcome, collect_inputs
-from .errors import MgfrError
+from .batch import FAILED, NO_FACE, RESTORED, Outcome, check_output_folder, collect_inputs
+from .errors import MgfrError, OutputError
 from .faces import FaceHelper, FaceSelection
 from .io import atomic_write_bytes, read_image, write_image
 
@@ -23,27 +23,44 @@ FIELDS = ["source", "face_index", "crop", "score", "x1", "y1", "x2", "y2"] + [
 def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelection, recursive: bool,
                  max_megapixels: float) -> list[Outcome]:
     """Write ``OUT/<photo>_NN.png`` per face plus ``faces.csv`` and ``faces.json``; one outcome per photo."""
-    items, outcomes = collect_inputs(inputs, recursive)
+    check_output_folder(output)  # a file, a read-only mount: one line before any work
+    items, outcomes = collect_inputs(inputs, recursive, exclude=output)
     rows = []
-    for item in items:
+    try:
+        for item in items:
+            _align_one(helper, item, output, selection, max_megapixels, rows, outcomes)
+        _write_tables(output, rows)
+    except OSError as exc:  # a full disk mid-run: stop with one line; the table lists what was written
         try:
-            rgb = read_image(item.path, max_megapixels).rgb8()
-            faces = helper.detect_and_align(rgb, selection, item.path)
-        except MgfrError as exc:
-            outcomes.append(Outcome(item.path, FAILED, str(exc)))
-            continue
-        if not faces:
-            outcomes.append(Outcome(item.path, NO_FACE, "no face detected"))
-            continue
-        for f in faces:
-            rel = item.relative
-            crop_path = output / rel.parent / f"{rel.stem}_{f.index:02d}.png"
-            write_image(crop_path, f.crop)
-            row = {"source": str(item.path), "face_index": f.index, "crop": str(crop_path), "score": round(f.score, 4),
-                   **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in f.box)))}
-            row.update(dict(zip(FIELDS[8:], (round(float(v), 2) for v in f.landmarks.reshape(-1)))))
-            rows.append(row)
-        outcomes.append(Outcome(item.path, RESTORED, "", output, len(faces)))
+            _write_tables(output, rows)
+        except OSError:
+            pass
+        raise OutputError(f"{output}: cannot write ({exc.strerror or exc}); stopped after {len(rows)} crop(s)") from None
+    return outcomes
+
+
+def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list, outcomes: list) -> None:
+    try:
+        rgb = read_image(item.path, max_megapixels).rgb8()
+        faces = helper.detect_and_align(rgb, selection, item.path)
+    except MgfrError as exc:
+        outcomes.append(Outcome(item.path, FAILED, str(exc)))
+        return
+    if not faces:
+        outcomes.append(Outcome(item.path, NO_FACE, "no face detected"))
+        return
+    for f in faces:
+        rel = item.relative
+        crop_path = output / rel.parent / f"{rel.stem}_{f.index:02d}.png"
+        write_image(crop_path, f.crop)
+        row = {"source": str(item.path), "face_index": f.index, "crop": str(crop_path), "score": round(f.score, 4),
+               **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in f.box)))}
+        row.update(dict(zip(FIELDS[8:], (round(float(v), 2) for v in f.landmarks.reshape(-1)))))
+        rows.append(row)
+    outcomes.append(Outcome(item.path, RESTORED, "", output, len(faces)))
+
+
+def _write_tables(output: Path, rows: list) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS)
     writer.writeheader()
@@ -51,4 +68,3 @@ def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelect
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output / "faces.csv", buf.getvalue().encode())
     atomic_write_bytes(output / "faces.json", json.dumps(rows, indent=1).encode())
-    return outcomes

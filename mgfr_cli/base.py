@@ -94,17 +94,59 @@ def load_base(path: Path, dtype=None) -> BaseModel:
     except (OSError, ValueError, EnvironmentError) as exc:
         raise WeightsError(f"{path}: cannot load the base model ({str(exc).splitlines()[0]})") from None
     scheduler_file = path / "scheduler" / "scheduler_config.json"
-    scheduler_config = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+    if not scheduler_file.is_file():  # {} would silently mean diffusers' default betas and epsilon: wrong for SD
+        raise WeightsError(f"{path}: missing scheduler/scheduler_config.json (the noise schedule and prediction type "
+                           f"of this base; get it with: mgfr weights fetch sd21-base)")
+    scheduler_config = json.loads(scheduler_file.read_text())
     return BaseModel(unet, vae, text_encoder, tokenizer, scheduler_config).freeze()
 
 
+def single_file_config(folder: Path, model: str = "mgfr-sd21") -> Path:
+    """A diffusers config folder for an SD 2.1 *base* single-file checkpoint, written from the architecture
+    config (``models/mgfr-sd21.yaml``) and the shipped tokenizer, so the file loads offline and as an
+    epsilon-prediction model. (diffusers' own guess maps every SD 2.x file to the 768 v-prediction config,
+    which it would fetch from the hub; SD 2.1 base and 768 have identical shapes, so the file cannot tell.)"""
+    import json
+    import shutil
+
+    from .configs import MODELS_DIR, load_model_config
+
+    cfg = load_model_config(model)
+    folder = Path(folder)
+    parts = {"unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
+             "text_encoder": ("transformers", "CLIPTextModel"), "tokenizer": ("transformers", "CLIPTokenizer"),
+             "scheduler": ("diffusers", "DDIMScheduler")}
+    index = {"_class_name": "StableDiffusionPipeline", "requires_safety_checker": False,
+             "safety_checker": [None, None], "feature_extractor": [None, None], **{k: list(v) for k, v in parts.items()}}
+    for name in ("unet", "vae", "text_encoder", "scheduler"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        body = dict(cfg.base[name])
+        if name == "text_encoder":
+            body.update(architectures=["CLIPTextModel"], model_type="clip_text_model")
+        file = "scheduler_config.json" if name == "scheduler" else "config.json"
+        (folder / name / file).write_text(json.dumps(body, indent=1))
+    shutil.copytree(MODELS_DIR / "sd21-base-tokenizer", folder / "tokenizer", dirs_exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps(index, indent=1))
+    return folder
+
+
 def _load_single_file(path: Path, dtype) -> BaseModel:
-    """An original-layout SD checkpoint in one file; diffusers converts it (its configs ship with diffusers)."""
+    """An original-layout SD 2.1 base checkpoint in one file, converted by diffusers with our configs."""
+    import tempfile
+
     from diffusers import StableDiffusionPipeline
 
-    try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True,
-                                                        **({"torch_dtype": dtype} if dtype is not None else {}))
-    except Exception as exc:  # diffusers raises many types here; all mean "this file is not a usable base"
-        raise WeightsError(f"{path}: cannot load as a single-file SD checkpoint ({str(exc).splitlines()[0]})") from None
-    return BaseModel(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config)).freeze()
+    with tempfile.TemporaryDirectory(prefix="mgfr-sd21-config-") as tmp:
+        config = single_file_config(Path(tmp))
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(path), config=str(config), local_files_only=True, safety_checker=None,
+                **({"torch_dtype": dtype} if dtype is not None else {}))
+        except Exception as exc:  # diffusers raises many types here; all mean "this file is not a usable base"
+            raise WeightsError(f"{path}: cannot load as a single-file SD 2.1 base checkpoint "
+                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    scheduler_config = dict(pipe.scheduler.config)
+    if scheduler_config.get("prediction_type") != "epsilon":
+        raise WeightsError(f"{path}: loaded as a {scheduler_config.get('prediction_type')} model; mgfr's single-file "
+                           f"path is for SD 2.1 base (epsilon): convert other bases to a diffusers folder")
+    return BaseModel(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler_config).freeze()

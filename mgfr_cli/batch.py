@@ -23,7 +23,7 @@ import errno
 
 from .errors import InputError, MgfrError, OutputError
 from .faces import AlignedFace, FaceHelper, FaceSelection
-from .io import DEFAULT_MAX_MEGAPIXELS, Photo, is_image_file, output_format, read_image, write_image
+from .io import DEFAULT_MAX_MEGAPIXELS, Photo, is_image_file, output_format, plain_ext, read_image, write_image
 
 RESTORED, SKIPPED, NO_FACE, FAILED = "restored", "skipped", "no face", "failed"
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
@@ -82,18 +82,23 @@ class _Prepared:
     outcome: Outcome | None = None  # set when the photo is already finished (skipped, failed, no face)
 
 
-def collect_inputs(inputs: Sequence[str], recursive: bool) -> tuple[list[InputItem], list[Outcome]]:
+def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None = None
+                   ) -> tuple[list[InputItem], list[Outcome]]:
     """Files, folders and globs -> image files with the relative path their output mirrors.
 
     Returns the items and the outcomes of inputs that name nothing. Symbolic links to folders are not
-    followed (a link loop cannot trap the walk).
+    followed (a link loop cannot trap the walk); ``exclude`` (the output folder) is never walked into, so
+    a rerun does not take its own outputs for inputs. Relative paths never climb out of the output
+    folder (``..`` in a glob), and inputs whose outputs would share a name (``a.jpg`` and ``a.png``, the
+    same name from two globs) get distinct names (``a-jpg``, ``a-png``), never each other's file.
     """
     items: list[InputItem] = []
     missing: list[Outcome] = []
+    skip = exclude.resolve() if exclude is not None else None
     for spec in inputs:
         path = Path(spec)
         if path.is_dir():
-            items += _walk(path, recursive)
+            items += _walk(path, recursive, skip)
         elif path.exists() or path.is_symlink():
             items.append(InputItem(path, Path(path.name)))
         elif glob.has_magic(spec):
@@ -101,7 +106,7 @@ def collect_inputs(inputs: Sequence[str], recursive: bool) -> tuple[list[InputIt
             root = _glob_root(spec)
             for m in matches:
                 mp = Path(m)
-                if mp.is_file() and is_image_file(mp):
+                if mp.is_file() and is_image_file(mp) and not _inside(mp, skip):
                     items.append(InputItem(mp, _relative(mp, root)))
             if not matches:
                 missing.append(Outcome(path, FAILED, "no file matches this pattern"))
@@ -114,7 +119,36 @@ def collect_inputs(inputs: Sequence[str], recursive: bool) -> tuple[list[InputIt
         if key not in seen:
             seen.add(key)
             unique.append(it)
-    return unique, missing
+    return _distinct_names(unique), missing
+
+
+def _distinct_names(items: list[InputItem]) -> list[InputItem]:
+    """Items whose outputs would collide (same folder and stem, any extension: ``auto`` may make both PNG)
+    keep their source extension in the name."""
+    groups: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault((str(it.relative.parent), it.relative.stem.lower()), []).append(i)
+    out = list(items)
+    for members in groups.values():
+        if len(members) > 1:
+            for n, i in enumerate(members):
+                rel = items[i].relative
+                tag = rel.suffix.lstrip(".").lower() or "file"
+                stem = f"{rel.stem}-{tag}"
+                if sum(items[j].relative.suffix.lower() == rel.suffix.lower() for j in members) > 1:
+                    stem += f"-{n + 1}"  # the same name and extension twice (two globs): number them
+                out[i] = InputItem(items[i].path, rel.with_name(stem + rel.suffix))
+    return out
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        path.resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
 
 
 def _glob_root(pattern: str) -> Path:
@@ -125,16 +159,21 @@ def _glob_root(pattern: str) -> Path:
 
 
 def _relative(path: Path, root: Path) -> Path:
+    """``path`` below ``root``, normalised; a path that would climb out (``..``) keeps only its name."""
     try:
-        return path.relative_to(root)
+        rel = Path(os.path.normpath(path.relative_to(root)))
     except ValueError:
         return Path(path.name)
+    if rel.is_absolute() or rel.parts[:1] == ("..",):
+        return Path(path.name)
+    return rel
 
 
-def _walk(folder: Path, recursive: bool) -> list[InputItem]:
+def _walk(folder: Path, recursive: bool, skip: Path | None = None) -> list[InputItem]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _inside(Path(dirpath) / d, skip)) \
+            if recursive else []
         for name in sorted(filenames):
             p = Path(dirpath) / name
             if not name.startswith(".") and is_image_file(p):
@@ -143,23 +182,20 @@ def _walk(folder: Path, recursive: bool) -> list[InputItem]:
 
 
 def output_path(job: RestoreJob, item: InputItem, photo: Photo | None) -> Path:
-    ext = output_format(photo, job.ext, item.path) if photo is not None else _plain_ext(job.ext, item.path)
+    """Where ``item``'s output goes; always inside ``job.output`` (checked, whatever the suffix or glob)."""
+    ext = output_format(photo, job.ext, item.path) if photo is not None else plain_ext(job.ext, item.path)
     rel = item.relative
-    return job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}"
-
-
-def _plain_ext(requested: str, source: Path) -> str:
-    if requested != "auto":
-        return requested
-    ext = source.suffix.lower().lstrip(".")
-    return {"jpeg": "jpg", "tiff": "tif"}.get(ext, ext) or "png"
+    target = job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}"
+    if not _inside(target, job.output.resolve()):
+        raise InputError(f"{item.path}: its output {target} would be outside {job.output}; not written")
+    return target
 
 
 def _existing_output(job: RestoreJob, item: InputItem) -> Path | None:
     """An output already written for ``item`` by an earlier run (any extension ``auto`` may choose)."""
     rel = item.relative
     folder = job.output / rel.parent
-    candidates = [_plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
+    candidates = [plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
     for ext in candidates:
         p = folder / f"{rel.stem}{job.suffix}.{ext}"
         if p.is_file():
@@ -177,7 +213,7 @@ class BatchRestorer:
 
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
-        items, outcomes = collect_inputs(job.inputs, job.recursive)
+        items, outcomes = collect_inputs(job.inputs, job.recursive, exclude=job.output)
         check_output_folder(job.output)
         rank, world = job.shard
         items = items[rank::world]
@@ -215,6 +251,10 @@ class BatchRestorer:
             return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, "output exists (use --overwrite)", done))
         try:
             photo = read_image(item.path, job.max_megapixels)
+            out_mp = photo.width * photo.height * max(job.upscale, 1.0) ** 2 / 1e6
+            if out_mp > job.max_megapixels:  # the upscaled output counts too: it is what gets allocated
+                raise InputError(f"{item.path}: at --upscale {job.upscale:g} the output is {out_mp:.0f} megapixels, over "
+                                 f"--max-megapixels {job.max_megapixels:g}")
             target = output_path(job, item, photo)
             if target.resolve() in inputs:
                 raise InputError(f"{item.path}: output {target} would overwrite an input; choose another -o or --suffix")
@@ -286,7 +326,7 @@ class BatchRestorer:
                     else:
                         bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
                 pixels = self.helper.paste(bg, p.faces, restored, job.upscale)
-            write_image(p.target, pixels)
+            write_image(p.target, pixels, icc=p.photo.icc)
             if job.save_faces:
                 rel = p.item.relative
                 for f, r in zip(p.faces, restored):
@@ -300,7 +340,13 @@ class BatchRestorer:
             return Outcome(p.item.path, FAILED, f"cannot write {p.target}: {exc.strerror or exc}")
         except MgfrError as exc:
             return Outcome(p.item.path, FAILED, f"cannot write {p.target}: {exc}")
-        return Outcome(p.item.path, RESTORED, "", p.target, len(p.faces))
+        except MemoryError:
+            return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
+        except Exception as exc:  # noqa: BLE001 - cv2 reports allocation failures as cv2.error
+            if "memory" not in str(exc).lower():
+                raise
+            return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
+        return Outcome(p.item.path, RESTORED, p.photo.note, p.target, len(p.faces))
 
 
 def write_summary(path: Path, outcomes) -> None:

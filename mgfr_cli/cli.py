@@ -14,7 +14,7 @@ import typer
 
 from .errors import ConfigError, MgfrError
 from .options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
-                      OnlyCenterOpt, RecursiveOpt, quiet_libraries, resolve_device, selection as face_selection,
+                      OnlyCenterOpt, RecursiveOpt, finite, quiet_libraries, resolve_device, selection as face_selection,
                       shard)
 from .terminal import err, out, run_batch, shown, summary
 from .weights_cli import ManifestOpt, _manifest, weights_app
@@ -35,8 +35,8 @@ def restore(
     base: Annotated[Optional[Path], typer.Option(help="Stable Diffusion base (diffusers folder or .safetensors) [default: MODEL_ROOT/sd21-base].")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps [default: 30; 50 for a DiffBIR adapter].")] = None,
     scheduler: Annotated[str, typer.Option(help="dpmpp or ddim.")] = "dpmpp",
-    guidance_quality: Annotated[Optional[float], typer.Option(help="Weight l_nq of the negative-quality direction [default: 4; 3 for a DiffBIR adapter, its scale s = 1 + l_nq].")] = None,
-    guidance_attribute: Annotated[float, typer.Option(help="Weight l_na of the negative-attribute direction.")] = 2.0,
+    guidance_quality: Annotated[Optional[float], typer.Option(callback=finite, help="Weight l_nq of the negative-quality direction [default: 4; 3 for a DiffBIR adapter, its scale s = 1 + l_nq].")] = None,
+    guidance_attribute: Annotated[float, typer.Option(callback=finite, help="Weight l_na of the negative-attribute direction.")] = 2.0,
     color_fix: Annotated[str, typer.Option(help="Colour correction toward the input: wavelet, adain or none.")] = "wavelet",
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed (face K of a photo uses seed + K).")] = 0,
     start_from: Annotated[str, typer.Option(help="noise, or cond: start from the condition latent noised to the first step (DiffBIR's option).")] = "noise",
@@ -46,7 +46,7 @@ def restore(
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per GPU batch (halved automatically on out-of-memory).")] = 8,
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile + CUDA graphs (slow first batch; batches padded to --batch-size).")] = False,
-    upscale: Annotated[float, typer.Option(min=0.1, max=8, help="Resize the background by this factor.")] = 1.0,
+    upscale: Annotated[float, typer.Option(callback=finite, min=0.1, max=8, help="Resize the background by this factor.")] = 1.0,
     has_aligned: Annotated[bool, typer.Option("--has-aligned", help="Inputs are already aligned face crops.")] = False,
     save_faces: Annotated[bool, typer.Option("--save-faces", help="Also write aligned and restored crops to OUT/_faces.")] = False,
     suffix: Annotated[str, typer.Option(help="Added to output file names before the extension.")] = "",
@@ -72,6 +72,8 @@ def restore(
 
     if ext not in ("auto", "png", "jpg"):
         raise typer.BadParameter("--ext must be auto, png or jpg")
+    if any(c in suffix for c in "/\\\0") or ".." in suffix:
+        raise typer.BadParameter("--suffix must be plain text (no /, \\ or ..): outputs stay inside -o")
     RestoreSettings(guidance_quality=guidance_quality or 0.0, guidance_attribute=guidance_attribute,
                     scheduler=scheduler, color_fix=color_fix, start_from=start_from).check()
     selection = face_selection(only_center_face, largest_face, face_index, min_face_size)
@@ -203,33 +205,14 @@ def degrade(
     inputs: Annotated[list[str], typer.Argument(help="HQ images, folders or globs.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the degraded copies (tree mirrored).")],
     config: Annotated[Optional[Path], typer.Option(help="Training config YAML whose `degradation:` ranges to use.")] = None,
-    seed: Annotated[int, typer.Option(help="Image i uses seed + i: the same command gives the same files.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Image i uses seed + i: the same command gives the same files.")] = 0,
     recursive: RecursiveOpt = False,
 ):
     """Write synthetic low-quality copies of images (to build test sets), with params.json."""
-    import json
-
-    import numpy as np
-
-    from .batch import FAILED, RESTORED, Outcome, collect_inputs
-    from .degrade import degrade as apply
-    from .io import atomic_write_bytes, read_image, write_image
+    from .degrade import degrade_inputs
     from .train_config import load_train_config
 
-    cfg = load_train_config(config, {}).degradation
-    items, outcomes = collect_inputs(inputs, recursive)
-    params = {}
-    for i, item in enumerate(items):
-        try:
-            lq, p = apply(read_image(item.path).rgb8(), cfg, np.random.default_rng([seed, i]))
-        except MgfrError as exc:
-            outcomes.append(Outcome(item.path, FAILED, str(exc)))
-            continue
-        target = output / item.relative.with_suffix(".png")
-        write_image(target, lq)
-        params[str(item.relative)] = p
-        outcomes.append(Outcome(item.path, RESTORED, "", target, 0))
-    atomic_write_bytes(output / "params.json", json.dumps(params, indent=1, default=list).encode())
+    outcomes = degrade_inputs(inputs, output, load_train_config(config, {}).degradation, seed, recursive)
     raise typer.Exit(summary(outcomes, "mgfr degrade", done="degraded"))
 
 
@@ -252,6 +235,8 @@ def evaluate_cmd(
     for folder, flag in ((pred, "--pred"), (gt, "--gt")):
         if not folder.is_dir():
             raise MgfrError(f"{flag} {folder}: not a folder")
+    if report is not None and report.is_dir():
+        raise MgfrError(f"-o {report}: is a folder; give a CSV file name (e.g. {report / 'eval.csv'})")
     root = resolve_root(model_root)
     dev, _ = resolve_device(device)
     skipped = []

@@ -29,6 +29,8 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
     try:
         data = yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to be a config") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -106,6 +108,8 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     for key in ("name", "resolution", "base", "adapter"):
         if key not in data:
             raise ConfigError(f"{path}: missing key {key!r}")
+    expect_type(data["base"], dict, str(path), "base")
+    expect_type(data["adapter"], dict, str(path), "adapter")
     check_keys(data["base"], _BASE_KEYS, f"{path}: base")
     check_keys(data["adapter"], _ADAPTER_KEYS, f"{path}: adapter")
     resolution = expect_type(data["resolution"], int, str(path), "resolution")

@@ -67,6 +67,20 @@ def read_attributes(data_dir: Path) -> dict[str, list[str]]:
     return out
 
 
+def unreadable(paths: list[Path]) -> list[str]:
+    """``"path: reason"`` for every file that does not decode as an image (header and data checked)."""
+    from PIL import Image
+
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for a bad file
+            bad.append(f"{p}: {type(exc).__name__}")
+    return bad
+
+
 def to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     """``(3, size, size)`` in [-1, 1] from a uint8 RGB image."""
     import cv2
@@ -111,6 +125,10 @@ class FaceDataset(torch.utils.data.Dataset):
         if not self.images:
             raise InputError(f"{data_dir}: no usable training images" + (
                 " (stage 2 needs one folder per identity with at least two images each)" if stage == 2 else ""))
+        bad = unreadable(self.images)
+        if bad:  # up front, all of them: not one worker traceback per bad file hours into a run
+            raise InputError(f"{data_dir}: {len(bad)} unreadable image(s): " + "; ".join(bad[:5])
+                             + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "") + " (fix or remove them)")
         self.id_embeddings: dict[int, np.ndarray] | None = None  # filled by prepare_identity
 
     def __len__(self) -> int:  # one pass over the images; positions beyond wrap around

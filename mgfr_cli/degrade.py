@@ -119,3 +119,34 @@ def negative_target(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             out = cv2.bilateralFilter(out, 9, 75, 75)
         return cv2.medianBlur(out, 7)
     return jpeg_roundtrip(image, int(rng.integers(5, 16)))
+
+
+def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: bool) -> list:
+    """``mgfr degrade``: a degraded PNG per input (image i seeded by ``[seed, i]``) and ``params.json``.
+    Never writes over an input (``-o`` may be the input folder: such a photo fails, the rest go on)."""
+    import json
+    from pathlib import Path
+
+    from .batch import FAILED, RESTORED, Outcome, check_output_folder, collect_inputs
+    from .errors import MgfrError
+    from .io import atomic_write_bytes, read_image, write_image
+
+    output = Path(output)
+    check_output_folder(output)
+    items, outcomes = collect_inputs(inputs, recursive, exclude=output)
+    sources = {it.path.resolve() for it in items}
+    params = {}
+    for i, item in enumerate(items):
+        target = output / item.relative.with_suffix(".png")
+        try:
+            if target.resolve() in sources:
+                raise MgfrError(f"{item.path}: its degraded copy {target} would overwrite an input; choose another -o")
+            lq, p = degrade(read_image(item.path).rgb8(), cfg, np.random.default_rng([seed, i]))
+            write_image(target, lq)
+        except MgfrError as exc:
+            outcomes.append(Outcome(item.path, FAILED, str(exc)))
+            continue
+        params[str(item.relative)] = p
+        outcomes.append(Outcome(item.path, RESTORED, "", target, 0))
+    atomic_write_bytes(output / "params.json", json.dumps(params, indent=1, default=list).encode())
+    return outcomes

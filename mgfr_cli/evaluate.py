@@ -108,6 +108,9 @@ def evaluate(pred_dir: Path, gt_dir: Path, *, lpips_model: Lpips | None = None, 
         except MgfrError as exc:
             report.problems.append((p, str(exc)))
             continue
+        if min(gt.shape[:2]) < 11:  # SSIM's 11x11 window: listed, not fatal to the whole evaluation
+            report.problems.append((g, f"{gt.shape[1]}x{gt.shape[0]} is smaller than SSIM's 11-pixel window"))
+            continue
         if pred.shape != gt.shape:
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_AREA)
         row = {"name": name, "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}

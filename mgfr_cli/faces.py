@@ -125,6 +125,8 @@ class FaceHelper:
         return net.eval().to(self.device)
 
     # -- detection ---------------------------------------------------------------------------
+    MAX_DETECT_PIXELS = 4_000_000
+
     def detect(self, rgb: np.ndarray, selection: FaceSelection = FaceSelection()) -> list[DetectedFace]:
         """Faces in an ``(H, W, 3)`` uint8 RGB image, filtered by ``selection``, ordered left to right."""
         import torch
@@ -133,13 +135,21 @@ class FaceHelper:
             return []  # too small to hold a face, and too small for RetinaFace's anchor grid
         if self.detector is None:
             raise ConfigError("this FaceHelper was built without a detector (for --has-aligned inputs only)")
-        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        # Detect on a copy of at most ~4 MP: RetinaFace's memory grows with the pixel count (a 100 MP photo took
+        # 7 GB), and a face it can find at full size is still 60+ pixels wide there.
+        scale = min(1.0, (self.MAX_DETECT_PIXELS / (rgb.shape[0] * rgb.shape[1])) ** 0.5)
+        small = rgb if scale == 1.0 else _resize(rgb, scale)
+        bgr = np.ascontiguousarray(small[:, :, ::-1])
         with torch.no_grad():
             dets = self.detector.detect_faces(bgr, conf_threshold=selection.confidence)
+        dets = np.asarray(dets, np.float32).reshape(-1, 15)
+        if scale != 1.0:
+            dets[:, :4] /= scale
+            dets[:, 5:15] /= scale
         faces = [
             DetectedFace(box=tuple(float(v) for v in d[:4]), score=float(d[4]),
                          landmarks=np.asarray(d[5:15], np.float32).reshape(5, 2))
-            for d in np.asarray(dets).reshape(-1, 15)
+            for d in dets
         ]
         faces = [f for f in faces if f.eye_distance >= selection.min_face_size]
         faces.sort(key=lambda f: (f.box[0] + f.box[2]) / 2)
@@ -247,6 +257,13 @@ class FaceHelper:
         keep[: k, :] = keep[-k:, :] = 0
         keep[:, : k] = keep[:, -k:] = 0
         return keep
+
+
+def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
+    import cv2
+
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def feathered_square(size: int) -> np.ndarray:

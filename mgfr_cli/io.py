@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import InputError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif")
 DEFAULT_MAX_MEGAPIXELS = 100.0
 
 # EXIF orientation tag value -> (number of 90-degree counter-clockwise turns, mirror first)
@@ -35,6 +36,8 @@ class Photo:
 
     pixels: np.ndarray
     path: Path | None = None
+    icc: bytes | None = None  # the colour profile, written back into the output
+    note: str = ""  # what could not be kept (e.g. frames of an animation), for the run's summary
 
     @property
     def height(self) -> int:
@@ -74,9 +77,24 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
     """Decode ``path`` into a :class:`Photo`; raise :class:`InputError` with a one-line reason."""
     from PIL import Image, ImageFile, UnidentifiedImageError
 
+    import stat
+
     path = Path(path)
+    # Only regular files, read with a cap: a FIFO would block forever, /dev/zero would never end.
+    limit = max(64 << 20, int(max_megapixels * 1e6 * 8))  # 8 bytes a pixel: raw 16-bit RGBA
     try:
-        data = path.read_bytes()
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{path}: not a regular file (a FIFO, device or socket); not read")
+        if st.st_size > limit:
+            raise InputError(f"{path}: {st.st_size / 1e6:.0f} MB is more than an image of --max-megapixels "
+                             f"{max_megapixels:g} can take; not read")
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise InputError(f"{path}: larger than {limit / 1e6:.0f} MB; not read")
     except IsADirectoryError:
         raise InputError(f"{path}: is a folder, not an image") from None
     except PermissionError:
@@ -87,6 +105,7 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
         raise InputError(f"{path}: empty file")
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half a photo
+    Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1e6)  # --max-megapixels decides, not Pillow's own default
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -107,7 +126,10 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
         except (OSError, ValueError, SyntaxError) as exc:
             raise InputError(f"{path}: truncated or corrupt image ({exc})") from None
         pixels = _pil_to_array(im, data)
-    return Photo(_apply_orientation(pixels, orientation), path)
+        frames = getattr(im, "n_frames", 1)
+        note = f"only the first of {frames} frames restored" if frames > 1 else ""
+        icc = im.info.get("icc_profile") or None
+    return Photo(_apply_orientation(pixels, orientation), path, icc, note)
 
 
 def _pil_to_array(im, data: bytes) -> np.ndarray:
@@ -122,8 +144,10 @@ def _pil_to_array(im, data: bytes) -> np.ndarray:
             return cv2.cvtColor(deep, code)
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         return np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
-    if mode == "F":
-        return np.clip(np.asarray(im, dtype=np.float32), 0, 255).astype(np.uint8)
+    if mode == "F":  # float TIFF: 0..1 is the usual range (else 0..255)
+        px = np.nan_to_num(np.asarray(im, dtype=np.float32))
+        scale = 255.0 if px.max(initial=0.0) <= 1.0 else 1.0
+        return np.clip(np.rint(px * scale), 0, 255).astype(np.uint8)
     if mode in ("1", "L"):
         return np.asarray(im.convert("L"))
     if mode == "P":
@@ -143,13 +167,23 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
+WRITABLE = ("jpg", "png", "webp", "bmp", "tif", "tiff")
+
+
+def plain_ext(requested_ext: str, source: Path) -> str:
+    """The extension ``requested_ext`` gives ``source`` before looking at its pixels (``auto``: the input's,
+    ``jpeg`` as ``jpg``, formats mgfr does not write as ``png``)."""
+    if requested_ext != "auto":
+        return requested_ext
+    ext = source.suffix.lower().lstrip(".")
+    ext = "jpg" if ext == "jpeg" else ext
+    return ext if ext in WRITABLE else "png"
+
+
 def output_format(photo: Photo, requested_ext: str, source: Path) -> str:
     """The extension to write: ``auto`` keeps the input's, but never a format that would drop data."""
     if requested_ext == "auto":
-        ext = source.suffix.lower().lstrip(".")
-        ext = "jpg" if ext == "jpeg" else ext
-        if ext not in ("jpg", "png", "webp", "bmp", "tif", "tiff"):
-            ext = "png"
+        ext = plain_ext(requested_ext, source)
     else:
         ext = requested_ext
     if ext in ("jpg", "bmp", "webp") and (photo.has_alpha or photo.pixels.dtype == np.uint16):
@@ -158,8 +192,9 @@ def output_format(photo: Photo, requested_ext: str, source: Path) -> str:
     return ext
 
 
-def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95) -> None:
-    """Encode ``pixels`` (RGB(A) order, like :attr:`Photo.pixels`) and place it at ``path`` atomically."""
+def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: bytes | None = None) -> None:
+    """Encode ``pixels`` (RGB(A) order, like :attr:`Photo.pixels`) and place it at ``path`` atomically;
+    ``icc``: a colour profile to embed (8-bit JPEG, PNG, WebP, TIFF; 16-bit outputs go without one)."""
     import cv2
 
     path = Path(path)
@@ -170,6 +205,14 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95) -> None
             px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
         if px.ndim == 3 and px.shape[2] == 4:
             px = px[:, :, :3]
+    if icc and px.dtype == np.uint8 and ext in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"):
+        from PIL import Image
+
+        buf = io.BytesIO()
+        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}[ext]
+        Image.fromarray(px).save(buf, fmt, icc_profile=icc, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+        atomic_write_bytes(path, buf.getvalue())
+        return
     if px.ndim == 3:
         px = cv2.cvtColor(px, cv2.COLOR_RGBA2BGRA if px.shape[2] == 4 else cv2.COLOR_RGB2BGR)
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg") else []

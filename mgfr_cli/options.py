@@ -5,7 +5,9 @@ Standard library, typer and rich only at the top: importing this stays instant.
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,6 +15,13 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import ConfigError
+
+
+def finite(value):
+    """Typer callback: a float option must be a finite number (``nan`` passes min/max checks)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
 
 
 class Device(str, Enum):
@@ -34,9 +43,9 @@ DetectorOpt = Annotated[Detector, typer.Option(help="Face detector (facexlib Ret
 OnlyCenterOpt = Annotated[bool, typer.Option("--only-center-face", help="Keep only the face nearest the centre.")]
 LargestOpt = Annotated[bool, typer.Option("--largest-face", help="Keep only the largest face.")]
 FaceIndexOpt = Annotated[Optional[int], typer.Option("--face-index", min=0, help="Keep only face K (0 = leftmost).")]
-MinFaceOpt = Annotated[float, typer.Option("--min-face-size", min=0, help="Ignore faces whose eye distance is below PX.")]
+MinFaceOpt = Annotated[float, typer.Option("--min-face-size", min=0, callback=finite, help="Ignore faces whose eye distance is below PX.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of folder inputs.")]
-MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, help="Refuse larger images (decompression-bomb guard).")]
+MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, max=100000, callback=finite, help="Refuse larger images (decompression-bomb guard).")]
 
 
 def quiet_libraries() -> None:
@@ -77,7 +86,20 @@ def selection(only_center, largest, face_index, min_face_size):
 
 
 def shard() -> tuple[int, int]:
-    """This process's share of the inputs under ``accelerate launch``/``torchrun`` (RANK, WORLD_SIZE)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    """This process's share of the inputs under ``accelerate launch``/``torchrun`` (RANK, WORLD_SIZE).
+
+    Only under a real launcher (it sets MASTER_ADDR and LOCAL_RANK as well): a WORLD_SIZE left in the
+    environment by an earlier job must not make a plain run do half the photos and wait for a partner."""
+    env = os.environ
+    try:
+        rank, world = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
+    except ValueError:
+        return 0, 1
+    if world <= 1 or not (env.get("MASTER_ADDR") and env.get("LOCAL_RANK")) or not 0 <= rank < world:
+        return 0, 1
+    print(f"mgfr: process {rank} of {world} (launcher detected): this process takes every {world}th photo",
+          file=sys.stderr)
+    return rank, world
+
 
 

@@ -18,11 +18,15 @@ from .adapter import MgfrAdapter, ReferenceState
 from .base import BaseModel
 from .colorfix import METHODS as COLOR_METHODS, color_fix
 from .conditions import FaceConditions
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, InputError, WeightsError
 from .profiles import check_base, profile_of
 from .sampling import SCHEDULERS, combine_guidance, denoise, make_scheduler
 
 ADAPTER_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+class RestoreError(InputError):
+    """A restore that produced no usable face: the photos of that batch fail, the run goes on."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,9 @@ class MgfrPipeline:
 
         # 6. Decode and 7. colour-correct toward the (cleaned) input
         x = self.decode_latents(latents)
+        if not bool(torch.isfinite(x).all()):  # never paste NaN/inf (a black square) and call it restored
+            raise RestoreError("the restored face has non-finite values (NaN or inf): check --guidance-* and the "
+                               "adapter's weights")
         x = color_fix(x, cond, settings.color_fix)
         if x.shape[-1] != size:
             x = F.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False)
@@ -244,8 +251,9 @@ class MgfrPipeline:
         key = lambda ref: ref.source if ref.source is not None else id(ref)  # noqa: E731
         done = {k: v for k, v in ((key(r), self._ref_cache.get(r.source)) for r in refs) if v is not None}
         todo = list({key(r): r for r in refs if key(r) not in done}.values())
-        if todo:
-            z = self.encode_images(self.to_tensor([r.crop for r in todo]))
+        if todo:  # in chunks: 200 references in one VAE batch took 8 GB
+            z = torch.cat([self.encode_images(self.to_tensor([r.crop for r in todo[i : i + 8]]))
+                           for i in range(0, len(todo), 8)])
             e = (torch.from_numpy(self.identity.embed([r.crop for r in todo])).to(self.device, self.dtype)
                  if self.identity is not None else [None] * len(todo))
             done.update({key(r): (zi, ei) for r, zi, ei in zip(todo, z, e)})

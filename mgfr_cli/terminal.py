@@ -30,6 +30,14 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
         table.add_row(done if status == RESTORED else status, str(n))
     out.print(table)
     problems = [o for o in outcomes if o.status in (FAILED, NO_FACE)]
+    noted = [o for o in outcomes if o.status == RESTORED and o.detail]  # e.g. frames of an animation dropped
+    if noted:
+        table = Table(title=f"{done}, with a note", show_lines=False)
+        table.add_column("file", overflow="fold")
+        table.add_column("note", overflow="fold")
+        for o in noted:
+            table.add_row(shown(o.source), shown(o.detail))
+        out.print(table)
     if problems:
         detail = Table(title="not restored", show_lines=False)
         detail.add_column("file", overflow="fold")

@@ -53,6 +53,8 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     from .base import load_base
 
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: -o names a file; give a folder for the run")
     start_ckpt = latest_checkpoint(run_dir) if resume else None
     if resume and start_ckpt is None:
         raise InputError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
@@ -112,7 +114,7 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     cache = latent_cache(dataset, base, scaling, run_dir, weight_dtype, device, accelerator) if cfg.cache_latents else None
     step = 0
     if start_ckpt is not None:
-        step = _load_state(start_ckpt, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, accelerator)
+        step = _resume(run_dir, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     sampler = PositionSampler(cfg.batch_size, rank, world, step * cfg.grad_accum, cfg.max_steps * cfg.grad_accum)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
@@ -330,6 +332,10 @@ def _save_ema_adapter(adapter, ema, folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     params = [p for p in adapter.parameters() if p.requires_grad]
+    if not all(bool(torch.isfinite(p).all()) for p in [*params, *ema.shadow_params]):
+        # a diverged run (NaN/inf weights) must not leave a checkpoint that looks usable
+        raise WeightsError(f"{folder}: training diverged (non-finite weights); not written. Lower learning_rate or "
+                           f"resume from an earlier checkpoint")
     ema.store(params)
     ema.copy_to(params)
     try:
@@ -368,6 +374,22 @@ def _checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir: Pat
     accelerator.wait_for_everyone()
 
 
+def _resume(run_dir: Path, adapter, optimizer, lr_scheduler, ema, accelerator) -> int:
+    """Load the newest checkpoint that loads; a damaged one (truncated file, missing key) is skipped, saying so."""
+    ckpts = sorted((p for p in run_dir.glob("checkpoints/step-*") if p.name[5:].isdigit()), key=lambda p: -int(p.name[5:]))
+    problems = []
+    for ckpt in ckpts:
+        try:
+            step = _load_state(ckpt, adapter, optimizer, lr_scheduler, ema, accelerator)
+        except WeightsError as exc:
+            problems.append(str(exc))
+            continue
+        if problems:
+            accelerator.print(f"resuming from {ckpt.name}: newer checkpoint(s) are damaged ({'; '.join(problems)})")
+        return step
+    raise WeightsError(f"{run_dir}: no checkpoint can be resumed from ({'; '.join(problems) or 'none'})")
+
+
 def _load_state(ckpt: Path, adapter, optimizer, lr_scheduler, ema, accelerator=None) -> int:
     from safetensors.torch import load_file
 
@@ -376,16 +398,17 @@ def _load_state(ckpt: Path, adapter, optimizer, lr_scheduler, ema, accelerator=N
         shadow = load_file(ckpt / "state" / "ema.safetensors")
         optimizer.load_state_dict(torch.load(ckpt / "state" / "optimizer.pt", map_location="cpu", weights_only=True))
         meta = json.loads((ckpt / "step.json").read_text())
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        raise WeightsError(f"{ckpt}: cannot resume from this checkpoint ({str(exc).splitlines()[0]})") from None
-    for i, p in enumerate(ema.shadow_params):
-        p.data.copy_(shadow[str(i)].to(p.device))
-    ema.optimization_step = meta["ema"]["optimization_step"]
-    lr_scheduler.load_state_dict(meta["lr_scheduler"])
+        for i, p in enumerate(ema.shadow_params):
+            p.data.copy_(shadow[str(i)].to(p.device))
+        ema.optimization_step = meta["ema"]["optimization_step"]
+        lr_scheduler.load_state_dict(meta["lr_scheduler"])
+        step = int(meta["step"])
+    except Exception as exc:  # noqa: BLE001 - truncated safetensors, 0-byte pickles, missing keys: all unusable
+        raise WeightsError(f"{ckpt}: cannot resume from this checkpoint ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
     scaler = getattr(accelerator, "scaler", None)
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
-    return int(meta["step"])
+    return step
 
 
 @torch.no_grad()

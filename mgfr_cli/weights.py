@@ -206,7 +206,15 @@ class _SourceFailed(Exception):
 def download(url: str, dest: Path, sha256: str | None, size: int | None, *, timeout: float = 30.0,
              progress: Callable[[int, int | None], None] | None = None) -> str:
     """Download ``url`` to ``dest`` via ``dest.part``, resuming a partial file; verify; rename. Returns the hash."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=dest.parent):  # a real probe: permission bits say nothing to root
+            pass
+    except OSError as exc:  # the model root itself is the problem: no mirror can help, and nothing to resume
+        raise WeightsError(f"{dest.parent}: cannot write weights there ({exc.strerror or exc}); use --model-root "
+                           f"or $MGFR_HOME to choose a writable folder") from None
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "mgfr", **({"Range": f"bytes={have}-"} if have else {})})

@@ -344,3 +344,44 @@ def test_loss_scaler_state_is_checkpointed(tmp_path):
     fresh = torch.amp.GradScaler("cpu", init_scale=65536.0)
     step = _load_state(tmp_path / "checkpoints/step-5", Adapter(), opt, sched, ema, SimpleNamespace(scaler=fresh))
     assert step == 5 and fresh.state_dict()["scale"] == 123.0
+
+
+def test_single_file_base_loads_offline_as_epsilon(tmp_path, monkeypatch):
+    """The single-file path hands diffusers a local SD 2.1 *base* config (epsilon, real CLIP tokenizer ids,
+    SD 2's "!" padding) and never the hub. No real checkpoint exists offline: diffusers' converter itself is
+    not exercised here."""
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    from mgfr_cli import base as base_module
+    from mgfr_cli.errors import WeightsError
+
+    seen = {}
+    tiny = tiny_base()
+
+    def fake(path, config=None, local_files_only=False, **kw):
+        folder = __import__("pathlib").Path(config)
+        seen.update(path=path, local=local_files_only,
+                    scheduler=json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
+                    unet=json.loads((folder / "unet" / "config.json").read_text()))
+        from transformers import CLIPTokenizer
+
+        tok = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        seen["ids"] = tok("a photo of a cat", padding="max_length", max_length=9).input_ids
+        from diffusers import DDIMScheduler
+
+        return type("P", (), {"unet": tiny.unet, "vae": tiny.vae, "text_encoder": tiny.text_encoder, "tokenizer": tok,
+                              "scheduler": DDIMScheduler.from_config(seen["scheduler"])})()
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", staticmethod(fake))
+    ckpt = tmp_path / "v2-1_512-ema-pruned.safetensors"
+    ckpt.write_bytes(b"x")
+    loaded = base_module.load_base(ckpt)
+    assert seen["local"] and seen["scheduler"]["prediction_type"] == "epsilon"
+    assert seen["unet"]["block_out_channels"] == [320, 640, 1280, 1280] and seen["unet"]["cross_attention_dim"] == 1024
+    assert seen["ids"] == [49406, 320, 1125, 539, 320, 2368, 49407, 0, 0]  # CLIP's ids; "!" (0) pads, as in SD 2
+    assert loaded.scheduler_config["prediction_type"] == "epsilon"
+    monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", staticmethod(lambda *a, **k: 1 / 0))
+    with pytest.raises(WeightsError, match="cannot load as a single-file SD 2.1 base"):
+        base_module.load_base(ckpt)

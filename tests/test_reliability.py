@@ -117,7 +117,11 @@ def test_interrupted_batch_resumes_without_redoing(sig, tiny_root, astronaut, tm
     args = [sys.executable, "-m", "mgfr_cli.cli", "restore", str(inp), "-o", str(out), "--model-root", str(tiny_root),
             "--detector", "retinaface_mobile0.25", "--steps", "20", "--batch-size", "1", "--device", "cpu"]
     env = {**os.environ, "COLUMNS": "300"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The child gets Python's own SIGINT handler whatever this process did: a disposition of SIG_IGN is
+    # inherited across exec, and Python then leaves SIGINT ignored (what made this test fail in full-suite
+    # runs, where an earlier test had left SIGINT ignored in the pytest process: all 6 photos got done).
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and len(list(out.glob("*.png"))) < 1:
         time.sleep(0.05)

@@ -284,3 +284,59 @@ def test_stage2_can_fine_tune_lca_at_its_own_rate(world, tmp_path):
     before, after = _weights(tmp_path / "s1" / "adapter"), _weights(final)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("lca_mid_zero"))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("rca_to_lca"))
+
+
+def test_stage2_identity_is_required_recorded_or_explicitly_off(world, tmp_path):
+    from helpers import arcface_onnx
+    from mgfr_cli.errors import WeightsError
+
+    train(_cfg(stage=1, max_steps=1, lr_warmup_steps=0), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
+    with pytest.raises(WeightsError, match=r"stage 2 trains identity tokens: missing .*nothing\.onnx.*mgfr weights fetch arcface"):
+        train(_cfg(stage=2, max_steps=1, use_identity=True), base_path=world["base"], data_dir=world["s2"],
+              run_dir=tmp_path / "x", init=tmp_path / "s1", identity_path=tmp_path / "nothing.onnx")
+    onnx = arcface_onnx(tmp_path / "arc.onnx")
+    with_id = train(_cfg(stage=2, max_steps=2, lr_warmup_steps=0, use_identity=True), base_path=world["base"],
+                    data_dir=world["s2"], run_dir=tmp_path / "with", init=tmp_path / "s1", identity_path=onnx)
+    without = train(_cfg(stage=2, max_steps=2, lr_warmup_steps=0, use_identity=False), base_path=world["base"],
+                    data_dir=world["s2"], run_dir=tmp_path / "without", init=tmp_path / "s1", identity_path=onnx)
+    import json
+
+    assert json.loads((with_id / "config.json").read_text())["use_identity"] is True
+    cfg = json.loads((without / "config.json").read_text())
+    assert cfg["use_identity"] is False and cfg["stages_trained"] == [1, 2] and cfg["prediction_type"] == "epsilon"
+    start, a, b = _weights(tmp_path / "s1" / "adapter"), _weights(with_id), _weights(without)
+    ident = [k for k in start if k.startswith(("id_proj", "id_norm"))]
+    assert any(not torch.equal(start[k], a[k]) for k in ident)  # trained with identity tokens
+    assert all(torch.equal(start[k], b[k]) for k in ident)  # no identity: the projector is not trained at all
+
+
+def test_adapter_refuses_a_base_of_another_objective(world, tmp_path):
+    import json
+
+    from mgfr_cli.base import load_base
+    from mgfr_cli.errors import WeightsError
+    from mgfr_cli.pipeline import load_adapter
+
+    run = train(_cfg(stage=1, max_steps=1), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
+    base = load_base(world["base"])
+    load_adapter(run, base.unet, base.scheduler_config)  # its own base: fine
+    with pytest.raises(WeightsError, match="trained for a epsilon-prediction base, this base predicts v_prediction"):
+        load_adapter(run, base.unet, {**base.scheduler_config, "prediction_type": "v_prediction"})
+    other = tmp_path / "base-no-scheduler"
+    shutil.copytree(world["base"], other)
+    (other / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(WeightsError, match="scheduler_config.json"):
+        load_base(other)
+    assert json.loads((run / "config.json").read_text())["base_fingerprint"]
+
+
+def test_stage2_under_two_processes(world, tmp_path):
+    """Stage 2 under DDP (gloo): every trained parameter gets a gradient on every rank (no unused ones)."""
+    train(_cfg(stage=1, max_steps=1, lr_warmup_steps=0), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29541", str(HERE / "dist_train.py"),
+           str(world["base"]), str(world["s2"]), str(tmp_path / "two"), "1", "2", str(tmp_path / "s1")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "two" / "adapter" / "config.json").is_file()
