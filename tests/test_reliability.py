@@ -115,11 +115,13 @@ def test_interrupted_batch_resumes_without_redoing(sig, tiny_root, astronaut, tm
     for i in range(6):
         cv2.imwrite(str(inp / f"p{i}.png"), np.ascontiguousarray(np.roll(astronaut, 40 * i, axis=1)[..., ::-1]))
     args = [sys.executable, "-m", "mgfr_cli.cli", "restore", str(inp), "-o", str(out), "--model-root", str(tiny_root),
-            "--detector", "retinaface_mobile0.25", "--steps", "20", "--batch-size", "1", "--device", "cpu"]
+            "--detector", "retinaface_mobile0.25", "--steps", "80", "--batch-size", "1", "--device", "cpu"]
     env = {**os.environ, "COLUMNS": "300"}
-    # The child gets Python's own SIGINT handler whatever this process did: a disposition of SIG_IGN is
-    # inherited across exec, and Python then leaves SIGINT ignored (what made this test fail in full-suite
-    # runs, where an earlier test had left SIGINT ignored in the pytest process: all 6 photos got done).
+    # Why this test was flaky (all 6 photos done after SIGINT, in full-suite runs only): at 20 steps a tiny
+    # photo took ~0.2 s, so the 5 photos after the first were done in ~1 s, and a test process descheduled
+    # that long on a loaded 2-core machine signalled a child that had already finished. At 80 steps the
+    # rest takes ~10 s of the child's own CPU time: the margin now scales with the load itself.
+    # The child also gets the default SIGINT disposition explicitly (an ignored one is inherited across exec).
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
