@@ -11,7 +11,8 @@ import io
 import json
 from pathlib import Path
 
-from .batch import FAILED, NO_FACE, RESTORED, Outcome, check_output_folder, collect_inputs
+from .batch import check_output_folder
+from .inputs import FAILED, NO_FACE, RESTORED, Outcome, collect_inputs
 from .errors import MgfrError, OutputError
 from .faces import FaceHelper, FaceSelection
 from .io import atomic_write_bytes, read_image, write_image

@@ -8,24 +8,23 @@ photos in a background thread while the restorer works on the current batch.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from .conditions import ConditionSpec, FaceConditions, expand_refs, resolve_specs
-import errno
-
+from .conditions import ConditionSpec, FaceConditions, condition_sources, expand_refs, resolve_specs
 from .errors import InputError, MgfrError, OutputError
 from .faces import AlignedFace, FaceHelper, FaceSelection
-from .io import DEFAULT_MAX_MEGAPIXELS, Photo, is_image_file, output_format, plain_ext, read_image, write_image
+from .inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs, inside
+from .io import DEFAULT_MAX_MEGAPIXELS, Photo, output_format, plain_ext, read_image, write_image
 
-RESTORED, SKIPPED, NO_FACE, FAILED = "restored", "skipped", "no face", "failed"
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
 FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 FACES_DIR = "_faces"
@@ -55,21 +54,7 @@ class RestoreJob:
     batch_size: int = 8
     seed: int = 0
     shard: tuple[int, int] = (0, 1)  # (this process, number of processes)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    source: Path
-    status: str
-    detail: str = ""
-    output: Path | None = None
-    faces: int = 0
-
-
-@dataclass(frozen=True)
-class InputItem:
-    path: Path
-    relative: Path  # where its output goes under OUT
+    report: bool | None = None  # OUT/index.html review page; None: when the batch has more than one photo
 
 
 @dataclass
@@ -79,106 +64,8 @@ class _Prepared:
     photo: Photo | None = None
     faces: list[AlignedFace] = field(default_factory=list)
     conditions: list[FaceConditions] = field(default_factory=list)
+    sources: str = ""  # where the conditions came from (flags, sidecar, folder YAML), for the report
     outcome: Outcome | None = None  # set when the photo is already finished (skipped, failed, no face)
-
-
-def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None = None
-                   ) -> tuple[list[InputItem], list[Outcome]]:
-    """Files, folders and globs -> image files with the relative path their output mirrors.
-
-    Returns the items and the outcomes of inputs that name nothing. Symbolic links to folders are not
-    followed (a link loop cannot trap the walk); ``exclude`` (the output folder) is never walked into, so
-    a rerun does not take its own outputs for inputs. Relative paths never climb out of the output
-    folder (``..`` in a glob), and inputs whose outputs would share a name (``a.jpg`` and ``a.png``, the
-    same name from two globs) get distinct names (``a-jpg``, ``a-png``), never each other's file.
-    """
-    items: list[InputItem] = []
-    missing: list[Outcome] = []
-    skip = exclude.resolve() if exclude is not None else None
-    for spec in inputs:
-        path = Path(spec)
-        if path.is_dir():
-            items += _walk(path, recursive, skip)
-        elif path.exists() or path.is_symlink():
-            items.append(InputItem(path, Path(path.name)))
-        elif glob.has_magic(spec):
-            matches = sorted(glob.glob(spec, recursive=recursive))
-            root = _glob_root(spec)
-            for m in matches:
-                mp = Path(m)
-                if mp.is_file() and is_image_file(mp) and not _inside(mp, skip):
-                    items.append(InputItem(mp, _relative(mp, root)))
-            if not matches:
-                missing.append(Outcome(path, FAILED, "no file matches this pattern"))
-        else:
-            missing.append(Outcome(path, FAILED, "not found"))
-    seen: set[Path] = set()
-    unique = []
-    for it in items:
-        key = it.path.absolute()
-        if key not in seen:
-            seen.add(key)
-            unique.append(it)
-    return _distinct_names(unique), missing
-
-
-def _distinct_names(items: list[InputItem]) -> list[InputItem]:
-    """Items whose outputs would collide (same folder and stem, any extension: ``auto`` may make both PNG)
-    keep their source extension in the name."""
-    groups: dict[tuple, list[int]] = {}
-    for i, it in enumerate(items):
-        groups.setdefault((str(it.relative.parent), it.relative.stem.lower()), []).append(i)
-    out = list(items)
-    for members in groups.values():
-        if len(members) > 1:
-            for n, i in enumerate(members):
-                rel = items[i].relative
-                tag = rel.suffix.lstrip(".").lower() or "file"
-                stem = f"{rel.stem}-{tag}"
-                if sum(items[j].relative.suffix.lower() == rel.suffix.lower() for j in members) > 1:
-                    stem += f"-{n + 1}"  # the same name and extension twice (two globs): number them
-                out[i] = InputItem(items[i].path, rel.with_name(stem + rel.suffix))
-    return out
-
-
-def _inside(path: Path, folder: Path | None) -> bool:
-    if folder is None:
-        return False
-    try:
-        path.resolve().relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
-def _glob_root(pattern: str) -> Path:
-    """The folder a pattern's matches are mirrored from: its leading parts without wildcards."""
-    parts = Path(pattern).parts
-    fixed = parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
-    return Path(*fixed) if fixed else Path(".")
-
-
-def _relative(path: Path, root: Path) -> Path:
-    """``path`` below ``root``, normalised; a path that would climb out (``..``) keeps only its name."""
-    try:
-        rel = Path(os.path.normpath(path.relative_to(root)))
-    except ValueError:
-        return Path(path.name)
-    if rel.is_absolute() or rel.parts[:1] == ("..",):
-        return Path(path.name)
-    return rel
-
-
-def _walk(folder: Path, recursive: bool, skip: Path | None = None) -> list[InputItem]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _inside(Path(dirpath) / d, skip)) \
-            if recursive else []
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if not name.startswith(".") and is_image_file(p):
-                out.append(InputItem(p, p.relative_to(folder)))
-    return out
 
 
 def output_path(job: RestoreJob, item: InputItem, photo: Photo | None) -> Path:
@@ -186,7 +73,7 @@ def output_path(job: RestoreJob, item: InputItem, photo: Photo | None) -> Path:
     ext = output_format(photo, job.ext, item.path) if photo is not None else plain_ext(job.ext, item.path)
     rel = item.relative
     target = job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}"
-    if not _inside(target, job.output.resolve()):
+    if not inside(target, job.output.resolve()):
         raise InputError(f"{item.path}: its output {target} would be outside {job.output}; not written")
     return target
 
@@ -207,6 +94,7 @@ class BatchRestorer:
     """Runs a :class:`RestoreJob`: the face helper on the CPU side, ``restorer`` on the GPU side."""
 
     def __init__(self, helper: FaceHelper, restorer: Restorer, upsampler=None):
+        self.reporter = None  # report.Report while a run writes OUT/index.html
         self.helper = helper
         self.restorer = restorer
         self.upsampler = upsampler  # upsampler.BackgroundUpsampler for --upscale > 1, or None (Lanczos)
@@ -221,12 +109,22 @@ class BatchRestorer:
             on_outcome(o)
         outcomes = outcomes if rank == 0 else []
         on_total(len(items) + len(outcomes))
+        want_report = job.report if job.report is not None else len(items) + len(outcomes) > 1
+        self.reporter = None
+        if want_report and world == 1:  # several processes would each rewrite the one page
+            from .report import Report
+
+            self.reporter = Report(job.output)
+            for o in outcomes:
+                self.reporter.add(o)
         inputs = {it.path.resolve() for it in items}
         ref_cache: dict[Path, AlignedFace] = {}  # one run's aligned references, by file
 
         def finish(o: Outcome):
             outcomes.append(o)
             on_outcome(o)
+            if self.reporter is not None and o.status != RESTORED:
+                self.reporter.add(o)
 
         pending: list[_Prepared] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgfr-prepare") as pool:
@@ -268,7 +166,7 @@ class BatchRestorer:
             specs = resolve_specs(item.path, job.flags, len(faces))
             conditions = [FaceConditions(s.prompt, s.negative_prompt, self._references(s, job, ref_cache))
                           for s in specs]
-            return _Prepared(item, target, photo, faces, conditions)
+            return _Prepared(item, target, photo, faces, conditions, condition_sources(item.path, job.flags))
         except MgfrError as exc:
             return _Prepared(item, item.path, outcome=Outcome(item.path, FAILED, str(exc)))
         except Exception as exc:  # noqa: BLE001 - in a batch, one file's surprise must not stop the rest
@@ -304,7 +202,10 @@ class BatchRestorer:
         outcomes, i = [], 0
         for p in pending:
             n = len(p.faces)
-            outcomes.append(self._write(job, p, restored[i : i + n]))
+            o = self._write(job, p, restored[i : i + n])
+            outcomes.append(o)
+            if self.reporter is not None and o.status == RESTORED:
+                self.reporter.add(o, p.photo, p.faces, restored[i : i + n], [_describe(c, p) for c in p.conditions])
             i += n
         return outcomes
 
@@ -409,6 +310,11 @@ def _like(photo: Photo, rgb8: np.ndarray) -> np.ndarray:
     if photo.has_alpha:
         out = np.concatenate([out, photo.pixels[:, :, 3:]], axis=2)
     return out
+
+
+def _describe(c: FaceConditions, p: "_Prepared") -> dict:
+    return {"prompt": c.prompt, "negative_prompt": c.negative_prompt,
+            "refs": ", ".join(r.source.name for r in c.references if r.source is not None), "from": p.sources}
 
 
 def _upscaled_like(photo: Photo, rgb8: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -52,6 +52,7 @@ def restore(
     suffix: Annotated[str, typer.Option(help="Added to output file names before the extension.")] = "",
     ext: Annotated[str, typer.Option(help="Output format: auto (keep the input's, png where it cannot hold the data), png, jpg.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo photos whose output exists.")] = False,
+    report: Annotated[Optional[bool], typer.Option("--report/--no-report", help="Write OUT/index.html, a review page with a before/after slider per photo [default: on when there is more than one photo].")] = None,
     recursive: RecursiveOpt = False,
     only_center_face: OnlyCenterOpt = False,
     largest_face: LargestOpt = False,
@@ -101,7 +102,7 @@ def restore(
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
-                     shard=shard())
+                     shard=shard(), report=report)
     pipeline.optimize(compile=compile, channels_last=dev.startswith("cuda"))
     restorer = DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)
     code = run_batch(job, helper, restorer, upsampler)

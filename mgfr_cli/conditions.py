@@ -98,11 +98,26 @@ def read_sidecar(path: Path, allow_faces: bool = True) -> SidecarConditions:
 
 
 def sidecar_path(photo: Path) -> Path | None:
+    """``<photo stem>.yaml``; never the folder's ``mgfr.yaml`` (a photo named ``mgfr.jpg`` has no sidecar of
+    its own: that file is the folder's defaults, for every photo there)."""
     for ext in (".yaml", ".yml"):
         p = photo.with_suffix(ext)
-        if p.is_file():
+        if p.is_file() and p.name != FOLDER_YAML:
             return p
     return None
+
+
+def condition_sources(photo: Path, flags: ConditionSpec) -> str:
+    """Where a photo's conditions come from, for the review page: flags, its sidecar, the folder's YAML."""
+    found = []
+    if any(v is not None for v in (flags.prompt, flags.negative_prompt, flags.refs)):
+        found.append("flags")
+    side = sidecar_path(photo)
+    if side is not None:
+        found.append(side.name)
+    if (photo.parent / FOLDER_YAML).is_file():
+        found.append(f"{photo.parent.name}/{FOLDER_YAML}")
+    return ", ".join(found) or "defaults"
 
 
 def resolve_specs(photo: Path, flags: ConditionSpec, num_faces: int) -> list[ConditionSpec]:

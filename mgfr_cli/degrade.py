@@ -127,7 +127,8 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
     import json
     from pathlib import Path
 
-    from .batch import FAILED, RESTORED, Outcome, check_output_folder, collect_inputs
+    from .batch import check_output_folder
+    from .inputs import FAILED, RESTORED, Outcome, collect_inputs
     from .errors import MgfrError
     from .io import atomic_write_bytes, read_image, write_image
 

@@ -91,8 +91,8 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
         if st.st_size > limit:
             raise InputError(f"{path}: {st.st_size / 1e6:.0f} MB is more than an image of --max-megapixels "
                              f"{max_megapixels:g} can take; not read")
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+        with open(path, "rb") as fh:  # the size it had: a file still growing is read up to that, plus one byte
+            data = fh.read(st.st_size + 1)
         if len(data) > limit:
             raise InputError(f"{path}: larger than {limit / 1e6:.0f} MB; not read")
     except IsADirectoryError:

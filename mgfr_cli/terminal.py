@@ -20,7 +20,7 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
     """Print the outcome counts and every photo not done with its reason; return the exit code."""
     from rich.table import Table
 
-    from .batch import FAILED, NO_FACE, RESTORED, SKIPPED
+    from .inputs import FAILED, NO_FACE, RESTORED, SKIPPED
 
     counts = {s: sum(o.status == s for o in outcomes) for s in (RESTORED, SKIPPED, NO_FACE, FAILED)}
     table = Table(title=title, show_lines=False)

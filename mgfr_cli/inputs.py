@@ -1,0 +1,132 @@
+"""Inputs of a batch: files, folders and globs -> image files, each with the path its output mirrors.
+
+Shared by ``restore``, ``align`` and ``degrade``, so all three agree on what is read and where its
+output goes: only image files (one list of formats, :data:`io.IMAGE_EXTENSIONS`), never the output folder
+itself, never a path that climbs out of the output folder, and never two inputs onto one output name.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .io import is_image_file
+
+RESTORED, SKIPPED, NO_FACE, FAILED = "restored", "skipped", "no face", "failed"
+
+
+@dataclass(frozen=True)
+class InputItem:
+    path: Path
+    relative: Path  # where its output goes under OUT
+
+
+@dataclass(frozen=True)
+class Outcome:
+    source: Path
+    status: str
+    detail: str = ""
+    output: Path | None = None
+    faces: int = 0
+
+
+def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None = None
+                   ) -> tuple[list[InputItem], list[Outcome]]:
+    """Files, folders and globs -> image files with the relative path their output mirrors.
+
+    Returns the items and the outcomes of inputs that name nothing. Symbolic links to folders are not
+    followed (a link loop cannot trap the walk); ``exclude`` (the output folder) is never walked into, so
+    a rerun does not take its own outputs for inputs. Relative paths never climb out of the output
+    folder (``..`` in a glob), and inputs whose outputs would share a name (``a.jpg`` and ``a.png``, the
+    same name from two globs) get distinct names (``a-jpg``, ``a-png``), never each other's file.
+    """
+    items: list[InputItem] = []
+    missing: list[Outcome] = []
+    skip = exclude.resolve() if exclude is not None else None
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            items += _walk(path, recursive, skip)
+        elif path.exists() or path.is_symlink():
+            items.append(InputItem(path, Path(path.name)))
+        elif glob.has_magic(spec):
+            matches = sorted(glob.glob(spec, recursive=recursive))
+            root = _glob_root(spec)
+            for m in matches:
+                mp = Path(m)
+                if mp.is_file() and is_image_file(mp) and not inside(mp, skip):
+                    items.append(InputItem(mp, _relative(mp, root)))
+            if not matches:
+                missing.append(Outcome(path, FAILED, "no file matches this pattern"))
+        else:
+            missing.append(Outcome(path, FAILED, "not found"))
+    seen: set[Path] = set()
+    unique = []
+    for it in items:
+        key = it.path.absolute()
+        if key not in seen:
+            seen.add(key)
+            unique.append(it)
+    return _distinct_names(unique), missing
+
+
+def _distinct_names(items: list[InputItem]) -> list[InputItem]:
+    """Items whose outputs would collide (same folder and stem, any extension: ``auto`` may make both PNG)
+    keep their source extension in the name."""
+    groups: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault((str(it.relative.parent), it.relative.stem.lower()), []).append(i)
+    out = list(items)
+    for members in groups.values():
+        if len(members) > 1:
+            for n, i in enumerate(members):
+                rel = items[i].relative
+                tag = rel.suffix.lstrip(".").lower() or "file"
+                stem = f"{rel.stem}-{tag}"
+                if sum(items[j].relative.suffix.lower() == rel.suffix.lower() for j in members) > 1:
+                    stem += f"-{n + 1}"  # the same name and extension twice (two globs): number them
+                out[i] = InputItem(items[i].path, rel.with_name(stem + rel.suffix))
+    return out
+
+
+def inside(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        path.resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a pattern's matches are mirrored from: its leading parts without wildcards."""
+    parts = Path(pattern).parts
+    fixed = parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _relative(path: Path, root: Path) -> Path:
+    """``path`` below ``root``, normalised; a path that would climb out (``..``) keeps only its name."""
+    try:
+        rel = Path(os.path.normpath(path.relative_to(root)))
+    except ValueError:
+        return Path(path.name)
+    if rel.is_absolute() or rel.parts[:1] == ("..",):
+        return Path(path.name)
+    return rel
+
+
+def _walk(folder: Path, recursive: bool, skip: Path | None = None) -> list[InputItem]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not inside(Path(dirpath) / d, skip)) \
+            if recursive else []
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if not name.startswith(".") and is_image_file(p):
+                out.append(InputItem(p, p.relative_to(folder)))
+    return out

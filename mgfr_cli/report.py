@@ -1,0 +1,146 @@
+"""``OUT/index.html``: a static review page of a batch run (no server, no internet).
+
+One entry per photo: a before/after slider, each face aligned and restored, the conditions it was
+restored with and where they came from; then the photos that failed or had no face, with the reason.
+The page is rewritten (atomically) after every photo, so an interrupted run still has a valid page, and
+its entries are kept in ``OUT/_report/entries.json``, so a resumed run adds to the page instead of
+starting it again. Images are small JPEG copies under ``OUT/_report/`` (browsers cannot show 16-bit PNG
+or TIFF, and the page must not depend on where the inputs are); CSS and JS are inline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write_bytes
+
+FOLDER = "_report"
+THUMB = 1600  # longest side of the before/after copies
+FACE = 192
+
+
+def _jpeg(path: Path, rgb: np.ndarray, longest: int) -> None:
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if max(h, w) > longest:
+        s = longest / max(h, w)
+        rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 88])
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def _rgb8(pixels: np.ndarray) -> np.ndarray:
+    px = pixels
+    if px.dtype == np.uint16:
+        px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    if px.ndim == 2:
+        px = np.repeat(px[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(px[:, :, :3])
+
+
+class Report:
+    def __init__(self, output: Path, title: str = "mgfr restore"):
+        self.output = Path(output)
+        self.folder = self.output / FOLDER
+        self.title = title
+        self.entries: dict[str, dict] = {}
+        saved = self.folder / "entries.json"
+        if saved.is_file():
+            try:
+                self.entries = {e["source"]: e for e in json.loads(saved.read_text())}
+            except (ValueError, KeyError, TypeError):
+                self.entries = {}
+
+    def add(self, outcome, photo=None, faces=(), restored=(), conditions=()) -> None:
+        """Record one photo's outcome (with its pixels when it was restored) and rewrite the page."""
+        key = str(outcome.source)
+        entry = {"source": key, "name": Path(key).name, "status": outcome.status, "detail": outcome.detail,
+                 "output": str(outcome.output) if outcome.output else None}
+        old = self.entries.get(key)
+        if outcome.status == "skipped" and old and old.get("before"):
+            entry = {**old, "status": "restored", "detail": old.get("detail", "")}  # done by an earlier run
+        if photo is not None and restored is not None and outcome.status == "restored":
+            tag = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+            _jpeg(self.folder / f"{tag}_before.jpg", _rgb8(photo.pixels), THUMB)
+            _jpeg(self.folder / f"{tag}_after.jpg", _rgb8(_read_back(outcome.output, photo)), THUMB)
+            entry["before"], entry["after"] = f"{FOLDER}/{tag}_before.jpg", f"{FOLDER}/{tag}_after.jpg"
+            entry["faces"] = []
+            for f, r, c in zip(faces, restored, conditions or [None] * len(faces)):
+                a, b = f"{FOLDER}/{tag}_{f.index:02d}_a.jpg", f"{FOLDER}/{tag}_{f.index:02d}_r.jpg"
+                _jpeg(self.output / a, f.crop, FACE)
+                _jpeg(self.output / b, r, FACE)
+                entry["faces"].append({"index": f.index, "aligned": a, "restored": b, **(c or {})})
+        self.entries[key] = entry
+        self.write()
+
+    def write(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.folder / "entries.json", json.dumps(list(self.entries.values()), indent=1).encode())
+        atomic_write_bytes(self.output / "index.html", render(self.title, list(self.entries.values())).encode())
+
+
+def _read_back(output, photo):
+    """The written output (what the user gets), falling back to the photo when it cannot be read."""
+    from .errors import MgfrError
+    from .io import read_image
+
+    try:
+        return read_image(output, max_megapixels=1e5).pixels
+    except (MgfrError, TypeError):
+        return photo.pixels
+
+
+def _e(text) -> str:
+    return html.escape(str(text if text is not None else ""), quote=True)
+
+
+CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:0;background:#111;color:#eee}
+header{padding:16px 24px;background:#1b1b1b;position:sticky;top:0;z-index:2}h1{margin:0;font-size:20px}
+main{padding:8px 24px 48px}.photo{margin:24px 0;padding:16px;background:#1b1b1b;border-radius:8px}
+.photo h2{font-size:16px;margin:0 0 8px}.slider{position:relative;display:inline-block;max-width:100%;line-height:0}
+.slider img{max-width:100%;max-height:75vh;display:block}.slider .before{position:absolute;top:0;left:0;height:100%;
+width:50%;overflow:hidden}.slider .before img{max-width:none;height:100%}.slider input{width:100%;margin-top:6px}
+.faces{display:flex;flex-wrap:wrap;gap:12px;margin-top:10px}.face{background:#242424;padding:6px;border-radius:6px}
+.face img{width:96px;height:96px}.meta{color:#aaa;font-size:13px}table{border-collapse:collapse}
+td,th{border:1px solid #333;padding:4px 8px;text-align:left}.failed{color:#f88}.label{font-size:12px;color:#999}"""
+
+JS = """document.querySelectorAll('.slider').forEach(function(s){var b=s.querySelector('.before'),
+i=s.querySelector('.before img'),a=s.querySelector('.after'),r=s.querySelector('input');
+function sync(){i.style.width=a.clientWidth+'px';i.style.height=a.clientHeight+'px';b.style.width=r.value+'%';}
+r.addEventListener('input',sync);a.addEventListener('load',sync);window.addEventListener('resize',sync);sync();});"""
+
+
+def render(title: str, entries: list[dict]) -> str:
+    done = [e for e in entries if e.get("before")]
+    other = [e for e in entries if not e.get("before")]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style>"
+             f"</head><body><header><h1>{_e(title)}</h1><div class='meta'>{len(done)} restored, {len(other)} "
+             f"not restored</div></header><main>"]
+    for e in done:
+        parts.append(f"<section class='photo' data-status='restored'><h2>{_e(e['name'])}</h2>"
+                     f"<div class='slider'><img class='after' alt='after' src='{_e(e['after'])}'>"
+                     f"<div class='before'><img alt='before' src='{_e(e['before'])}'></div>"
+                     f"<input type='range' min='0' max='100' value='50' aria-label='before/after'></div>"
+                     f"<div class='meta'>{_e(e['source'])} &rarr; {_e(e.get('output'))}"
+                     f"{' &middot; ' + _e(e['detail']) if e.get('detail') else ''}</div><div class='faces'>")
+        for f in e.get("faces", []):
+            cond = "; ".join(f"{k}: {_e(v)}" for k, v in f.items() if k in ("prompt", "negative_prompt", "refs", "from") and v)
+            parts.append(f"<div class='face'><img alt='aligned' src='{_e(f['aligned'])}'><img alt='restored' "
+                         f"src='{_e(f['restored'])}'><div class='label'>face {f['index']}</div>"
+                         f"<div class='label'>{cond or 'no prompt, no references'}</div></div>")
+        parts.append("</div></section>")
+    if other:
+        parts.append("<section class='photo'><h2>Not restored</h2><table><tr><th>file</th><th>outcome</th>"
+                     "<th>reason</th></tr>")
+        for e in other:
+            parts.append(f"<tr class='failed' data-status='{_e(e['status'])}'><td>{_e(e['source'])}</td>"
+                         f"<td>{_e(e['status'])}</td><td>{_e(e['detail'])}</td></tr>")
+        parts.append("</table></section>")
+    parts.append(f"</main><script>{JS}</script></body></html>")
+    return "".join(parts)
