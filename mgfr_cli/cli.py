@@ -112,6 +112,43 @@ def restore(
 
 
 @app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the page.")] = 7860,
+    share: Annotated[bool, typer.Option("--share", help="Also make a public Gradio share link (off: nothing leaves this machine).")] = False,
+    max_upload_mb: Annotated[float, typer.Option(min=1, max=4096, callback=finite, help="Refuse larger uploads.")] = 50.0,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Adapter [default: as restore].")] = None,
+    base: Annotated[Optional[Path], typer.Option(help="Stable Diffusion base [default: MODEL_ROOT/sd21-base].")] = None,
+    cleaner: Annotated[str, typer.Option(help="As restore: auto, swinir-codeformer, swinir-face or none.")] = "auto",
+    bg_upsampler: Annotated[str, typer.Option(help="As restore: auto, realesrgan-x2, realesrgan-x4 or none.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp16, bf16 or fp32.")] = "auto",
+    detector: DetectorOpt = Detector.resnet50,
+    device: DeviceOpt = Device.auto,
+    model_root: ModelRootOpt = None,
+    max_megapixels: MaxMpOpt = 100.0,
+):
+    """A local web page: upload a photo (and references), type attributes, compare before/after with a slider."""
+    from .ui import offline_environment
+
+    offline_environment()  # before gradio is imported
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise MgfrError("mgfr ui needs the optional web extra: pip install -e '.[ui]'")
+    from .ui import build_app, load_models, serve
+    from .weights import resolve_root
+
+    quiet_libraries()
+    models = load_models(resolve_root(model_root), detector=detector.value, base=base, checkpoint=checkpoint,
+                         cleaner=cleaner, bg_upsampler=bg_upsampler, device=device.value, precision=precision,
+                         max_megapixels=max_megapixels)
+    if models.missing:
+        err.print(f"[yellow]note:[/yellow] the page starts, but cannot restore yet: {models.missing}", markup=True)
+    out.print(f"mgfr ui: http://{host}:{port} (Ctrl-C stops it)")
+    serve(build_app(models), host, port, share, max_upload_mb)
+
+
+@app.command()
 def align(
     inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the aligned crops and faces.csv/json.")],

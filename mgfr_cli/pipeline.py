@@ -304,13 +304,14 @@ class DiffusionRestorer:
         self.settings = settings
         self.pad_to = pad_to  # a compiled pipeline keeps static shapes: fill short batches with copies
         self.ignored: set[str] = set()  # inputs the adapter could not use, for the run's summary
+        self.callback = None  # callback(step, t, latents) per denoising step (the web page's progress bar)
 
     def restore(self, crops, conditions, seeds):
         n = len(crops)
         if self.pad_to and n < self.pad_to:
             extra = self.pad_to - n
             crops, conditions, seeds = crops + crops[-1:] * extra, conditions + conditions[-1:] * extra, seeds + seeds[-1:] * extra
-        out = self.pipeline.restore(crops, conditions, self.settings, seeds)
+        out = self.pipeline.restore(crops, conditions, self.settings, seeds, callback=self.callback)
         self.ignored.update(out.ignored)
         return out.images[:n]
 

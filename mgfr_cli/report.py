@@ -97,7 +97,9 @@ def _read_back(output, photo):
 
 
 def _e(text) -> str:
-    return html.escape(str(text if text is not None else ""), quote=True)
+    """HTML-escaped text; undecodable bytes of file names (kept as surrogates) shown as U+FFFD."""
+    text = str(text if text is not None else "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return html.escape(text, quote=True)
 
 
 CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:0;background:#111;color:#eee}

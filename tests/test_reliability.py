@@ -63,13 +63,16 @@ def corpus(tmp_path, astronaut, group_photo):
 def test_hostile_corpus(corpus, tiny_root, tmp_path, cli, monkeypatch):
     out = tmp_path / "out"
     before = _snapshot(corpus)
-    real_read = Path.read_bytes
     if os.geteuid() == 0:  # root reads any file: simulate the permission error for that one file
-        def read_bytes(self):
-            if self.name == "unreadable.jpg":
-                raise PermissionError(errno.EACCES, "Permission denied", str(self))
-            return real_read(self)
-        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        import builtins
+
+        import mgfr_cli.io
+
+        def guarded_open(file, *args, **kwargs):
+            if Path(file).name == "unreadable.jpg":
+                raise PermissionError(errno.EACCES, "Permission denied", str(file))
+            return builtins.open(file, *args, **kwargs)
+        monkeypatch.setattr(mgfr_cli.io, "open", guarded_open, raising=False)
     else:
         (corpus / "unreadable.jpg").chmod(0)
     code, text, err = cli("restore", corpus, "-o", out, "--recursive", "--model-root", tiny_root,

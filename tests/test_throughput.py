@@ -77,7 +77,8 @@ def test_two_process_shards_write_every_output_once(photos, tiny_root, tmp_path)
     base_env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
     args = [sys.executable, "-m", "mgfr_cli.cli", "restore", str(inputs), "-o", str(out), "--model-root", str(tiny_root),
             "--detector", "retinaface_mobile0.25", "--steps", "1", "--device", "cpu"]
-    procs = [subprocess.Popen(args, env={**base_env, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)},
+    launcher = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}  # what torchrun / accelerate launch also set
+    procs = [subprocess.Popen(args, env={**base_env, **launcher, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
     results = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]

@@ -1,0 +1,184 @@
+"""``mgfr ui``: a local web page (Gradio) to restore one photo with prompts and references.
+
+The page runs the same code as ``mgfr restore``: each request is a one-photo batch job (the uploaded file
+read by :func:`io.read_image` from its path, never through Gradio's decoding; faces detected, restored and
+pasted back by :class:`batch.BatchRestorer`), written as lossless PNG into a per-request temporary folder.
+Models load once, at start; one job runs at a time (a bounded queue); it listens on 127.0.0.1 unless told
+otherwise, sends no telemetry, makes no share link unless asked, and keeps no history in the browser.
+Missing weights do not stop the page: it starts and says what is missing and the command that gets it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+FACE_MODES = {"every face": {}, "largest face": {"largest_face": True}, "centre face": {"only_center_face": True}}
+
+
+@dataclass
+class UiModels:
+    """What the page restores with, loaded once (or why it cannot restore)."""
+
+    helper: object = None
+    pipeline: object = None
+    upsampler: object = None
+    missing: str = ""  # the one-line reason restore cannot run, shown on the page
+    max_megapixels: float = 100.0
+
+
+def offline_environment() -> None:
+    """No telemetry, no version check, no hub calls: set before gradio is imported."""
+    for key, value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1"),
+                       ("HF_HUB_DISABLE_TELEMETRY", "1"), ("DO_NOT_TRACK", "1")):
+        os.environ.setdefault(key, value)
+
+
+def describe(models: UiModels, ignored) -> str:
+    p = models.pipeline
+    prof = p.profile
+    parts = [f"Restored by the **{prof.source}** adapter (stages trained: {p.adapter.config.get('stages_trained') or 'not recorded'})",
+             f"cleaner: {'SwinIR' if p.cleaner is not None else 'none'}",
+             f"background: {'Real-ESRGAN' if models.upsampler is not None else 'Lanczos resize'}"]
+    text = "; ".join(parts) + "."
+    if ignored:
+        text += (f" **Not used:** {', '.join(sorted(ignored))} (the {prof.source} adapter has no trained reference "
+                 f"branch; references and identity need an MGFR adapter trained through stage 2).")
+    return text
+
+
+def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, prompt: str, negative: str,
+                guidance_quality: float, guidance_attribute: float, steps: int, seed: int, faces: str,
+                color_fix: str, upscale: float, use_cleaner: bool, workdir: Path, progress=None):
+    """One photo through the batch machinery; returns (before PNG, after PNG, [(crop, label)], status)."""
+    from .batch import RESTORED, BatchRestorer, RestoreJob
+    from .conditions import ConditionSpec
+    from .errors import InputError, MgfrError
+    from .faces import FaceSelection
+    from .io import read_image, write_image
+    from .pipeline import DiffusionRestorer, RestoreSettings
+
+    if models.missing:
+        raise MgfrError(models.missing)
+    if not photo:
+        raise InputError("upload a photo first")
+    src = Path(photo)
+    before = read_image(src, models.max_megapixels)  # the CLI's reader: EXIF, 16 bit, alpha, size guard
+    workdir.mkdir(parents=True, exist_ok=True)
+    prof = models.pipeline.profile
+    settings = RestoreSettings(steps=int(steps) or prof.default_steps, guidance_quality=float(guidance_quality),
+                               guidance_attribute=float(guidance_attribute), color_fix=color_fix, seed=int(seed))
+    settings.check()
+    restorer = DiffusionRestorer(models.pipeline, settings)
+    if progress is not None:
+        restorer.callback = lambda i, t, x: progress((i + 1) / settings.steps, desc=f"denoising step {i + 1}/{settings.steps}")
+    flags = ConditionSpec(prompt=prompt or None, negative_prompt=negative or None,
+                          refs=tuple(Path(r) for r in refs) if refs else None)
+    job = RestoreJob(inputs=(str(src),), output=workdir / "out", flags=flags, upscale=float(upscale), ext="png",
+                     overwrite=True, save_faces=True, report=False, max_megapixels=models.max_megapixels,
+                     selection=FaceSelection(**FACE_MODES.get(faces, {})), seed=int(seed))
+    cleaner = models.pipeline.cleaner
+    models.pipeline.cleaner = cleaner if use_cleaner else None  # one job at a time: safe to switch per request
+    try:
+        outcome = BatchRestorer(models.helper, restorer, models.upsampler).run(job)[0]
+    finally:
+        models.pipeline.cleaner = cleaner
+    if outcome.status != RESTORED:
+        raise InputError(f"{src.name}: {outcome.status}" + (f" ({outcome.detail})" if outcome.detail else ""))
+    before_png = workdir / "before.png"
+    write_image(before_png, before.pixels)
+    gallery = []
+    for crop in sorted((workdir / "out" / "_faces").glob("*.png")):
+        kind = "aligned" if crop.stem.endswith("_aligned") else "restored"
+        gallery.append((str(crop), f"face {crop.stem.rsplit('_', 2)[-2]} {kind}"))
+    return str(before_png), str(outcome.output), gallery, describe(models, restorer.ignored)
+
+
+def build_app(models: UiModels, queue_size: int = 8):
+    import gradio as gr
+
+    from .errors import MgfrError
+
+    root = Path(tempfile.mkdtemp(prefix="mgfr-ui-"))
+    counter = {"n": 0}
+
+    def run(photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, progress=gr.Progress()):
+        counter["n"] += 1
+        work = root / f"job-{counter['n']}"
+        shutil.rmtree(root / f"job-{counter['n'] - 2}", ignore_errors=True)  # keep the last two jobs' files only
+        try:
+            before, after, gallery, status = restore_one(models, photo, refs, prompt, negative, gq, ga, steps, seed,
+                                                         faces, color, upscale, cleaner, work, progress)
+        except MgfrError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return (before, after), gallery, after, status
+
+    prof = models.pipeline.profile if models.pipeline is not None else None
+    with gr.Blocks(title="mgfr: face restoration", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+        gr.Markdown("# mgfr: multi-modal guided face restoration")
+        if models.missing:
+            gr.Markdown(f"**Cannot restore yet:** {models.missing}", elem_id="missing")
+        with gr.Row():
+            with gr.Column(scale=1):
+                photo = gr.File(label="Photo", file_types=["image"], type="filepath", elem_id="photo")
+                refs = gr.File(label="Reference photos of the same person (optional)", file_count="multiple",
+                               file_types=["image"], type="filepath", elem_id="refs")
+                prompt = gr.Textbox(label="Attributes to keep", placeholder="brown eyes, beard", elem_id="prompt")
+                negative = gr.Textbox(label="Attributes to avoid", placeholder="eyeglasses", elem_id="negative")
+                with gr.Accordion("Advanced", open=False):
+                    gq = gr.Slider(0, 10, value=prof.default_guidance if prof else 4.0, step=0.5, label="Quality guidance")
+                    ga = gr.Slider(0, 10, value=2.0, step=0.5, label="Attribute guidance")
+                    steps = gr.Slider(1, 100, value=prof.default_steps if prof else 30, step=1, label="Steps")
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                    faces = gr.Dropdown(list(FACE_MODES), value="every face", label="Faces")
+                    color = gr.Dropdown(["wavelet", "adain", "none"], value="wavelet", label="Colour fix")
+                    upscale = gr.Slider(1, 4, value=1, step=0.5, label="Upscale (background: "
+                                        + ("Real-ESRGAN" if models.upsampler is not None else "Lanczos") + ")")
+                    cleaner = gr.Checkbox(value=True, label="Clean the face first (SwinIR)",
+                                          interactive=models.pipeline is not None and models.pipeline.cleaner is not None)
+                button = gr.Button("Restore", variant="primary", elem_id="restore")
+            with gr.Column(scale=2):
+                slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", elem_id="slider")
+                status = gr.Markdown(elem_id="status")
+                gallery = gr.Gallery(label="Faces: aligned / restored", columns=4, format="png", elem_id="faces")
+                download = gr.File(label="Full-resolution PNG", elem_id="download")
+        button.click(run, [photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner],
+                     [slider, gallery, download, status], api_name="restore", concurrency_limit=1)
+    demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    demo.mgfr_tmp = root  # removed by serve() at exit
+    return demo
+
+
+def load_models(root: Path, *, detector: str, base, checkpoint, cleaner: str, bg_upsampler: str, device: str,
+                precision: str, max_megapixels: float) -> UiModels:
+    """Models for the page, or a UiModels whose ``missing`` says what to fetch (the page still starts)."""
+    from .errors import MgfrError
+    from .identity import ARCFACE_FILE
+    from .options import Device, resolve_device
+    from .provision import plan_restore, provide, restore_components
+    from .weights import load_manifest
+
+    try:
+        manifest = load_manifest()
+        plan = plan_restore(root, manifest, detector=detector, base=base, checkpoint=checkpoint, cleaner=cleaner,
+                            bg_upsampler=bg_upsampler, upscale=2.0 if bg_upsampler != "none" else 1.0, offline=True)
+        provide(plan, manifest, offline=True)  # the page never downloads 7 GB behind the user's back
+        dev, dtype = resolve_device(Device(device), precision)
+        helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
+    except MgfrError as exc:
+        return UiModels(missing=f"{exc} (run `mgfr restore` once, or `mgfr weights fetch ...`, then restart `mgfr ui`)",
+                        max_megapixels=max_megapixels)
+    return UiModels(helper, pipeline, upsampler, "", max_megapixels)
+
+
+def serve(demo, host: str, port: int, share: bool, max_upload_mb: float, block: bool = True):
+    try:
+        return demo.launch(server_name=host, server_port=port, share=share, inbrowser=False, quiet=True,
+                           max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, show_error=True)
+    finally:
+        if block:
+            shutil.rmtree(demo.mgfr_tmp, ignore_errors=True)
+

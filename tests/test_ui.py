@@ -1,0 +1,183 @@
+"""The web page (gradio_client against the real server, and a real Chromium) and the static review page."""
+
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio", reason="the web extra is not installed (pip install -e '.[ui]')")
+
+from mgfr_cli.io import read_image  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+API = dict(api_name="/restore")
+
+
+def _args(photo, refs=None, prompt="", steps=2):
+    from gradio_client import handle_file
+
+    return (handle_file(str(photo)), [handle_file(str(r)) for r in refs] if refs else None, prompt, "", 4.0, 2.0,
+            steps, 0, "every face", "wavelet", 1, True)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_root):
+    from mgfr_cli.ui import build_app, load_models, offline_environment, serve
+
+    offline_environment()
+    models = load_models(tiny_root, detector="retinaface_mobile0.25", base=None, checkpoint=None, cleaner="auto",
+                         bg_upsampler="none", device="cpu", precision="auto", max_megapixels=100)
+    assert not models.missing
+    demo = build_app(models)
+    serve(demo, "127.0.0.1", None, False, 20, block=False)
+    yield demo.local_url.rstrip("/"), models
+    demo.close()
+    shutil.rmtree(demo.mgfr_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory, astronaut):
+    d = tmp_path_factory.mktemp("ui")
+    cv2.imwrite(str(d / "astro.png"), np.ascontiguousarray(astronaut[:256, 100:356, ::-1]))
+    cv2.imwrite(str(d / "ref.png"), np.ascontiguousarray(astronaut[:256, 100:356, ::-1][:, ::-1]))
+    return d / "astro.png", d / "ref.png"
+
+
+def _changed_only_at_the_face(before: np.ndarray, after: np.ndarray):
+    assert before.shape == after.shape
+    diff = np.abs(before.astype(int) - after.astype(int)).sum(axis=2)
+    assert diff[:, :20].max() == 0 and diff[200:].max() == 0  # far from the face: untouched
+    assert diff[80:150, 100:150].mean() > 5  # the face: restored (random tiny weights, so changed)
+
+
+def test_api_restores_with_a_reference_and_a_prompt(server, photo):
+    from gradio_client import Client
+
+    url, _ = server
+    slider, gallery, download, status = Client(url, verbose=False).predict(*_args(photo[0], [photo[1]], "brown eyes"), **API)
+    before, after = (read_image(p).pixels for p in slider)
+    _changed_only_at_the_face(read_image(photo[0]).pixels, after)
+    assert np.array_equal(before, read_image(photo[0]).pixels)
+    assert Path(download).suffix == ".png" and np.array_equal(read_image(download).pixels, after)  # lossless
+    assert [g["caption"] for g in gallery] == ["face 00 aligned", "face 00 restored"]
+    assert "mgfr" in status
+
+
+def test_bad_upload_is_a_readable_error_and_the_server_keeps_serving(server, photo, tmp_path):
+    from gradio_client import Client
+
+    url, _ = server
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="not a readable image"):
+        client.predict(*_args(bad), **API)
+    slider = client.predict(*_args(photo[0]), **API)[0]
+    assert Path(slider[1]).is_file()
+
+
+def test_a_second_request_waits_in_the_queue(server, photo):
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    url, models = server
+    started, release = threading.Event(), threading.Event()
+    real = models.helper.detect_and_align
+
+    def blocking(*a, **kw):
+        started.set()
+        assert release.wait(120)
+        return real(*a, **kw)
+
+    models.helper.detect_and_align = blocking
+    try:
+        client = Client(url, verbose=False)
+        first = client.submit(*_args(photo[0]), **API)
+        assert started.wait(120), "the first job never started"
+        second = client.submit(*_args(photo[0]), **API)
+        deadline, seen = time.time() + 60, set()
+        while time.time() < deadline and Status.IN_QUEUE not in seen:
+            seen.add(second.status().code)
+            time.sleep(0.1)
+        assert Status.IN_QUEUE in seen, seen  # one job at a time: the second waits its turn
+        assert not second.done()
+    finally:
+        release.set()
+        models.helper.detect_and_align = real
+    assert Path(first.result(timeout=120)[0][1]).is_file() and Path(second.result(timeout=120)[0][1]).is_file()
+
+
+def test_missing_weights_the_page_starts_and_says_so(tmp_path):
+    from mgfr_cli.ui import build_app, load_models
+
+    models = load_models(tmp_path, detector="retinaface_resnet50", base=None, checkpoint=None, cleaner="auto",
+                         bg_upsampler="none", device="cpu", precision="auto", max_megapixels=100)
+    assert "missing weights" in models.missing and "detection_Resnet50_Final.pth" in models.missing
+    demo = build_app(models)  # builds: the page shows the message instead of a traceback
+    assert any(models.missing in str(getattr(b, "value", "")) for b in demo.blocks.values())
+
+
+def _browser():
+    if CHROMIUM is None:
+        pytest.skip("no Chromium here (.ci/run installs Debian's chromium; `apt-get install chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    return sync_api
+
+
+def test_real_browser_upload_prompt_click_and_slider(server, photo, tmp_path):
+    sync_api = _browser()
+    url, _ = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.locator("#photo input[type=file]").set_input_files(str(photo[0]))
+        page.locator("#refs input[type=file]").set_input_files([str(photo[1])])
+        page.locator("#prompt textarea").fill("brown eyes")
+        page.locator("#restore").click()
+        page.wait_for_function("document.querySelectorAll('#slider img').length >= 2", timeout=120_000)
+        srcs = page.eval_on_selector_all("#slider img", "els => els.map(e => e.src)")
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
+        browser.close()
+    images = [cv2.imdecode(np.frombuffer(urllib.request.urlopen(s, timeout=30).read(), np.uint8), cv2.IMREAD_UNCHANGED)
+              for s in srcs[:2]]
+    before, after = (im[..., ::-1] for im in images)
+    _changed_only_at_the_face(before, after)
+    assert (tmp_path / "ui.png").stat().st_size > 10_000
+
+
+def test_static_review_page_in_a_browser_offline(tiny_root, photo, tmp_path, cli):
+    sync_api = _browser()
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(photo[0], inp / "a.png")
+    shutil.copy(photo[1], inp / "b.png")
+    (inp / "broken.jpg").write_bytes(b"nope")
+    cv2.imwrite(str(inp / "wall.png"), np.full((120, 120, 3), 90, np.uint8))
+    code, out, err = cli("restore", inp, "-o", tmp_path / "out", "--model-root", tiny_root, "--steps", "1",
+                         "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    assert code == 1 and (tmp_path / "out" / "index.html").is_file()  # one failed: exit 1, page written anyway
+    requests = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        context = browser.new_context(offline=True)
+        context.on("request", lambda r: requests.append(r.url))
+        page = context.new_page()
+        page.goto((tmp_path / "out" / "index.html").as_uri())
+        restored = page.locator("section.photo[data-status=restored]")
+        assert restored.count() == 2
+        assert page.locator("tr[data-status='failed']").count() == 1
+        assert page.locator("tr[data-status='no face']").count() == 1
+        assert "not a readable image" in page.inner_text("body")
+        loaded = page.eval_on_selector_all("img", "els => els.every(e => e.complete && e.naturalWidth > 0)")
+        page.locator("section.photo input[type=range]").first.fill("10")
+        width = page.eval_on_selector("section.photo .before", "e => e.style.width")
+        browser.close()
+    assert loaded and width == "10%"
+    assert all(u.startswith("file://") for u in requests)  # nothing but the page's own files
