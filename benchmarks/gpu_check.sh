@@ -2,8 +2,9 @@
 # The GPU check, as one command (for a session lent a GPU machine through the `device` tool):
 #   correctness of the fp16 CUDA path on the tiny config, then timings of the full-size architecture
 #   with random weights, eager and compiled, batch 1/8/16/32. Prints Markdown for benchmarks/RESULTS.md.
+# Then the public-weights path (DiffBIR-shaped LCA + SwinIR cleaner + Real-ESRGAN x2 on a 12 MP photo).
 # The GPU machine has torch, transformers, accelerate, safetensors, opencv, onnxruntime but not diffusers,
-# facexlib, insightface or open_clip_torch (whose BPE vocabulary builds the CLIP tokenizer): carry them as
+# facexlib, insightface, spandrel, pydantic (if missing) or open_clip_torch (whose BPE vocabulary builds the CLIP tokenizer): carry them as
 # wheels in .whl/ (see the device tool's README; open_clip also needs ftfy, wcwidth and timm, which may be
 # missing there too) and this script installs them to /tmp/site first.
 set -euo pipefail
@@ -31,3 +32,4 @@ out = MgfrPipeline(p.base, p.adapter, device="cuda", dtype=torch.float16).restor
 print(f"tiny fp16 CUDA vs fp32 CPU: mean abs diff {np.abs(out.astype(int) - cpu.astype(int)).mean():.2f} (0-255)")
 PY
 python3 benchmarks/bench_restore.py --model mgfr-sd21 --device cuda --batch 1 8 16 32 --compile both --steps 30
+python3 benchmarks/bench_public.py --model mgfr-sd21 --device cuda --steps 50 --megapixels 12

@@ -250,15 +250,31 @@ class BatchRestorer:
         return Outcome(p.item.path, RESTORED, p.photo.note, p.target, len(p.faces))
 
 
-def write_summary(path: Path, outcomes) -> None:
-    """The outcomes as JSON (mgfr-summary.json): what a later run, a script or a merge reads."""
+def write_summary(path: Path, outcomes, merge: bool = False) -> None:
+    """The outcomes as JSON (mgfr-summary.json): what a later run, a script or a merge reads.
+
+    ``merge``: keep the rows of other photos already in the file (another run into the same folder, even
+    one running at the same time: the read-merge-write holds a lock), this run's rows replacing theirs."""
+    import fcntl
     import json
 
     from .io import atomic_write_bytes
 
     rows = [{"source": str(o.source), "status": o.status, "detail": o.detail,
              "output": str(o.output) if o.output else None, "faces": o.faces} for o in outcomes]
-    atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
+    if not merge:
+        atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name("." + path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            old = json.loads(path.read_text()) if path.is_file() else []
+            old = [r for r in old if isinstance(r, dict) and "source" in r]
+        except (OSError, ValueError):
+            old = []
+        mine = {r["source"] for r in rows}
+        atomic_write_bytes(path, json.dumps([r for r in old if r["source"] not in mine] + rows, indent=1).encode())
 
 
 def merge_summaries(output: Path, world: int, wait_s: float = 3600.0):

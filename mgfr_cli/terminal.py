@@ -64,7 +64,7 @@ def run_batch(job, helper, restorer, upsampler=None) -> int:
         outcomes = BatchRestorer(helper, restorer, upsampler).run(job, on_outcome, lambda n: progress.update(task, total=n))
     rank, world = job.shard
     if world == 1:
-        write_summary(job.output / "mgfr-summary.json", outcomes)
+        write_summary(job.output / "mgfr-summary.json", outcomes, merge=True)
         return summary(outcomes, "mgfr restore")
     # Several processes: each writes its share; the first merges them once all are there.
     write_summary(job.output / f"mgfr-summary-{rank}-of-{world}.json", outcomes)

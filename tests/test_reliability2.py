@@ -297,3 +297,14 @@ def test_many_references_are_encoded_in_chunks(small):
     out = pipe.encode_references(refs)
     assert len(out) == 20 and max(sizes) <= 8 and sum(sizes) == 20
     assert isinstance(out[0][0], torch.Tensor)
+
+
+def test_two_runs_into_one_folder_keep_both_summaries(tiny_root, small, tmp_path, cli):
+    import json
+
+    _png(tmp_path / "a" / "x.png", small)
+    _png(tmp_path / "b" / "y.png", small)
+    for folder in ("a", "b"):
+        assert cli("restore", tmp_path / folder, "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)[0] == 0
+    rows = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())
+    assert sorted(Path(r["source"]).name for r in rows) == ["x.png", "y.png"]
