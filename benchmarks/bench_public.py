@@ -21,13 +21,13 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "tests"))
 
 from helpers import FIXTURES, clip_tokenizer  # noqa: E402
-from mgfr_cli.adapter import MgfrAdapter  # noqa: E402
-from mgfr_cli.base import build_random_base  # noqa: E402
-from mgfr_cli.cleaner import Cleaner  # noqa: E402
-from mgfr_cli.conditions import FaceConditions  # noqa: E402
+from mgfr_cli.model.adapter import MgfrAdapter  # noqa: E402
+from mgfr_cli.model.base import build_random_base  # noqa: E402
+from mgfr_cli.model.cleaner import Cleaner  # noqa: E402
+from mgfr_cli.faces.conditions import FaceConditions  # noqa: E402
 from mgfr_cli.configs import load_model_config  # noqa: E402
-from mgfr_cli.pipeline import MgfrPipeline, RestoreSettings  # noqa: E402
-from mgfr_cli.upsampler import BackgroundUpsampler  # noqa: E402
+from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings  # noqa: E402
+from mgfr_cli.model.upsampler import BackgroundUpsampler  # noqa: E402
 
 
 def random_state(table: Path) -> dict:

@@ -21,12 +21,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from helpers import clip_tokenizer  # noqa: E402  (a real CLIP tokenizer from the vocabulary open_clip ships)
-from mgfr_cli.adapter import MgfrAdapter  # noqa: E402
-from mgfr_cli.base import build_random_base  # noqa: E402
-from mgfr_cli.conditions import FaceConditions  # noqa: E402
+from mgfr_cli.model.adapter import MgfrAdapter  # noqa: E402
+from mgfr_cli.model.base import build_random_base  # noqa: E402
+from mgfr_cli.faces.conditions import FaceConditions  # noqa: E402
 from mgfr_cli.configs import load_model_config  # noqa: E402
-from mgfr_cli.faces import AlignedFace, FaceHelper  # noqa: E402
-from mgfr_cli.pipeline import MgfrPipeline, RestoreSettings  # noqa: E402
+from mgfr_cli.faces.helper import AlignedFace, FaceHelper  # noqa: E402
+from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings  # noqa: E402
 
 
 def sync(device):

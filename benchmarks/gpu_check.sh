@@ -21,8 +21,8 @@ import sys, torch
 sys.path.insert(0, "tests")
 import numpy as np
 from helpers import randomize_zero_paths, tiny_pipeline
-from mgfr_cli.conditions import FaceConditions
-from mgfr_cli.pipeline import MgfrPipeline, RestoreSettings
+from mgfr_cli.faces.conditions import FaceConditions
+from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings
 crop = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
 cond, settings = [FaceConditions("brown eyes")], RestoreSettings(steps=4)
 p = tiny_pipeline()

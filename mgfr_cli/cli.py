@@ -12,12 +12,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import ConfigError, MgfrError
-from .options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
+from mgfr_cli.errors import ConfigError, MgfrError
+from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
                       OnlyCenterOpt, RecursiveOpt, finite, quiet_libraries, resolve_device, selection as face_selection,
                       shard)
-from .terminal import err, out, run_batch, shown, summary
-from .weights_cli import ManifestOpt, _manifest, weights_app
+from mgfr_cli.app.terminal import err, out, run_batch, shown, summary
+from mgfr_cli.app.weights_cli import ManifestOpt, _manifest, weights_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="MGFR: multi-modal guided diffusion face restoration (prompts, references, identity).")
@@ -64,12 +64,12 @@ def restore(
     max_megapixels: MaxMpOpt = 100.0,
 ):
     """Restore every face in photos and paste them back (prompts, references and identity optional)."""
-    from .batch import RestoreJob
-    from .conditions import ConditionSpec
-    from .identity import ARCFACE_FILE
-    from .pipeline import DiffusionRestorer, RestoreSettings
-    from .provision import offline_requested, plan_restore, provide, restore_components
-    from .weights import load_manifest, resolve_root
+    from mgfr_cli.app.batch import RestoreJob
+    from mgfr_cli.faces.conditions import ConditionSpec
+    from mgfr_cli.faces.identity import ARCFACE_FILE
+    from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
+    from mgfr_cli.weights.provision import offline_requested, plan_restore, provide, restore_components
+    from mgfr_cli.weights.files import load_manifest, resolve_root
 
     if ext not in ("auto", "png", "jpg"):
         raise typer.BadParameter("--ext must be auto, png or jpg")
@@ -88,7 +88,7 @@ def restore(
     plan = plan_restore(root, manifest, detector=None if has_aligned else detector.value, base=base,
                         checkpoint=checkpoint, cleaner=cleaner, bg_upsampler=bg_upsampler, upscale=upscale,
                         offline=offline)
-    from .terminal import announce_downloads, download_progress, notes
+    from mgfr_cli.app.terminal import announce_downloads, download_progress, notes
 
     provide(plan, manifest, offline=offline, announce=announce_downloads, progress=download_progress())
     notes(plan.notes)
@@ -128,15 +128,15 @@ def ui(
     max_megapixels: MaxMpOpt = 100.0,
 ):
     """A local web page: upload a photo (and references), type attributes, compare before/after with a slider."""
-    from .ui import offline_environment
+    from mgfr_cli.app.ui import offline_environment
 
     offline_environment()  # before gradio is imported
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:
         raise MgfrError("mgfr ui needs the optional web extra: pip install -e '.[ui]'")
-    from .ui import build_app, load_models, serve
-    from .weights import resolve_root
+    from mgfr_cli.app.ui import build_app, load_models, serve
+    from mgfr_cli.weights.files import resolve_root
 
     quiet_libraries()
     models = load_models(resolve_root(model_root), detector=detector.value, base=base, checkpoint=checkpoint,
@@ -164,9 +164,9 @@ def align(
     max_megapixels: MaxMpOpt = 100.0,
 ):
     """Detect and align every face to FFHQ-style crops, with faces.csv and faces.json listing them."""
-    from .align import align_inputs
-    from .faces import FaceHelper
-    from .weights import resolve_root
+    from mgfr_cli.faces.align import align_inputs
+    from mgfr_cli.faces.helper import FaceHelper
+    from mgfr_cli.weights.files import resolve_root
 
     selection = face_selection(only_center_face, largest_face, face_index, min_face_size)
     dev, _ = resolve_device(device)
@@ -200,10 +200,10 @@ def train(
     """Train an MGFR adapter (multi-GPU: `accelerate launch -m mgfr_cli.cli train ...`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .identity import ARCFACE_FILE
-    from .train import train as run_training
-    from .train_config import load_train_config
-    from .weights import resolve_root
+    from mgfr_cli.faces.identity import ARCFACE_FILE
+    from mgfr_cli.training.train import train as run_training
+    from mgfr_cli.training.train_config import load_train_config
+    from mgfr_cli.weights.files import resolve_root
 
     overrides = dict(stage=stage, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
                      mixed_precision=mixed_precision, model=model, checkpoint_every=checkpoint_every,
@@ -212,8 +212,8 @@ def train(
     root = resolve_root(model_root)
     quiet_libraries()
     if align:
-        from .data import align_dataset
-        from .faces import FaceHelper
+        from mgfr_cli.training.data import align_dataset
+        from mgfr_cli.faces.helper import FaceHelper
 
         aligned = output / "aligned-data"
         if shard()[0] == 0:
@@ -247,8 +247,8 @@ def degrade(
     recursive: RecursiveOpt = False,
 ):
     """Write synthetic low-quality copies of images (to build test sets), with params.json."""
-    from .degrade import degrade_inputs
-    from .train_config import load_train_config
+    from mgfr_cli.training.degrade import degrade_inputs
+    from mgfr_cli.training.train_config import load_train_config
 
     outcomes = degrade_inputs(inputs, output, load_train_config(config, {}).degradation, seed, recursive)
     raise typer.Exit(summary(outcomes, "mgfr degrade", done="degraded"))
@@ -266,9 +266,9 @@ def evaluate_cmd(
     """PSNR, SSIM, LPIPS and ArcFace identity cosine per image and averaged (metrics whose weights are missing are skipped, and said so)."""
     from rich.table import Table
 
-    from .evaluate import LPIPS_TRUNK, Lpips, evaluate, write_csv
-    from .identity import ARCFACE_FILE, IdentityEncoder
-    from .weights import resolve_root
+    from mgfr_cli.training.evaluate import LPIPS_TRUNK, Lpips, evaluate, write_csv
+    from mgfr_cli.faces.identity import ARCFACE_FILE, IdentityEncoder
+    from mgfr_cli.weights.files import resolve_root
 
     for folder, flag in ((pred, "--pred"), (gt, "--gt")):
         if not folder.is_dir():
@@ -302,8 +302,8 @@ def evaluate_cmd(
 @app.command()
 def doctor(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
     """What is installed, what is missing, and what works now. Exit 0 only when restore can run."""
-    from .doctor import diagnose
-    from .weights import resolve_root
+    from mgfr_cli.weights.doctor import diagnose
+    from mgfr_cli.weights.files import resolve_root
 
     report = diagnose(resolve_root(model_root), _manifest(manifest))
     for section, rows in report.sections.items():

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from mgfr_cli.errors import ConfigError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 

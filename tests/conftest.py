@@ -34,7 +34,7 @@ def detector_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def helper(detector_root):
-    from mgfr_cli.faces import FaceHelper
+    from mgfr_cli.faces.helper import FaceHelper
 
     return FaceHelper(detector_root, "retinaface_mobile0.25")
 

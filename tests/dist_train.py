@@ -6,9 +6,9 @@ Arguments: BASE DATA RUN BATCH [STAGE INIT] (stage 2 runs without identity: no A
 import sys
 from pathlib import Path
 
-from mgfr_cli.data import PromptConfig
-from mgfr_cli.train import train
-from mgfr_cli.train_config import load_train_config
+from mgfr_cli.training.data import PromptConfig
+from mgfr_cli.training.train import train
+from mgfr_cli.training.train_config import load_train_config
 
 base, data, run, batch = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 stage = int(sys.argv[5]) if len(sys.argv) > 5 else 1

@@ -47,7 +47,7 @@ def clip_tokenizer():
 
 
 def tiny_base(seed: int = 0):
-    from mgfr_cli.base import build_random_base
+    from mgfr_cli.model.base import build_random_base
     from mgfr_cli.configs import load_model_config
 
     return build_random_base(load_model_config("mgfr-tiny"), clip_tokenizer(), seed=seed)
@@ -56,7 +56,7 @@ def tiny_base(seed: int = 0):
 def tiny_adapter(base, seed: int = 0):
     import torch
 
-    from mgfr_cli.adapter import MgfrAdapter
+    from mgfr_cli.model.adapter import MgfrAdapter
     from mgfr_cli.configs import load_model_config
 
     torch.manual_seed(seed)
@@ -79,7 +79,7 @@ def arcface_onnx(path: Path, seed: int = 0) -> Path:
 
 
 def tiny_pipeline(seed: int = 0, identity=None):
-    from mgfr_cli.pipeline import MgfrPipeline
+    from mgfr_cli.model.pipeline import MgfrPipeline
 
     base = tiny_base(seed)
     return MgfrPipeline(base, tiny_adapter(base, seed), identity=identity)

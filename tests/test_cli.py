@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mgfr_cli.io import read_image
+from mgfr_cli.faces.io import read_image
 
 FAST = ["--steps", "2", "--detector", "retinaface_mobile0.25", "--device", "cpu"]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from mgfr_cli.conditions import ConditionSpec, expand_refs, read_sidecar, resolve_specs
+from mgfr_cli.faces.conditions import ConditionSpec, expand_refs, read_sidecar, resolve_specs
 from mgfr_cli.errors import ConfigError, InputError
 
 

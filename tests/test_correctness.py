@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from helpers import arcface_onnx, randomize_zero_paths, tiny_base, tiny_pipeline
-from mgfr_cli.conditions import FaceConditions
-from mgfr_cli.faces import AlignedFace
-from mgfr_cli.pipeline import MgfrPipeline, RestoreSettings
+from mgfr_cli.faces.conditions import FaceConditions
+from mgfr_cli.faces.helper import AlignedFace
+from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings
 
 FAST = RestoreSettings(steps=3, color_fix="none")
 
@@ -85,8 +85,8 @@ def test_quality_guidance_direction(trained_pipe, faces):
 
 
 def test_scheduler_choice_is_honoured_and_spacing_is_trailing(trained_pipe, faces, monkeypatch):
-    from mgfr_cli import pipeline as pipeline_module
-    from mgfr_cli.sampling import make_scheduler
+    import mgfr_cli.model.pipeline as pipeline_module
+    from mgfr_cli.model.sampling import make_scheduler
 
     made = []
     monkeypatch.setattr(pipeline_module, "make_scheduler", lambda name, cfg: made.append(make_scheduler(name, cfg)) or made[-1])
@@ -113,7 +113,7 @@ def test_stage1_adapter_skips_references_and_reports_them(faces):
 
 def test_identity_required_where_trained_and_unused_where_not(tmp_path, faces):
     from mgfr_cli.errors import WeightsError
-    from mgfr_cli.pipeline import build_pipeline
+    from mgfr_cli.model.pipeline import build_pipeline
 
     base = tiny_base()
     base.save(tmp_path / "base")
@@ -137,8 +137,8 @@ def test_identity_embedding_is_arcface_on_the_template_crop(tmp_path, faces):
     import onnxruntime as ort
     from insightface.utils.face_align import norm_crop
 
-    from mgfr_cli.faces import FFHQ_TEMPLATE_512
-    from mgfr_cli.identity import IdentityEncoder
+    from mgfr_cli.faces.helper import FFHQ_TEMPLATE_512
+    from mgfr_cli.faces.identity import IdentityEncoder
 
     path = arcface_onnx(tmp_path / "arc.onnx")
     crop = faces[0]
@@ -151,7 +151,7 @@ def test_identity_embedding_is_arcface_on_the_template_crop(tmp_path, faces):
 
 
 def test_identity_encoder_uses_its_own_gpu():
-    from mgfr_cli.identity import providers_for
+    from mgfr_cli.faces.identity import providers_for
 
     assert providers_for("cpu") == ["CPUExecutionProvider"]
     assert providers_for("cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": 1})
@@ -161,7 +161,7 @@ def test_identity_encoder_uses_its_own_gpu():
 def test_jpeg_degradation_is_a_true_rgb_jpeg(faces):
     from PIL import Image
 
-    from mgfr_cli.degrade import DegradeConfig, degrade
+    from mgfr_cli.training.degrade import DegradeConfig, degrade
 
     crop = faces[0]
     cfg = DegradeConfig(blur_prob=0.0, downsample=(1.0, 1.0), noise=(0.0, 0.0), jpeg=(25, 25), min_size=32)
@@ -176,9 +176,9 @@ def test_jpeg_degradation_is_a_true_rgb_jpeg(faces):
 def test_training_and_restore_speak_the_same_prompt(tmp_path):
     import cv2
 
-    from mgfr_cli.data import FaceDataset, PromptConfig
-    from mgfr_cli.degrade import DegradeConfig
-    from mgfr_cli.profiles import profile_of
+    from mgfr_cli.training.data import FaceDataset, PromptConfig
+    from mgfr_cli.training.degrade import DegradeConfig
+    from mgfr_cli.model.profiles import profile_of
 
     (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes())
     (tmp_path / "attributes.csv").write_text("file,Male,No_Beard,Blurry,Smiling\na.png,1,1,1,1\n")
@@ -194,8 +194,8 @@ def test_training_and_restore_speak_the_same_prompt(tmp_path):
 def test_horizontal_flip_of_target_and_reference(tmp_path):
     import cv2
 
-    from mgfr_cli.data import FaceDataset, PromptConfig
-    from mgfr_cli.degrade import DegradeConfig
+    from mgfr_cli.training.data import FaceDataset, PromptConfig
+    from mgfr_cli.training.degrade import DegradeConfig
 
     rng = np.random.default_rng(0)
     for ident in ("x", "y"):
@@ -228,7 +228,7 @@ def test_v_prediction_base_trains_on_velocity():
     from diffusers import DDPMScheduler
 
     from helpers import tiny_adapter
-    from mgfr_cli.train import _loss
+    from mgfr_cli.training.train import _loss
 
     base = tiny_base()
     adapter = tiny_adapter(base)
@@ -264,7 +264,7 @@ def test_gradient_checkpointing_and_bf16_training_step(tmp_path):
     from diffusers import DDPMScheduler
 
     from helpers import tiny_adapter
-    from mgfr_cli.train import _loss
+    from mgfr_cli.training.train import _loss
 
     base = tiny_base()
     schedule = DDPMScheduler.from_config(base.scheduler_config)
@@ -294,7 +294,7 @@ def test_reference_drop_masks_the_reference_per_sample():
     from diffusers import DDPMScheduler
 
     from helpers import tiny_adapter
-    from mgfr_cli.train import _loss
+    from mgfr_cli.training.train import _loss
 
     base = tiny_base()
     adapter = tiny_adapter(base)
@@ -318,7 +318,7 @@ def test_loss_scaler_state_is_checkpointed(tmp_path):
 
     from diffusers.training_utils import EMAModel
 
-    from mgfr_cli.train import _checkpoint, _load_state
+    from mgfr_cli.training.train import _checkpoint, _load_state
 
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(net.parameters())
@@ -354,7 +354,7 @@ def test_single_file_base_loads_offline_as_epsilon(tmp_path, monkeypatch):
 
     from diffusers import StableDiffusionPipeline
 
-    from mgfr_cli import base as base_module
+    import mgfr_cli.model.base as base_module
     from mgfr_cli.errors import WeightsError
 
     seen = {}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import arcface_onnx
-from mgfr_cli.evaluate import PSNR_CAP, Lpips, evaluate, psnr, ssim
+from mgfr_cli.training.evaluate import PSNR_CAP, Lpips, evaluate, psnr, ssim
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_lpips_with_trunk_from_the_model_root(tmp_path, face):
 
 
 def test_identity_cosine_same_photo_beats_two_people(tmp_path, astronaut, group_photo, helper):
-    from mgfr_cli.identity import IdentityEncoder
+    from mgfr_cli.faces.identity import IdentityEncoder
 
     enc = IdentityEncoder(arcface_onnx(tmp_path / "arc.onnx"))
     a = helper.detect_and_align(astronaut)[0].crop

@@ -1,6 +1,6 @@
 import numpy as np
 
-from mgfr_cli.faces import FFHQ_TEMPLATE_512, FaceSelection, feathered_square
+from mgfr_cli.faces.helper import FFHQ_TEMPLATE_512, FaceSelection, feathered_square
 
 
 def test_detects_the_astronaut_with_landmarks_where_a_person_puts_them(helper, astronaut):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from mgfr_cli.errors import InputError
-from mgfr_cli.io import Photo, output_format, read_image, write_image
+from mgfr_cli.faces.io import Photo, output_format, read_image, write_image
 
 
 def _save(path, arr, **kw):

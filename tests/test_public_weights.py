@@ -21,9 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from helpers import FIXTURES, MOBILENET, tiny_base
-from mgfr_cli.convert import convert_diffbir, diffbir_to_mgfr_key, lca_template, map_diffbir_state
+from mgfr_cli.weights.convert import convert_diffbir, diffbir_to_mgfr_key, lca_template, map_diffbir_state
 from mgfr_cli.errors import WeightsError
-from mgfr_cli.io import read_image
+from mgfr_cli.faces.io import read_image
 
 GOLDEN = FIXTURES / "diffbir" / "diffbir_tiny_golden.safetensors"
 SPANDREL = FIXTURES / "spandrel"
@@ -61,7 +61,7 @@ def test_golden_fixture_reproduced_after_conversion(tmp_path):
     unet_cfg = {k: v for k, v in cfg.items() if k != "use_reference"}
     src = _save_pth(state, tmp_path / "v2.pth", wrap="state_dict", prefix="module.")  # DiffBIR's wrappers
     folder = convert_diffbir(src, tmp_path / "lca", unet_config=unet_cfg)
-    from mgfr_cli.pipeline import load_adapter
+    from mgfr_cli.model.pipeline import load_adapter
 
     adapter = load_adapter(folder).eval()
     assert adapter.config.source == "diffbir-v2" and adapter.config.stages_trained == [1]
@@ -140,8 +140,8 @@ def test_diffbir_v21_refused_by_name_and_by_recorded_hash(tmp_path, cli):
     ("RealESRGAN_x4plus_keys.tsv", "ESRGAN", 4),
 ])
 def test_spandrel_recognises_the_real_layouts_and_mgfr_runs_them(tmp_path, table, arch, scale):
-    from mgfr_cli.cleaner import Cleaner
-    from mgfr_cli.upsampler import BackgroundUpsampler
+    from mgfr_cli.model.cleaner import Cleaner
+    from mgfr_cli.model.upsampler import BackgroundUpsampler
 
     state = _random_state(SPANDREL / table)
     path = tmp_path / "model.pth"
@@ -163,7 +163,7 @@ def test_spandrel_recognises_the_real_layouts_and_mgfr_runs_them(tmp_path, table
 
 
 def test_tiled_upsampling_equals_untiled(tmp_path):
-    from mgfr_cli.upsampler import SpandrelModel
+    from mgfr_cli.model.upsampler import SpandrelModel
 
     path = _save_pth(_random_state(SPANDREL / "RealESRGAN_x2plus_keys.tsv"), tmp_path / "x2.pth", wrap="params_ema")
     model = SpandrelModel(path, expect_scale=2)
@@ -202,7 +202,7 @@ def _to_diffbir_key(key: str, layers: int) -> str:
 
 def tiny_diffbir_checkpoint(base, path: Path, seed: int = 3) -> Path:
     """A DiffBIR-layout ControlNet for the tiny base, every path (zero convs included) random."""
-    from mgfr_cli.adapter import MgfrAdapter
+    from mgfr_cli.model.adapter import MgfrAdapter
 
     torch.manual_seed(seed)
     lca = MgfrAdapter.from_unet(base.unet, use_reference=False)
@@ -264,10 +264,10 @@ def test_restore_end_to_end_with_a_converted_diffbir_adapter(diffbir_root, astro
 
 def test_diffbir_profile_prompts_cleaner_and_start(diffbir_root, astronaut):
     """A DiffBIR LCA is sampled as DiffBIR was trained: plain prompt, its negative prompt, E(clean(LQ))."""
-    from mgfr_cli.base import load_base
-    from mgfr_cli.conditions import FaceConditions
-    from mgfr_cli.pipeline import MgfrPipeline, RestoreSettings, load_adapter
-    from mgfr_cli.profiles import DIFFBIR_NEGATIVE
+    from mgfr_cli.model.base import load_base
+    from mgfr_cli.faces.conditions import FaceConditions
+    from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings, load_adapter
+    from mgfr_cli.model.profiles import DIFFBIR_NEGATIVE
 
     folder = convert_diffbir(diffbir_root / "v2.pth", diffbir_root / "lca-profile",
                              unet_config=json.loads((diffbir_root / "sd21-base/unet/config.json").read_text()))
@@ -299,9 +299,9 @@ def test_diffbir_profile_prompts_cleaner_and_start(diffbir_root, astronaut):
 
 
 def test_train_stage1_starts_from_a_converted_diffbir_lca(diffbir_root, tmp_path):
-    from mgfr_cli.pipeline import load_adapter
-    from mgfr_cli.train import train
-    from mgfr_cli.train_config import load_train_config
+    from mgfr_cli.model.pipeline import load_adapter
+    from mgfr_cli.training.train import train
+    from mgfr_cli.training.train_config import load_train_config
 
     folder = diffbir_root / "lca-init"
     convert_diffbir(diffbir_root / "v2.pth", folder,

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mgfr_cli.errors import ConfigError, MgfrError, WeightsError
-from mgfr_cli.io import read_image
+from mgfr_cli.faces.io import read_image
 
 FAST = ["--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu"]
 NON_UTF8 = os.fsdecode(b"caf\xe9 portrait.png")  # a Latin-1 byte in a file name, plus a space
@@ -66,13 +66,13 @@ def test_hostile_corpus(corpus, tiny_root, tmp_path, cli, monkeypatch):
     if os.geteuid() == 0:  # root reads any file: simulate the permission error for that one file
         import builtins
 
-        import mgfr_cli.io
+        import mgfr_cli.faces.io
 
         def guarded_open(file, *args, **kwargs):
             if Path(file).name == "unreadable.jpg":
                 raise PermissionError(errno.EACCES, "Permission denied", str(file))
             return builtins.open(file, *args, **kwargs)
-        monkeypatch.setattr(mgfr_cli.io, "open", guarded_open, raising=False)
+        monkeypatch.setattr(mgfr_cli.faces.io, "open", guarded_open, raising=False)
     else:
         (corpus / "unreadable.jpg").chmod(0)
     code, text, err = cli("restore", corpus, "-o", out, "--recursive", "--model-root", tiny_root,
@@ -165,7 +165,7 @@ def _one_line_error(exc: MgfrError, path: Path):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=_documents)
 def test_fuzzed_sidecars(tmp_path, doc):
-    from mgfr_cli.conditions import ConditionSpec, resolve_specs
+    from mgfr_cli.faces.conditions import ConditionSpec, resolve_specs
 
     photo = tmp_path / "p.jpg"
     photo.write_bytes(b"x")
@@ -181,7 +181,7 @@ def test_fuzzed_sidecars(tmp_path, doc):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=_documents)
 def test_fuzzed_training_configs(tmp_path, doc):
-    from mgfr_cli.train_config import load_train_config
+    from mgfr_cli.training.train_config import load_train_config
 
     (tmp_path / "c.yaml").write_text(doc, encoding="utf-8", errors="surrogateescape")
     try:
@@ -202,7 +202,7 @@ class _Payload:
 def test_pickle_with_code_is_refused(tmp_path):
     import torch
 
-    from mgfr_cli.faces import FaceHelper
+    from mgfr_cli.faces.helper import FaceHelper
 
     marker = tmp_path / "pwned"
     torch.save({"weights": _Payload(marker)}, tmp_path / "detection_mobilenet0.25_Final.pth")
@@ -214,7 +214,7 @@ def test_pickle_with_code_is_refused(tmp_path):
 def test_adapter_folder_with_only_a_pickle_is_refused(tmp_path):
     import torch
 
-    from mgfr_cli.pipeline import load_adapter
+    from mgfr_cli.model.pipeline import load_adapter
 
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "MgfrAdapter"}))
     torch.save({"x": _Payload(tmp_path / "pwned")}, tmp_path / "diffusion_pytorch_model.bin")
@@ -241,7 +241,7 @@ def test_output_that_is_a_file(tiny_root, astronaut, tmp_path, cli):
 
 
 def test_disk_full_stops_cleanly(tiny_root, astronaut, tmp_path, cli, monkeypatch):
-    import mgfr_cli.io as mio
+    import mgfr_cli.faces.io as mio
 
     inp = tmp_path / "in"
     inp.mkdir()

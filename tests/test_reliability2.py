@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mgfr_cli.errors import ConfigError, MgfrError
-from mgfr_cli.io import read_image
+from mgfr_cli.faces.io import read_image
 
 FAST = ["--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu"]
 
@@ -144,7 +144,7 @@ def test_non_finite_values_are_refused(tiny_root, small, tmp_path, cli, monkeypa
     # a restore that yields NaN fails that photo instead of pasting a black square
     import torch
 
-    from mgfr_cli.pipeline import MgfrPipeline
+    from mgfr_cli.model.pipeline import MgfrPipeline
 
     monkeypatch.setattr(MgfrPipeline, "decode_latents", lambda self, z: torch.full((z.shape[0], 3, 128, 128), float("nan")))
     code, out, _ = cli("restore", tmp_path / "p.png", "-o", tmp_path / "o2", "--model-root", tiny_root, *FAST)
@@ -156,7 +156,7 @@ def test_diverged_training_writes_no_checkpoint(tmp_path):
     from diffusers.training_utils import EMAModel
 
     from mgfr_cli.errors import WeightsError
-    from mgfr_cli.train import _save_ema_adapter
+    from mgfr_cli.training.train import _save_ema_adapter
 
     net = torch.nn.Linear(2, 2)
     with torch.no_grad():
@@ -215,8 +215,8 @@ def test_training_problems_are_one_line(tmp_path, cli, small):
     _png(data / "good.png", small)
     (data / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     (data / "worse.jpg").write_bytes(b"not a jpeg")
-    from mgfr_cli.data import FaceDataset, PromptConfig
-    from mgfr_cli.degrade import DegradeConfig
+    from mgfr_cli.training.data import FaceDataset, PromptConfig
+    from mgfr_cli.training.degrade import DegradeConfig
 
     with pytest.raises(MgfrError, match=r"2 unreadable image\(s\): .*bad\.png.*worse\.jpg"):
         FaceDataset(data, 1, 64, DegradeConfig(), PromptConfig())
@@ -229,8 +229,8 @@ def test_resume_skips_a_damaged_checkpoint(tmp_path):
     import torch
 
     from helpers import tiny_base
-    from mgfr_cli.train import train
-    from mgfr_cli.train_config import load_train_config
+    from mgfr_cli.training.train import train
+    from mgfr_cli.training.train_config import load_train_config
 
     base = tmp_path / "base"
     tiny_base().save(base)
@@ -291,7 +291,7 @@ def test_many_references_are_encoded_in_chunks(small):
     sizes = []
     real = pipe.encode_images
     pipe.encode_images = lambda x: sizes.append(x.shape[0]) or real(x)
-    from mgfr_cli.faces import AlignedFace
+    from mgfr_cli.faces.helper import AlignedFace
 
     refs = [AlignedFace(np.roll(small, i, axis=0), np.zeros((5, 2)), np.eye(2, 3), 0) for i in range(20)]
     out = pipe.encode_references(refs)

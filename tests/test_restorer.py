@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from helpers import arcface_onnx, randomize_zero_paths, tiny_adapter, tiny_base, tiny_pipeline
-from mgfr_cli.conditions import FaceConditions
-from mgfr_cli.faces import AlignedFace
-from mgfr_cli.pipeline import MgfrPipeline, RestoreSettings, load_adapter
-from mgfr_cli.sampling import combine_guidance
+from mgfr_cli.faces.conditions import FaceConditions
+from mgfr_cli.faces.helper import AlignedFace
+from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings, load_adapter
+from mgfr_cli.model.sampling import combine_guidance
 
 FAST = RestoreSettings(steps=3)
 
@@ -117,7 +117,7 @@ def test_save_load_same_output(tmp_path, astronaut):
 
 
 def test_identity_embedding_runs_with_references(tmp_path, astronaut):
-    from mgfr_cli.identity import IdentityEncoder
+    from mgfr_cli.faces.identity import IdentityEncoder
 
     enc = IdentityEncoder(arcface_onnx(tmp_path / "arc.onnx"))
     crop, ref = _faces(astronaut)
@@ -139,7 +139,7 @@ def test_ddim_and_colour_fix_options(astronaut):
 
 def test_mismatched_or_missing_adapter_files_name_the_problem(tmp_path):
     from mgfr_cli.errors import WeightsError
-    from mgfr_cli.pipeline import find_adapter_dir
+    from mgfr_cli.model.pipeline import find_adapter_dir
 
     pipe = tiny_pipeline()
     pipe.adapter.save_pretrained(tmp_path / "adapter")

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from helpers import randomize_zero_paths, tiny_pipeline
-from mgfr_cli.batch import RESTORED, BatchRestorer, RestoreJob
-from mgfr_cli.pipeline import DiffusionRestorer, RestoreSettings
+from mgfr_cli.app.batch import RESTORED, BatchRestorer, RestoreJob
+from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
 
 FAST = RestoreSettings(steps=2)
 
@@ -94,8 +94,8 @@ def test_two_process_shards_write_every_output_once(photos, tiny_root, tmp_path)
 def test_a_reference_file_is_encoded_once_per_run(astronaut):
     from pathlib import Path
 
-    from mgfr_cli.conditions import FaceConditions
-    from mgfr_cli.faces import AlignedFace
+    from mgfr_cli.faces.conditions import FaceConditions
+    from mgfr_cli.faces.helper import AlignedFace
 
     pipe = tiny_pipeline()
     crop = np.ascontiguousarray(astronaut[:512, :512])

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mgfr_cli.data import FaceDataset, PromptConfig
-from mgfr_cli.degrade import DegradeConfig, degrade
+from mgfr_cli.training.data import FaceDataset, PromptConfig
+from mgfr_cli.training.degrade import DegradeConfig, degrade
 from mgfr_cli.errors import ConfigError, InputError
-from mgfr_cli.train import estimate_loss, train
-from mgfr_cli.train_config import load_train_config
+from mgfr_cli.training.train import estimate_loss, train
+from mgfr_cli.training.train_config import load_train_config
 
 HERE = Path(__file__).resolve().parent
 MILD = DegradeConfig(blur_sigma=(2.0, 3.0), downsample=(4.0, 4.0), noise=(0.0, 5.0), jpeg=(60, 80))
@@ -93,7 +93,7 @@ def test_prompts_from_labels_with_dropout_and_negative_samples(world):
     assert "a high-quality photo of a man who has a smile" in texts
     assert "a high-quality photo of a woman who has a smile" in texts
     ds = FaceDataset(world["s1"], 1, 128, MILD, PromptConfig(attribute_drop=0.0, prompt_drop=0.0, negative_fraction=1.0))
-    from mgfr_cli.prompts import NEGATIVE_QUALITY
+    from mgfr_cli.model.prompts import NEGATIVE_QUALITY
 
     assert {ds[p]["prompt"] for p in range(6)} == {NEGATIVE_QUALITY}
     ds = FaceDataset(world["s1"], 1, 128, MILD, PromptConfig(prompt_drop=1.0, negative_fraction=0.0))
@@ -112,11 +112,11 @@ def test_learning_is_real_and_both_stages_run(world, tmp_path):
     """Overfit stage 1 on two faces: the loss falls and restoring their degraded versions gets closer
     to the HQ faces than with the untrained adapter. The tiny base's VAE is random, so "the HQ face"
     is its VAE reconstruction D(E(HQ)), the best any latent restorer on this base can give."""
-    from mgfr_cli.adapter import MgfrAdapter
-    from mgfr_cli.base import load_base
-    from mgfr_cli.conditions import FaceConditions
+    from mgfr_cli.model.adapter import MgfrAdapter
+    from mgfr_cli.model.base import load_base
+    from mgfr_cli.faces.conditions import FaceConditions
     from mgfr_cli.configs import load_model_config
-    from mgfr_cli.pipeline import MgfrPipeline, RestoreSettings, load_adapter
+    from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings, load_adapter
 
     data = tmp_path / "two"
     data.mkdir()
@@ -249,8 +249,8 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path, cli):
 
 
 def test_unaligned_data_is_aligned_once_with_labels_kept(helper, astronaut, tmp_path):
-    from mgfr_cli.data import align_dataset
-    from mgfr_cli.io import read_image
+    from mgfr_cli.training.data import align_dataset
+    from mgfr_cli.faces.io import read_image
 
     src = tmp_path / "raw"
     src.mkdir()
@@ -313,9 +313,9 @@ def test_stage2_identity_is_required_recorded_or_explicitly_off(world, tmp_path)
 def test_adapter_refuses_a_base_of_another_objective(world, tmp_path):
     import json
 
-    from mgfr_cli.base import load_base
+    from mgfr_cli.model.base import load_base
     from mgfr_cli.errors import WeightsError
-    from mgfr_cli.pipeline import load_adapter
+    from mgfr_cli.model.pipeline import load_adapter
 
     run = train(_cfg(stage=1, max_steps=1), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
     base = load_base(world["base"])

@@ -12,7 +12,7 @@ import pytest
 
 gr = pytest.importorskip("gradio", reason="the web extra is not installed (pip install -e '.[ui]')")
 
-from mgfr_cli.io import read_image  # noqa: E402
+from mgfr_cli.faces.io import read_image  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 API = dict(api_name="/restore")
@@ -27,7 +27,7 @@ def _args(photo, refs=None, prompt="", steps=2):
 
 @pytest.fixture(scope="module")
 def server(tiny_root):
-    from mgfr_cli.ui import build_app, load_models, offline_environment, serve
+    from mgfr_cli.app.ui import build_app, load_models, offline_environment, serve
 
     offline_environment()
     models = load_models(tiny_root, detector="retinaface_mobile0.25", base=None, checkpoint=None, cleaner="auto",
@@ -113,7 +113,7 @@ def test_a_second_request_waits_in_the_queue(server, photo):
 
 
 def test_missing_weights_the_page_starts_and_says_so(tmp_path):
-    from mgfr_cli.ui import build_app, load_models
+    from mgfr_cli.app.ui import build_app, load_models
 
     models = load_models(tmp_path, detector="retinaface_resnet50", base=None, checkpoint=None, cleaner="auto",
                          bg_upsampler="none", device="cpu", precision="auto", max_megapixels=100)

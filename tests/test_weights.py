@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mgfr_cli.errors import WeightsError
-from mgfr_cli.weights import check_entry, fetch_entry, load_manifest
+from mgfr_cli.weights.files import check_entry, fetch_entry, load_manifest
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB of real bytes
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()

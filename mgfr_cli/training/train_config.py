@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
-from .configs import check_keys, read_yaml
-from .data import PromptConfig
-from .degrade import DegradeConfig
-from .errors import ConfigError
+from mgfr_cli.configs import check_keys, read_yaml
+from mgfr_cli.training.data import PromptConfig
+from mgfr_cli.training.degrade import DegradeConfig
+from mgfr_cli.errors import ConfigError
 
 STRICT = ConfigDict(strict=True, extra="forbid")
 Positive = Annotated[int, Field(ge=1)]
@@ -111,7 +111,7 @@ def load_train_config(path: Path | None, overrides: dict) -> TrainConfig:
 def save_config(cfg: TrainConfig, path: Path) -> None:
     import yaml
 
-    from .io import atomic_write_bytes
+    from mgfr_cli.faces.io import atomic_write_bytes
 
     data = asdict(cfg)
     for k in _NESTED:

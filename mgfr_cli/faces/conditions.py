@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .configs import check_keys, expect_type, read_yaml
-from .errors import ConfigError, InputError
-from .io import is_image_file
+from mgfr_cli.configs import check_keys, expect_type, read_yaml
+from mgfr_cli.errors import ConfigError, InputError
+from mgfr_cli.faces.io import is_image_file
 
 FOLDER_YAML = "mgfr.yaml"
 _KEYS = {"prompt", "negative_prompt", "refs"}

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MgfrError
-from .faces import load_torch_weights
-from .io import is_image_file, read_image
+from mgfr_cli.errors import MgfrError
+from mgfr_cli.faces.helper import load_torch_weights
+from mgfr_cli.faces.io import is_image_file, read_image
 
 LPIPS_TRUNK = "alexnet-owt-7be5be79.pth"
 PSNR_CAP = 100.0  # identical images: PSNR is infinite; report this cap instead
@@ -134,7 +134,7 @@ def write_csv(report: EvalReport, path: Path) -> None:
     import csv
     import io
 
-    from .io import atomic_write_bytes
+    from mgfr_cli.faces.io import atomic_write_bytes
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["name", *report.metrics])

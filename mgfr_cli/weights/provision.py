@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError, WeightsError
-from .weights import Entry, Manifest, fetch_entry, read_pins
+from mgfr_cli.errors import ConfigError, WeightsError
+from mgfr_cli.weights.files import Entry, Manifest, fetch_entry, read_pins
 
 MGFR_ADAPTER = "mgfr-adapter"
 DEFAULT_PUBLIC = "diffbir-v2"  # the public restorer used until an MGFR adapter exists in the model root
@@ -47,7 +47,7 @@ class RestorePlan:
 
 def _adapter_source(checkpoint: Path) -> str | None:
     """The adapter's ``source`` from its config.json, without loading it (None when not there yet)."""
-    from .pipeline import find_adapter_dir
+    from mgfr_cli.model.pipeline import find_adapter_dir
 
     try:
         cfg = json.loads((find_adapter_dir(checkpoint) / "config.json").read_text())
@@ -59,9 +59,9 @@ def _adapter_source(checkpoint: Path) -> str | None:
 def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: Path | None, checkpoint: Path | None,
                  cleaner: str, bg_upsampler: str, upscale: float, offline: bool = False) -> RestorePlan:
     """Every file the run will read, and which of them are missing (with the entry that provides each)."""
-    from .cleaner import CLEANERS
-    from .faces import DETECTORS
-    from .upsampler import UPSAMPLERS
+    from mgfr_cli.model.cleaner import CLEANERS
+    from mgfr_cli.faces.helper import DETECTORS
+    from mgfr_cli.model.upsampler import UPSAMPLERS
 
     missing, convert = [], []
 
@@ -166,7 +166,7 @@ def incompatible_hashes(manifest: Manifest, root: Path) -> dict[str, str]:
 
 def base_unet_config(root: Path, base: Path | None = None, model: str = "mgfr-sd21") -> dict:
     """The UNet shape an LCA must fit: the base's own unet/config.json, else the architecture config's."""
-    from .configs import load_model_config
+    from mgfr_cli.configs import load_model_config
 
     for folder in (base, root / "sd21-base"):
         if folder is not None and (Path(folder) / "unet" / "config.json").is_file():
@@ -176,7 +176,7 @@ def base_unet_config(root: Path, base: Path | None = None, model: str = "mgfr-sd
 
 def convert_entry(entry: Entry, root: Path, manifest: Manifest, base: Path | None = None) -> Path:
     """The adapter folder made from a fetched entry (``convert: diffbir``)."""
-    from .convert import convert_diffbir
+    from mgfr_cli.weights.convert import convert_diffbir
 
     if entry.convert != "diffbir":
         raise ConfigError(f"{entry.name}: nothing to convert (the manifest gives it no convert: key)")
@@ -187,12 +187,12 @@ def convert_entry(entry: Entry, root: Path, manifest: Manifest, base: Path | Non
 
 def restore_components(plan: RestorePlan, *, device: str, dtype, identity_file: Path):
     """The face helper, the pipeline and the background upsampler of a provided plan."""
-    from .faces import FaceHelper
-    from .pipeline import build_pipeline
+    from mgfr_cli.faces.helper import FaceHelper
+    from mgfr_cli.model.pipeline import build_pipeline
 
     detector = None
     if plan.detector_file is not None:
-        from .faces import DETECTORS
+        from mgfr_cli.faces.helper import DETECTORS
 
         detector = next(k for k, (_, f) in DETECTORS.items() if f == plan.detector_file.name)
     helper = FaceHelper(plan.root, detector, device=device)
@@ -200,7 +200,7 @@ def restore_components(plan: RestorePlan, *, device: str, dtype, identity_file: 
                               cleaner_path=plan.cleaner)
     upsampler = None
     if plan.upsampler is not None:
-        from .upsampler import BackgroundUpsampler
+        from mgfr_cli.model.upsampler import BackgroundUpsampler
 
         upsampler = BackgroundUpsampler(plan.upsampler, plan.upsampler_scale, device)
     return helper, pipeline, upsampler

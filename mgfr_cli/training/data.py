@@ -17,10 +17,10 @@ import torch
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
-from . import prompts
-from .degrade import DegradeConfig, degrade, negative_target
-from .errors import ConfigError, InputError
-from .io import is_image_file, read_image
+import mgfr_cli.model.prompts as prompts
+from mgfr_cli.training.degrade import DegradeConfig, degrade, negative_target
+from mgfr_cli.errors import ConfigError, InputError
+from mgfr_cli.faces.io import is_image_file, read_image
 
 
 Chance = Annotated[float, Field(ge=0, le=1)]
@@ -209,8 +209,8 @@ def align_dataset(helper, src: Path, dst: Path) -> tuple[Path, list[Path]]:
     folders), captions and label files. A finished ``dst`` is reused. Returns ``dst`` and the images skipped."""
     import shutil
 
-    from .faces import FaceSelection
-    from .io import write_image
+    from mgfr_cli.faces.helper import FaceSelection
+    from mgfr_cli.faces.io import write_image
 
     marker = dst / ".mgfr-aligned.json"
     if marker.is_file():

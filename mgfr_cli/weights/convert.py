@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import WeightsError
+from mgfr_cli.errors import WeightsError
 
 # Known DiffBIR releases: what each was trained for. v2.1 has v2's keys and shapes but was trained on a
 # zero-terminal-SNR v-prediction base, so its tensors cannot tell it apart: refuse it by name and hash.
@@ -123,7 +123,7 @@ def lca_template(unet_config: dict):
     """An ``MgfrAdapter(use_reference=False)`` of the base UNet's shape on the meta device (no memory)."""
     import torch
 
-    from .adapter import UNET_ENCODER_KEYS, MgfrAdapter
+    from mgfr_cli.model.adapter import UNET_ENCODER_KEYS, MgfrAdapter
 
     cfg = {k: unet_config[k] for k in UNET_ENCODER_KEYS if k in unet_config}  # absent keys: SD 2.1 defaults
     with torch.device("meta"):
@@ -163,7 +163,7 @@ def map_diffbir_state(state: dict, adapter, where: str) -> dict:
 
 def check_release(path: Path, source: str, known_bad: dict[str, str]) -> None:
     """Refuse files known not to fit an SD 2.1 base: DiffBIR v2.1 by its file name and by its recorded hash."""
-    from .weights import sha256_of
+    from mgfr_cli.weights.files import sha256_of
 
     name = Path(path).name.lower()
     for entry, (file, why) in INCOMPATIBLE.items():
@@ -189,7 +189,7 @@ def convert_diffbir(src: Path, out: Path, *, unet_config: dict, source: str = "d
     template = lca_template(unet_config)
     mapped = map_diffbir_state(load_checkpoint(src), template, str(src))
     info = DIFFBIR_RELEASES[source]
-    from .adapter import MgfrAdapter
+    from mgfr_cli.model.adapter import MgfrAdapter
 
     cfg = {k: v for k, v in template.config.items() if not k.startswith("_")}
     cfg.update(source=source, stages_trained=[info["stage"]], use_identity=False,

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import ModelRootOpt
-from .terminal import err, out
+from mgfr_cli.app.options import ModelRootOpt
+from mgfr_cli.app.terminal import err, out
 
 weights_app = typer.Typer(no_args_is_help=True, help="List, fetch, convert and verify weight files (weights/manifest.yaml).")
 
@@ -16,7 +16,7 @@ ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifes
 
 
 def _manifest(path: Optional[Path]):
-    from .weights import load_manifest
+    from mgfr_cli.weights.files import load_manifest
 
     return load_manifest(path)
 
@@ -26,7 +26,7 @@ def weights_list(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
     """Every manifest entry: files, state, licence and what uses it (no hashing; see `check`)."""
     from rich.table import Table
 
-    from .weights import entry_state, resolve_root
+    from mgfr_cli.weights.files import entry_state, resolve_root
 
     root = resolve_root(model_root)
     table = Table(title=f"weights in {root}")
@@ -46,7 +46,7 @@ def weights_fetch(
     manifest: ManifestOpt = None,
 ):
     """Download entries with resume, verify SHA-256, place each file atomically."""
-    from .weights import fetch_entry, resolve_root
+    from mgfr_cli.weights.files import fetch_entry, resolve_root
 
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
@@ -65,7 +65,7 @@ def weights_fetch(
             placed = fetch_entry(e, root, allow_unpinned=allow_unpinned, progress=on_bytes)
             out.print(f"{e.name}: " + (f"placed {len(placed)} file(s)" if placed else "already present"))
             if e.convert:
-                from .provision import convert_entry, converted_dir
+                from mgfr_cli.weights.provision import convert_entry, converted_dir
 
                 if placed or not (converted_dir(root, e.name) / "config.json").is_file():
                     out.print(f"{e.name}: converted to {convert_entry(e, root, m)}")
@@ -82,9 +82,9 @@ def weights_convert(
     manifest: ManifestOpt = None,
 ):
     """Convert public ControlNet weights into an mgfr adapter folder (refusing any that do not fit exactly)."""
-    from .convert import convert_diffbir
-    from .provision import base_unet_config, incompatible_hashes
-    from .weights import resolve_root
+    from mgfr_cli.weights.convert import convert_diffbir
+    from mgfr_cli.weights.provision import base_unet_config, incompatible_hashes
+    from mgfr_cli.weights.files import resolve_root
 
     if kind != "diffbir":
         raise typer.BadParameter("KIND must be diffbir")
@@ -98,7 +98,7 @@ def weights_convert(
 def weights_check(names: Annotated[Optional[list[str]], typer.Argument()] = None, model_root: ModelRootOpt = None,
                   manifest: ManifestOpt = None):
     """Hash every present file against the manifest; exit 1 if any is corrupt."""
-    from .weights import check_entry, resolve_root
+    from mgfr_cli.weights.files import check_entry, resolve_root
 
     m = _manifest(manifest)
     root = resolve_root(model_root)
@@ -114,7 +114,7 @@ def weights_check(names: Annotated[Optional[list[str]], typer.Argument()] = None
 @weights_app.command("path")
 def weights_path(name: str, model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
     """Print where an entry's (first) file lives in the model root."""
-    from .weights import resolve_root
+    from mgfr_cli.weights.files import resolve_root
 
     e = _manifest(manifest).get(name)
     first = e.files[0].path

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adapter import MgfrAdapter, ReferenceState
-from .base import BaseModel
-from .colorfix import METHODS as COLOR_METHODS, color_fix
-from .conditions import FaceConditions
-from .errors import ConfigError, InputError, WeightsError
-from .profiles import check_base, profile_of
-from .sampling import SCHEDULERS, combine_guidance, denoise, make_scheduler
+from mgfr_cli.model.adapter import MgfrAdapter, ReferenceState
+from mgfr_cli.model.base import BaseModel
+from mgfr_cli.model.colorfix import METHODS as COLOR_METHODS, color_fix
+from mgfr_cli.faces.conditions import FaceConditions
+from mgfr_cli.errors import ConfigError, InputError, WeightsError
+from mgfr_cli.model.profiles import check_base, profile_of
+from mgfr_cli.model.sampling import SCHEDULERS, combine_guidance, denoise, make_scheduler
 
 ADAPTER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -296,7 +296,7 @@ class MgfrPipeline:
 
 
 class DiffusionRestorer:
-    """The :class:`~mgfr_cli.batch.Restorer` that ``mgfr restore`` uses: the pipeline with fixed settings."""
+    """The :class:`~mgfr_cli.app.batch.Restorer` that ``mgfr restore`` uses: the pipeline with fixed settings."""
 
     def __init__(self, pipeline: MgfrPipeline, settings: RestoreSettings, pad_to: int = 0):
         settings.check()
@@ -319,8 +319,8 @@ class DiffusionRestorer:
 def build_pipeline(base_path: Path, checkpoint: Path, *, identity_path: Path | None, device: str, dtype: torch.dtype,
                    cleaner_path: Path | None = None) -> MgfrPipeline:
     """Load base + adapter (+ ArcFace where the adapter was trained with it, + the cleaner) for restoring."""
-    from .base import load_base
-    from .identity import IdentityEncoder
+    from mgfr_cli.model.base import load_base
+    from mgfr_cli.faces.identity import IdentityEncoder
 
     base = load_base(base_path)
     adapter = load_adapter(checkpoint, base.unet, base.scheduler_config)
@@ -334,7 +334,7 @@ def build_pipeline(base_path: Path, checkpoint: Path, *, identity_path: Path | N
         identity = IdentityEncoder(identity_path, device)
     cleaner = None
     if cleaner_path is not None:
-        from .cleaner import Cleaner
+        from mgfr_cli.model.cleaner import Cleaner
 
         cleaner = Cleaner(cleaner_path, device)
     return MgfrPipeline(base, adapter, identity=identity, device=device, dtype=dtype, cleaner=cleaner)

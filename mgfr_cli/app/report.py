@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_bytes
+from mgfr_cli.faces.io import atomic_write_bytes
 
 FOLDER = "_report"
 THUMB = 1600  # longest side of the before/after copies
@@ -87,8 +87,8 @@ class Report:
 
 def _read_back(output, photo):
     """The written output (what the user gets), falling back to the photo when it cannot be read."""
-    from .errors import MgfrError
-    from .io import read_image
+    from mgfr_cli.errors import MgfrError
+    from mgfr_cli.faces.io import read_image
 
     try:
         return read_image(output, max_megapixels=1e5).pixels

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsError
-from .faces import FFHQ_TEMPLATE_512
+from mgfr_cli.errors import WeightsError
+from mgfr_cli.faces.helper import FFHQ_TEMPLATE_512
 
 ARCFACE_FILE = "arcface_w600k_r50.onnx"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .configs import ModelConfig
-from .errors import WeightsError
+from mgfr_cli.configs import ModelConfig
+from mgfr_cli.errors import WeightsError
 
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -109,7 +109,7 @@ def single_file_config(folder: Path, model: str = "mgfr-sd21") -> Path:
     import json
     import shutil
 
-    from .configs import MODELS_DIR, load_model_config
+    from mgfr_cli.configs import MODELS_DIR, load_model_config
 
     cfg = load_model_config(model)
     folder = Path(folder)

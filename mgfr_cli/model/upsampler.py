@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import WeightsError
+from mgfr_cli.errors import WeightsError
 
 UPSAMPLERS = {  # --bg-upsampler name -> (manifest entry, weight file in the model root, scale)
     "realesrgan-x2": ("realesrgan-x2", "RealESRGAN_x2plus.pth", 2),
@@ -29,7 +29,7 @@ class SpandrelModel:
                  expect_arch: str | None = None):
         from spandrel import ModelLoader, UnsupportedModelError
 
-        from .convert import load_checkpoint
+        from mgfr_cli.weights.convert import load_checkpoint
 
         state = load_checkpoint(path)  # a fresh dict: spandrel renames some keys of the dict it is given
         try:

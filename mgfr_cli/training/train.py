@@ -26,10 +26,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .configs import load_model_config
-from .data import FaceDataset, PositionSampler
-from .errors import InputError, WeightsError
-from .train_config import TrainConfig, save_config
+from mgfr_cli.configs import load_model_config
+from mgfr_cli.training.data import FaceDataset, PositionSampler
+from mgfr_cli.errors import InputError, WeightsError
+from mgfr_cli.training.train_config import TrainConfig, save_config
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -50,7 +50,7 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from .base import load_base
+    from mgfr_cli.model.base import load_base
 
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -171,9 +171,9 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
 def _build_adapter(cfg: TrainConfig, base, model_cfg, init: Path | None, run_dir: Path):
     """Stage 1: LCA copied from the UNet encoder (or from ``init``, e.g. a converted DiffBIR LCA); stage 2:
     the stage-1 adapter. Its config records what restore checks (DESIGN.md §7)."""
-    from .adapter import MgfrAdapter
-    from .pipeline import load_adapter
-    from .profiles import unet_fingerprint
+    from mgfr_cli.model.adapter import MgfrAdapter
+    from mgfr_cli.model.pipeline import load_adapter
+    from mgfr_cli.model.profiles import unet_fingerprint
 
     if cfg.stage == 1:
         torch.manual_seed(cfg.seed)  # the paths stage 1 does not train still get reproducible weights
@@ -202,7 +202,7 @@ def identity_cache(dataset, identity_path: Path, device, run_dir: Path, accelera
     ``RUN_DIR/identity-cache.safetensors`` and read by the others."""
     from safetensors.torch import load_file, save_file
 
-    from .identity import IdentityEncoder
+    from mgfr_cli.faces.identity import IdentityEncoder
 
     path = run_dir / "identity-cache.safetensors"
     if accelerator.is_main_process:
@@ -303,15 +303,15 @@ def estimate_loss(cfg: TrainConfig, *, base_path: Path, data_dir: Path, adapter_
     every call): a deterministic yardstick for comparing checkpoints."""
     from diffusers import DDPMScheduler
 
-    from .base import load_base
-    from .pipeline import load_adapter
+    from mgfr_cli.model.base import load_base
+    from mgfr_cli.model.pipeline import load_adapter
 
     base = load_base(base_path)
     adapter = load_adapter(adapter_path, base.unet).eval()
     dataset = FaceDataset(data_dir, cfg.stage, int(adapter.config.resolution), cfg.degradation, cfg.prompts, cfg.seed,
                           hflip=cfg.hflip)
     if cfg.stage == 2 and cfg.use_identity and identity_path is not None and identity_path.is_file():
-        from .identity import IdentityEncoder
+        from mgfr_cli.faces.identity import IdentityEncoder
 
         dataset.prepare_identity(IdentityEncoder(identity_path))
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=list(positions))
@@ -416,9 +416,9 @@ def _log_samples(accelerator, base, adapter, ema, batch, cfg: TrainConfig, step:
     """A grid of LQ / restored (EMA weights) / HQ / reference for the first faces of the batch."""
     import numpy as np
 
-    from .conditions import FaceConditions
-    from .faces import AlignedFace
-    from .pipeline import MgfrPipeline, RestoreSettings
+    from mgfr_cli.faces.conditions import FaceConditions
+    from mgfr_cli.faces.helper import AlignedFace
+    from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings
 
     n = min(4, batch["hq"].shape[0])
     to_u8 = lambda x: ((x.float().clamp(-1, 1) + 1) * 127.5).byte().permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731

@@ -54,12 +54,12 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
                 guidance_quality: float, guidance_attribute: float, steps: int, seed: int, faces: str,
                 color_fix: str, upscale: float, use_cleaner: bool, workdir: Path, progress=None):
     """One photo through the batch machinery; returns (before PNG, after PNG, [(crop, label)], status)."""
-    from .batch import RESTORED, BatchRestorer, RestoreJob
-    from .conditions import ConditionSpec
-    from .errors import InputError, MgfrError
-    from .faces import FaceSelection
-    from .io import read_image, write_image
-    from .pipeline import DiffusionRestorer, RestoreSettings
+    from mgfr_cli.app.batch import RESTORED, BatchRestorer, RestoreJob
+    from mgfr_cli.faces.conditions import ConditionSpec
+    from mgfr_cli.errors import InputError, MgfrError
+    from mgfr_cli.faces.helper import FaceSelection
+    from mgfr_cli.faces.io import read_image, write_image
+    from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
 
     if models.missing:
         raise MgfrError(models.missing)
@@ -100,7 +100,7 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
 def build_app(models: UiModels, queue_size: int = 8):
     import gradio as gr
 
-    from .errors import MgfrError
+    from mgfr_cli.errors import MgfrError
 
     root = Path(tempfile.mkdtemp(prefix="mgfr-ui-"))
     counter = {"n": 0}
@@ -155,11 +155,11 @@ def build_app(models: UiModels, queue_size: int = 8):
 def load_models(root: Path, *, detector: str, base, checkpoint, cleaner: str, bg_upsampler: str, device: str,
                 precision: str, max_megapixels: float) -> UiModels:
     """Models for the page, or a UiModels whose ``missing`` says what to fetch (the page still starts)."""
-    from .errors import MgfrError
-    from .identity import ARCFACE_FILE
-    from .options import Device, resolve_device
-    from .provision import plan_restore, provide, restore_components
-    from .weights import load_manifest
+    from mgfr_cli.errors import MgfrError
+    from mgfr_cli.faces.identity import ARCFACE_FILE
+    from mgfr_cli.app.options import Device, resolve_device
+    from mgfr_cli.weights.provision import plan_restore, provide, restore_components
+    from mgfr_cli.weights.files import load_manifest
 
     try:
         manifest = load_manifest()

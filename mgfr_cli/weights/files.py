@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .configs import check_keys, expect_type, read_yaml
-from .errors import ConfigError, WeightsError
+from mgfr_cli.configs import check_keys, expect_type, read_yaml
+from mgfr_cli.errors import ConfigError, WeightsError
 
-REPO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 MANIFEST = REPO_WEIGHTS / "manifest.yaml"  # $MGFR_MANIFEST, when set, replaces it (mirrors, tests)
 PINS = "pins.yaml"
 CHUNK = 1 << 20
@@ -116,7 +116,7 @@ def read_pins(root: Path) -> dict:
 def write_pin(root: Path, rel: str, digest: str) -> None:
     import yaml
 
-    from .io import atomic_write_bytes
+    from mgfr_cli.faces.io import atomic_write_bytes
 
     pins = read_pins(root)
     pins[rel] = digest

@@ -19,11 +19,11 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from .conditions import ConditionSpec, FaceConditions, condition_sources, expand_refs, resolve_specs
-from .errors import InputError, MgfrError, OutputError
-from .faces import AlignedFace, FaceHelper, FaceSelection
-from .inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs, inside
-from .io import DEFAULT_MAX_MEGAPIXELS, Photo, output_format, plain_ext, read_image, write_image
+from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_sources, expand_refs, resolve_specs
+from mgfr_cli.errors import InputError, MgfrError, OutputError
+from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection
+from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs, inside
+from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, output_format, plain_ext, read_image, write_image
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
 FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -112,7 +112,7 @@ class BatchRestorer:
         want_report = job.report if job.report is not None else len(items) + len(outcomes) > 1
         self.reporter = None
         if want_report and world == 1:  # several processes would each rewrite the one page
-            from .report import Report
+            from mgfr_cli.app.report import Report
 
             self.reporter = Report(job.output)
             for o in outcomes:
@@ -258,7 +258,7 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
     import fcntl
     import json
 
-    from .io import atomic_write_bytes
+    from mgfr_cli.faces.io import atomic_write_bytes
 
     rows = [{"source": str(o.source), "status": o.status, "detail": o.detail,
              "output": str(o.output) if o.output else None, "faces": o.faces} for o in outcomes]
@@ -266,8 +266,9 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
         atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name("." + path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    folder = os.open(path.parent, os.O_RDONLY)  # the lock is on the folder itself: no lock file left behind
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         try:
             old = json.loads(path.read_text()) if path.is_file() else []
             old = [r for r in old if isinstance(r, dict) and "source" in r]
@@ -275,6 +276,8 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
             old = []
         mine = {r["source"] for r in rows}
         atomic_write_bytes(path, json.dumps([r for r in old if r["source"] not in mine] + rows, indent=1).encode())
+    finally:
+        os.close(folder)  # closing releases the lock
 
 
 def merge_summaries(output: Path, world: int, wait_s: float = 3600.0):

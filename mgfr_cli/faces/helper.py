@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, WeightsError
+from mgfr_cli.errors import ConfigError, WeightsError
 
 # The FFHQ 5-point template at 512x512: left eye, right eye, nose tip, left and right mouth corners.
 FFHQ_TEMPLATE_512 = np.array(

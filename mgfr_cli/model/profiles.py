@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import prompts
-from .errors import WeightsError
+import mgfr_cli.model.prompts as prompts
+from mgfr_cli.errors import WeightsError
 
 # DiffBIR v2's face defaults (its inference script): empty positive prompt, this negative prompt, CFG
 # scale s = 4 in the eps_neg + s (eps_c - eps_neg) form, i.e. our w = s - 1, 50 steps, wavelet colour fix

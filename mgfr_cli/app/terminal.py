@@ -20,7 +20,7 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
     """Print the outcome counts and every photo not done with its reason; return the exit code."""
     from rich.table import Table
 
-    from .inputs import FAILED, NO_FACE, RESTORED, SKIPPED
+    from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED
 
     counts = {s: sum(o.status == s for o in outcomes) for s in (RESTORED, SKIPPED, NO_FACE, FAILED)}
     table = Table(title=title, show_lines=False)
@@ -52,7 +52,7 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
 def run_batch(job, helper, restorer, upsampler=None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .batch import BatchRestorer, merge_summaries, write_summary
+    from mgfr_cli.app.batch import BatchRestorer, merge_summaries, write_summary
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=False) as progress:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .weights import Manifest, entry_state
+from mgfr_cli.weights.files import Manifest, entry_state
 
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "safetensors", "facexlib",
             "insightface", "onnxruntime", "opencv-python", "typer", "rich", "PyYAML", "torchmetrics", "lpips", "spandrel")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .upsampler import SpandrelModel
+from mgfr_cli.model.upsampler import SpandrelModel
 
 CLEANERS = {  # --cleaner name -> (manifest entry, weight file in the model root)
     "swinir-codeformer": ("swinir-codeformer", "codeformer_swinir.ckpt"),

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import ConfigError
+from mgfr_cli.errors import ConfigError
 
 
 def finite(value):
@@ -77,7 +77,7 @@ def resolve_device(device: Device, precision: str = "auto"):
 
 
 def selection(only_center, largest, face_index, min_face_size):
-    from .faces import FaceSelection
+    from mgfr_cli.faces.helper import FaceSelection
 
     if sum([only_center, largest, face_index is not None]) > 1:
         raise typer.BadParameter("choose at most one of --only-center-face, --largest-face, --face-index")

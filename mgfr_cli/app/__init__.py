@@ -1,0 +1,1 @@
+"""What the user runs: batch restore, the review page, the web UI, terminal output, shared CLI options."""

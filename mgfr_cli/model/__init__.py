@@ -1,0 +1,1 @@
+"""The restorer: base model, adapter, what an adapter is for (profiles), prompts, sampling, cleaner, upsampler, pipeline."""

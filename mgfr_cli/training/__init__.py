@@ -1,0 +1,1 @@
+"""Training: data, degradations, the config, the loop, evaluation."""
