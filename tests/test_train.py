@@ -340,3 +340,21 @@ def test_stage2_under_two_processes(world, tmp_path):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "two" / "adapter" / "config.json").is_file()
+
+
+def test_estimate_loss_can_swap_the_reference(world, tmp_path):
+    """The yardstick a lab uses to see what RCA learned (true < blank, wrong on held-out positions) really
+    swaps the reference: with every new path random, the three losses differ. (At this test's scale, 150
+    stage-2 steps do not separate them measurably: 0.99824 / 0.99830 / 0.99820, so learning itself is not
+    asserted here.)"""
+    from helpers import randomize_zero_paths, tiny_adapter
+    from mgfr_cli.model.base import load_base
+
+    base = load_base(world["base"])
+    adapter = tiny_adapter(base)
+    randomize_zero_paths(adapter, scale=0.3)
+    adapter.save_pretrained(tmp_path / "a")
+    cfg = _cfg(stage=2, prompts=PromptConfig(0.0, 0.0, 0.0), degradation=MILD, hflip=0.0)
+    kw = dict(base_path=world["base"], data_dir=world["s2"], adapter_path=tmp_path / "a", positions=range(4))
+    losses = {m: estimate_loss(cfg, reference=m, **kw) for m in ("true", "blank", "wrong")}
+    assert len({round(v, 6) for v in losses.values()}) == 3, losses

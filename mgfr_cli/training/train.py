@@ -298,9 +298,11 @@ def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtyp
 
 @torch.no_grad()
 def estimate_loss(cfg: TrainConfig, *, base_path: Path, data_dir: Path, adapter_path: Path,
-                  positions: range = range(16), identity_path: Path | None = None) -> float:
+                  positions: range = range(16), identity_path: Path | None = None, reference: str = "true") -> float:
     """The training loss of an adapter on fixed sample positions (same images, degradations, noise and t
-    every call): a deterministic yardstick for comparing checkpoints."""
+    every call): a deterministic yardstick for comparing checkpoints. ``reference`` (stage 2): "true" (another
+    image of the same person), "blank" (a mid-gray image) or "wrong" (the next sample's reference, another
+    person where the batch mixes identities): what a reference branch has learned shows as true < the others."""
     from diffusers import DDPMScheduler
 
     from mgfr_cli.model.base import load_base
@@ -318,8 +320,15 @@ def estimate_loss(cfg: TrainConfig, *, base_path: Path, data_dir: Path, adapter_
     schedule = DDPMScheduler.from_config(base.scheduler_config)
     scaling = float(getattr(base.vae.config, "scaling_factor", 0.18215))
     prediction = base.scheduler_config.get("prediction_type", "epsilon")
-    losses = [float(_loss(b, base, adapter, schedule, scaling, prediction, torch.float32, torch.device("cpu"), cfg.seed))
-              for b in loader]
+    def swap(batch):
+        if "ref" in batch and reference == "blank":
+            batch = {**batch, "ref": torch.zeros_like(batch["ref"])}
+        elif "ref" in batch and reference == "wrong":
+            batch = {**batch, "ref": batch["ref"].roll(1, 0), "id_embed": batch["id_embed"].roll(1, 0)}
+        return batch
+
+    losses = [float(_loss(swap(b), base, adapter, schedule, scaling, prediction, torch.float32, torch.device("cpu"),
+                          cfg.seed)) for b in loader]
     return float(sum(losses) / len(losses))
 
 
