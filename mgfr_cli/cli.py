@@ -96,6 +96,7 @@ def restore(
     quiet_libraries()
     helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
     prof = pipeline.profile
+    notes(pipeline.notes)
     settings = RestoreSettings(steps=steps or prof.default_steps, scheduler=scheduler,
                                guidance_quality=prof.default_guidance if guidance_quality is None else guidance_quality,
                                guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed, start_from=start_from)

@@ -93,7 +93,7 @@ def load_adapter(path: Path, unet=None, scheduler_config: dict | None = None) ->
                 raise WeightsError(f"{folder}: adapter {key}={a} does not fit the base UNet's {key}={u} "
                                    f"(was it trained on another base?)")
     if scheduler_config is not None:
-        check_base(adapter.config, scheduler_config, str(folder))
+        adapter.base_notes = check_base(adapter.config, scheduler_config, str(folder), unet)
     return adapter
 
 
@@ -121,6 +121,7 @@ class MgfrPipeline:
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._ref_cache: dict = {}  # reference file -> (latent, identity embedding)
         self._predict_fn = self._predict
+        self.notes: list[str] = []  # what the user should hear about this pipeline (e.g. another base)
 
     def optimize(self, compile: bool = False, channels_last: bool = False) -> "MgfrPipeline":
         """GPU speed-ups (DESIGN.md §5). ``compile``: torch.compile with CUDA graphs ("reduce-overhead") of
@@ -337,4 +338,6 @@ def build_pipeline(base_path: Path, checkpoint: Path, *, identity_path: Path | N
         from mgfr_cli.model.cleaner import Cleaner
 
         cleaner = Cleaner(cleaner_path, device)
-    return MgfrPipeline(base, adapter, identity=identity, device=device, dtype=dtype, cleaner=cleaner)
+    pipeline = MgfrPipeline(base, adapter, identity=identity, device=device, dtype=dtype, cleaner=cleaner)
+    pipeline.notes = list(getattr(adapter, "base_notes", []))
+    return pipeline

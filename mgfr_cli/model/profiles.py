@@ -68,9 +68,14 @@ def unet_fingerprint(unet) -> str:
     return h.hexdigest()[:16]
 
 
-def check_base(config, scheduler_config: dict, where: str) -> list[str]:
-    """Refuse a base whose objective differs from the one the adapter was trained with; return notes."""
+def check_base(config, scheduler_config: dict, where: str, unet=None) -> list[str]:
+    """Refuse a base whose objective differs from the one the adapter was trained with; return notes (a UNet
+    whose weights differ from the training base's: a fine-tuned base may be intended, so it is said, not refused)."""
     notes = []
+    want = config.get("base_fingerprint")
+    if want and unet is not None and unet_fingerprint(unet) != want:
+        notes.append(f"{where}: the base's UNet is not the one this adapter was trained on (fingerprint "
+                     f"{unet_fingerprint(unet)}, trained on {want}); results may differ")
     want = config.get("prediction_type")
     have = scheduler_config.get("prediction_type", "epsilon")
     if want and want != have:

@@ -66,6 +66,12 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
         raise WeightsError(f"stage 2 trains identity tokens: missing {identity_path} (mgfr weights fetch arcface), "
                            f"or set use_identity: false in the config to train references without identity")
 
+    # Accelerate keeps its settings (mixed precision) in a process-wide singleton: a second train() in one
+    # process (a notebook, the tests) with another precision would be refused. Reset it; the distributed
+    # state (process group) is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     # cpu=True where there is no GPU: without it Accelerate does not start gloo under torchrun on CPUs.
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                               log_with="tensorboard",
