@@ -82,8 +82,8 @@ def unwrap_state(state, where: str) -> dict:
     """A bare ``{key: tensor}`` dict from the usual wrappers (``state_dict``, ``params_ema``, ``module.``)."""
     import torch
 
-    for _ in range(2):
-        if isinstance(state, dict) and len(state) <= 4:
+    for _ in range(2):  # e.g. {"state_dict": {...}, "epoch": ...}, or {"params_ema": {...}}
+        if isinstance(state, dict):
             inner = next((state[w] for w in WRAPPERS if isinstance(state.get(w), dict)), None)
             if inner is not None:
                 state = inner
