@@ -308,3 +308,42 @@ def test_two_runs_into_one_folder_keep_both_summaries(tiny_root, small, tmp_path
         assert cli("restore", tmp_path / folder, "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)[0] == 0
     rows = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())
     assert sorted(Path(r["source"]).name for r in rows) == ["x.png", "y.png"]
+
+
+def _png_ga16(path: Path, gray: np.ndarray, alpha: int) -> Path:
+    """A 16-bit gray+alpha PNG written by hand (colour type 4): no library here writes one."""
+    import struct
+    import zlib
+
+    px = np.dstack([gray, np.full_like(gray, alpha)]).astype(">u2")
+    raw = b"".join(b"\x00" + px[y].tobytes() for y in range(px.shape[0]))
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    head = struct.pack(">IIBBBBB", px.shape[1], px.shape[0], 16, 4, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_gray_alpha_16_bit_comes_back_as_gray_alpha_16_bit(tiny_root, small, tmp_path, cli):
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257
+    _png_ga16(tmp_path / "ga.png", gray, 50000)
+    code, out, err = cli("restore", tmp_path / "ga.png", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
+    assert code == 0, out + err
+    raw = (tmp_path / "out" / "ga.png").read_bytes()
+    assert raw[24:26] == bytes([16, 4])  # IHDR: 16 bits, colour type 4 (gray + alpha)
+    back = read_image(tmp_path / "out" / "ga.png")
+    assert back.gray_alpha and back.pixels.dtype == np.uint16
+    assert np.all(back.pixels[..., 3] == 50000)  # alpha kept exactly
+    assert np.array_equal(back.pixels[..., 0], back.pixels[..., 1])  # gray: the channels agree
+
+
+def test_folder_walk_says_which_files_it_skipped(tiny_root, small, tmp_path, cli):
+    _png(tmp_path / "in" / "p.png", small)
+    (tmp_path / "in" / "holiday.heic").write_bytes(b"\0" * 100)
+    (tmp_path / "in" / "p.yaml").write_text("prompt: brown eyes\n")  # a sidecar: not worth a line
+    code, out, _ = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
+    text = " ".join(out.split())
+    assert code == 0 and "holiday.heic" in text and "not an image format mgfr reads (.heic)" in text
+    assert "p.yaml" not in text

@@ -227,6 +227,10 @@ class BatchRestorer:
                     else:
                         bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
                 pixels = self.helper.paste(bg, p.faces, restored, job.upscale)
+            if p.photo.gray_alpha:  # restored in colour, written back in the photo's own form
+                from mgfr_cli.faces.io import as_gray_alpha
+
+                pixels = as_gray_alpha(pixels)
             write_image(p.target, pixels, icc=p.photo.icc)
             if job.save_faces:
                 rel = p.item.relative

@@ -29,7 +29,8 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
     for status, n in counts.items():
         table.add_row(done if status == RESTORED else status, str(n))
     out.print(table)
-    problems = [o for o in outcomes if o.status in (FAILED, NO_FACE)]
+    problems = [o for o in outcomes if o.status in (FAILED, NO_FACE)
+                or (o.status == SKIPPED and o.detail.startswith("not an image"))]
     noted = [o for o in outcomes if o.status == RESTORED and o.detail]  # e.g. frames of an animation dropped
     if noted:
         table = Table(title=f"{done}, with a note", show_lines=False)

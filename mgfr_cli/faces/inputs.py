@@ -49,7 +49,9 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None 
     for spec in inputs:
         path = Path(spec)
         if path.is_dir():
-            items += _walk(path, recursive, skip)
+            ignored: list[Path] = []
+            items += _walk(path, recursive, skip, ignored)
+            missing += [Outcome(p, SKIPPED, f"{NOT_AN_IMAGE} ({p.suffix or 'no extension'})") for p in ignored]
         elif path.exists() or path.is_symlink():
             items.append(InputItem(path, Path(path.name)))
         elif glob.has_magic(spec):
@@ -120,13 +122,23 @@ def _relative(path: Path, root: Path) -> Path:
     return rel
 
 
-def _walk(folder: Path, recursive: bool, skip: Path | None = None) -> list[InputItem]:
+# Files that live beside photos and are not meant as images: not worth a line in the summary.
+COMPANION_FILES = (".yaml", ".yml", ".txt", ".json", ".csv", ".md", ".xmp", ".ini", ".db", ".html")
+NOT_AN_IMAGE = "not an image format mgfr reads"
+
+
+def _walk(folder: Path, recursive: bool, skip: Path | None = None, ignored: list | None = None) -> list[InputItem]:
+    """Image files in ``folder``; other files (but companions like sidecars) appended to ``ignored``."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not inside(Path(dirpath) / d, skip)) \
             if recursive else []
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            if not name.startswith(".") and is_image_file(p):
+            if name.startswith("."):
+                continue
+            if is_image_file(p):
                 out.append(InputItem(p, p.relative_to(folder)))
+            elif ignored is not None and p.suffix.lower() not in COMPANION_FILES:
+                ignored.append(p)
     return out

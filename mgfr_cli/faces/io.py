@@ -38,6 +38,7 @@ class Photo:
     path: Path | None = None
     icc: bytes | None = None  # the colour profile, written back into the output
     note: str = ""  # what could not be kept (e.g. frames of an animation), for the run's summary
+    gray_alpha: bool = False  # a gray+alpha source held as RGBA here: written back as gray+alpha
 
     @property
     def height(self) -> int:
@@ -129,7 +130,32 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
         frames = getattr(im, "n_frames", 1)
         note = f"only the first of {frames} frames restored" if frames > 1 else ""
         icc = im.info.get("icc_profile") or None
-    return Photo(_apply_orientation(pixels, orientation), path, icc, note)
+        # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
+        gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
+    return Photo(_apply_orientation(pixels, orientation), path, icc, note, gray_alpha)
+
+
+def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
+    """``(H, W, 4)`` RGBA -> ``(H, W, 2)`` gray (luma) + alpha, same dtype."""
+    luma = pixels[:, :, :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    info = np.iinfo(pixels.dtype)
+    return np.dstack([np.clip(np.rint(luma), info.min, info.max).astype(pixels.dtype), pixels[:, :, 3]])
+
+
+def _png_gray_alpha(px: np.ndarray) -> bytes:
+    """A gray+alpha PNG (colour type 4) of 8 or 16 bits: neither OpenCV nor Pillow writes the 16-bit one."""
+    import struct
+    import zlib
+
+    h, w, _ = px.shape
+    big = px.astype(">u2") if px.dtype == np.uint16 else px
+    raw = b"".join(b"\x00" + big[y].tobytes() for y in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    head = struct.pack(">IIBBBBB", w, h, 16 if px.dtype == np.uint16 else 8, 4, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
 def _pil_to_array(im, data: bytes) -> np.ndarray:
@@ -200,6 +226,11 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
     path = Path(path)
     ext = path.suffix.lower()
     px = pixels
+    if px.ndim == 3 and px.shape[2] == 2:  # gray+alpha
+        if ext == ".png":
+            atomic_write_bytes(path, _png_gray_alpha(px))
+            return
+        px = px[:, :, 0]  # formats without alpha: the gray channel
     if ext in (".jpg", ".jpeg", ".bmp", ".webp"):
         if px.dtype == np.uint16:
             px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
