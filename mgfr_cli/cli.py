@@ -82,6 +82,7 @@ def restore(
     for r in ref or ():
         if not r.exists():
             raise MgfrError(f"--ref {r}: not found")
+    dev, dtype = resolve_device(device, precision)  # a bad --device/--precision fails before any download
     root = resolve_root(model_root)
     manifest = load_manifest()
     offline = offline_requested(offline)
@@ -92,7 +93,6 @@ def restore(
 
     provide(plan, manifest, offline=offline, announce=announce_downloads, progress=download_progress())
     notes(plan.notes)
-    dev, dtype = resolve_device(device, precision)
     quiet_libraries()
     helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
     prof = pipeline.profile
