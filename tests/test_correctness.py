@@ -318,7 +318,7 @@ def test_loss_scaler_state_is_checkpointed(tmp_path):
 
     from diffusers.training_utils import EMAModel
 
-    from mgfr_cli.training.train import _checkpoint, _load_state
+    from mgfr_cli.training.checkpoints import load_state, write_checkpoint
 
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(net.parameters())
@@ -338,11 +338,11 @@ def test_loss_scaler_state_is_checkpointed(tmp_path):
 
     acc = SimpleNamespace(is_main_process=True, scaler=scaler, wait_for_everyone=lambda: None)
     (tmp_path / "config.yaml").write_text("{}")
-    _checkpoint(acc, Adapter(), opt, sched, ema, tmp_path, 5)
+    write_checkpoint(acc, Adapter(), opt, sched, ema, tmp_path, 5)
     meta = json.loads((tmp_path / "checkpoints/step-5/step.json").read_text())
     assert meta["scaler"]["scale"] == 123.0
     fresh = torch.amp.GradScaler("cpu", init_scale=65536.0)
-    step = _load_state(tmp_path / "checkpoints/step-5", Adapter(), opt, sched, ema, SimpleNamespace(scaler=fresh))
+    step = load_state(tmp_path / "checkpoints/step-5", Adapter(), opt, sched, ema, SimpleNamespace(scaler=fresh))
     assert step == 5 and fresh.state_dict()["scale"] == 123.0
 
 

@@ -156,13 +156,13 @@ def test_diverged_training_writes_no_checkpoint(tmp_path):
     from diffusers.training_utils import EMAModel
 
     from mgfr_cli.errors import WeightsError
-    from mgfr_cli.training.train import _save_ema_adapter
+    from mgfr_cli.training.checkpoints import save_ema_adapter
 
     net = torch.nn.Linear(2, 2)
     with torch.no_grad():
         net.weight[0, 0] = float("nan")
     with pytest.raises(WeightsError, match="diverged"):
-        _save_ema_adapter(net, EMAModel(list(net.parameters())), tmp_path / "adapter")
+        save_ema_adapter(net, EMAModel(list(net.parameters())), tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
 
 

@@ -16,9 +16,7 @@ precision on GPU. Run folder layout::
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -29,13 +27,8 @@ import torch.nn.functional as F
 from mgfr_cli.configs import load_model_config
 from mgfr_cli.training.data import FaceDataset, PositionSampler
 from mgfr_cli.errors import InputError, WeightsError
+from mgfr_cli.training.checkpoints import latest_checkpoint, resume_latest, save_ema_adapter, write_checkpoint
 from mgfr_cli.training.train_config import TrainConfig, save_config
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    steps = sorted((p for p in run_dir.glob("checkpoints/step-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
-    steps = [p for p in steps if (p / "state").is_dir() and (p / "step.json").is_file()]
-    return steps[-1] if steps else None
 
 
 def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, init: Path | None = None,
@@ -120,7 +113,7 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     cache = latent_cache(dataset, base, scaling, run_dir, weight_dtype, device, accelerator) if cfg.cache_latents else None
     step = 0
     if start_ckpt is not None:
-        step = _resume(run_dir, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, accelerator)
+        step = resume_latest(run_dir, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     sampler = PositionSampler(cfg.batch_size, rank, world, step * cfg.grad_accum, cfg.max_steps * cfg.grad_accum)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
@@ -163,12 +156,12 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
         if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
             _log_samples(accelerator, base, accelerator.unwrap_model(adapter), ema, batch, cfg, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            _checkpoint(accelerator, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, run_dir, step)
+            write_checkpoint(accelerator, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, run_dir, step)
 
     # 5. The final EMA adapter: what restore loads from the run folder
     final = run_dir / "adapter"
     if accelerator.is_main_process:
-        _save_ema_adapter(accelerator.unwrap_model(adapter), ema, final)
+        save_ema_adapter(accelerator.unwrap_model(adapter), ema, final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
@@ -340,90 +333,6 @@ def estimate_loss(cfg: TrainConfig, *, base_path: Path, data_dir: Path, adapter_
 
 def _unwrap(model):
     return getattr(model, "module", model)
-
-
-def _save_ema_adapter(adapter, ema, folder: Path) -> None:
-    """EMA weights into a ``save_pretrained`` folder, written beside and renamed into place."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    params = [p for p in adapter.parameters() if p.requires_grad]
-    if not all(bool(torch.isfinite(p).all()) for p in [*params, *ema.shadow_params]):
-        # a diverged run (NaN/inf weights) must not leave a checkpoint that looks usable
-        raise WeightsError(f"{folder}: training diverged (non-finite weights); not written. Lower learning_rate or "
-                           f"resume from an earlier checkpoint")
-    ema.store(params)
-    ema.copy_to(params)
-    try:
-        adapter.save_pretrained(tmp, safe_serialization=True)
-    finally:
-        ema.restore(params)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-
-
-def _checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir: Path, step: int) -> None:
-    """Everything a resume needs, without pickles: safetensors for tensors, JSON for counters, and the
-    optimiser state (tensors and numbers only, so it loads with ``weights_only=True``). Written to a
-    temporary folder and renamed; processes hold identical copies under DDP, so the main one writes."""
-    from safetensors.torch import save_file
-
-    if accelerator.is_main_process:
-        final = run_dir / "checkpoints" / f"step-{step}"
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "state").mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, tmp / "state" / "adapter.safetensors")
-        save_file({str(i): p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}, tmp / "state" / "ema.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "state" / "optimizer.pt")
-        meta = {"step": step, "lr_scheduler": lr_scheduler.state_dict(),
-                "ema": {"optimization_step": ema.optimization_step, "decay": ema.decay},
-                # fp16's loss scale: without it a resumed run restarts at 65536 and skips steps finding it again
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
-        (tmp / "step.json").write_text(json.dumps(meta, default=str))
-        _save_ema_adapter(adapter, ema, tmp / "adapter")
-        shutil.copy(run_dir / "config.yaml", tmp / "config.yaml")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
-
-
-def _resume(run_dir: Path, adapter, optimizer, lr_scheduler, ema, accelerator) -> int:
-    """Load the newest checkpoint that loads; a damaged one (truncated file, missing key) is skipped, saying so."""
-    ckpts = sorted((p for p in run_dir.glob("checkpoints/step-*") if p.name[5:].isdigit()), key=lambda p: -int(p.name[5:]))
-    problems = []
-    for ckpt in ckpts:
-        try:
-            step = _load_state(ckpt, adapter, optimizer, lr_scheduler, ema, accelerator)
-        except WeightsError as exc:
-            problems.append(str(exc))
-            continue
-        if problems:
-            accelerator.print(f"resuming from {ckpt.name}: newer checkpoint(s) are damaged ({'; '.join(problems)})")
-        return step
-    raise WeightsError(f"{run_dir}: no checkpoint can be resumed from ({'; '.join(problems) or 'none'})")
-
-
-def _load_state(ckpt: Path, adapter, optimizer, lr_scheduler, ema, accelerator=None) -> int:
-    from safetensors.torch import load_file
-
-    try:
-        adapter.load_state_dict(load_file(ckpt / "state" / "adapter.safetensors"))
-        shadow = load_file(ckpt / "state" / "ema.safetensors")
-        optimizer.load_state_dict(torch.load(ckpt / "state" / "optimizer.pt", map_location="cpu", weights_only=True))
-        meta = json.loads((ckpt / "step.json").read_text())
-        for i, p in enumerate(ema.shadow_params):
-            p.data.copy_(shadow[str(i)].to(p.device))
-        ema.optimization_step = meta["ema"]["optimization_step"]
-        lr_scheduler.load_state_dict(meta["lr_scheduler"])
-        step = int(meta["step"])
-    except Exception as exc:  # noqa: BLE001 - truncated safetensors, 0-byte pickles, missing keys: all unusable
-        raise WeightsError(f"{ckpt}: cannot resume from this checkpoint ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
-    scaler = getattr(accelerator, "scaler", None)
-    if scaler is not None and meta.get("scaler"):
-        scaler.load_state_dict(meta["scaler"])
-    return step
 
 
 @torch.no_grad()
