@@ -172,6 +172,7 @@ def test_static_review_page_in_a_browser_offline(tiny_root, photo, tmp_path, cli
         page.goto((tmp_path / "out" / "index.html").as_uri())
         restored = page.locator("section.photo[data-status=restored]")
         assert restored.count() == 2
+        assert page.locator("section.photo .face img").count() == 4  # each photo's face: aligned + restored
         assert page.locator("tr[data-status='failed']").count() == 1
         assert page.locator("tr[data-status='no face']").count() == 1
         assert "not a readable image" in page.inner_text("body")
@@ -181,3 +182,13 @@ def test_static_review_page_in_a_browser_offline(tiny_root, photo, tmp_path, cli
         browser.close()
     assert loaded and width == "10%"
     assert all(u.startswith("file://") for u in requests)  # nothing but the page's own files
+
+
+def test_progress_is_reported_per_denoising_step(server, photo, tmp_path):
+    from mgfr_cli.app.ui import restore_one
+
+    _, models = server
+    seen = []
+    restore_one(models, str(photo[0]), None, "", "", 4.0, 2.0, 3, 0, "every face", "wavelet", 1, True, tmp_path / "w",
+                progress=lambda fraction, desc: seen.append((round(fraction, 3), desc)))
+    assert seen == [(0.333, "denoising step 1/3"), (0.667, "denoising step 2/3"), (1.0, "denoising step 3/3")]

@@ -284,12 +284,15 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
         os.close(folder)  # closing releases the lock
 
 
-def merge_summaries(output: Path, world: int, wait_s: float = 3600.0):
-    """Wait (up to ``wait_s``) for every process's summary file; return the merged outcomes and missing ranks."""
+def merge_summaries(output: Path, world: int, wait_s: float = 600.0, on_wait=lambda n: None):
+    """Wait (up to ``wait_s``) for every process's summary file; return the merged outcomes and missing ranks.
+    ``on_wait(n)`` is told once how many processes are still running, so the wait is never silent."""
     import json
     import time
 
     files = [output / f"mgfr-summary-{r}-of-{world}.json" for r in range(world)]
+    if not all(f.is_file() for f in files):
+        on_wait(sum(not f.is_file() for f in files))
     deadline = time.time() + wait_s
     while not all(f.is_file() for f in files) and time.time() < deadline:
         time.sleep(0.5)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgfr_cli.faces.io import atomic_write_bytes
+from mgfr_cli.faces.io import Photo, atomic_write_bytes
 
 FOLDER = "_report"
 THUMB = 1600  # longest side of the before/after copies
@@ -33,15 +33,6 @@ def _jpeg(path: Path, rgb: np.ndarray, longest: int) -> None:
         rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 88])
     atomic_write_bytes(path, buf.tobytes())
-
-
-def _rgb8(pixels: np.ndarray) -> np.ndarray:
-    px = pixels
-    if px.dtype == np.uint16:
-        px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    if px.ndim == 2:
-        px = np.repeat(px[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(px[:, :, :3])
 
 
 class Report:
@@ -67,8 +58,8 @@ class Report:
             entry = {**old, "status": "restored", "detail": old.get("detail", "")}  # done by an earlier run
         if photo is not None and restored is not None and outcome.status == "restored":
             tag = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-            _jpeg(self.folder / f"{tag}_before.jpg", _rgb8(photo.pixels), THUMB)
-            _jpeg(self.folder / f"{tag}_after.jpg", _rgb8(_read_back(outcome.output, photo)), THUMB)
+            _jpeg(self.folder / f"{tag}_before.jpg", photo.rgb8(), THUMB)
+            _jpeg(self.folder / f"{tag}_after.jpg", Photo(_read_back(outcome.output, photo)).rgb8(), THUMB)
             entry["before"], entry["after"] = f"{FOLDER}/{tag}_before.jpg", f"{FOLDER}/{tag}_after.jpg"
             entry["faces"] = []
             for f, r, c in zip(faces, restored, conditions or [None] * len(faces)):

@@ -71,7 +71,8 @@ def run_batch(job, helper, restorer, upsampler=None) -> int:
     write_summary(job.output / f"mgfr-summary-{rank}-of-{world}.json", outcomes)
     if rank != 0:
         return 1 if any(o.status == "failed" for o in outcomes) else 0
-    merged, missing = merge_summaries(job.output, world)
+    merged, missing = merge_summaries(job.output, world, on_wait=lambda n: err.print(
+        f"waiting up to 10 minutes for {n} other process(es) to finish their share..."))
     if missing:
         err.print(f"[yellow]summary without processes {missing} (they did not finish)[/yellow]", markup=True)
     return summary(merged, f"mgfr restore ({world} processes)") or (1 if missing else 0)
