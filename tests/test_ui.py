@@ -34,7 +34,7 @@ def server(tiny_root):
                          bg_upsampler="none", device="cpu", precision="auto", max_megapixels=100)
     assert not models.missing
     demo = build_app(models)
-    serve(demo, "127.0.0.1", None, False, 20, block=False)
+    serve(demo, "127.0.0.1", None, False, 20.0, block=False)  # a float, as `mgfr ui --max-upload-mb` gives
     yield demo.local_url.rstrip("/"), models
     demo.close()
     shutil.rmtree(demo.mgfr_tmp, ignore_errors=True)

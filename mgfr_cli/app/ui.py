@@ -177,7 +177,7 @@ def load_models(root: Path, *, detector: str, base, checkpoint, cleaner: str, bg
 def serve(demo, host: str, port: int, share: bool, max_upload_mb: float, block: bool = True):
     try:
         return demo.launch(server_name=host, server_port=port, share=share, inbrowser=False, quiet=True,
-                           max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, show_error=True)
+                           max_file_size=int(max_upload_mb * 1024 * 1024), prevent_thread_lock=not block, show_error=True)
     finally:
         if block:
             shutil.rmtree(demo.mgfr_tmp, ignore_errors=True)
