@@ -34,19 +34,22 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(pipe, batch, refs, device, iters):
-    """ms for one guided denoiser call (positive + negative-quality: 2 x batch through adapter + UNet)."""
+def time_steps(pipe, batch, refs, device, iters, conds=2):
+    """ms for one guided denoiser call: ``conds`` x batch through adapter + UNet (2: positive and
+    negative-quality; 3: and the negative-attribute prompt)."""
     r = pipe.resolution // 8
     dt = pipe.dtype
     x = torch.randn(batch, 4, r, r, device=device, dtype=dt)
-    text = torch.randn(2 * batch, 77, pipe.base.unet.config.cross_attention_dim, device=device, dtype=dt)
-    z_lq = torch.randn(2 * batch, 4, r, r, device=device, dtype=dt)
+    text = torch.randn(conds * batch, 77, pipe.base.unet.config.cross_attention_dim, device=device, dtype=dt)
+    z_lq = torch.randn(conds * batch, 4, r, r, device=device, dtype=dt)
     ref = None
+    # identity tokens only where the pipeline has ArcFace, as in restore (the compiled graph's shapes match)
+    ids = torch.randn(batch, refs, 512, device=device, dtype=dt) if pipe.identity is not None else None
     if refs:
         with torch.no_grad():
             ref = pipe.adapter.prepare_reference(z_lq[:batch], torch.randn(batch, refs, 4, r, r, device=device, dtype=dt),
-                                                 torch.randn(batch, refs, 512, device=device, dtype=dt), text[:batch]).repeat(2)
-    w_na = torch.zeros(batch, 1, 1, 1, device=device, dtype=dt)
+                                                 ids, text[:batch]).repeat(conds)
+    w_na = torch.full((batch, 1, 1, 1), 2.0 if conds == 3 else 0.0, device=device, dtype=dt)
     t = torch.tensor(500, device=device)
     with torch.no_grad():
         for _ in range(3):

@@ -1,35 +1,33 @@
 #!/usr/bin/env bash
 # The GPU check, as one command (for a session lent a GPU machine through the `device` tool):
-#   correctness of the fp16 CUDA path on the tiny config, then timings of the full-size architecture
-#   with random weights, eager and compiled, batch 1/8/16/32. Prints Markdown for benchmarks/RESULTS.md.
-# Then the public-weights path (DiffBIR-shaped LCA + SwinIR cleaner + Real-ESRGAN x2 on a 12 MP photo).
-# The GPU machine has torch, transformers, accelerate, safetensors, opencv, onnxruntime but not diffusers,
-# facexlib, insightface, spandrel, pydantic (if missing) or open_clip_torch (whose BPE vocabulary builds the CLIP tokenizer): carry them as
-# wheels in .whl/ (see the device tool's README; open_clip also needs ftfy, wcwidth and timm, which may be
-# missing there too) and this script installs them to /tmp/site first.
+#   bash benchmarks/gpu_check.sh [OUT_DIR]
+# runs benchmarks/gpu_check.py: fp16 correctness on the tiny config, then the full-size architecture with
+# random weights (eager and compiled steps, faces and photos end to end, a profile, the public-weights path,
+# the largest batch and the out-of-memory halving). Prints Markdown for benchmarks/RESULTS.md.
+#
+# Prepare here, before the call (the GPU machine reaches no network and gets only the repository):
+#   - .bench/: the face detector and spandrel tables from ../shared/fixtures and insightface's t1.jpg group
+#     photo; this script makes it when those are beside it, so run it once here with PREPARE_ONLY=1.
+#   - .whl/: wheels of what the GPU image lacks (diffusers, facexlib, filterpy, spandrel, pydantic and
+#     pydantic_core, annotated-types, typing-inspection, typing_extensions, importlib_metadata, open_clip_torch,
+#     ftfy, wcwidth), for CPython 3.12 (see the device tool's README); installed to /tmp/site first.
+# Carry both: run(command="bash benchmarks/gpu_check.sh $OUT", carry=[".whl", ".bench"]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ ! -f .bench/t1.jpg ]; then
+  mkdir -p .bench
+  cp ../shared/fixtures/detection_mobilenet0.25_Final.pth .bench/
+  cp -r ../shared/fixtures/spandrel .bench/
+  python3 -c "import insightface, pathlib, shutil; shutil.copy(pathlib.Path(insightface.__file__).parent / 'data/images/t1.jpg', '.bench/')"
+fi
+[ -n "${PREPARE_ONLY:-}" ] && exit 0
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site:$PWD:${PYTHONPATH:-}"
 else
   export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MGFR_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 - <<'PY'
-import sys, torch
-sys.path.insert(0, "tests")
-import numpy as np
-from helpers import randomize_zero_paths, tiny_pipeline
-from mgfr_cli.faces.conditions import FaceConditions
-from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings
-crop = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
-cond, settings = [FaceConditions("brown eyes")], RestoreSettings(steps=4)
-p = tiny_pipeline()
-randomize_zero_paths(p.adapter)
-cpu = p.restore([crop], cond, settings).images[0]
-out = MgfrPipeline(p.base, p.adapter, device="cuda", dtype=torch.float16).restore([crop], cond, settings).images[0]
-print(f"tiny fp16 CUDA vs fp32 CPU: mean abs diff {np.abs(out.astype(int) - cpu.astype(int)).mean():.2f} (0-255)")
-PY
-python3 benchmarks/bench_restore.py --model mgfr-sd21 --device cuda --batch 1 8 16 32 --compile both --steps 30
-python3 benchmarks/bench_public.py --model mgfr-sd21 --device cuda --steps 50 --megapixels 12
+out="${1:-.}"
+python3 benchmarks/gpu_check.py --out "$out/gpu_check.md" --budget "${BUDGET:-420}" 2>&1 | tee "$out/gpu_check.log"

@@ -23,6 +23,7 @@ from mgfr_cli.model.profiles import check_base, profile_of
 from mgfr_cli.model.sampling import SCHEDULERS, combine_guidance, denoise, make_scheduler
 
 ADAPTER_WEIGHTS = "diffusion_pytorch_model.safetensors"
+VAE_CHUNK = 8  # images per VAE encode/decode call
 
 
 class RestoreError(InputError):
@@ -166,15 +167,20 @@ class MgfrPipeline:
 
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base.vae.encode(x).latent_dist.mode() * self.scaling
+        """VAE latents, VAE_CHUNK images at a time: at 512 px the VAE, not the UNet, sets the peak memory."""
+        return torch.cat([self.base.vae.encode(c).latent_dist.mode() * self.scaling for c in x.split(VAE_CHUNK)])
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], VAE_CHUNK at a time, so a batch that denoised never runs out of memory here."""
+        return torch.cat([self._decode(c) for c in z.split(VAE_CHUNK)])
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
         x = self.base.vae.decode(z / self.scaling).sample
         if self.dtype == torch.float16 and not torch.isfinite(x).all():
             # The SD VAE can overflow in fp16 on some inputs: redo that decode in fp32.
             vae32 = self.base.vae.float()
-            x = vae32.decode(z.float() / self.scaling).sample
+            x = vae32.decode(z.float() / self.scaling).sample.clamp(-1, 1).to(self.dtype)
             self.base.vae.to(self.dtype)
         return x.clamp(-1, 1)
 
@@ -253,8 +259,8 @@ class MgfrPipeline:
         done = {k: v for k, v in ((key(r), self._ref_cache.get(r.source)) for r in refs) if v is not None}
         todo = list({key(r): r for r in refs if key(r) not in done}.values())
         if todo:  # in chunks: 200 references in one VAE batch took 8 GB
-            z = torch.cat([self.encode_images(self.to_tensor([r.crop for r in todo[i : i + 8]]))
-                           for i in range(0, len(todo), 8)])
+            z = torch.cat([self.encode_images(self.to_tensor([r.crop for r in todo[i : i + VAE_CHUNK]]))
+                           for i in range(0, len(todo), VAE_CHUNK)])
             e = (torch.from_numpy(self.identity.embed([r.crop for r in todo])).to(self.device, self.dtype)
                  if self.identity is not None else [None] * len(todo))
             done.update({key(r): (zi, ei) for r, zi, ei in zip(todo, z, e)})

@@ -1,0 +1,397 @@
+"""The GPU check (issue 13) in one process, so the full-size model is built once: fp16 correctness on the
+tiny config, then speed and memory of the full-size architecture with random weights, the public-weights
+path, the largest batch and the out-of-memory halving, torch.compile, and a profile. Sections run in order
+of importance and are skipped once ``--budget`` seconds have passed; one that fails prints its error and the
+next runs. Prints Markdown for benchmarks/RESULTS.md (also written to ``--out``). Not a test.
+
+    python benchmarks/gpu_check.py --out gpu.md                               # on a GPU machine
+    python benchmarks/gpu_check.py --model mgfr-tiny --device cpu --faces 2    # a dry run of every path
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE / "tests"))
+sys.path.insert(0, str(HERE / "benchmarks"))
+
+from bench_public import random_state  # noqa: E402
+from bench_restore import time_steps  # noqa: E402
+from helpers import clip_tokenizer, randomize_zero_paths, tiny_pipeline  # noqa: E402
+from mgfr_cli.app.batch import BatchRestorer, RestoreJob, restore_in_batches  # noqa: E402
+from mgfr_cli.configs import load_model_config  # noqa: E402
+from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions  # noqa: E402
+from mgfr_cli.faces.helper import AlignedFace, FaceHelper  # noqa: E402
+from mgfr_cli.model.adapter import MgfrAdapter  # noqa: E402
+from mgfr_cli.model.base import build_random_base  # noqa: E402
+from mgfr_cli.model.cleaner import Cleaner  # noqa: E402
+from mgfr_cli.model.pipeline import DiffusionRestorer, MgfrPipeline, RestoreSettings  # noqa: E402
+from mgfr_cli.model.upsampler import BackgroundUpsampler  # noqa: E402
+
+DETECTOR = "detection_mobilenet0.25_Final.pth"
+
+
+class Run:
+    def __init__(self, args):
+        self.args, self.dev, self.t0 = args, args.device, time.perf_counter()
+        self.cuda = args.device.startswith("cuda")
+        self.dtype = torch.float16 if self.cuda else torch.float32
+        self.out = open(args.out, "w") if args.out else None
+        self.tmp = Path(tempfile.mkdtemp(prefix="mgfr-gpu-"))
+
+    def say(self, line: str = "") -> None:
+        print(line, flush=True)
+        if self.out:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def left(self) -> float:
+        return self.args.budget - (time.perf_counter() - self.t0)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak(self) -> str:
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if self.cuda else "-"
+
+    def timed(self, fn, repeat: int = 1) -> tuple[float, object]:
+        """Median seconds of ``repeat`` calls (after the caller's warm-up) and the last result."""
+        times, out = [], None
+        for _ in range(repeat):
+            self.sync()
+            start = time.perf_counter()
+            out = fn()
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times), out
+
+    def section(self, title: str, fn, needs_s: float = 0.0) -> None:
+        self.say(f"\n## {title}  (t = {time.perf_counter() - self.t0:.0f} s)\n")
+        if self.left() < needs_s:
+            self.say(f"skipped: {self.left():.0f} s of the budget left, this needs about {needs_s:.0f} s")
+            return
+        try:
+            fn()
+        except Exception:  # a failed section is reported and the next one runs
+            self.say("FAILED:\n```\n" + traceback.format_exc(limit=6) + "```")
+        finally:
+            if self.cuda:
+                torch.cuda.empty_cache()
+
+
+def face_crop(seed: int = 0) -> np.ndarray:
+    import skimage.data
+
+    img = skimage.data.astronaut()  # a real face fills the middle of this crop
+    crop = cv2.resize(img[0:300, 110:410], (512, 512), interpolation=cv2.INTER_CUBIC)
+    return np.roll(crop, seed * 7, axis=1)
+
+
+def aligned(crop: np.ndarray) -> AlignedFace:
+    return AlignedFace(crop, np.zeros((5, 2)), np.array([[1.0, 0, 0], [0, 1.0, 0]]), 0)
+
+
+# -- 1. fp16 correctness on the tiny config --------------------------------------------------------
+def tiny_checks(run: Run) -> None:
+    crop = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    cond, settings = [FaceConditions("brown eyes")], RestoreSettings(steps=4)
+    p = tiny_pipeline()
+    randomize_zero_paths(p.adapter)
+    cpu = p.restore([crop], cond, settings).images[0]
+    half = MgfrPipeline(p.base, p.adapter, device=run.dev, dtype=run.dtype)
+    out = half.restore([crop], cond, settings).images[0]
+    diff = np.abs(out.astype(int) - cpu.astype(int))
+    run.say(f"- tiny config, {run.dtype} on {run.dev} vs fp32 CPU, 4 steps: mean abs diff {diff.mean():.2f}, "
+            f"99th percentile {np.percentile(diff, 99):.0f} (0-255)")
+    # VAE overflow: latents large enough that the fp16 decoder overflows; the pipeline must redo it in fp32.
+    z = torch.randn(2, 4, half.resolution // 8, half.resolution // 8, generator=torch.Generator().manual_seed(0))
+    z = z * run.args.overflow_scale
+    with torch.no_grad():
+        raw = half.base.vae.decode(z.to(run.dev, half.dtype) / half.scaling).sample
+        fixed = half.decode_latents(z.to(run.dev, half.dtype))
+        vae32 = p.base.vae.float().to("cpu")
+        ref = vae32.decode(z / half.scaling).sample.clamp(-1, 1)
+    run.say(f"- VAE overflow, latents x{run.args.overflow_scale:g}: plain {half.dtype} decode has "
+            f"{(~torch.isfinite(raw)).sum().item()} non-finite values; the pipeline's decode has "
+            f"{(~torch.isfinite(fixed)).sum().item()}, max abs diff to an fp32 CPU decode "
+            f"{(fixed.float().cpu() - ref).abs().max().item():.4f}; VAE dtype after: {half.base.vae.dtype}")
+
+
+# -- 2. the full-size model -------------------------------------------------------------------------
+def build(run: Run) -> MgfrPipeline:
+    cfg = load_model_config(run.args.model)
+    start = time.perf_counter()
+    with torch.device(run.dev if run.cuda else "cpu"):  # random init on the GPU: minutes faster
+        base = build_random_base(cfg, clip_tokenizer())
+        adapter = MgfrAdapter.from_unet(base.unet, **cfg.adapter)
+    randomize_zero_paths(adapter, scale=0.01)  # the reference/LQ paths then change the output, as trained ones do
+    pipe = MgfrPipeline(base, adapter, device=run.dev, dtype=run.dtype).optimize(channels_last=run.cuda)
+    n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    run.say(f"- {run.args.model}: UNet {n(base.unet):.0f} M, adapter {n(adapter):.0f} M, VAE {n(base.vae):.0f} M, "
+            f"text {n(base.text_encoder):.0f} M parameters; built in {time.perf_counter() - start:.1f} s; "
+            f"weights on the GPU {torch.cuda.memory_allocated() / 2**30 if run.cuda else 0:.2f} GiB")
+    return pipe
+
+
+def steps_table(run: Run, pipe: MgfrPipeline, compiled: bool = False, batches=(1, 8, 16, 32), conds=(2, 3)) -> None:
+    run.say("| compiled | conditions | faces | ms/step | ms/face-step | ms/UNet-sample | peak GiB |")
+    run.say("|---|---|---|---|---|---|---|")
+    for k in conds:
+        for b in batches:
+            run.reset_peak()
+            start = time.perf_counter()
+            try:
+                ms = time_steps(pipe, b, 1, run.dev, run.args.iters, conds=k)
+            except torch.OutOfMemoryError:
+                run.say(f"| {compiled} | {k} | {b} | OOM | | | |")
+                continue
+            first = f" (first call incl. compile: {time.perf_counter() - start:.0f} s)" if compiled else ""
+            run.say(f"| {compiled} | {k} | {b} | {ms:.1f} | {ms / b:.2f} | {ms / (b * k):.2f} | {run.peak()} |{first}")
+
+
+def conditions(n: int, refs: bool = True, negative: bool = False) -> list[FaceConditions]:
+    ref = (aligned(face_crop(99)),) if refs else ()
+    return [FaceConditions("brown eyes", "blue eyes" if negative else None, ref) for _ in range(n)]
+
+
+def end_to_end(run: Run, pipe: MgfrPipeline, label: str = "eager") -> None:
+    s = RestoreSettings(steps=run.args.steps)
+    run.say(f"`pipe.restore` from aligned crops (cleaner none, VAE encode, {s.steps} steps, decode, colour fix); "
+            "one reference per face. Median of 3 after a warm-up.\n")
+    run.say("| path | faces | negative prompt | s total | s/face | peak GiB |\n|---|---|---|---|---|---|")
+    for n, neg in [(1, False), (1, True)] + [(b, False) for b in run.args.e2e_batches]:
+        crops, cond = [face_crop(i) for i in range(n)], conditions(n, negative=neg)
+        pipe.restore(crops, cond, s)  # warm-up (also fills the reference and prompt caches)
+        run.reset_peak()
+        sec, _ = run.timed(lambda: pipe.restore(crops, cond, s), repeat=3 if n == 1 else 1)
+        run.say(f"| {label} | {n} | {'yes' if neg else 'no'} | {sec:.2f} | {sec / n:.3f} | {run.peak()} |")
+
+
+def stage_profile(run: Run, pipe: MgfrPipeline) -> None:
+    """Where one face's time goes, stage by stage (each synchronised), and the GPU kernels of one step."""
+    from mgfr_cli.model.colorfix import color_fix
+    from mgfr_cli.model.sampling import denoise, make_scheduler
+
+    s = RestoreSettings(steps=run.args.steps)
+    crop, cond = [face_crop(0)], conditions(1)
+    pipe.restore(crop, cond, s)
+    prof = pipe.profile
+    t = {}
+
+    def stage(name, fn):
+        sec, out = run.timed(fn)
+        t[name] = sec
+        return out
+
+    texts = stage("prompts (cached)", lambda: [pipe.encode_prompts([prof.positive("brown eyes")]),
+                                               pipe.encode_prompts([prof.negative_quality])])
+    lq = stage("to tensor", lambda: pipe.to_tensor(crop))
+    z = stage("VAE encode", lambda: pipe.encode_images(lq))
+    pipe._ref_cache.clear()
+    refs = stage("references (VAE + RLF)", lambda: pipe.prepare_references(z, cond, texts))
+    sched = make_scheduler(s.scheduler, pipe.base.scheduler_config)
+    sched.set_timesteps(s.steps, device=pipe.device)
+    text_all, z_all = torch.cat(texts), z.repeat(2, 1, 1, 1)
+    w_na = torch.zeros(1, 1, 1, 1, device=pipe.device, dtype=pipe.dtype)
+    step = lambda x, tt: pipe._predict_fn(x, tt, text_all, z_all, refs, s.guidance_quality, w_na)  # noqa: E731
+    lat = stage(f"denoise ({s.steps} steps)", lambda: denoise(step, torch.randn_like(z), sched))
+    x = stage("VAE decode", lambda: pipe.decode_latents(lat))
+    stage("colour fix", lambda: color_fix(x, lq, s.color_fix))
+    total = sum(t.values())
+    run.say("| stage | ms | share |\n|---|---|---|")
+    for k, v in t.items():
+        run.say(f"| {k} | {v * 1000:.1f} | {v / total:.0%} |")
+    if not run.cuda:
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    x0 = torch.randn_like(z)
+    tt = sched.timesteps[0]
+    with torch.no_grad():
+        step(x0, tt)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            for _ in range(3):
+                step(x0, tt)
+            torch.cuda.synchronize()
+    ev = p.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in ev) / 3
+    wall = run.timed(lambda: step(x0, tt), repeat=5)[0]
+    run.say(f"\nOne guided step, one face (eager): wall {wall * 1000:.1f} ms, GPU kernels busy {gpu_us / 1000:.1f} ms "
+            f"({gpu_us / 1000 / (wall * 1000):.0%}): the rest is Python and kernel launches. Top kernels:\n")
+    run.say("| op | GPU ms/step | calls/step |\n|---|---|---|")
+    for e in sorted(ev, key=lambda e: -e.self_device_time_total)[:10]:
+        run.say(f"| `{e.key[:60]}` | {e.self_device_time_total / 3000:.2f} | {e.count // 3} |")
+
+
+# -- 3. photos through the real batch path (detection, alignment, paste, write) ----------------------
+def photos(run: Run, pipe: MgfrPipeline) -> None:
+    import skimage.data
+
+    root = Path(run.args.assets)
+    helper = FaceHelper(root, "retinaface_mobile0.25", device=run.dev, use_parse=False)
+    restorer = DiffusionRestorer(pipe, RestoreSettings(steps=run.args.steps))
+    ref = run.tmp / "ref.png"
+    cv2.imwrite(str(ref), skimage.data.astronaut()[:, :, ::-1])
+    one = run.tmp / "astronaut.png"
+    cv2.imwrite(str(one), skimage.data.astronaut()[:, :, ::-1])
+    group = root / "t1.jpg"
+    run.say(f"`BatchRestorer` as `mgfr restore PHOTO --ref ref.png --prompt 'brown eyes'` runs it: read, RetinaFace "
+            f"mobilenet0.25 detection, alignment, {run.args.steps} steps, paste, write. After a warm-up photo.\n")
+    run.say("| photo | faces | s | peak GiB |\n|---|---|---|---|")
+    spec = ConditionSpec(prompt="brown eyes", refs=(ref,))
+    BatchRestorer(helper, restorer).run(RestoreJob((str(one),), run.tmp / "warm", spec, report=False))
+    for i, (label, path) in enumerate([("astronaut 512x512", one), ("group (insightface t1.jpg)", group)]):
+        run.reset_peak()
+        sec, out = run.timed(lambda: BatchRestorer(helper, restorer).run(
+            RestoreJob((str(path),), run.tmp / f"out{i}", spec, batch_size=8, report=False)))
+        faces = out[0].faces if out else 0
+        run.say(f"| {label} | {faces} ({out[0].status if out else '?'}) | {sec:.2f} | {run.peak()} |")
+
+
+def public_path(run: Run, pipe: MgfrPipeline) -> None:
+    base = pipe.base
+    torch.save({"state_dict": random_state(Path(run.args.assets) / "spandrel" / "swinir_diffbir_keys.tsv")},
+               run.tmp / "swinir.ckpt")
+    torch.save({"params_ema": random_state(Path(run.args.assets) / "spandrel" / "RealESRGAN_x2plus_keys.tsv")},
+               run.tmp / "x2.pth")
+    with torch.device(run.dev if run.cuda else "cpu"):
+        lca = MgfrAdapter.from_unet(base.unet, use_reference=False, resolution=pipe.resolution)
+    lca.register_to_config(source="diffbir-v2", stages_trained=[1])
+    pub = MgfrPipeline(base, lca, device=run.dev, dtype=run.dtype, cleaner=Cleaner(run.tmp / "swinir.ckpt", run.dev))
+    pub.optimize(channels_last=run.cuda)
+    up = BackgroundUpsampler(run.tmp / "x2.pth", 2, run.dev)
+    s = RestoreSettings(steps=50, guidance_quality=pub.profile.default_guidance)
+    face = [face_crop(0)]
+    pub.restore(face, [FaceConditions()], s)
+    run.say(f"DiffBIR-shaped LCA (no RCA) + SwinIR cleaner, DiffBIR's defaults ({s.steps} steps, guidance "
+            f"{s.guidance_quality:g}); Real-ESRGAN x2 (tiled) for the background.\n")
+    run.say("| what | s | peak GiB |\n|---|---|---|")
+    run.reset_peak()
+    sec, _ = run.timed(lambda: pub.restore(face, [FaceConditions()], s), repeat=3)
+    run.say(f"| one 512 face, aligned crop, cleaner + {s.steps} steps | {sec:.2f} | {run.peak()} |")
+    run.reset_peak()
+    sec, _ = run.timed(lambda: pub.cleaner(pub.to_tensor(face)))
+    run.say(f"| cleaner alone (SwinIR, one face) | {sec:.3f} | {run.peak()} |")
+    img = cv2.imread(str(Path(run.args.assets) / "t1.jpg"))
+    h, w = img.shape[:2]
+    f = (run.args.megapixels * 1e6 / (h * w)) ** 0.5
+    big = run.tmp / "big" / "group12mp.jpg"
+    big.parent.mkdir()
+    cv2.imwrite(str(big), cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    bh, bw = round(h * f), round(w * f)
+    run.reset_peak()
+    sec, _ = run.timed(lambda: up(np.zeros((bh, bw, 3), np.uint8), (2 * bw, 2 * bh)))
+    run.say(f"| background alone: Real-ESRGAN x2 of {bw}x{bh} ({bw * bh / 1e6:.1f} MP) | {sec:.2f} | {run.peak()} |")
+    helper = FaceHelper(Path(run.args.assets), "retinaface_mobile0.25", device=run.dev, use_parse=False)
+    restorer = DiffusionRestorer(pub, s)
+    run.reset_peak()
+    sec, out = run.timed(lambda: BatchRestorer(helper, restorer, upsampler=up).run(RestoreJob(
+        (str(big),), run.tmp / "bigout", ConditionSpec(), upscale=2.0, max_megapixels=100, ext="jpg", report=False)))
+    o = out[0]
+    run.say(f"| `mgfr restore` {bw}x{bh} group photo --upscale 2 (detect, {o.faces} faces, x2 background, paste, "
+            f"write JPEG): {o.status} | {sec:.2f} | {run.peak()} |")
+
+
+# -- 4. memory: the largest batch, and the out-of-memory halving ---------------------------------------
+def largest_batch(run: Run, pipe: MgfrPipeline) -> None:
+    s = RestoreSettings(steps=1)
+    run.say("One denoising step per size (the denoiser's memory does not grow with steps); VAE in chunks of 8.\n")
+    run.say("| faces in one batch | fits | peak GiB | s (1 step) |\n|---|---|---|---|")
+    first_oom = None
+    for n in run.args.oom_sizes:
+        if run.left() < 60:
+            run.say(f"| {n} | not tried (budget) | | |")
+            break
+        crops, cond = [face_crop(0)] * n, conditions(n)
+        run.reset_peak()
+        try:
+            sec, _ = run.timed(lambda: pipe.restore(crops, cond, s))
+            run.say(f"| {n} | yes | {run.peak()} | {sec:.2f} |")
+        except torch.OutOfMemoryError:
+            run.say(f"| {n} | OOM | {run.peak()} | |")
+            first_oom = n
+            break
+    if first_oom is None:
+        return
+    sizes = []
+    restorer = DiffusionRestorer(pipe, s)
+    real = restorer.restore
+    restorer.restore = lambda c, k, sd: (sizes.append(len(c)), real(c, k, sd))[1]
+    crops = [face_crop(0)] * first_oom
+    torch.cuda.empty_cache()
+    out = restore_in_batches(restorer, crops, conditions(first_oom), [0] * first_oom, batch_size=first_oom)
+    run.say(f"\nOut-of-memory halving: {first_oom} faces asked for in one batch ran as chunks {sizes} "
+            f"and returned {len(out)} faces.")
+
+
+# -- 5. torch.compile (CUDA graphs) ---------------------------------------------------------------------
+def compiled(run: Run, pipe: MgfrPipeline, batches) -> None:
+    cp = MgfrPipeline(pipe.base, pipe.adapter, device=run.dev, dtype=run.dtype).optimize(compile=True)
+    steps_table(run, cp, compiled=True, batches=batches, conds=(2,))
+    if 1 in batches and run.left() > 60:
+        s = RestoreSettings(steps=run.args.steps)
+        crop, cond = [face_crop(0)], conditions(1)
+        start = time.perf_counter()
+        cp.restore(crop, cond, s)
+        warm = time.perf_counter() - start
+        sec, _ = run.timed(lambda: cp.restore(crop, cond, s), repeat=3)
+        run.say(f"\nCompiled, one face end to end ({s.steps} steps, guidance, one reference): {sec:.2f} s "
+                f"(first call {warm:.1f} s)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="mgfr-sd21")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32])
+    ap.add_argument("--e2e-batches", type=int, nargs="*", default=[8, 32])
+    ap.add_argument("--oom-sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    ap.add_argument("--megapixels", type=float, default=12.0)
+    ap.add_argument("--overflow-scale", type=float, default=10000.0)
+    ap.add_argument("--assets", default=str(HERE / ".bench"), help="folder with t1.jpg, spandrel/ tables, the detector")
+    ap.add_argument("--budget", type=float, default=480.0, help="seconds; later sections are skipped after it")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    run = Run(args)
+    name = torch.cuda.get_device_name() if run.cuda else "cpu"
+    run.say(f"# mgfr GPU check: {name}, torch {torch.__version__}, {run.dtype}, random weights, "
+            f"{time.strftime('%Y-%m-%d %H:%M')}")
+    run.section("fp16 correctness (tiny config)", lambda: tiny_checks(run))
+    holder = {}
+    run.section(f"Full-size model ({args.model})", lambda: holder.update(pipe=build(run)))
+    pipe = holder.get("pipe")
+    if pipe is None:
+        return
+    run.section("Guided denoiser step, eager", lambda: steps_table(run, pipe, batches=args.batches))
+    run.section("Faces end to end, eager", lambda: end_to_end(run, pipe), needs_s=40)
+    run.section("Where one face's time goes (eager)", lambda: stage_profile(run, pipe), needs_s=20)
+    run.section("Photos through the batch path", lambda: photos(run, pipe), needs_s=30)
+    run.section("Public-weights path", lambda: public_path(run, pipe), needs_s=60)
+    run.section("Largest batch and out-of-memory halving", lambda: largest_batch(run, pipe), needs_s=60)
+    run.section("torch.compile (reduce-overhead), one face", lambda: compiled(run, pipe, [1]), needs_s=120)
+    run.section("torch.compile, 16 faces", lambda: compiled(run, pipe, [16]), needs_s=120)
+    run.say(f"\n(total {time.perf_counter() - run.t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
