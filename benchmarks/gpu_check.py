@@ -184,6 +184,7 @@ def end_to_end(run: Run, pipe: MgfrPipeline, label: str = "eager") -> None:
         run.say(f"| {label} | {n} | {'yes' if neg else 'no'} | {sec:.2f} | {sec / n:.3f} | {run.peak()} |")
 
 
+@torch.no_grad()
 def stage_profile(run: Run, pipe: MgfrPipeline) -> None:
     """Where one face's time goes, stage by stage (each synchronised), and the GPU kernels of one step."""
     from mgfr_cli.model.colorfix import color_fix
@@ -218,27 +219,38 @@ def stage_profile(run: Run, pipe: MgfrPipeline) -> None:
     run.say("| stage | ms | share |\n|---|---|---|")
     for k, v in t.items():
         run.say(f"| {k} | {v * 1000:.1f} | {v / total:.0%} |")
-    if not run.cuda:
-        return
+    for b in run.args.profile_batches:
+        kernels(run, pipe, b)
+
+
+@torch.no_grad()
+def kernels(run: Run, pipe: MgfrPipeline, b: int) -> None:
+    """The GPU kernels of one eager guided step for ``b`` faces, against its wall time."""
     from torch.profiler import ProfilerActivity, profile
 
-    x0 = torch.randn_like(z)
-    tt = sched.timesteps[0]
-    with torch.no_grad():
-        step(x0, tt)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-            for _ in range(3):
-                step(x0, tt)
-            torch.cuda.synchronize()
-    ev = p.key_averages()
-    gpu_us = sum(e.self_device_time_total for e in ev) / 3
-    wall = run.timed(lambda: step(x0, tt), repeat=5)[0]
-    run.say(f"\nOne guided step, one face (eager): wall {wall * 1000:.1f} ms, GPU kernels busy {gpu_us / 1000:.1f} ms "
-            f"({gpu_us / 1000 / (wall * 1000):.0%}): the rest is Python and kernel launches. Top kernels:\n")
-    run.say("| op | GPU ms/step | calls/step |\n|---|---|---|")
-    for e in sorted(ev, key=lambda e: -e.self_device_time_total)[:10]:
-        run.say(f"| `{e.key[:60]}` | {e.self_device_time_total / 3000:.2f} | {e.count // 3} |")
+    r, dt, dev = pipe.resolution // 8, pipe.dtype, pipe.device
+    z = torch.randn(b, 4, r, r, device=dev, dtype=dt)
+    text = torch.randn(2 * b, 77, pipe.base.unet.config.cross_attention_dim, device=dev, dtype=dt)
+    refs = pipe.adapter.prepare_reference(z, torch.randn(b, 1, 4, r, r, device=dev, dtype=dt), None, text[:b]).repeat(2)
+    w_na = torch.zeros(b, 1, 1, 1, device=dev, dtype=dt)
+    tt = torch.tensor(500, device=dev)
+    step = lambda: pipe._predict_fn(z, tt, text, z.repeat(2, 1, 1, 1), refs, 4.0, w_na)  # noqa: E731
+    step()
+    run.sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.cuda else [])) as p:
+        for _ in range(3):
+            step()
+        run.sync()
+    ev = [e for e in p.key_averages() if e.self_device_time_total > 0 or not run.cuda]
+    busy = (lambda e: e.self_device_time_total) if run.cuda else (lambda e: e.self_cpu_time_total)
+    gpu_ms = sum(busy(e) for e in ev) / 3000
+    wall = run.timed(step, repeat=5)[0] * 1000
+    run.say(f"\nOne guided step, {b} face(s), eager: wall {wall:.1f} ms, GPU kernels busy {gpu_ms:.1f} ms "
+            f"({gpu_ms / wall:.0%}). Top kernels:\n")
+    run.say("| kernel | GPU ms/step | share | calls/step |\n|---|---|---|---|")
+    for e in sorted(ev, key=lambda e: -busy(e))[:12]:
+        ms = busy(e) / 3000
+        run.say(f"| `{e.key[:70]}` | {ms:.2f} | {ms / gpu_ms:.0%} | {e.count // 3} |")
 
 
 # -- 3. photos through the real batch path (detection, alignment, paste, write) ----------------------
@@ -345,16 +357,29 @@ def largest_batch(run: Run, pipe: MgfrPipeline) -> None:
 # -- 5. torch.compile (CUDA graphs) ---------------------------------------------------------------------
 def compiled(run: Run, pipe: MgfrPipeline, batches) -> None:
     cp = MgfrPipeline(pipe.base, pipe.adapter, device=run.dev, dtype=run.dtype).optimize(compile=True)
-    steps_table(run, cp, compiled=True, batches=batches, conds=(2,))
-    if 1 in batches and run.left() > 60:
+    if 1 in batches:  # restore first: the step table below must then reuse its graph (no second compile)
         s = RestoreSettings(steps=run.args.steps)
         crop, cond = [face_crop(0)], conditions(1)
         start = time.perf_counter()
         cp.restore(crop, cond, s)
         warm = time.perf_counter() - start
         sec, _ = run.timed(lambda: cp.restore(crop, cond, s), repeat=3)
-        run.say(f"\nCompiled, one face end to end ({s.steps} steps, guidance, one reference): {sec:.2f} s "
-                f"(first call {warm:.1f} s)")
+        run.say(f"Compiled, one face end to end ({s.steps} steps, guidance, one reference): {sec:.2f} s "
+                f"(first call, compiling: {warm:.1f} s)\n")
+    steps_table(run, cp, compiled=True, batches=batches, conds=(2,))
+
+
+def layouts(run: Run, pipe: MgfrPipeline) -> None:
+    """The eager step with the UNet and adapter in the default (NCHW) layout instead of channels_last."""
+    for m in (pipe.base.unet, pipe.adapter):
+        m.to(memory_format=torch.contiguous_format)
+    try:
+        run.say("NCHW (contiguous) weights instead of channels_last:\n")
+        steps_table(run, pipe, batches=[1, 16], conds=(2,))
+        kernels(run, pipe, 16)
+    finally:
+        for m in (pipe.base.unet, pipe.adapter):
+            m.to(memory_format=torch.channels_last if run.cuda else torch.contiguous_format)
 
 
 def main():
@@ -370,26 +395,35 @@ def main():
     ap.add_argument("--overflow-scale", type=float, default=10000.0)
     ap.add_argument("--assets", default=str(HERE / ".bench"), help="folder with t1.jpg, spandrel/ tables, the detector")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds; later sections are skipped after it")
+    ap.add_argument("--profile-batches", type=int, nargs="*", default=[1, 16])
+    ap.add_argument("--sections", nargs="*", default=None, help="run only these (numbers, 0-9); default all")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     run = Run(args)
     name = torch.cuda.get_device_name() if run.cuda else "cpu"
     run.say(f"# mgfr GPU check: {name}, torch {torch.__version__}, {run.dtype}, random weights, "
             f"{time.strftime('%Y-%m-%d %H:%M')}")
-    run.section("fp16 correctness (tiny config)", lambda: tiny_checks(run))
+    want = lambda i: args.sections is None or str(i) in args.sections  # noqa: E731
+    if want(0):
+        run.section("fp16 correctness (tiny config)", lambda: tiny_checks(run))
     holder = {}
     run.section(f"Full-size model ({args.model})", lambda: holder.update(pipe=build(run)))
     pipe = holder.get("pipe")
     if pipe is None:
         return
-    run.section("Guided denoiser step, eager", lambda: steps_table(run, pipe, batches=args.batches))
-    run.section("Faces end to end, eager", lambda: end_to_end(run, pipe), needs_s=40)
-    run.section("Where one face's time goes (eager)", lambda: stage_profile(run, pipe), needs_s=20)
-    run.section("Photos through the batch path", lambda: photos(run, pipe), needs_s=30)
-    run.section("Public-weights path", lambda: public_path(run, pipe), needs_s=60)
-    run.section("Largest batch and out-of-memory halving", lambda: largest_batch(run, pipe), needs_s=60)
-    run.section("torch.compile (reduce-overhead), one face", lambda: compiled(run, pipe, [1]), needs_s=120)
-    run.section("torch.compile, 16 faces", lambda: compiled(run, pipe, [16]), needs_s=120)
+    for i, title, fn, needs in [
+        (1, "Guided denoiser step, eager", lambda: steps_table(run, pipe, batches=args.batches), 0),
+        (2, "Faces end to end, eager", lambda: end_to_end(run, pipe), 40),
+        (3, "Where one face's time goes (eager)", lambda: stage_profile(run, pipe), 20),
+        (9, "Memory layout: channels_last or not (eager)", lambda: layouts(run, pipe), 20),
+        (4, "Photos through the batch path", lambda: photos(run, pipe), 30),
+        (5, "Public-weights path", lambda: public_path(run, pipe), 60),
+        (6, "Largest batch and out-of-memory halving", lambda: largest_batch(run, pipe), 60),
+        (7, "torch.compile (reduce-overhead), one face", lambda: compiled(run, pipe, [1]), 120),
+        (8, "torch.compile, 16 faces", lambda: compiled(run, pipe, [16]), 100),
+    ]:
+        if want(i):
+            run.section(title, fn, needs_s=needs)
     run.say(f"\n(total {time.perf_counter() - run.t0:.0f} s)")
 
 

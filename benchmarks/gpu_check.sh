@@ -30,4 +30,4 @@ fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MGFR_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 out="${1:-.}"
-python3 benchmarks/gpu_check.py --out "$out/gpu_check.md" --budget "${BUDGET:-420}" 2>&1 | tee "$out/gpu_check.log"
+python3 benchmarks/gpu_check.py --out "$out/gpu_check.md" --budget "${BUDGET:-420}" ${GPU_CHECK_ARGS:-} 2>&1 | tee "$out/gpu_check.log"

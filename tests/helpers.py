@@ -95,4 +95,4 @@ def randomize_zero_paths(adapter, seed: int = 1, scale: float = 0.05):
         for name, p in adapter.named_parameters():
             zero = p == 0
             if bool(zero.any()):
-                p.copy_(torch.where(zero, torch.randn(p.shape, generator=g) * scale, p))
+                p.copy_(torch.where(zero, (torch.randn(p.shape, generator=g) * scale).to(p.device, p.dtype), p))

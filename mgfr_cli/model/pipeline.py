@@ -132,7 +132,17 @@ class MgfrPipeline:
             self.adapter.to(memory_format=torch.channels_last)
         if compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
-            self._predict_fn = torch.compile(self._predict, mode=mode, dynamic=False)
+            compiled = torch.compile(self._predict, mode=mode, dynamic=False)
+
+            def predict(x, t, text_all, z_lq_all, ref_all, w_nq, w_na):
+                # One memory layout whatever produced the inputs (an NHWC photo, the cleaner, channels_last
+                # convolutions): the compiled graph is guarded on strides, and another layout recompiles it.
+                if ref_all is not None:
+                    ref_all = ReferenceState(*(v.contiguous() for v in (ref_all.z_ref, ref_all.context, ref_all.weights)))
+                return compiled(x.contiguous(), t, text_all.contiguous(), z_lq_all.contiguous(), ref_all, w_nq,
+                                w_na.contiguous())
+
+            self._predict_fn = predict
         return self
 
     def _predict(self, x: torch.Tensor, t: torch.Tensor, text_all: torch.Tensor, z_lq_all: torch.Tensor,
