@@ -126,12 +126,13 @@ def tiny_checks(run: Run) -> None:
     with torch.no_grad():
         raw = half.base.vae.decode(z.to(run.dev, half.dtype) / half.scaling).sample
         fixed = half.decode_latents(z.to(run.dev, half.dtype))
+        after = half.base.vae.dtype  # the fallback must hand the VAE back in half precision
         vae32 = p.base.vae.float().to("cpu")
         ref = vae32.decode(z / half.scaling).sample.clamp(-1, 1)
     run.say(f"- VAE overflow, latents x{run.args.overflow_scale:g}: plain {half.dtype} decode has "
             f"{(~torch.isfinite(raw)).sum().item()} non-finite values; the pipeline's decode has "
             f"{(~torch.isfinite(fixed)).sum().item()}, max abs diff to an fp32 CPU decode "
-            f"{(fixed.float().cpu() - ref).abs().max().item():.4f}; VAE dtype after: {half.base.vae.dtype}")
+            f"{(fixed.float().cpu() - ref).abs().max().item():.4f}; VAE dtype after it: {after}")
 
 
 # -- 2. the full-size model -------------------------------------------------------------------------
@@ -241,7 +242,9 @@ def kernels(run: Run, pipe: MgfrPipeline, b: int) -> None:
         for _ in range(3):
             step()
         run.sync()
-    ev = [e for e in p.key_averages() if e.self_device_time_total > 0 or not run.cuda]
+    ev = p.key_averages()
+    if run.cuda:  # kernel rows only: an operator's row repeats the device time of the kernels it launched
+        ev = [e for e in ev if "CUDA" in str(e.device_type)] or [e for e in ev if e.self_device_time_total > 0]
     busy = (lambda e: e.self_device_time_total) if run.cuda else (lambda e: e.self_cpu_time_total)
     gpu_ms = sum(busy(e) for e in ev) / 3000
     wall = run.timed(step, repeat=5)[0] * 1000

@@ -385,3 +385,50 @@ def test_single_file_base_loads_offline_as_epsilon(tmp_path, monkeypatch):
     monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", staticmethod(lambda *a, **k: 1 / 0))
     with pytest.raises(WeightsError, match="cannot load as a single-file SD 2.1 base"):
         base_module.load_base(ckpt)
+
+
+def test_fp16_vae_overflow_is_decoded_again_in_fp32_in_chunks():
+    """The SD VAE can overflow in fp16: that chunk is decoded again in fp32 (values of an fp32 decode), the VAE
+    is handed back in fp16, and decoding goes 8 latents at a time (the H100 check: 512 faces in one batch)."""
+    import copy
+
+    p = tiny_pipeline()
+    vae32 = copy.deepcopy(p.base.vae).float()
+    half = MgfrPipeline(p.base, p.adapter, dtype=torch.float16)
+    z = torch.randn(10, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 10000  # overflows fp16 here
+    sizes = []
+    decode = half.base.vae.decode
+    half.base.vae.decode = lambda x: (sizes.append(x.shape[0]), decode(x))[1]
+    with torch.no_grad():
+        assert not torch.isfinite(decode(z.half() / half.scaling).sample).all()  # the plain fp16 decode fails
+        out = half.decode_latents(z.half())
+        want = vae32.decode(z / half.scaling).sample.clamp(-1, 1)
+    assert torch.isfinite(out).all() and out.dtype == torch.float16
+    assert half.base.vae.dtype == torch.float16
+    assert (out.float() - want).abs().max() < 0.01
+    assert max(sizes) <= 8 and sum(sizes) >= 10
+
+
+def test_compiled_denoiser_is_compiled_once_whatever_the_input_layout(monkeypatch, faces):
+    """``--compile`` costs ~100 s per graph on an H100: inputs of another memory layout (the NHWC photo's
+    latents, channels_last convolutions) must not compile a second one. Dynamo's guards are the same for
+    every backend, so this counts compilations with the eager backend."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=counter, dynamic=False))
+    pipe = tiny_pipeline().optimize(compile=True, channels_last=True)
+    ref = _face(faces[0][::-1])
+    pipe.restore([faces[0]], [FaceConditions("brown eyes", references=(ref,))], FAST)
+    assert counter.frame_count == 1
+    # The same shapes, made another way (contiguous, as a benchmark or the web page might make them).
+    r, b = pipe.resolution // 8, 1
+    text = torch.randn(2 * b, 77, pipe.base.unet.config.cross_attention_dim)
+    z = torch.randn(2 * b, 4, r, r)
+    with torch.no_grad():
+        refs = pipe.adapter.prepare_reference(z[:b], torch.randn(b, 1, 4, r, r), None, text[:b]).repeat(2)
+        pipe._predict_fn(z[:b], torch.tensor(500), text, z, refs, 4.0, torch.zeros(b, 1, 1, 1))
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
