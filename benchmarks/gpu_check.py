@@ -5,107 +5,34 @@ of importance and are skipped once ``--budget`` seconds have passed; one that fa
 next runs. Prints Markdown for benchmarks/RESULTS.md (also written to ``--out``). Not a test.
 
     python benchmarks/gpu_check.py --out gpu.md                               # on a GPU machine
-    python benchmarks/gpu_check.py --model mgfr-tiny --device cpu --faces 2    # a dry run of every path
+    python benchmarks/gpu_check.py --model mgfr-tiny --device cpu --steps 3 --iters 1 --batches 1 2 \
+        --e2e-batches 2 --oom-sizes 2 4 --megapixels 0.02 --profile-batches 1 2   # a dry run of every path (~2 min)
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(HERE / "tests"))
-sys.path.insert(0, str(HERE / "benchmarks"))
+from bench_common import HERE, Run, conditions, face_crop, steps_table  # also puts tests/ on the path
+from bench_profile import layouts, stage_profile
+from bench_public import random_state
+from helpers import clip_tokenizer, randomize_zero_paths, tiny_pipeline
+from mgfr_cli.app.batch import BatchRestorer, RestoreJob, restore_in_batches
+from mgfr_cli.configs import load_model_config
+from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions
+from mgfr_cli.faces.helper import FaceHelper
+from mgfr_cli.model.adapter import MgfrAdapter
+from mgfr_cli.model.base import build_random_base
+from mgfr_cli.model.cleaner import Cleaner
+from mgfr_cli.model.pipeline import DiffusionRestorer, MgfrPipeline, RestoreSettings
+from mgfr_cli.model.upsampler import BackgroundUpsampler
 
-from bench_public import random_state  # noqa: E402
-from bench_restore import time_steps  # noqa: E402
-from helpers import clip_tokenizer, randomize_zero_paths, tiny_pipeline  # noqa: E402
-from mgfr_cli.app.batch import BatchRestorer, RestoreJob, restore_in_batches  # noqa: E402
-from mgfr_cli.configs import load_model_config  # noqa: E402
-from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions  # noqa: E402
-from mgfr_cli.faces.helper import AlignedFace, FaceHelper  # noqa: E402
-from mgfr_cli.model.adapter import MgfrAdapter  # noqa: E402
-from mgfr_cli.model.base import build_random_base  # noqa: E402
-from mgfr_cli.model.cleaner import Cleaner  # noqa: E402
-from mgfr_cli.model.pipeline import DiffusionRestorer, MgfrPipeline, RestoreSettings  # noqa: E402
-from mgfr_cli.model.upsampler import BackgroundUpsampler  # noqa: E402
-
-DETECTOR = "detection_mobilenet0.25_Final.pth"
-
-
-class Run:
-    def __init__(self, args):
-        self.args, self.dev, self.t0 = args, args.device, time.perf_counter()
-        self.cuda = args.device.startswith("cuda")
-        self.dtype = torch.float16 if self.cuda else torch.float32
-        self.out = open(args.out, "w") if args.out else None
-        self.tmp = Path(tempfile.mkdtemp(prefix="mgfr-gpu-"))
-
-    def say(self, line: str = "") -> None:
-        print(line, flush=True)
-        if self.out:
-            self.out.write(line + "\n")
-            self.out.flush()
-
-    def left(self) -> float:
-        return self.args.budget - (time.perf_counter() - self.t0)
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def reset_peak(self) -> None:
-        if self.cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-
-    def peak(self) -> str:
-        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if self.cuda else "-"
-
-    def timed(self, fn, repeat: int = 1) -> tuple[float, object]:
-        """Median seconds of ``repeat`` calls (after the caller's warm-up) and the last result."""
-        times, out = [], None
-        for _ in range(repeat):
-            self.sync()
-            start = time.perf_counter()
-            out = fn()
-            self.sync()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times), out
-
-    def section(self, title: str, fn, needs_s: float = 0.0) -> None:
-        self.say(f"\n## {title}  (t = {time.perf_counter() - self.t0:.0f} s)\n")
-        if self.left() < needs_s:
-            self.say(f"skipped: {self.left():.0f} s of the budget left, this needs about {needs_s:.0f} s")
-            return
-        try:
-            fn()
-        except Exception:  # a failed section is reported and the next one runs
-            self.say("FAILED:\n```\n" + traceback.format_exc(limit=6) + "```")
-        finally:
-            if self.cuda:
-                torch.cuda.empty_cache()
-
-
-def face_crop(seed: int = 0) -> np.ndarray:
-    import skimage.data
-
-    img = skimage.data.astronaut()  # a real face fills the middle of this crop
-    crop = cv2.resize(img[0:300, 110:410], (512, 512), interpolation=cv2.INTER_CUBIC)
-    return np.roll(crop, seed * 7, axis=1)
-
-
-def aligned(crop: np.ndarray) -> AlignedFace:
-    return AlignedFace(crop, np.zeros((5, 2)), np.array([[1.0, 0, 0], [0, 1.0, 0]]), 0)
 
 
 # -- 1. fp16 correctness on the tiny config --------------------------------------------------------
@@ -151,27 +78,6 @@ def build(run: Run) -> MgfrPipeline:
     return pipe
 
 
-def steps_table(run: Run, pipe: MgfrPipeline, compiled: bool = False, batches=(1, 8, 16, 32), conds=(2, 3)) -> None:
-    run.say("| compiled | conditions | faces | ms/step | ms/face-step | ms/UNet-sample | peak GiB |")
-    run.say("|---|---|---|---|---|---|---|")
-    for k in conds:
-        for b in batches:
-            run.reset_peak()
-            start = time.perf_counter()
-            try:
-                ms = time_steps(pipe, b, 1, run.dev, run.args.iters, conds=k)
-            except torch.OutOfMemoryError:
-                run.say(f"| {compiled} | {k} | {b} | OOM | | | |")
-                continue
-            first = f" (first call incl. compile: {time.perf_counter() - start:.0f} s)" if compiled else ""
-            run.say(f"| {compiled} | {k} | {b} | {ms:.1f} | {ms / b:.2f} | {ms / (b * k):.2f} | {run.peak()} |{first}")
-
-
-def conditions(n: int, refs: bool = True, negative: bool = False) -> list[FaceConditions]:
-    ref = (aligned(face_crop(99)),) if refs else ()
-    return [FaceConditions("brown eyes", "blue eyes" if negative else None, ref) for _ in range(n)]
-
-
 def end_to_end(run: Run, pipe: MgfrPipeline, label: str = "eager") -> None:
     s = RestoreSettings(steps=run.args.steps)
     run.say(f"`pipe.restore` from aligned crops (cleaner none, VAE encode, {s.steps} steps, decode, colour fix); "
@@ -183,77 +89,6 @@ def end_to_end(run: Run, pipe: MgfrPipeline, label: str = "eager") -> None:
         run.reset_peak()
         sec, _ = run.timed(lambda: pipe.restore(crops, cond, s), repeat=3 if n == 1 else 1)
         run.say(f"| {label} | {n} | {'yes' if neg else 'no'} | {sec:.2f} | {sec / n:.3f} | {run.peak()} |")
-
-
-@torch.no_grad()
-def stage_profile(run: Run, pipe: MgfrPipeline) -> None:
-    """Where one face's time goes, stage by stage (each synchronised), and the GPU kernels of one step."""
-    from mgfr_cli.model.colorfix import color_fix
-    from mgfr_cli.model.sampling import denoise, make_scheduler
-
-    s = RestoreSettings(steps=run.args.steps)
-    crop, cond = [face_crop(0)], conditions(1)
-    pipe.restore(crop, cond, s)
-    prof = pipe.profile
-    t = {}
-
-    def stage(name, fn):
-        sec, out = run.timed(fn)
-        t[name] = sec
-        return out
-
-    texts = stage("prompts (cached)", lambda: [pipe.encode_prompts([prof.positive("brown eyes")]),
-                                               pipe.encode_prompts([prof.negative_quality])])
-    lq = stage("to tensor", lambda: pipe.to_tensor(crop))
-    z = stage("VAE encode", lambda: pipe.encode_images(lq))
-    pipe._ref_cache.clear()
-    refs = stage("references (VAE + RLF)", lambda: pipe.prepare_references(z, cond, texts))
-    sched = make_scheduler(s.scheduler, pipe.base.scheduler_config)
-    sched.set_timesteps(s.steps, device=pipe.device)
-    text_all, z_all = torch.cat(texts), z.repeat(2, 1, 1, 1)
-    w_na = torch.zeros(1, 1, 1, 1, device=pipe.device, dtype=pipe.dtype)
-    step = lambda x, tt: pipe._predict_fn(x, tt, text_all, z_all, refs, s.guidance_quality, w_na)  # noqa: E731
-    lat = stage(f"denoise ({s.steps} steps)", lambda: denoise(step, torch.randn_like(z), sched))
-    x = stage("VAE decode", lambda: pipe.decode_latents(lat))
-    stage("colour fix", lambda: color_fix(x, lq, s.color_fix))
-    total = sum(t.values())
-    run.say("| stage | ms | share |\n|---|---|---|")
-    for k, v in t.items():
-        run.say(f"| {k} | {v * 1000:.1f} | {v / total:.0%} |")
-    for b in run.args.profile_batches:
-        kernels(run, pipe, b)
-
-
-@torch.no_grad()
-def kernels(run: Run, pipe: MgfrPipeline, b: int) -> None:
-    """The GPU kernels of one eager guided step for ``b`` faces, against its wall time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    r, dt, dev = pipe.resolution // 8, pipe.dtype, pipe.device
-    z = torch.randn(b, 4, r, r, device=dev, dtype=dt)
-    text = torch.randn(2 * b, 77, pipe.base.unet.config.cross_attention_dim, device=dev, dtype=dt)
-    refs = pipe.adapter.prepare_reference(z, torch.randn(b, 1, 4, r, r, device=dev, dtype=dt), None, text[:b]).repeat(2)
-    w_na = torch.zeros(b, 1, 1, 1, device=dev, dtype=dt)
-    tt = torch.tensor(500, device=dev)
-    step = lambda: pipe._predict_fn(z, tt, text, z.repeat(2, 1, 1, 1), refs, 4.0, w_na)  # noqa: E731
-    step()
-    run.sync()
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.cuda else [])) as p:
-        for _ in range(3):
-            step()
-        run.sync()
-    ev = p.key_averages()
-    if run.cuda:  # kernel rows only: an operator's row repeats the device time of the kernels it launched
-        ev = [e for e in ev if "CUDA" in str(e.device_type)] or [e for e in ev if e.self_device_time_total > 0]
-    busy = (lambda e: e.self_device_time_total) if run.cuda else (lambda e: e.self_cpu_time_total)
-    gpu_ms = sum(busy(e) for e in ev) / 3000
-    wall = run.timed(step, repeat=5)[0] * 1000
-    run.say(f"\nOne guided step, {b} face(s), eager: wall {wall:.1f} ms, GPU kernels busy {gpu_ms:.1f} ms "
-            f"({gpu_ms / wall:.0%}). Top kernels:\n")
-    run.say("| kernel | GPU ms/step | share | calls/step |\n|---|---|---|---|")
-    for e in sorted(ev, key=lambda e: -busy(e))[:12]:
-        ms = busy(e) / 3000
-        run.say(f"| `{e.key[:70]}` | {ms:.2f} | {ms / gpu_ms:.0%} | {e.count // 3} |")
 
 
 # -- 3. photos through the real batch path (detection, alignment, paste, write) ----------------------
@@ -370,19 +205,6 @@ def compiled(run: Run, pipe: MgfrPipeline, batches) -> None:
         run.say(f"Compiled, one face end to end ({s.steps} steps, guidance, one reference): {sec:.2f} s "
                 f"(first call, compiling: {warm:.1f} s)\n")
     steps_table(run, cp, compiled=True, batches=batches, conds=(2,))
-
-
-def layouts(run: Run, pipe: MgfrPipeline) -> None:
-    """The eager step with the UNet and adapter in the default (NCHW) layout instead of channels_last."""
-    for m in (pipe.base.unet, pipe.adapter):
-        m.to(memory_format=torch.contiguous_format)
-    try:
-        run.say("NCHW (contiguous) weights instead of channels_last:\n")
-        steps_table(run, pipe, batches=[1, 16], conds=(2,))
-        kernels(run, pipe, 16)
-    finally:
-        for m in (pipe.base.unet, pipe.adapter):
-            m.to(memory_format=torch.channels_last if run.cuda else torch.contiguous_format)
 
 
 def main():
