@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
+from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_sources, expand_refs, resolve_specs
 from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection
@@ -98,6 +99,7 @@ class BatchRestorer:
         self.helper = helper
         self.restorer = restorer
         self.upsampler = upsampler  # upsampler.BackgroundUpsampler for --upscale > 1, or None (Lanczos)
+        self.claims = Claims()  # photos this run is restoring (another run into the same folder skips them)
 
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
@@ -127,19 +129,23 @@ class BatchRestorer:
                 self.reporter.add(o)
 
         pending: list[_Prepared] = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgfr-prepare") as pool:
-            tasks = (partial(self._prepare, job, it, inputs, ref_cache) for it in items)
-            for prep in _prefetch(pool, tasks):
-                if prep.outcome is not None:
-                    finish(prep.outcome)
-                    continue
-                pending.append(prep)
-                if sum(len(p.faces) for p in pending) >= job.batch_size:
-                    for o in self._restore_and_write(job, pending):
-                        finish(o)
-                    pending = []
-            for o in self._restore_and_write(job, pending):
-                finish(o)
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgfr-prepare") as pool:
+                tasks = (partial(self._prepare, job, it, inputs, ref_cache) for it in items)
+                for prep in _prefetch(pool, tasks):
+                    if prep.outcome is not None:
+                        self.claims.release(prep.item.path)
+                        finish(prep.outcome)
+                        continue
+                    pending.append(prep)
+                    if sum(len(p.faces) for p in pending) >= job.batch_size:
+                        for o in self._restore_and_write(job, pending):
+                            finish(o)
+                        pending = []
+                for o in self._restore_and_write(job, pending):
+                    finish(o)
+        finally:  # also on Ctrl-C and a fatal write error: no claim outlives the run
+            self.claims.release_all()
         return outcomes
 
     # -- CPU side: read, detect, align, resolve conditions -------------------------------------
@@ -156,6 +162,12 @@ class BatchRestorer:
             target = output_path(job, item, photo)
             if target.resolve() in inputs:
                 raise InputError(f"{item.path}: output {target} would overwrite an input; choose another -o or --suffix")
+            holder = self.claims.take(item.path, target)
+            if holder is not None:
+                return _Prepared(item, target, outcome=Outcome(item.path, SKIPPED, holder))
+            done = None if job.overwrite else _existing_output(job, item)  # written since the first look
+            if done is not None:
+                return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, "output exists (use --overwrite)", done))
             rgb = photo.rgb8()
             if job.has_aligned:
                 faces = [self.helper.as_aligned(rgb, item.path)]
@@ -198,11 +210,14 @@ class BatchRestorer:
         try:
             restored = restore_in_batches(self.restorer, crops, conds, seeds, job.batch_size)
         except MgfrError as exc:
+            for p in pending:
+                self.claims.release(p.item.path)
             return [Outcome(p.item.path, FAILED, str(exc)) for p in pending]
         outcomes, i = [], 0
         for p in pending:
             n = len(p.faces)
             o = self._write(job, p, restored[i : i + n])
+            self.claims.release(p.item.path)
             outcomes.append(o)
             if self.reporter is not None and o.status == RESTORED:
                 self.reporter.add(o, p.photo, p.faces, restored[i : i + n], [_describe(c, p) for c in p.conditions])
@@ -252,57 +267,6 @@ class BatchRestorer:
                 raise
             return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
         return Outcome(p.item.path, RESTORED, p.photo.note, p.target, len(p.faces))
-
-
-def write_summary(path: Path, outcomes, merge: bool = False) -> None:
-    """The outcomes as JSON (mgfr-summary.json): what a later run, a script or a merge reads.
-
-    ``merge``: keep the rows of other photos already in the file (another run into the same folder, even
-    one running at the same time: the read-merge-write holds a lock), this run's rows replacing theirs."""
-    import fcntl
-    import json
-
-    from mgfr_cli.faces.io import atomic_write_bytes
-
-    rows = [{"source": str(o.source), "status": o.status, "detail": o.detail,
-             "output": str(o.output) if o.output else None, "faces": o.faces} for o in outcomes]
-    if not merge:
-        atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)  # the lock is on the folder itself: no lock file left behind
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        try:
-            old = json.loads(path.read_text()) if path.is_file() else []
-            old = [r for r in old if isinstance(r, dict) and "source" in r]
-        except (OSError, ValueError):
-            old = []
-        mine = {r["source"] for r in rows}
-        atomic_write_bytes(path, json.dumps([r for r in old if r["source"] not in mine] + rows, indent=1).encode())
-    finally:
-        os.close(folder)  # closing releases the lock
-
-
-def merge_summaries(output: Path, world: int, wait_s: float = 600.0, on_wait=lambda n: None):
-    """Wait (up to ``wait_s``) for every process's summary file; return the merged outcomes and missing ranks.
-    ``on_wait(n)`` is told once how many processes are still running, so the wait is never silent."""
-    import json
-    import time
-
-    files = [output / f"mgfr-summary-{r}-of-{world}.json" for r in range(world)]
-    if not all(f.is_file() for f in files):
-        on_wait(sum(not f.is_file() for f in files))
-    deadline = time.time() + wait_s
-    while not all(f.is_file() for f in files) and time.time() < deadline:
-        time.sleep(0.5)
-    merged = []
-    for f in files:
-        if f.is_file():
-            merged += [Outcome(Path(r["source"]), r["status"], r["detail"], Path(r["output"]) if r["output"] else None,
-                               r["faces"]) for r in json.loads(f.read_text())]
-    write_summary(output / "mgfr-summary.json", merged)
-    return merged, [r for r, f in enumerate(files) if not f.is_file()]
 
 
 def check_output_folder(output: Path) -> None:

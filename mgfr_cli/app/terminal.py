@@ -30,7 +30,7 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
         table.add_row(done if status == RESTORED else status, str(n))
     out.print(table)
     problems = [o for o in outcomes if o.status in (FAILED, NO_FACE)
-                or (o.status == SKIPPED and o.detail.startswith("not an image"))]
+                or (o.status == SKIPPED and not o.detail.startswith("output exists"))]  # resumed ones: counted
     noted = [o for o in outcomes if o.status == RESTORED and o.detail]  # e.g. frames of an animation dropped
     if noted:
         table = Table(title=f"{done}, with a note", show_lines=False)
@@ -53,7 +53,8 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
 def run_batch(job, helper, restorer, upsampler=None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mgfr_cli.app.batch import BatchRestorer, merge_summaries, write_summary
+    from mgfr_cli.app.batch import BatchRestorer
+    from mgfr_cli.app.summary import merge_summaries, write_summary
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=False) as progress:
