@@ -92,3 +92,12 @@ def test_claims_within_one_process_and_half_written_ones(tmp_path):
     assert second.take(Path("in/y.png"), other) is None
     second.release_all()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_photo_without_a_face_leaves_no_folder_behind(two_photos, tiny_root, cli):
+    inp, out = two_photos
+    (inp / "sub").mkdir()
+    cv2.imwrite(str(inp / "sub" / "blank.png"), np.full((128, 128, 3), 127, np.uint8))
+    code, _, _ = cli("restore", inp, "-o", out, "--recursive", "--model-root", tiny_root, *FAST)
+    assert code == 0 and (out / "a.png").is_file()
+    assert not (out / "sub").exists()  # the claim's folder is removed again when nothing was written into it

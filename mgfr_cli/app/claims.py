@@ -29,13 +29,18 @@ class Claims:
     """The claims one run holds, by input photo; safe to use from the prefetch thread and the main thread."""
 
     def __init__(self):
-        self._held: dict[Path, Path] = {}  # input photo -> claim file
+        self._held: dict[Path, tuple[Path, list[Path]]] = {}  # input photo -> claim file, folders it made
         self._lock = threading.Lock()
 
     def take(self, key: Path, target: Path) -> str | None:
-        """Claim ``target`` for input ``key``. None when this run now holds it; otherwise who holds it."""
+        """Claim ``target`` for input ``key``. None when this run now holds it (or when no claim can be written
+        there: claims are advisory, and the output's own write then says what is wrong); otherwise who holds it."""
         path = claim_file(target)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # folders to remove again
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
         for _ in range(3):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -45,20 +50,32 @@ class Claims:
                     return holder
                 path.unlink(missing_ok=True)  # stale: its run is gone
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+            except OSError:  # a full disk, a read-only folder
+                return None
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+            except OSError:
+                path.unlink(missing_ok=True)
+                return None
             with self._lock, _PROCESS_LOCK:
-                self._held[key] = path
+                self._held[key] = (path, made)
                 _PROCESS_HELD.add(path)
             return None
         return f"another mgfr run is restoring it (claim {path})"
 
     def release(self, key: Path) -> None:
+        """Remove the claim, and the folders it created if nothing else was put in them (no face, failed)."""
         with self._lock, _PROCESS_LOCK:
-            path = self._held.pop(key, None)
+            path, made = self._held.pop(key, (None, []))
             if path is not None:
                 _PROCESS_HELD.discard(path)
                 path.unlink(missing_ok=True)
+                for d in made:
+                    try:
+                        d.rmdir()
+                    except OSError:  # not empty (the output is there): keep it and the folders above
+                        break
 
     def release_all(self) -> None:
         for key in list(self._held):
