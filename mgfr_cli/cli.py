@@ -16,8 +16,8 @@ from mgfr_cli.errors import ConfigError, MgfrError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
                       OnlyCenterOpt, RecursiveOpt, finite, quiet_libraries, resolve_device, selection as face_selection,
                       shard)
-from mgfr_cli.app.terminal import err, out, run_batch, shown, summary
-from mgfr_cli.app.weights_cli import ManifestOpt, _manifest, weights_app
+from mgfr_cli.app.terminal import announce_downloads, download_progress, err, notes, out, run_batch, shown, summary
+from mgfr_cli.app.weights_cli import ManifestOpt, weights_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="MGFR: multi-modal guided diffusion face restoration (prompts, references, identity).")
@@ -89,9 +89,8 @@ def restore(
     plan = plan_restore(root, manifest, detector=None if has_aligned else detector.value, base=base,
                         checkpoint=checkpoint, cleaner=cleaner, bg_upsampler=bg_upsampler, upscale=upscale,
                         offline=offline)
-    from mgfr_cli.app.terminal import announce_downloads, download_progress, notes
-
-    provide(plan, manifest, offline=offline, announce=announce_downloads, progress=download_progress())
+    with download_progress() as progress:
+        provide(plan, manifest, offline=offline, announce=announce_downloads, progress=progress)
     notes(plan.notes)
     quiet_libraries()
     helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
@@ -147,7 +146,7 @@ def ui(
                          cleaner=cleaner, bg_upsampler=bg_upsampler, device=device.value, precision=precision,
                          max_megapixels=max_megapixels)
     if models.missing:
-        err.print(f"[yellow]note:[/yellow] the page starts, but cannot restore yet: {models.missing}", markup=True)
+        notes([f"the page starts, but cannot restore yet: {models.missing}"])
     out.print(f"mgfr ui: http://{host}:{port} (Ctrl-C stops it)")
     serve(build_app(models), host, port, share, max_upload_mb)
 
@@ -307,9 +306,9 @@ def evaluate_cmd(
 def doctor(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
     """What is installed, what is missing, and what works now. Exit 0 only when restore can run."""
     from mgfr_cli.weights.doctor import diagnose
-    from mgfr_cli.weights.files import resolve_root
+    from mgfr_cli.weights.files import load_manifest, resolve_root
 
-    report = diagnose(resolve_root(model_root), _manifest(manifest))
+    report = diagnose(resolve_root(model_root), load_manifest(manifest))
     for section, rows in report.sections.items():
         out.print(f"[bold]{section}[/bold]")
         for ok, label, detail in rows:

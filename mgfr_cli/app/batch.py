@@ -24,7 +24,8 @@ from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_s
 from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs, inside
-from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, output_format, plain_ext, read_image, write_image
+from mgfr_cli.faces.io import (DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, output_format, plain_ext,
+                               read_image, write_image)
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
 FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -67,6 +68,7 @@ class _Prepared:
     conditions: list[FaceConditions] = field(default_factory=list)
     sources: str = ""  # where the conditions came from (flags, sidecar, folder YAML), for the report
     outcome: Outcome | None = None  # set when the photo is already finished (skipped, failed, no face)
+    written: np.ndarray | None = None  # the pixels written, for the review page (no decoding them again)
 
 
 def output_path(job: RestoreJob, item: InputItem, photo: Photo | None) -> Path:
@@ -220,7 +222,8 @@ class BatchRestorer:
             self.claims.release(p.item.path)
             outcomes.append(o)
             if self.reporter is not None and o.status == RESTORED:
-                self.reporter.add(o, p.photo, p.faces, restored[i : i + n], [_describe(c, p) for c in p.conditions])
+                self.reporter.add(o, p.photo, p.faces, restored[i : i + n], [_describe(c, p) for c in p.conditions],
+                                  after=p.written)
             i += n
         return outcomes
 
@@ -247,6 +250,7 @@ class BatchRestorer:
 
                 pixels = as_gray_alpha(pixels)
             write_image(p.target, pixels, icc=p.photo.icc)
+            p.written = pixels
             if job.save_faces:
                 rel = p.item.relative
                 for f, r in zip(p.faces, restored):
@@ -267,19 +271,6 @@ class BatchRestorer:
                 raise
             return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
         return Outcome(p.item.path, RESTORED, p.photo.note, p.target, len(p.faces))
-
-
-def check_output_folder(output: Path) -> None:
-    """Fail before any work when the output folder cannot take a file (a real probe: permission bits say
-    nothing to root, and a read-only mount only shows on writing)."""
-    import tempfile
-
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output):
-            pass
-    except OSError as exc:
-        raise OutputError(f"{output}: output folder is not writable ({exc.strerror or exc})") from None
 
 
 def remove_stale_temporaries(target: Path) -> None:

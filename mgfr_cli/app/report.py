@@ -48,18 +48,21 @@ class Report:
             except (ValueError, KeyError, TypeError):
                 self.entries = {}
 
-    def add(self, outcome, photo=None, faces=(), restored=(), conditions=()) -> None:
-        """Record one photo's outcome (with its pixels when it was restored) and rewrite the page."""
+    def add(self, outcome, photo=None, faces=(), restored=(), conditions=(), after=None) -> None:
+        """Record one photo's outcome (with its pixels when it was restored: ``after``, as written) and
+        rewrite the page."""
         key = str(outcome.source)
         entry = {"source": key, "name": Path(key).name, "status": outcome.status, "detail": outcome.detail,
                  "output": str(outcome.output) if outcome.output else None}
         old = self.entries.get(key)
         if outcome.status == "skipped" and old and old.get("before"):
             entry = {**old, "status": "restored", "detail": old.get("detail", "")}  # done by an earlier run
-        if photo is not None and restored is not None and outcome.status == "restored":
+        if photo is not None and after is not None and outcome.status == "restored":
             tag = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
             _jpeg(self.folder / f"{tag}_before.jpg", photo.rgb8(), THUMB)
-            _jpeg(self.folder / f"{tag}_after.jpg", Photo(_read_back(outcome.output, photo)).rgb8(), THUMB)
+            if after.ndim == 3 and after.shape[2] == 2:  # gray+alpha as written: its gray
+                after = after[:, :, 0]
+            _jpeg(self.folder / f"{tag}_after.jpg", Photo(after).rgb8(), THUMB)
             entry["before"], entry["after"] = f"{FOLDER}/{tag}_before.jpg", f"{FOLDER}/{tag}_after.jpg"
             entry["faces"] = []
             for f, r, c in zip(faces, restored, conditions or [None] * len(faces)):
@@ -74,17 +77,6 @@ class Report:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.folder / "entries.json", json.dumps(list(self.entries.values()), indent=1).encode())
         atomic_write_bytes(self.output / "index.html", render(self.title, list(self.entries.values())).encode())
-
-
-def _read_back(output, photo):
-    """The written output (what the user gets), falling back to the photo when it cannot be read."""
-    from mgfr_cli.errors import MgfrError
-    from mgfr_cli.faces.io import read_image
-
-    try:
-        return read_image(output, max_megapixels=1e5).pixels
-    except (MgfrError, TypeError):
-        return photo.pixels
 
 
 def _e(text) -> str:

@@ -5,6 +5,8 @@ Commands print through these two consoles only (stdout for results, stderr for p
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from rich.console import Console
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -90,7 +92,10 @@ def announce_downloads(rows) -> None:
     err.print(table)
 
 
+@contextmanager
 def download_progress():
+    """A ``progress(path, done, total)`` callback for downloads, drawn on stderr; stopped on leaving, also
+    when a server gave no size (such a bar never reads as finished)."""
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
     tasks, holder = {}, {}
@@ -110,9 +115,11 @@ def download_progress():
                 holder.pop("p")
                 tasks.clear()
 
-    return on_bytes
-
-
+    try:
+        yield on_bytes
+    finally:
+        if "p" in holder:
+            holder.pop("p").stop()
 
 
 def notes(lines) -> None:

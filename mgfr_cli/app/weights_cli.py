@@ -8,17 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from mgfr_cli.app.options import ModelRootOpt
-from mgfr_cli.app.terminal import err, out
+from mgfr_cli.app.terminal import download_progress, out
 
 weights_app = typer.Typer(no_args_is_help=True, help="List, fetch, convert and verify weight files (weights/manifest.yaml).")
 
 ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest file [default: $MGFR_MANIFEST, else weights/manifest.yaml].")]
-
-
-def _manifest(path: Optional[Path]):
-    from mgfr_cli.weights.files import load_manifest
-
-    return load_manifest(path)
 
 
 @weights_app.command("list")
@@ -26,13 +20,13 @@ def weights_list(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
     """Every manifest entry: files, state, licence and what uses it (no hashing; see `check`)."""
     from rich.table import Table
 
-    from mgfr_cli.weights.files import entry_state, resolve_root
+    from mgfr_cli.weights.files import entry_state, load_manifest, resolve_root
 
     root = resolve_root(model_root)
     table = Table(title=f"weights in {root}")
     for col in ("name", "state", "used by", "licence"):
         table.add_column(col, overflow="fold")
-    for e in _manifest(manifest).entries:
+    for e in load_manifest(manifest).entries:
         table.add_row(e.name + (" (optional)" if e.optional else ""), entry_state(e, root, hash_files=False),
                       e.used_by, e.license)
     out.print(table)
@@ -46,21 +40,12 @@ def weights_fetch(
     manifest: ManifestOpt = None,
 ):
     """Download entries with resume, verify SHA-256, place each file atomically."""
-    from mgfr_cli.weights.files import fetch_entry, resolve_root
+    from mgfr_cli.weights.files import fetch_entry, load_manifest, resolve_root
 
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-    m = _manifest(manifest)
+    m = load_manifest(manifest)
     root = resolve_root(model_root)
     entries = [m.get(n) for n in names] if names else [e for e in m.entries if not e.optional]
-    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err) as progress:
-        tasks = {}
-
-        def on_bytes(path, done, total):
-            if path not in tasks:
-                tasks[path] = progress.add_task(path, total=total)
-            progress.update(tasks[path], completed=done, total=total)
-
+    with download_progress() as on_bytes:
         for e in entries:
             placed = fetch_entry(e, root, allow_unpinned=allow_unpinned, progress=on_bytes)
             out.print(f"{e.name}: " + (f"placed {len(placed)} file(s)" if placed else "already present"))
@@ -84,13 +69,13 @@ def weights_convert(
     """Convert public ControlNet weights into an mgfr adapter folder (refusing any that do not fit exactly)."""
     from mgfr_cli.weights.convert import convert_diffbir
     from mgfr_cli.weights.provision import base_unet_config, incompatible_hashes
-    from mgfr_cli.weights.files import resolve_root
+    from mgfr_cli.weights.files import load_manifest, resolve_root
 
     if kind != "diffbir":
         raise typer.BadParameter("KIND must be diffbir")
     root = resolve_root(model_root)
     done = convert_diffbir(src, output, unet_config=base_unet_config(root, base), source=source,
-                           known_bad=incompatible_hashes(_manifest(manifest), root))
+                           known_bad=incompatible_hashes(load_manifest(manifest), root))
     out.print(f"wrote {done} (use: mgfr restore ... --checkpoint {done})")
 
 
@@ -98,9 +83,9 @@ def weights_convert(
 def weights_check(names: Annotated[Optional[list[str]], typer.Argument()] = None, model_root: ModelRootOpt = None,
                   manifest: ManifestOpt = None):
     """Hash every present file against the manifest; exit 1 if any is corrupt."""
-    from mgfr_cli.weights.files import check_entry, resolve_root
+    from mgfr_cli.weights.files import check_entry, load_manifest, resolve_root
 
-    m = _manifest(manifest)
+    m = load_manifest(manifest)
     root = resolve_root(model_root)
     bad = 0
     for e in [m.get(n) for n in names] if names else m.entries:
@@ -114,9 +99,9 @@ def weights_check(names: Annotated[Optional[list[str]], typer.Argument()] = None
 @weights_app.command("path")
 def weights_path(name: str, model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
     """Print where an entry's (first) file lives in the model root."""
-    from mgfr_cli.weights.files import resolve_root
+    from mgfr_cli.weights.files import load_manifest, resolve_root
 
-    e = _manifest(manifest).get(name)
+    e = load_manifest(manifest).get(name)
     first = e.files[0].path
     out.print(str(resolve_root(model_root) / (first.split("/")[0] if "/" in first else first)), soft_wrap=True)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgfr_cli.errors import InputError
+from mgfr_cli.errors import InputError, OutputError
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif")
@@ -208,10 +208,7 @@ def plain_ext(requested_ext: str, source: Path) -> str:
 
 def output_format(photo: Photo, requested_ext: str, source: Path) -> str:
     """The extension to write: ``auto`` keeps the input's, but never a format that would drop data."""
-    if requested_ext == "auto":
-        ext = plain_ext(requested_ext, source)
-    else:
-        ext = requested_ext
+    ext = plain_ext(requested_ext, source)
     if ext in ("jpg", "bmp", "webp") and (photo.has_alpha or photo.pixels.dtype == np.uint16):
         # JPEG cannot hold alpha or 16 bits: keep the data, change the container.
         return "png" if requested_ext == "auto" else ext
@@ -274,3 +271,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def check_output_folder(output: Path) -> None:
+    """Fail before any work when the output folder cannot take a file (a real probe: permission bits say
+    nothing to root, and a read-only mount only shows on writing)."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{output}: output folder is not writable ({exc.strerror or exc})") from None

@@ -32,10 +32,6 @@ class Profile:
     default_steps: int
     default_cleaner: str  # a cleaners.CLEANERS name, or "none"
 
-    @property
-    def is_diffbir(self) -> bool:
-        return self.source.startswith("diffbir")
-
     def positive(self, attributes: str | None, subject: str | None = None) -> str:
         if self.plain_prompts:
             return (attributes or "").strip()

@@ -18,9 +18,13 @@ import torch
 from mgfr_cli.errors import WeightsError
 
 
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's ``checkpoints/step-N`` folders, oldest first (temporary ``.tmp`` ones left out)."""
+    return sorted((p for p in run_dir.glob("checkpoints/step-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    steps = sorted((p for p in run_dir.glob("checkpoints/step-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
-    steps = [p for p in steps if (p / "state").is_dir() and (p / "step.json").is_file()]
+    steps = [p for p in checkpoints(run_dir) if (p / "state").is_dir() and (p / "step.json").is_file()]
     return steps[-1] if steps else None
 
 
@@ -73,9 +77,8 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
 
 def resume_latest(run_dir: Path, adapter, optimizer, lr_scheduler, ema, accelerator) -> int:
     """Load the newest checkpoint that loads; a damaged one (truncated file, missing key) is skipped, saying so."""
-    ckpts = sorted((p for p in run_dir.glob("checkpoints/step-*") if p.name[5:].isdigit()), key=lambda p: -int(p.name[5:]))
     problems = []
-    for ckpt in ckpts:
+    for ckpt in reversed(checkpoints(run_dir)):
         try:
             step = load_state(ckpt, adapter, optimizer, lr_scheduler, ema, accelerator)
         except WeightsError as exc:

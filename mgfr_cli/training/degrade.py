@@ -127,7 +127,7 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
     import json
     from pathlib import Path
 
-    from mgfr_cli.app.batch import check_output_folder
+    from mgfr_cli.faces.io import check_output_folder
     from mgfr_cli.faces.inputs import FAILED, RESTORED, Outcome, collect_inputs
     from mgfr_cli.errors import MgfrError
     from mgfr_cli.faces.io import atomic_write_bytes, read_image, write_image

@@ -60,6 +60,7 @@ def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: 
                  cleaner: str, bg_upsampler: str, upscale: float, offline: bool = False) -> RestorePlan:
     """Every file the run will read, and which of them are missing (with the entry that provides each)."""
     from mgfr_cli.model.cleaner import CLEANERS
+    from mgfr_cli.model.profiles import profile_of
     from mgfr_cli.faces.helper import DETECTORS
     from mgfr_cli.model.upsampler import UPSAMPLERS
 
@@ -92,8 +93,8 @@ def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: 
             missing.append((checkpoint, None, "an adapter folder or `mgfr train` run folder; or leave --checkpoint out "
                                               "to use the public DiffBIR prior"))
     cleaner_file = None
-    if cleaner == "auto":
-        cleaner = "swinir-codeformer" if (source or "").startswith("diffbir") else "none"
+    if cleaner == "auto":  # what the adapter was trained with (a DiffBIR LCA: on cleaned faces)
+        cleaner = profile_of({"source": source}).default_cleaner
     if cleaner != "none":
         if cleaner not in CLEANERS:
             raise ConfigError(f"--cleaner {cleaner!r}: choose auto, none or one of {', '.join(CLEANERS)}")
