@@ -21,7 +21,7 @@ import torch
 
 from bench_common import HERE, Run, conditions, face_crop, steps_table  # also puts tests/ on the path
 from bench_profile import layouts, stage_profile
-from bench_public import random_state
+from bench_public import public_path
 from helpers import clip_tokenizer, randomize_zero_paths, tiny_pipeline
 from mgfr_cli.app.batch import BatchRestorer, RestoreJob, restore_in_batches
 from mgfr_cli.configs import load_model_config
@@ -29,9 +29,7 @@ from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions
 from mgfr_cli.faces.helper import FaceHelper
 from mgfr_cli.model.adapter import MgfrAdapter
 from mgfr_cli.model.base import build_random_base
-from mgfr_cli.model.cleaner import Cleaner
 from mgfr_cli.model.pipeline import DiffusionRestorer, MgfrPipeline, RestoreSettings
-from mgfr_cli.model.upsampler import BackgroundUpsampler
 
 
 
@@ -116,50 +114,6 @@ def photos(run: Run, pipe: MgfrPipeline) -> None:
         run.say(f"| {label} | {faces} ({out[0].status if out else '?'}) | {sec:.2f} | {run.peak()} |")
 
 
-def public_path(run: Run, pipe: MgfrPipeline) -> None:
-    base = pipe.base
-    torch.save({"state_dict": random_state(Path(run.args.assets) / "spandrel" / "swinir_diffbir_keys.tsv")},
-               run.tmp / "swinir.ckpt")
-    torch.save({"params_ema": random_state(Path(run.args.assets) / "spandrel" / "RealESRGAN_x2plus_keys.tsv")},
-               run.tmp / "x2.pth")
-    with torch.device(run.dev if run.cuda else "cpu"):
-        lca = MgfrAdapter.from_unet(base.unet, use_reference=False, resolution=pipe.resolution)
-    lca.register_to_config(source="diffbir-v2", stages_trained=[1])
-    pub = MgfrPipeline(base, lca, device=run.dev, dtype=run.dtype, cleaner=Cleaner(run.tmp / "swinir.ckpt", run.dev))
-    pub.optimize(channels_last=run.cuda)
-    up = BackgroundUpsampler(run.tmp / "x2.pth", 2, run.dev)
-    s = RestoreSettings(steps=50, guidance_quality=pub.profile.default_guidance)
-    face = [face_crop(0)]
-    pub.restore(face, [FaceConditions()], s)
-    run.say(f"DiffBIR-shaped LCA (no RCA) + SwinIR cleaner, DiffBIR's defaults ({s.steps} steps, guidance "
-            f"{s.guidance_quality:g}); Real-ESRGAN x2 (tiled) for the background.\n")
-    run.say("| what | s | peak GiB |\n|---|---|---|")
-    run.reset_peak()
-    sec, _ = run.timed(lambda: pub.restore(face, [FaceConditions()], s), repeat=3)
-    run.say(f"| one 512 face, aligned crop, cleaner + {s.steps} steps | {sec:.2f} | {run.peak()} |")
-    run.reset_peak()
-    sec, _ = run.timed(lambda: pub.cleaner(pub.to_tensor(face)))
-    run.say(f"| cleaner alone (SwinIR, one face) | {sec:.3f} | {run.peak()} |")
-    img = cv2.imread(str(Path(run.args.assets) / "t1.jpg"))
-    h, w = img.shape[:2]
-    f = (run.args.megapixels * 1e6 / (h * w)) ** 0.5
-    big = run.tmp / "big" / "group12mp.jpg"
-    big.parent.mkdir()
-    cv2.imwrite(str(big), cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    bh, bw = round(h * f), round(w * f)
-    run.reset_peak()
-    sec, _ = run.timed(lambda: up(np.zeros((bh, bw, 3), np.uint8), (2 * bw, 2 * bh)))
-    run.say(f"| background alone: Real-ESRGAN x2 of {bw}x{bh} ({bw * bh / 1e6:.1f} MP) | {sec:.2f} | {run.peak()} |")
-    helper = FaceHelper(Path(run.args.assets), "retinaface_mobile0.25", device=run.dev, use_parse=False)
-    restorer = DiffusionRestorer(pub, s)
-    run.reset_peak()
-    sec, out = run.timed(lambda: BatchRestorer(helper, restorer, upsampler=up).run(RestoreJob(
-        (str(big),), run.tmp / "bigout", ConditionSpec(), upscale=2.0, max_megapixels=100, ext="jpg", report=False)))
-    o = out[0]
-    run.say(f"| `mgfr restore` {bw}x{bh} group photo --upscale 2 (detect, {o.faces} faces, x2 background, paste, "
-            f"write JPEG): {o.status} | {sec:.2f} | {run.peak()} |")
-
-
 # -- 4. memory: the largest batch, and the out-of-memory halving ---------------------------------------
 def largest_batch(run: Run, pipe: MgfrPipeline) -> None:
     s = RestoreSettings(steps=1)
@@ -242,7 +196,7 @@ def main():
         (3, "Where one face's time goes (eager)", lambda: stage_profile(run, pipe), 20),
         (9, "Memory layout: channels_last or not (eager)", lambda: layouts(run, pipe), 20),
         (4, "Photos through the batch path", lambda: photos(run, pipe), 30),
-        (5, "Public-weights path", lambda: public_path(run, pipe), 60),
+        (5, "Public-weights path", lambda: public_path(run, pipe.base, pipe.resolution), 60),
         (6, "Largest batch and out-of-memory halving", lambda: largest_batch(run, pipe), 60),
         (7, "torch.compile (reduce-overhead), one face", lambda: compiled(run, pipe, [1]), 120),
         (8, "torch.compile, 16 faces", lambda: compiled(run, pipe, [16]), 100),
