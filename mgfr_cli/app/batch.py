@@ -224,6 +224,7 @@ class BatchRestorer:
             if self.reporter is not None and o.status == RESTORED:
                 self.reporter.add(o, p.photo, p.faces, restored[i : i + n], [_describe(c, p) for c in p.conditions],
                                   after=p.written)
+                p.written = None
             i += n
         return outcomes
 
@@ -250,7 +251,7 @@ class BatchRestorer:
 
                 pixels = as_gray_alpha(pixels)
             write_image(p.target, pixels, icc=p.photo.icc)
-            p.written = pixels
+            p.written = pixels if self.reporter is not None else None  # held only for the page
             if job.save_faces:
                 rel = p.item.relative
                 for f, r in zip(p.faces, restored):
