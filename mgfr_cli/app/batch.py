@@ -23,7 +23,8 @@ from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_sources, expand_refs, resolve_specs
 from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection
-from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs, inside
+from mgfr_cli.faces.inputs import (FAILED, NO_FACE, OUTPUT_EXISTS, RESTORED, SKIPPED, InputItem, Outcome,
+                                   collect_inputs, inside)
 from mgfr_cli.faces.io import (DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, output_format, plain_ext,
                                read_image, write_image)
 
@@ -154,7 +155,7 @@ class BatchRestorer:
     def _prepare(self, job: RestoreJob, item: InputItem, inputs: set[Path], ref_cache: dict) -> _Prepared:
         done = None if job.overwrite else _existing_output(job, item)
         if done is not None:
-            return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, "output exists (use --overwrite)", done))
+            return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, OUTPUT_EXISTS, done))
         try:
             photo = read_image(item.path, job.max_megapixels)
             out_mp = photo.width * photo.height * max(job.upscale, 1.0) ** 2 / 1e6
@@ -169,7 +170,7 @@ class BatchRestorer:
                 return _Prepared(item, target, outcome=Outcome(item.path, SKIPPED, holder))
             done = None if job.overwrite else _existing_output(job, item)  # written since the first look
             if done is not None:
-                return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, "output exists (use --overwrite)", done))
+                return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, OUTPUT_EXISTS, done))
             rgb = photo.rgb8()
             if job.has_aligned:
                 faces = [self.helper.as_aligned(rgb, item.path)]

@@ -22,7 +22,7 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
     """Print the outcome counts and every photo not done with its reason; return the exit code."""
     from rich.table import Table
 
-    from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED
+    from mgfr_cli.faces.inputs import FAILED, NO_FACE, OUTPUT_EXISTS, RESTORED, SKIPPED
 
     counts = {s: sum(o.status == s for o in outcomes) for s in (RESTORED, SKIPPED, NO_FACE, FAILED)}
     table = Table(title=title, show_lines=False)
@@ -32,7 +32,7 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
         table.add_row(done if status == RESTORED else status, str(n))
     out.print(table)
     problems = [o for o in outcomes if o.status in (FAILED, NO_FACE)
-                or (o.status == SKIPPED and not o.detail.startswith("output exists"))]  # resumed ones: counted
+                or (o.status == SKIPPED and o.detail != OUTPUT_EXISTS)]  # resumed ones: counted
     noted = [o for o in outcomes if o.status == RESTORED and o.detail]  # e.g. frames of an animation dropped
     if noted:
         table = Table(title=f"{done}, with a note", show_lines=False)

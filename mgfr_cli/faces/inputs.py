@@ -125,6 +125,7 @@ def _relative(path: Path, root: Path) -> Path:
 # Files that live beside photos and are not meant as images: not worth a line in the summary.
 COMPANION_FILES = (".yaml", ".yml", ".txt", ".json", ".csv", ".md", ".xmp", ".ini", ".db", ".html")
 NOT_AN_IMAGE = "not an image format mgfr reads"
+OUTPUT_EXISTS = "output exists (use --overwrite)"  # a resumed run's skip: counted, not listed
 
 
 def _walk(folder: Path, recursive: bool, skip: Path | None = None, ignored: list | None = None) -> list[InputItem]:
