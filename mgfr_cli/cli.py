@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mgfr_cli.errors import ConfigError, MgfrError
+from mgfr_cli.errors import ConfigError, MgfrError, UsageError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
                       OnlyCenterOpt, RecursiveOpt, finite, quiet_libraries, resolve_device, selection as face_selection,
                       shard)
@@ -204,6 +204,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mgfr_cli.faces.identity import ARCFACE_FILE
+    from mgfr_cli.training.checkpoints import check_run_folder
     from mgfr_cli.training.train import train as run_training
     from mgfr_cli.training.train_config import load_train_config
     from mgfr_cli.weights.files import resolve_root
@@ -212,6 +213,7 @@ def train(
                      mixed_precision=mixed_precision, model=model, checkpoint_every=checkpoint_every,
                      num_workers=num_workers, seed=seed, cache_latents=cache_latents)
     cfg = load_train_config(config, overrides)
+    check_run_folder(output)  # before --align writes into it
     root = resolve_root(model_root)
     quiet_libraries()
     if align:
@@ -325,7 +327,8 @@ def main() -> None:
         code = app(standalone_mode=False)
     except MgfrError as exc:
         err.print(f"[red]error:[/red] {escape(shown(exc))}", markup=True, highlight=False)
-        sys.exit(2 if isinstance(exc, ConfigError) and str(exc).startswith("--") else 1)
+        usage = isinstance(exc, UsageError) or (isinstance(exc, ConfigError) and str(exc).startswith("--"))
+        sys.exit(2 if usage else 1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):

@@ -23,3 +23,7 @@ class WeightsError(MgfrError):
 
 class OutputError(MgfrError):
     """The output folder cannot take files (read-only, no permission, disk full): the run stops."""
+
+
+class UsageError(ConfigError):
+    """The command line asks for something that cannot be done (exit code 2), e.g. outputs onto the inputs."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_sources, expand_refs, resolve_specs
-from mgfr_cli.errors import InputError, MgfrError, OutputError
+from mgfr_cli.errors import InputError, MgfrError, OutputError, UsageError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection
 from mgfr_cli.faces.inputs import (FAILED, NO_FACE, OUTPUT_EXISTS, RESTORED, SKIPPED, InputItem, Outcome,
                                    collect_inputs, inside)
@@ -82,16 +82,43 @@ def output_path(job: RestoreJob, item: InputItem, photo: Photo | None) -> Path:
     return target
 
 
+def _output_candidates(job: RestoreJob, item: InputItem) -> list[Path]:
+    """Every name ``item``'s output may take (``auto`` keeps the format, or falls back to PNG)."""
+    rel = item.relative
+    exts = [plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
+    return [job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}" for ext in exts]
+
+
+def _without_own_outputs(job: RestoreJob, items: list[InputItem]) -> list[InputItem]:
+    """Photos an earlier run wrote into ``-o`` (its summary lists them) are outputs, never inputs: ``restore site
+    -o site --suffix _r`` run twice does not restore ``a_r.jpg`` into ``a_r_r.jpg``."""
+    import json
+
+    from mgfr_cli.app.summary import summary_path
+
+    try:
+        rows = json.loads(summary_path(job.output)[0].read_text())
+        written = {Path(r["output"]).resolve() for r in rows if isinstance(r, dict) and r.get("output")}
+    except (OSError, ValueError, TypeError, KeyError):
+        return items
+    return [it for it in items if it.path.resolve() not in written]
+
+
+def _refuse_outputs_onto_inputs(job: RestoreJob, items: list[InputItem]) -> None:
+    """``restore photos -o photos``: every output would be its own input. A usage error, said before any work
+    (not a batch of photos skipped because their "output exists")."""
+    inputs = {it.path.resolve() for it in items}
+    for it in items:
+        for candidate in _output_candidates(job, it):
+            if candidate.resolve() in inputs:
+                raise UsageError(f"-o {job.output}: the output {candidate} would overwrite the input "
+                                 f"{candidate.resolve() if candidate.resolve() != it.path.resolve() else it.path}; "
+                                 f"choose another -o or a --suffix")
+
+
 def _existing_output(job: RestoreJob, item: InputItem) -> Path | None:
     """An output already written for ``item`` by an earlier run (any extension ``auto`` may choose)."""
-    rel = item.relative
-    folder = job.output / rel.parent
-    candidates = [plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
-    for ext in candidates:
-        p = folder / f"{rel.stem}{job.suffix}.{ext}"
-        if p.is_file():
-            return p
-    return None
+    return next((p for p in _output_candidates(job, item) if p.is_file()), None)
 
 
 class BatchRestorer:
@@ -107,6 +134,8 @@ class BatchRestorer:
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
         items, outcomes = collect_inputs(job.inputs, job.recursive, exclude=job.output)
+        items = _without_own_outputs(job, items)
+        _refuse_outputs_onto_inputs(job, items)
         check_output_folder(job.output)
         rank, world = job.shard
         items = items[rank::world]

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mgfr_cli.errors import OutputError
 from mgfr_cli.faces.io import Photo, atomic_write_bytes
+from mgfr_cli.ownership import PAGE_MARK
 
 FOLDER = "_report"
 THUMB = 1600  # longest side of the before/after copies
@@ -35,23 +37,47 @@ def _jpeg(path: Path, rgb: np.ndarray, longest: int) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
+def _report_folder(output: Path) -> Path:
+    """``OUT/_report``, unless a folder of that name holds files mgfr did not put there."""
+    from mgfr_cli.ownership import is_json_rows
+
+    for n in range(1, 100):
+        folder = output / (FOLDER if n == 1 else f"{FOLDER}-mgfr-{n}")
+        if not folder.exists() or (folder.is_dir() and not folder.is_symlink()
+                                   and (not any(folder.iterdir()) or is_json_rows(folder / "entries.json", {"source"}))):
+            return folder
+    raise OutputError(f"{output}: no free folder for the review page's images")
+
+
 class Report:
+    """The page of one run. Several runs into one folder share it: each write merges this run's entries into
+    what is on disk (under a lock), and a skip never replaces another run's result."""
+
     def __init__(self, output: Path, title: str = "mgfr restore"):
+        from mgfr_cli.ownership import is_mgfr_page, own_or_free
+
         self.output = Path(output)
-        self.folder = self.output / FOLDER
+        self.folder = _report_folder(self.output)
+        self.page, self.note = own_or_free(self.output / "index.html", is_mgfr_page)
         self.title = title
-        self.entries: dict[str, dict] = {}
+        self.entries: dict[str, dict] = self._saved()
+        self.mine: set[str] = set()
+
+    def _saved(self) -> dict[str, dict]:
         saved = self.folder / "entries.json"
         if saved.is_file():
             try:
-                self.entries = {e["source"]: e for e in json.loads(saved.read_text())}
+                return {e["source"]: e for e in json.loads(saved.read_text())}
             except (ValueError, KeyError, TypeError):
-                self.entries = {}
+                pass
+        return {}
 
     def add(self, outcome, photo=None, faces=(), restored=(), conditions=(), after=None) -> None:
         """Record one photo's outcome (with its pixels when it was restored: ``after``, as written) and
         rewrite the page."""
-        key = str(outcome.source)
+        from mgfr_cli.app.summary import source_key
+
+        key = source_key(outcome.source)
         entry = {"source": key, "name": Path(key).name, "status": outcome.status, "detail": outcome.detail,
                  "output": str(outcome.output) if outcome.output else None}
         old = self.entries.get(key)
@@ -59,24 +85,36 @@ class Report:
             entry = {**old, "status": "restored", "detail": old.get("detail", "")}  # done by an earlier run
         if photo is not None and after is not None and outcome.status == "restored":
             tag = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+            rel = self.folder.name
             _jpeg(self.folder / f"{tag}_before.jpg", photo.rgb8(), THUMB)
             if after.ndim == 3 and after.shape[2] == 2:  # gray+alpha as written: its gray
                 after = after[:, :, 0]
             _jpeg(self.folder / f"{tag}_after.jpg", Photo(after).rgb8(), THUMB)
-            entry["before"], entry["after"] = f"{FOLDER}/{tag}_before.jpg", f"{FOLDER}/{tag}_after.jpg"
+            entry["before"], entry["after"] = f"{rel}/{tag}_before.jpg", f"{rel}/{tag}_after.jpg"
             entry["faces"] = []
             for f, r, c in zip(faces, restored, conditions or [None] * len(faces)):
-                a, b = f"{FOLDER}/{tag}_{f.index:02d}_a.jpg", f"{FOLDER}/{tag}_{f.index:02d}_r.jpg"
+                a, b = f"{rel}/{tag}_{f.index:02d}_a.jpg", f"{rel}/{tag}_{f.index:02d}_r.jpg"
                 _jpeg(self.output / a, f.crop, FACE)
                 _jpeg(self.output / b, r, FACE)
                 entry["faces"].append({"index": f.index, "aligned": a, "restored": b, **(c or {})})
         self.entries[key] = entry
+        self.mine.add(key)
         self.write()
 
     def write(self) -> None:
+        from mgfr_cli.faces.io import folder_lock
+
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.folder / "entries.json", json.dumps(list(self.entries.values()), indent=1).encode())
-        atomic_write_bytes(self.output / "index.html", render(self.title, list(self.entries.values())).encode())
+        with folder_lock(self.folder):
+            merged = self._saved()
+            for key in self.mine:
+                mine, theirs = self.entries[key], merged.get(key)
+                if mine["status"] == "skipped" and theirs and theirs.get("before"):
+                    continue  # restored by another run (or an earlier one): that is what is on disk
+                merged[key] = mine
+            self.entries = merged
+            atomic_write_bytes(self.folder / "entries.json", json.dumps(list(merged.values()), indent=1).encode())
+            atomic_write_bytes(self.page, render(self.title, list(merged.values())).encode())
 
 
 def _e(text) -> str:
@@ -104,7 +142,7 @@ r.addEventListener('input',sync);a.addEventListener('load',sync);window.addEvent
 def render(title: str, entries: list[dict]) -> str:
     done = [e for e in entries if e.get("before")]
     other = [e for e in entries if not e.get("before")]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style>"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'>{PAGE_MARK}<title>{_e(title)}</title><style>{CSS}</style>"
              f"</head><body><header><h1>{_e(title)}</h1><div class='meta'>{len(done)} restored, {len(other)} "
              f"not restored</div></header><main>"]
     for e in done:

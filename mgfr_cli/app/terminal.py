@@ -56,7 +56,7 @@ def run_batch(job, helper, restorer, upsampler=None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mgfr_cli.app.batch import BatchRestorer
-    from mgfr_cli.app.summary import merge_summaries, write_summary
+    from mgfr_cli.app.summary import merge_summaries, summary_path, write_summary
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=False) as progress:
@@ -65,10 +65,15 @@ def run_batch(job, helper, restorer, upsampler=None) -> int:
         def on_outcome(o):
             progress.update(task, advance=1, description=f"{o.status}: {shown(o.source.name)}")
 
-        outcomes = BatchRestorer(helper, restorer, upsampler).run(job, on_outcome, lambda n: progress.update(task, total=n))
+        batch = BatchRestorer(helper, restorer, upsampler)
+        outcomes = batch.run(job, on_outcome, lambda n: progress.update(task, total=n))
+    if batch.reporter is not None and batch.reporter.note:
+        notes([f"review page: {batch.reporter.note}"])
     rank, world = job.shard
     if world == 1:
-        write_summary(job.output / "mgfr-summary.json", outcomes, merge=True)
+        path, note = summary_path(job.output)
+        write_summary(path, outcomes, merge=True)
+        notes([note] if note else [])
         return summary(outcomes, "mgfr restore")
     # Several processes: each writes its share; the first merges them once all are there.
     write_summary(job.output / f"mgfr-summary-{rank}-of-{world}.json", outcomes)

@@ -50,6 +50,21 @@ def describe(models: UiModels, ignored) -> str:
     return text
 
 
+def _whole(value, name: str) -> int:
+    """A whole number from the page (Gradio sends floats, and anything through its API), or the CLI's error."""
+    import math
+
+    from mgfr_cli.errors import ConfigError
+
+    try:
+        number = float(value)
+        if not math.isfinite(number) or number != int(number):
+            raise ValueError
+        return int(value) if isinstance(value, int) else int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"--{name} must be a whole number, got {value!r}") from None
+
+
 def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, prompt: str, negative: str,
                 guidance_quality: float, guidance_attribute: float, steps: int, seed: int, faces: str,
                 color_fix: str, upscale: float, use_cleaner: bool, workdir: Path, progress=None):
@@ -69,9 +84,10 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     before = read_image(src, models.max_megapixels)  # the CLI's reader: EXIF, 16 bit, alpha, size guard
     workdir.mkdir(parents=True, exist_ok=True)
     prof = models.pipeline.profile
-    settings = RestoreSettings(steps=int(steps) or prof.default_steps, guidance_quality=float(guidance_quality),
-                               guidance_attribute=float(guidance_attribute), color_fix=color_fix, seed=int(seed))
-    settings.check()
+    settings = RestoreSettings(steps=_whole(steps, "steps") or prof.default_steps, guidance_quality=float(guidance_quality),
+                               guidance_attribute=float(guidance_attribute), color_fix=color_fix,
+                               seed=_whole(seed, "seed"))
+    settings.check()  # the CLI's checks: the same ranges, the same messages
     restorer = DiffusionRestorer(models.pipeline, settings)
     if progress is not None:
         restorer.callback = lambda i, t, x: progress((i + 1) / settings.steps, desc=f"denoising step {i + 1}/{settings.steps}")
@@ -174,11 +190,23 @@ def load_models(root: Path, *, detector: str, base, checkpoint, cleaner: str, bg
     return UiModels(helper, pipeline, upsampler, "", max_megapixels)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (systemd, docker, kill) stops the page as Ctrl-C does, cleaning up
+
+
 def serve(demo, host: str, port: int, share: bool, max_upload_mb: float, block: bool = True):
+    import signal
+    import threading
+
+    previous = None
+    if block and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return demo.launch(server_name=host, server_port=port, share=share, inbrowser=False, quiet=True,
                            max_file_size=int(max_upload_mb * 1024 * 1024), prevent_thread_lock=not block, show_error=True)
     finally:
         if block:
             shutil.rmtree(demo.mgfr_tmp, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 

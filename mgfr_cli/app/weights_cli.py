@@ -75,7 +75,7 @@ def weights_convert(
         raise typer.BadParameter("KIND must be diffbir")
     root = resolve_root(model_root)
     done = convert_diffbir(src, output, unet_config=base_unet_config(root, base), source=source,
-                           known_bad=incompatible_hashes(load_manifest(manifest), root))
+                           known_bad=incompatible_hashes(load_manifest(manifest), root), model_root=root)
     out.print(f"wrote {done} (use: mgfr restore ... --checkpoint {done})")
 
 

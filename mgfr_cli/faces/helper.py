@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mgfr_cli.errors import ConfigError, WeightsError
+from mgfr_cli.errors import ConfigError, InputError, WeightsError
 
 # The FFHQ 5-point template at 512x512: left eye, right eye, nose tip, left and right mouth corners.
 FFHQ_TEMPLATE_512 = np.array(
@@ -154,6 +154,9 @@ class FaceHelper:
         faces = [f for f in faces if f.eye_distance >= selection.min_face_size]
         faces.sort(key=lambda f: (f.box[0] + f.box[2]) / 2)
         if selection.face_index is not None:
+            if faces and selection.face_index >= len(faces):
+                raise InputError(f"face {selection.face_index} does not exist ({len(faces)} face"
+                                 f"{'s' if len(faces) > 1 else ''} found; --face-index counts from 0, left to right)")
             return faces[selection.face_index : selection.face_index + 1]
         if selection.largest_face and faces:
             return [max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))]

@@ -12,6 +12,7 @@ import io
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,6 +272,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """An exclusive lock held on ``folder`` itself (``flock`` on its descriptor: no lock file left behind), across
+    processes and across threads; released when the block ends, or when the process dies."""
+    import fcntl
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def check_output_folder(output: Path) -> None:

@@ -24,6 +24,7 @@ from mgfr_cli.model.sampling import SCHEDULERS, combine_guidance, denoise, make_
 
 ADAPTER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 VAE_CHUNK = 8  # images per VAE encode/decode call
+MAX_SEED = 2**63 - 1  # what a torch.Generator takes
 
 
 class RestoreError(InputError):
@@ -48,8 +49,10 @@ class RestoreSettings:
         for name in ("guidance_quality", "guidance_attribute"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
-        if self.steps < 1:
-            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise ConfigError(f"--steps must be a whole number from 1 to 1000, got {self.steps}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be a whole number from 0 to 2**63-1, got {self.seed}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
         if self.color_fix not in COLOR_METHODS:

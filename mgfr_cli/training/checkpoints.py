@@ -9,13 +9,35 @@ newest checkpoint is skipped for the one before it; a diverged run (non-finite w
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from mgfr_cli.errors import WeightsError
+from mgfr_cli.errors import InputError, WeightsError
+from mgfr_cli.ownership import is_mgfr_adapter, replace_folder, temp_folder_beside
+
+
+RUN_ENTRIES = {"config.yaml", "checkpoints", "adapter", "logs", "aligned-data", "identity-cache.safetensors",
+               "latent-cache.safetensors"}
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """``-o`` of ``mgfr train`` must be new, empty, or a run folder mgfr made: every entry in it one that a run
+    writes (hidden temporaries aside). A folder of the user's own files is refused before any work."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: -o names a file; give a folder for the run")
+    if not run_dir.is_dir():
+        return
+    other = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))
+    if other:
+        raise InputError(f"-o {run_dir}: holds files that are not an mgfr run's (e.g. {other[0]}); nothing was changed: "
+                         f"give a new or empty folder for the run")
+
+
+def is_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / "step.json").is_file() and (Path(folder) / "state").is_dir()
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -30,22 +52,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def save_ema_adapter(adapter, ema, folder: Path) -> None:
     """EMA weights into a ``save_pretrained`` folder, written beside and renamed into place."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     params = [p for p in adapter.parameters() if p.requires_grad]
     if not all(bool(torch.isfinite(p).all()) for p in [*params, *ema.shadow_params]):
         # a diverged run (NaN/inf weights) must not leave a checkpoint that looks usable
         raise WeightsError(f"{folder}: training diverged (non-finite weights); not written. Lower learning_rate or "
                            f"resume from an earlier checkpoint")
+    tmp = temp_folder_beside(folder)
     ema.store(params)
     ema.copy_to(params)
     try:
         adapter.save_pretrained(tmp, safe_serialization=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         ema.restore(params)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    replace_folder(tmp, folder, is_mgfr_adapter, "an adapter")
 
 
 def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir: Path, step: int) -> None:
@@ -56,8 +78,7 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
 
     if accelerator.is_main_process:
         final = run_dir / "checkpoints" / f"step-{step}"
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = temp_folder_beside(final)
         (tmp / "state").mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, tmp / "state" / "adapter.safetensors")
         save_file({str(i): p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}, tmp / "state" / "ema.safetensors")
@@ -69,9 +90,7 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
         (tmp / "step.json").write_text(json.dumps(meta, default=str))
         save_ema_adapter(adapter, ema, tmp / "adapter")
         shutil.copy(run_dir / "config.yaml", tmp / "config.yaml")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_folder(tmp, final, is_checkpoint, "a checkpoint")
     accelerator.wait_for_everyone()
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from mgfr_cli.configs import load_model_config
 from mgfr_cli.training.data import FaceDataset, PositionSampler
 from mgfr_cli.errors import InputError, WeightsError
-from mgfr_cli.training.checkpoints import latest_checkpoint, resume_latest, save_ema_adapter, write_checkpoint
+from mgfr_cli.training.checkpoints import check_run_folder, latest_checkpoint, resume_latest, save_ema_adapter, write_checkpoint
 from mgfr_cli.training.train_config import TrainConfig, save_config
 
 
@@ -46,8 +46,7 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     from mgfr_cli.model.base import load_base
 
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"{run_dir}: -o names a file; give a folder for the run")
+    check_run_folder(run_dir)
     start_ckpt = latest_checkpoint(run_dir) if resume else None
     if resume and start_ckpt is None:
         raise InputError(f"{run_dir}: --resume given but there is no checkpoint to resume from")

@@ -97,6 +97,18 @@ def unwrap_state(state, where: str) -> dict:
     return out
 
 
+def check_values(state: dict, where: str) -> None:
+    """Right keys and shapes are not enough: integer, boolean or NaN tensors are no trained weights."""
+    import torch
+
+    for key, value in state.items():
+        if not value.is_floating_point():
+            raise WeightsError(f"{where}: {key} holds {str(value.dtype).removeprefix('torch.')} values, not floating-point "
+                               f"weights; refused")
+        if not bool(torch.isfinite(value).all()):
+            raise WeightsError(f"{where}: {key} holds NaN or infinite values; refused (a damaged or diverged checkpoint)")
+
+
 def load_checkpoint(path: Path) -> dict:
     """``torch.load(weights_only=True)`` of a ``.pth``/``.ckpt``/``.pt``, or a ``.safetensors`` file."""
     import pickle
@@ -110,12 +122,17 @@ def load_checkpoint(path: Path) -> dict:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return unwrap_state(load_file(path), str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise WeightsError(f"{path}: refused to load, the file holds more than weights ({str(exc).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WeightsError(f"{path}: not a readable weight file ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, MemoryError, OverflowError) as exc:
+        raise WeightsError(f"{path}: not a readable weight file ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors' SafetensorError (a header that lies) derives from Exception
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise WeightsError(f"{path}: not a readable weight file ({(str(exc).splitlines() or ['bad header'])[0]})") from None
     return unwrap_state(state, str(path))
 
 
@@ -179,15 +196,26 @@ def check_release(path: Path, source: str, known_bad: dict[str, str]) -> None:
 
 
 def convert_diffbir(src: Path, out: Path, *, unet_config: dict, source: str = "diffbir-v2",
-                    known_bad: dict[str, str] | None = None, base_fingerprint: str | None = None) -> Path:
-    """Write ``out/`` (``config.json`` + safetensors): an LCA-only adapter holding ``src``'s weights."""
-    import shutil
+                    known_bad: dict[str, str] | None = None, base_fingerprint: str | None = None,
+                    model_root: Path | None = None) -> Path:
+    """Write ``out/`` (``config.json`` + safetensors): an LCA-only adapter holding ``src``'s weights.
 
+    ``out`` must be new, empty, or an adapter mgfr wrote; it never is (or holds) ``src``, the model root or
+    the working folder. The adapter is written into a fresh hidden folder beside it and renamed into place."""
     import torch
 
+    from mgfr_cli.ownership import is_empty_dir, is_mgfr_adapter, refuse_protected, replace_folder, temp_folder_beside
+
+    out = Path(out)
+    refuse_protected(out, {"the file being converted": src, "the model root": model_root,
+                           "the working folder": Path.cwd()})
+    if out.exists() and not (is_empty_dir(out) or is_mgfr_adapter(out)):
+        raise WeightsError(f"-o {out}: exists and is not an empty folder or an adapter mgfr wrote; nothing was "
+                           f"changed: choose a new folder")
     check_release(src, source, known_bad or {})
     template = lca_template(unet_config)
     mapped = map_diffbir_state(load_checkpoint(src), template, str(src))
+    check_values(mapped, str(src))
     info = DIFFBIR_RELEASES[source]
     from mgfr_cli.model.adapter import MgfrAdapter
 
@@ -196,11 +224,14 @@ def convert_diffbir(src: Path, out: Path, *, unet_config: dict, source: str = "d
                prediction_type=info["prediction_type"], base_fingerprint=base_fingerprint)
     adapter = MgfrAdapter.from_config(cfg)
     adapter.load_state_dict({k: v.to(torch.float32) for k, v in mapped.items()}, strict=True)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    adapter.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "conversion.json").write_text(json.dumps({"source": source, "from": str(src), "tensors": len(mapped)}, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+    tmp = temp_folder_beside(out)
+    try:
+        adapter.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "conversion.json").write_text(json.dumps({"source": source, "from": str(src), "tensors": len(mapped)}, indent=1))
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, out, is_mgfr_adapter, "an adapter")
     return out

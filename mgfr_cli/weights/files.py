@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Callable
 
 from mgfr_cli.configs import check_keys, expect_type, read_yaml
 from mgfr_cli.errors import ConfigError, WeightsError
+from mgfr_cli.faces.io import folder_lock
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 MANIFEST = REPO_WEIGHTS / "manifest.yaml"  # $MGFR_MANIFEST, when set, replaces it (mirrors, tests)
@@ -77,18 +79,47 @@ def load_manifest(path: Path | None = None) -> Manifest:
             raise ConfigError(f"{where}: convert must be 'diffbir', got {raw['convert']!r}")
         if "name" not in raw:
             raise ConfigError(f"{where}: missing key 'name'")
+        if not NAME_RE.fullmatch(str(raw["name"])):
+            raise ConfigError(f"{where}: name {raw['name']!r} must be letters, digits, '.', '_' or '-' (it names a "
+                              f"folder in the model root)")
         files = []
         for j, f in enumerate(expect_type(raw.get("files", []), list, where, "files")):
             expect_type(f, dict, where, f"files[{j}]")
             check_keys(f, {"path", "sha256", "size", "remote"}, f"{where}.files[{j}]")
             if "path" not in f:
                 raise ConfigError(f"{where}.files[{j}]: missing key 'path'")
-            files.append(WeightFile(path=str(f["path"]), sha256=f.get("sha256"), size=f.get("size"), remote=f.get("remote")))
+            for key in ("path", "remote"):
+                if f.get(key) is not None and not _plain_relative(str(f[key])):
+                    raise ConfigError(f"{where}.files[{j}]: {key} {f[key]!r} must be a relative path inside the model "
+                                      f"root (no absolute path, no '..', no backslash)")
+            size = f.get("size")
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+                raise ConfigError(f"{where}.files[{j}]: size must be a whole number of bytes, got {size!r}")
+            files.append(WeightFile(path=str(f["path"]), sha256=f.get("sha256"), size=size, remote=f.get("remote")))
         entries.append(Entry(name=str(raw["name"]), sources=tuple(raw.get("sources", [])), files=tuple(files),
                              license=str(raw.get("license", "")), used_by=str(raw.get("used_by", "")),
                              optional=bool(raw.get("optional", False)), note=str(raw.get("note", "")),
                              convert=str(raw.get("convert", "")), incompatible=bool(raw.get("incompatible", False))))
     return Manifest(tuple(entries), path)
+
+
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def _plain_relative(path: str) -> bool:
+    """A path that stays below the folder it is joined to: relative, no '..', no empty or odd parts."""
+    parts = path.split("/")
+    return (bool(path) and "\\" not in path and "\0" not in path and not path.startswith("/")
+            and all(p not in ("", ".", "..") for p in parts) and ":" not in parts[0])
+
+
+def inside_root(root: Path, rel: str) -> Path:
+    """``root / rel``, refused when it leaves ``root`` (a symbolic link inside the root pointing out, say)."""
+    path = root / rel
+    real_root = root.resolve()
+    if real_root != path.resolve() and real_root not in path.resolve().parents:
+        raise WeightsError(f"{path}: resolves outside the model root {root}; not written")
+    return path
 
 
 def resolve_root(model_root: Path | None = None) -> Path:
@@ -170,37 +201,61 @@ def fetch_entry(entry: Entry, root: Path, *, allow_unpinned: bool = False, timeo
     """Fetch every file of ``entry`` that is not already verified; return the files placed."""
     if not entry.sources:
         raise WeightsError(f"{entry.name}: no download source in the manifest ({entry.note or 'place the files by hand'})")
-    pins = read_pins(root)
     placed = []
     for f in entry.files:
-        status = check_entry(Entry(entry.name, entry.sources, (f,)), root, pins)[0]
-        if status.state in ("verified", "present (unpinned)"):
-            continue
-        expected = f.sha256 or pins.get(f.path)
-        if expected is None and not allow_unpinned:
-            raise WeightsError(f"{entry.name}: {f.path} has no pinned SHA-256 in the manifest; fetch with "
-                               f"--allow-unpinned to trust the first download (its hash is then recorded in {root / PINS})")
-        remote = f.remote or (f.path.split("/", 1)[1] if "/" in f.path else f.path)
-        errors = []
-        for prefix in entry.sources:
-            url = prefix.rstrip("/") + "/" + remote
-            try:
-                digest = download(url, root / f.path, expected, f.size, timeout=timeout,
-                                  progress=(lambda n, t, p=f.path: progress(p, n, t)) if progress else None)
-            except _SourceFailed as exc:
-                errors.append(str(exc))
+        dest = inside_root(root, f.path)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WeightsError(f"{dest.parent}: cannot write weights there ({exc.strerror or exc}); use --model-root "
+                               f"or $MGFR_HOME to choose a writable folder") from None
+        with folder_lock(dest.parent):  # a second fetch of the same file waits here, then finds it placed
+            pins = read_pins(root)
+            status = check_entry(Entry(entry.name, entry.sources, (f,)), root, pins)[0]
+            if status.state in ("verified", "present (unpinned)"):
                 continue
-            if expected is None:
-                write_pin(root, f.path, digest)
-            placed.append(root / f.path)
-            break
-        else:
-            raise WeightsError(f"{entry.name}: could not fetch {f.path}: " + "; ".join(errors))
+            expected = f.sha256 or pins.get(f.path)
+            if expected is None and not allow_unpinned:
+                raise WeightsError(f"{entry.name}: {f.path} has no pinned SHA-256 in the manifest; fetch with "
+                                   f"--allow-unpinned to trust the first download (its hash is then recorded in {root / PINS})")
+            remote = f.remote or (f.path.split("/", 1)[1] if "/" in f.path else f.path)
+            errors = []
+            for prefix in entry.sources:
+                url = prefix.rstrip("/") + "/" + remote
+                try:
+                    digest = download(url, dest, expected, f.size, timeout=timeout,
+                                      progress=(lambda n, t, p=f.path: progress(p, n, t)) if progress else None)
+                except _SourceFailed as exc:
+                    errors.append(str(exc))
+                    continue
+                if expected is None:
+                    write_pin(root, f.path, digest)
+                placed.append(dest)
+                break
+            else:
+                raise WeightsError(f"{entry.name}: could not fetch {f.path}: " + "; ".join(errors))
     return placed
 
 
 class _SourceFailed(Exception):
     """This source did not give a good file; the next one may."""
+
+
+MAX_UNSIZED = 16 << 30  # a file whose size neither the manifest nor the server states: read at most this
+
+
+def _expected_total(length: str | None, have: int, size: int | None, url: str) -> int | None:
+    """How many bytes the whole file has: the manifest's size, else the server's Content-Length (+ the part
+    already on disk); a server that announces another size than the manifest is refused before reading."""
+    announced = None
+    if length is not None:
+        try:
+            announced = int(length) + have
+        except ValueError:
+            announced = None
+    if size is not None and announced is not None and announced != size:
+        raise _SourceFailed(f"{url}: the server announces {announced:,} bytes, the manifest says {size:,}")
+    return size if size is not None else announced
 
 
 def download(url: str, dest: Path, sha256: str | None, size: int | None, *, timeout: float = 30.0,
@@ -221,11 +276,17 @@ def download(url: str, dest: Path, sha256: str | None, size: int | None, *, time
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             resumed = have > 0 and resp.status == 206
-            total = resp.headers.get("Content-Length")
-            total = int(total) + (have if resumed else 0) if total is not None else size
+            total = _expected_total(resp.headers.get("Content-Length"), have if resumed else 0, size, url)
+            limit = total if total is not None else MAX_UNSIZED
             with open(part, "ab" if resumed else "wb") as fh:
                 done = have if resumed else 0
-                for block in iter(lambda: resp.read(CHUNK), b""):
+                while block := resp.read(min(CHUNK, limit - done + 1)):
+                    if done + len(block) > limit:  # a server that sends more than it announced: stop reading
+                        fh.close()
+                        part.unlink(missing_ok=True)
+                        raise _SourceFailed(f"{url}: the server sent more than the {limit:,} bytes "
+                                            f"{'expected' if total is not None else 'allowed for a file of unknown size'}; "
+                                            f"stopped and deleted")
                     fh.write(block)
                     done += len(block)
                     if progress:

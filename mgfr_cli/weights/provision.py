@@ -183,7 +183,7 @@ def convert_entry(entry: Entry, root: Path, manifest: Manifest, base: Path | Non
         raise ConfigError(f"{entry.name}: nothing to convert (the manifest gives it no convert: key)")
     return convert_diffbir(root / entry.files[0].path, converted_dir(root, entry.name),
                            unet_config=base_unet_config(root, base), source=entry.name,
-                           known_bad=incompatible_hashes(manifest, root))
+                           known_bad=incompatible_hashes(manifest, root), model_root=root)
 
 
 def restore_components(plan: RestorePlan, *, device: str, dtype, identity_file: Path):
