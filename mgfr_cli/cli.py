@@ -174,7 +174,7 @@ def align(
     selection = face_selection(only_center_face, largest_face, face_index, min_face_size)
     dev, _ = resolve_device(device)
     helper = FaceHelper(resolve_root(model_root), detector.value, face_size=face_size, device=dev, use_parse=False)
-    outcomes = align_inputs(helper, inputs, output, selection, recursive, max_megapixels)
+    outcomes = align_inputs(helper, inputs, output, selection, recursive, max_megapixels, lambda n: notes([n]))
     raise typer.Exit(summary(outcomes, "mgfr align", done="aligned"))
 
 
@@ -255,7 +255,8 @@ def degrade(
     from mgfr_cli.training.degrade import degrade_inputs
     from mgfr_cli.training.train_config import load_train_config
 
-    outcomes = degrade_inputs(inputs, output, load_train_config(config, {}).degradation, seed, recursive)
+    outcomes = degrade_inputs(inputs, output, load_train_config(config, {}).degradation, seed, recursive,
+                              lambda n: notes([n]))
     raise typer.Exit(summary(outcomes, "mgfr degrade", done="degraded"))
 
 

@@ -192,3 +192,52 @@ def test_progress_is_reported_per_denoising_step(server, photo, tmp_path):
     restore_one(models, str(photo[0]), None, "", "", 4.0, 2.0, 3, 0, "every face", "wavelet", 1, True, tmp_path / "w",
                 progress=lambda fraction, desc: seen.append((round(fraction, 3), desc)))
     assert seen == [(0.333, "denoising step 1/3"), (0.667, "denoising step 2/3"), (1.0, "denoising step 3/3")]
+
+
+def test_a_seed_past_what_a_generator_takes_is_the_clis_error(server, photo):
+    from gradio_client import Client
+
+    url, _ = server
+    args = list(_args(photo[0]))
+    args[7] = 2**70
+    with pytest.raises(Exception, match=r"--seed must be a whole number from 0 to 2\*\*63-1"):
+        Client(url, verbose=False).predict(*args, **API)
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom mgfr_cli.app.ui import UiModels, build_app, offline_environment, serve\n"
+        "offline_environment()\ndemo = build_app(UiModels(missing='test'))\n"
+        "(demo.mgfr_tmp / 'job-1').mkdir()\n(demo.mgfr_tmp / 'job-1' / 'upload.png').write_bytes(b'x')\n"
+        f"Path({str(tmp_path / 'tmp.txt')!r}).write_text(str(demo.mgfr_tmp))\n"
+        f"serve(demo, '127.0.0.1', {port}, False, 10.0)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                time.sleep(0.5)
+        else:
+            pytest.fail("the page never answered")
+        workdir = Path((tmp_path / "tmp.txt").read_text())
+        assert (workdir / "job-1" / "upload.png").is_file()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not workdir.exists(), "SIGTERM left the user's files in the temporary folder"

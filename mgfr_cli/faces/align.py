@@ -10,6 +10,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Callable
 
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, Outcome, collect_inputs
 from mgfr_cli.errors import MgfrError, OutputError
@@ -21,25 +22,47 @@ FIELDS = ["source", "face_index", "crop", "score", "x1", "y1", "x2", "y2"] + [
 
 
 def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelection, recursive: bool,
-                 max_megapixels: float) -> list[Outcome]:
+                 max_megapixels: float, on_note: Callable[[str], None] = lambda line: None) -> list[Outcome]:
     """Write ``OUT/<photo>_NN.png`` per face plus ``faces.csv`` and ``faces.json``; one outcome per photo."""
     check_output_folder(output)  # a file, a read-only mount: one line before any work
     items, outcomes = collect_inputs(inputs, recursive, exclude=output)
+    tables = _table_paths(output)
+    written = _crops_listed(tables[1])  # crops an earlier align wrote here: those may be written again
     rows = []
     try:
         for item in items:
-            _align_one(helper, item, output, selection, max_megapixels, rows, outcomes)
-        _write_tables(output, rows)
+            _align_one(helper, item, output, selection, max_megapixels, rows, outcomes, written)
+        _write_tables(tables, rows)
     except OSError as exc:  # a full disk mid-run: stop with one line; the table lists what was written
         try:
-            _write_tables(output, rows)
+            _write_tables(tables, rows)
         except OSError:
             pass
         raise OutputError(f"{output}: cannot write ({exc.strerror or exc}); stopped after {len(rows)} crop(s)") from None
+    if tables != (output / "faces.csv", output / "faces.json"):
+        on_note(f"{output}: faces.csv or faces.json there is not a file mgfr wrote: kept, the tables written to "
+                f"{tables[0].name} and {tables[1].name}")
     return outcomes
 
 
-def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list, outcomes: list) -> None:
+def _table_paths(output: Path) -> tuple[Path, Path]:
+    """``faces.csv`` and ``faces.json``, or free names beside them when a file of the user's has the name."""
+    from mgfr_cli.ownership import is_csv_with_header, is_json_rows, own_or_free
+
+    csv_path, _ = own_or_free(output / "faces.csv", lambda p: is_csv_with_header(p, FIELDS))
+    json_path, _ = own_or_free(output / "faces.json", lambda p: is_json_rows(p, set(FIELDS)))
+    return csv_path, json_path
+
+
+def _crops_listed(table: Path) -> set[str]:
+    try:
+        return {str(r["crop"]) for r in json.loads(table.read_text())}
+    except (OSError, ValueError, TypeError, KeyError):
+        return set()
+
+
+def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list, outcomes: list,
+               written: set[str] = frozenset()) -> None:
     try:
         rgb = read_image(item.path, max_megapixels).rgb8()
         faces = helper.detect_and_align(rgb, selection, item.path)
@@ -49,9 +72,13 @@ def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list
     if not faces:
         outcomes.append(Outcome(item.path, NO_FACE, "no face detected"))
         return
-    for f in faces:
-        rel = item.relative
-        crop_path = output / rel.parent / f"{rel.stem}_{f.index:02d}.png"
+    rel = item.relative
+    crops = [output / rel.parent / f"{rel.stem}_{f.index:02d}.png" for f in faces]
+    mine = next((c for c in crops if c.exists() and str(c) not in written), None)
+    if mine is not None:
+        outcomes.append(Outcome(item.path, FAILED, f"{mine} exists and was not written by mgfr align; not replaced"))
+        return
+    for f, crop_path in zip(faces, crops):
         write_image(crop_path, f.crop)
         row = {"source": str(item.path), "face_index": f.index, "crop": str(crop_path), "score": round(f.score, 4),
                **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in f.box)))}
@@ -60,11 +87,11 @@ def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list
     outcomes.append(Outcome(item.path, RESTORED, "", output, len(faces)))
 
 
-def _write_tables(output: Path, rows: list) -> None:
+def _write_tables(tables: tuple[Path, Path], rows: list) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS)
     writer.writeheader()
     writer.writerows(rows)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(output / "faces.csv", buf.getvalue().encode())
-    atomic_write_bytes(output / "faces.json", json.dumps(rows, indent=1).encode())
+    tables[0].parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(tables[0], buf.getvalue().encode())
+    atomic_write_bytes(tables[1], json.dumps(rows, indent=1).encode())

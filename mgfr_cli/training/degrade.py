@@ -121,7 +121,7 @@ def negative_target(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return jpeg_roundtrip(image, int(rng.integers(5, 16)))
 
 
-def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: bool) -> list:
+def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: bool, on_note=lambda line: None) -> list:
     """``mgfr degrade``: a degraded PNG per input (image i seeded by ``[seed, i]``) and ``params.json``.
     Never writes over an input (``-o`` may be the input folder: such a photo fails, the rest go on)."""
     import json
@@ -132,16 +132,22 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
     from mgfr_cli.errors import MgfrError
     from mgfr_cli.faces.io import atomic_write_bytes, read_image, write_image
 
+    from mgfr_cli.ownership import own_or_free
+
     output = Path(output)
     check_output_folder(output)
     items, outcomes = collect_inputs(inputs, recursive, exclude=output)
     sources = {it.path.resolve() for it in items}
+    record, note = own_or_free(output / "params.json", _is_params)
+    written = set(json.loads(record.read_text())) if record.is_file() else set()  # mgfr's own earlier copies
     params = {}
     for i, item in enumerate(items):
         target = output / item.relative.with_suffix(".png")
         try:
             if target.resolve() in sources:
                 raise MgfrError(f"{item.path}: its degraded copy {target} would overwrite an input; choose another -o")
+            if target.exists() and str(item.relative) not in written:
+                raise MgfrError(f"{item.path}: {target} exists and was not written by mgfr degrade; not replaced")
             lq, p = degrade(read_image(item.path).rgb8(), cfg, np.random.default_rng([seed, i]))
             write_image(target, lq)
         except MgfrError as exc:
@@ -149,5 +155,18 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
             continue
         params[str(item.relative)] = p
         outcomes.append(Outcome(item.path, RESTORED, "", target, 0))
-    atomic_write_bytes(output / "params.json", json.dumps(params, indent=1, default=list).encode())
+    if note:
+        on_note(note)
+    atomic_write_bytes(record, json.dumps(params, indent=1, default=list).encode())
     return outcomes
+
+
+def _is_params(path) -> bool:
+    """``params.json`` as degrade writes it: an object of relative paths -> drawn parameters."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(isinstance(v, dict) for v in data.values())
