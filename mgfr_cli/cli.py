@@ -34,13 +34,13 @@ def restore(
     checkpoint: Annotated[Optional[Path], typer.Option(help="Adapter checkpoint or training run folder [default: MODEL_ROOT/mgfr-adapter, else the public DiffBIR prior MODEL_ROOT/diffbir-v2-lca].")] = None,
     base: Annotated[Optional[Path], typer.Option(help="Stable Diffusion base (diffusers folder or .safetensors) [default: MODEL_ROOT/sd21-base].")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Denoising steps [default: 30; 50 for a DiffBIR adapter].")] = None,
-    scheduler: Annotated[str, typer.Option(help="dpmpp or ddim.")] = "dpmpp",
+    scheduler: Annotated[Optional[str], typer.Option(help="ddpm (DiffBIR's ancestral 'spaced' sampler: its published results), dpmpp or ddim (deterministic ODE solvers: a different sample) [default: ddpm for a DiffBIR adapter, dpmpp for MGFR adapters].")] = None,
     guidance_quality: Annotated[Optional[float], typer.Option(callback=finite, help="Weight l_nq of the negative-quality direction [default: 4; 3 for a DiffBIR adapter, its scale s = 1 + l_nq].")] = None,
     guidance_attribute: Annotated[float, typer.Option(callback=finite, help="Weight l_na of the negative-attribute direction.")] = 2.0,
     color_fix: Annotated[str, typer.Option(help="Colour correction toward the input: wavelet, adain or none.")] = "wavelet",
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed (face K of a photo uses seed + K).")] = 0,
     start_from: Annotated[str, typer.Option(help="noise, or cond: start from the condition latent noised to the first step (DiffBIR's option).")] = "noise",
-    cleaner: Annotated[str, typer.Option(help="Clean the face before encoding it: auto (swinir-codeformer for DiffBIR adapters, none otherwise), swinir-codeformer, swinir-face or none.")] = "auto",
+    cleaner: Annotated[str, typer.Option(help="Clean the face before encoding it: auto (swinir-face for DiffBIR adapters: DiffBIR's face pipeline, non-commercial provenance; none for MGFR adapters), swinir-face, swinir-codeformer (Apache-2.0) or none.")] = "auto",
     bg_upsampler: Annotated[str, typer.Option(help="Background upsampler when --upscale > 1: auto (realesrgan-x2 up to x2, realesrgan-x4 above), realesrgan-x2, realesrgan-x4 or none.")] = "auto",
     offline: Annotated[bool, typer.Option("--offline", help="Never download missing weights (also MGFR_OFFLINE=1 or HF_HUB_OFFLINE=1).")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per GPU batch (halved automatically on out-of-memory).")] = 8,
@@ -76,7 +76,7 @@ def restore(
     if any(c in suffix for c in "/\\\0") or ".." in suffix:
         raise typer.BadParameter("--suffix must be plain text (no /, \\ or ..): outputs stay inside -o")
     RestoreSettings(guidance_quality=guidance_quality or 0.0, guidance_attribute=guidance_attribute,
-                    scheduler=scheduler, color_fix=color_fix, start_from=start_from).check()
+                    scheduler=scheduler or "ddpm", color_fix=color_fix, start_from=start_from).check()
     selection = face_selection(only_center_face, largest_face, face_index, min_face_size)
     flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(ref) if ref else None)
     for r in ref or ():
@@ -96,7 +96,10 @@ def restore(
     helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
     prof = pipeline.profile
     notes(pipeline.notes)
-    settings = RestoreSettings(steps=steps or prof.default_steps, scheduler=scheduler,
+    if prof.diffbir_output and steps is None and scheduler is None and guidance_quality is None and cleaner == "auto":
+        notes([f"{prof.source}: DiffBIR v2's published face recipe (spaced DDPM sampler, {prof.default_steps} steps, "
+               f"scale {1 + prof.default_guidance:g}, face SwinIR cleaner, wavelet colour fix)"])
+    settings = RestoreSettings(steps=steps or prof.default_steps, scheduler=scheduler or prof.default_scheduler,
                                guidance_quality=prof.default_guidance if guidance_quality is None else guidance_quality,
                                guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed, start_from=start_from)
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,

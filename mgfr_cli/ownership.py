@@ -73,7 +73,11 @@ def replace_folder(tmp: Path, final: Path, is_ours: Callable[[Path], bool], what
 def temp_folder_beside(final: Path) -> Path:
     """A new, empty hidden folder beside ``final`` (never a name that already exists)."""
     Path(final).parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{Path(final).name}.", suffix=".tmp", dir=Path(final).parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(final).name}.", suffix=".tmp", dir=Path(final).parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the folder mgfr leaves gets the usual permissions
+    return tmp
 
 
 def own_or_free(path: Path, is_ours: Callable[[Path], bool]) -> tuple[Path, str]:

@@ -334,7 +334,7 @@ def test_loss_scaler_state_is_checkpointed(tmp_path):
             self.net = net
 
         def save_pretrained(self, folder, safe_serialization=True):
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)  # as diffusers' save_pretrained
 
     acc = SimpleNamespace(is_main_process=True, scaler=scaler, wait_for_everyone=lambda: None)
     (tmp_path / "config.yaml").write_text("{}")

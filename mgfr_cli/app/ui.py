@@ -84,7 +84,8 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     before = read_image(src, models.max_megapixels)  # the CLI's reader: EXIF, 16 bit, alpha, size guard
     workdir.mkdir(parents=True, exist_ok=True)
     prof = models.pipeline.profile
-    settings = RestoreSettings(steps=_whole(steps, "steps") or prof.default_steps, guidance_quality=float(guidance_quality),
+    settings = RestoreSettings(steps=_whole(steps, "steps") or prof.default_steps, scheduler=prof.default_scheduler,
+                               guidance_quality=float(guidance_quality),
                                guidance_attribute=float(guidance_attribute), color_fix=color_fix,
                                seed=_whole(seed, "seed"))
     settings.check()  # the CLI's checks: the same ranges, the same messages

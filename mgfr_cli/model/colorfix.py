@@ -1,7 +1,8 @@
 """Colour correction of the decoded face toward the input (DESIGN.md §5, ours): wavelet, AdaIN or none.
 
 Diffusion decoders drift in colour; the low-quality input still carries the right colours at low
-frequency. Tensors are ``(B, 3, H, W)`` in [-1, 1].
+frequency. Tensors are ``(B, 3, H, W)``; both corrections are linear in the image, so they give the same
+result on the [-1, 1] or the [0, 1] scale (the pipeline uses [0, 1], as DiffBIR does).
 """
 
 from __future__ import annotations
@@ -42,3 +43,9 @@ def color_fix(image: torch.Tensor, reference: torch.Tensor, method: str) -> torc
     if method == "none":
         return image
     raise ValueError(f"unknown colour correction {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def to_uint8(x01: torch.Tensor, truncate: bool = False) -> torch.Tensor:
+    """``[0, 1]`` images -> uint8 after one clamp: rounded, or truncated toward zero as DiffBIR does."""
+    x = (x01.float() * 255).clamp(0, 255)
+    return (x if truncate else x.round()).to(torch.uint8)

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 from mgfr_cli.model.adapter import MgfrAdapter, ReferenceState
 from mgfr_cli.model.base import BaseModel
-from mgfr_cli.model.colorfix import METHODS as COLOR_METHODS, color_fix
+from mgfr_cli.model.colorfix import METHODS as COLOR_METHODS, color_fix, to_uint8
 from mgfr_cli.faces.conditions import FaceConditions
 from mgfr_cli.errors import ConfigError, InputError, WeightsError
 from mgfr_cli.model.profiles import check_base, profile_of
-from mgfr_cli.model.sampling import SCHEDULERS, combine_guidance, denoise, make_scheduler
+from mgfr_cli.model.sampling import SCHEDULERS, combine_guidance, denoise, make_scheduler, set_steps
 
 ADAPTER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 VAE_CHUNK = 8  # images per VAE encode/decode call
@@ -184,18 +184,19 @@ class MgfrPipeline:
         return torch.cat([self.base.vae.encode(c).latent_dist.mode() * self.scaling for c in x.split(VAE_CHUNK)])
 
     @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1], VAE_CHUNK at a time, so a batch that denoised never runs out of memory here."""
-        return torch.cat([self._decode(c) for c in z.split(VAE_CHUNK)])
+    def decode_latents(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Images in [-1, 1] (``clamp=False``: as the VAE gives them), VAE_CHUNK at a time, so a batch that
+        denoised never runs out of memory here."""
+        return torch.cat([self._decode(c, clamp) for c in z.split(VAE_CHUNK)])
 
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+    def _decode(self, z: torch.Tensor, clamp: bool) -> torch.Tensor:
         x = self.base.vae.decode(z / self.scaling).sample
         if self.dtype == torch.float16 and not torch.isfinite(x).all():
             # The SD VAE can overflow in fp16 on some inputs: redo that decode in fp32.
             vae32 = self.base.vae.float()
             x = vae32.decode(z.float() / self.scaling).sample.clamp(-1, 1).to(self.dtype)
             self.base.vae.to(self.dtype)
-        return x.clamp(-1, 1)
+        return x.clamp(-1, 1) if clamp else x
 
     # -- restore --------------------------------------------------------------------------
     @torch.no_grad()
@@ -232,13 +233,15 @@ class MgfrPipeline:
         ref_all = self.prepare_references(z_lq, conditions, texts)
         ignored = ("references",) if any(c.references for c in conditions) and not prof.uses_reference else ()
 
-        # 4. Prepare latents: per-face noise from per-face seeds; from pure noise, or (DiffBIR's "cond" start)
-        # from the condition latent noised to the first timestep
-        shape = z_lq.shape[1:]
-        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        # 4. Prepare latents: per-face noise from per-face generators (CPU, seeded with the face's seed: a face
+        # restores the same in any batch, and --seed 231 on the CPU draws what DiffBIR's torch.manual_seed(231)
+        # draws: x_T first, then each step's noise from the same generator); from pure noise, or (DiffBIR's
+        # "cond" start) from the condition latent noised to the first timestep
+        shape = (1,) + tuple(z_lq.shape[1:])
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        noise = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.device, self.dtype)
         scheduler = make_scheduler(settings.scheduler, self.base.scheduler_config)
-        scheduler.set_timesteps(settings.steps, device=self.device)
-        noise = torch.stack(noise).to(self.device, self.dtype)
+        set_steps(scheduler, settings.scheduler, settings.steps, self.device)
         if settings.start_from == "cond":
             latents = scheduler.add_noise(z_lq, noise, scheduler.timesteps[:1].repeat(b))
         else:
@@ -252,18 +255,24 @@ class MgfrPipeline:
         def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self._predict_fn(x, t, text_all, z_lq_all, ref_all, settings.guidance_quality, w_na)
 
-        latents = denoise(step, latents, scheduler, callback=callback)
+        latents = denoise(step, latents, scheduler, generator=generators, callback=callback)
 
-        # 6. Decode and 7. colour-correct toward the (cleaned) input
-        x = self.decode_latents(latents)
+        # 6. Decode and 7. colour-correct toward the (cleaned) input, then 8. to uint8
+        return RestoreOutput(list(self.finish(latents, cond, size, settings.color_fix)), ignored)
+
+    def finish(self, latents: torch.Tensor, cond: torch.Tensor, size: int, method: str) -> np.ndarray:
+        """Final latents -> ``(B, size, size, 3)`` uint8 faces. A DiffBIR adapter gets DiffBIR's post-processing
+        exactly: nothing clamped (the decode, the cleaned face, the colour fix) until the one clamp before
+        uint8, which truncates; MGFR adapters clamp the decode and round."""
+        exact = self.profile.diffbir_output
+        x = self.decode_latents(latents, clamp=not exact)
         if not bool(torch.isfinite(x).all()):  # never paste NaN/inf (a black square) and call it restored
             raise RestoreError("the restored face has non-finite values (NaN or inf): check --guidance-* and the "
                                "adapter's weights")
-        x = color_fix(x, cond, settings.color_fix)
+        x = color_fix((x.float() + 1) / 2, (cond.float() + 1) / 2, method)  # on the [0, 1] scale, as DiffBIR
         if x.shape[-1] != size:
-            x = F.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False)
-        images = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        return RestoreOutput(list(images), ignored)
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=exact)
+        return to_uint8(x, truncate=exact).permute(0, 2, 3, 1).cpu().numpy()
 
     def encode_references(self, refs: list) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(VAE latent, ArcFace embedding) of each reference face. A reference read from a file is encoded

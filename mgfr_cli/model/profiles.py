@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import mgfr_cli.model.prompts as prompts
 from mgfr_cli.errors import WeightsError
 
-# DiffBIR v2's face defaults (its inference script): empty positive prompt, this negative prompt, CFG
-# scale s = 4 in the eps_neg + s (eps_c - eps_neg) form, i.e. our w = s - 1, 50 steps, wavelet colour fix
-# toward the cleaned face.
+# DiffBIR v2's published face recipe (its README's "v2 (paper version)" command, not inference.py's
+# defaults, which are v2.1's): the face SwinIR cleaner, empty positive prompt, this negative prompt, the
+# ``spaced`` sampler (ancestral DDPM) with 50 steps, CFG scale s = 4 in the eps_neg + s (eps_c - eps_neg)
+# form, i.e. our w = s - 1, wavelet colour fix toward the unclamped cleaned face, one clamp at the end and
+# truncation to uint8.
 DIFFBIR_NEGATIVE = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"
 
 
@@ -31,6 +33,8 @@ class Profile:
     default_guidance: float  # our w_nq
     default_steps: int
     default_cleaner: str  # a cleaners.CLEANERS name, or "none"
+    default_scheduler: str = "dpmpp"
+    diffbir_output: bool = False  # DiffBIR's post-processing: nothing clamped until uint8, truncated, not rounded
 
     def positive(self, attributes: str | None, subject: str | None = None) -> str:
         if self.plain_prompts:
@@ -42,7 +46,7 @@ def profile_of(config) -> Profile:
     source = str(config.get("source", "mgfr") or "mgfr")
     stages = config.get("stages_trained")
     if source.startswith("diffbir"):
-        return Profile(source, False, False, True, DIFFBIR_NEGATIVE, 3.0, 50, "swinir-codeformer")
+        return Profile(source, False, False, True, DIFFBIR_NEGATIVE, 3.0, 50, "swinir-face", "ddpm", True)
     # ``stages_trained`` None: an adapter that does not record it (built directly, or by an older trainer):
     # trusted as configured.
     ref = bool(config.get("use_reference", True)) and (stages is None or 2 in stages)

@@ -40,14 +40,14 @@ def diagnose(root: Path, manifest: Manifest) -> Report:
     r.sections[f"weights in {root}"] = rows
     have = lambda n: states.get(n) in ("verified", "unpinned")  # noqa: E731
     detector = have("retinaface_resnet50") or have("retinaface_mobile0.25")
-    adapter = have("mgfr-adapter") or (have("diffbir-v2") and have("swinir-codeformer"))
+    adapter = have("mgfr-adapter") or (have("diffbir-v2") and have("swinir-face"))
     can_restore = detector and have("sd21-base") and adapter
     which = "MGFR adapter" if have("mgfr-adapter") else "public DiffBIR prior (no references)"
     works = [
         (all(ok for ok, _, _ in pkgs[:8]), "core packages import", ""),
         (detector, "mgfr align", "" if detector else "needs a RetinaFace detector"),
         (can_restore, "mgfr restore", which if can_restore else
-         "needs a detector, sd21-base and an adapter (diffbir-v2 + swinir-codeformer, fetched by the first restore)"),
+         "needs a detector, sd21-base and an adapter (diffbir-v2 + swinir-face, fetched by the first restore)"),
         (have("sd21-base"), "mgfr train", "" if have("sd21-base") else "needs sd21-base"),
         (have("arcface"), "identity embeddings (references, eval identity)", "" if have("arcface") else "needs arcface"),
         (have("parsenet"), "parsing mask for paste-back", "" if have("parsenet") else "feathered square used instead"),
