@@ -29,6 +29,10 @@ def restore(
     inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder; the input tree is mirrored in it.")],
     ref: Annotated[Optional[list[Path]], typer.Option("--ref", help="Reference image or folder (repeatable).")] = None,
+    ref_library: Annotated[Optional[Path], typer.Option("--ref-library", help="A folder of photos of the people in your photos (any layout): each face restored gets the library's best matches as references (--ref and sidecars win).")] = None,
+    ref_k: Annotated[int, typer.Option("--ref-k", min=1, max=32, help="References taken from --ref-library per face.")] = 3,
+    ref_threshold: Annotated[float, typer.Option("--ref-threshold", callback=finite, min=-1, max=1, help="Least identity similarity (cosine) for a library face to be taken.")] = 0.3,
+    identity_guidance: Annotated[Optional[float], typer.Option("--identity-guidance", callback=finite, min=0, max=10, help="Strength of identity guidance toward the references (0: off) [default: 0.05 when references are given and the adapter has no trained reference branch].")] = None,
     prompt: Annotated[Optional[str], typer.Option(help="Attributes to keep, e.g. 'brown eyes, beard'.")] = None,
     negative_prompt: Annotated[Optional[str], typer.Option(help="Attributes to avoid, e.g. 'eyeglasses'.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Adapter checkpoint or training run folder [default: MODEL_ROOT/mgfr-adapter, else the public DiffBIR prior MODEL_ROOT/diffbir-v2-lca].")] = None,
@@ -66,7 +70,8 @@ def restore(
     """Restore every face in photos and paste them back (prompts, references and identity optional)."""
     from mgfr_cli.app.batch import RestoreJob
     from mgfr_cli.faces.conditions import ConditionSpec
-    from mgfr_cli.faces.identity import ARCFACE_FILE
+    from mgfr_cli.faces.identity import ARCFACE_FILE, IdentityEncoder
+    from mgfr_cli.model.identity_guidance import reference_notes
     from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
     from mgfr_cli.weights.provision import offline_requested, plan_restore, provide, restore_components
     from mgfr_cli.weights.files import load_manifest, resolve_root
@@ -88,7 +93,8 @@ def restore(
     offline = offline_requested(offline)
     plan = plan_restore(root, manifest, detector=None if has_aligned else detector.value, base=base,
                         checkpoint=checkpoint, cleaner=cleaner, bg_upsampler=bg_upsampler, upscale=upscale,
-                        offline=offline)
+                        offline=offline, references=bool(ref) or ref_library is not None,
+                        identity_guidance=identity_guidance, library=ref_library is not None)
     with download_progress() as progress:
         provide(plan, manifest, offline=offline, announce=announce_downloads, progress=progress)
     notes(plan.notes)
@@ -101,7 +107,9 @@ def restore(
                f"scale {1 + prof.default_guidance:g}, face SwinIR cleaner, wavelet colour fix)"])
     settings = RestoreSettings(steps=steps or prof.default_steps, scheduler=scheduler or prof.default_scheduler,
                                guidance_quality=prof.default_guidance if guidance_quality is None else guidance_quality,
-                               guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed, start_from=start_from)
+                               guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed, start_from=start_from,
+                               identity_guidance=prof.default_identity_guidance if identity_guidance is None
+                               else identity_guidance)
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
@@ -111,9 +119,9 @@ def restore(
                "H100); the steps after it run 1.6x (16 faces) to 4x (one face) faster"])
     pipeline.optimize(compile=compile, channels_last=dev.startswith("cuda"))
     restorer = DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)
-    code = run_batch(job, helper, restorer, upsampler)
-    notes(f"{what} given but not used: the adapter ({prof.source}) has no trained reference branch; references "
-          f"and identity need an MGFR adapter trained through stage 2" for what in sorted(restorer.ignored))
+    judge = IdentityEncoder(root / ARCFACE_FILE, dev) if (root / ARCFACE_FILE).is_file() else None
+    code = run_batch(job, helper, restorer, upsampler, judge)
+    notes(reference_notes(prof, settings, restorer, pipeline.recogniser is not None, judge is not None))
     raise typer.Exit(code)
 
 

@@ -91,7 +91,7 @@ def test_missing_weights_one_message_naming_each_file(tmp_path, cli, astronaut):
     line = " ".join(err.split())
     assert line.startswith("error: missing weights:")
     for name in ("detection_Resnet50_Final.pth", "mgfr weights fetch retinaface_resnet50", "sd21-base",
-                 "v2.pth", "mgfr weights fetch diffbir-v2", "codeformer_swinir.ckpt", "offline"):
+                 "v2.pth", "mgfr weights fetch diffbir-v2", "face_swinir_v1.ckpt", "offline"):
         assert name in line
     assert "\n" not in err.strip()
     assert not (tmp_path / "out").exists()

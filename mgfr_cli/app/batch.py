@@ -124,8 +124,9 @@ def _existing_output(job: RestoreJob, item: InputItem) -> Path | None:
 class BatchRestorer:
     """Runs a :class:`RestoreJob`: the face helper on the CPU side, ``restorer`` on the GPU side."""
 
-    def __init__(self, helper: FaceHelper, restorer: Restorer, upsampler=None):
+    def __init__(self, helper: FaceHelper, restorer: Restorer, upsampler=None, judge=None):
         self.reporter = None  # report.Report while a run writes OUT/index.html
+        self.judge = judge  # identity.IdentityEncoder: similarity to the references before/after, or None
         self.helper = helper
         self.restorer = restorer
         self.upsampler = upsampler  # upsampler.BackgroundUpsampler for --upscale > 1, or None (Lanczos)
@@ -225,6 +226,10 @@ class BatchRestorer:
             key = path.resolve()
             if key not in cache:
                 rgb = read_image(path, job.max_megapixels).rgb8()
+                if job.has_aligned:  # aligned inputs: their references are aligned crops too
+                    cache[key] = self.helper.as_aligned(rgb, path)
+                    refs.append(cache[key])
+                    continue
                 faces = self.helper.detect(rgb, FaceSelection(largest_face=True))
                 if not faces:
                     raise InputError(f"reference {path}: no face detected")
@@ -249,10 +254,18 @@ class BatchRestorer:
         for p in pending:
             n = len(p.faces)
             o = self._write(job, p, restored[i : i + n])
+            if self.judge is not None and o.status == RESTORED and any(c.references for c in p.conditions):
+                from dataclasses import replace
+
+                from mgfr_cli.faces.identity import similarity_report
+
+                o = replace(o, identity=similarity_report(self.judge, p.faces, p.conditions, restored[i : i + n]))
             self.claims.release(p.item.path)
             outcomes.append(o)
             if self.reporter is not None and o.status == RESTORED:
-                self.reporter.add(o, p.photo, p.faces, restored[i : i + n], [_describe(c, p) for c in p.conditions],
+                ident = {r["face"]: r for r in o.identity}
+                self.reporter.add(o, p.photo, p.faces, restored[i : i + n],
+                                  [_describe(c, p, ident.get(f.index)) for f, c in zip(p.faces, p.conditions)],
                                   after=p.written)
                 p.written = None
             i += n
@@ -324,9 +337,12 @@ def _like(photo: Photo, rgb8: np.ndarray) -> np.ndarray:
     return out
 
 
-def _describe(c: FaceConditions, p: "_Prepared") -> dict:
-    return {"prompt": c.prompt, "negative_prompt": c.negative_prompt,
-            "refs": ", ".join(r.source.name for r in c.references if r.source is not None), "from": p.sources}
+def _describe(c: FaceConditions, p: "_Prepared", identity: dict | None = None) -> dict:
+    out = {"prompt": c.prompt, "negative_prompt": c.negative_prompt,
+           "refs": ", ".join(r.source.name for r in c.references if r.source is not None), "from": p.sources}
+    if identity is not None:
+        out["identity"] = f"{identity['before']:.3f} -> {identity['after']:.3f}"
+    return out
 
 
 def _upscaled_like(photo: Photo, rgb8: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -40,7 +40,8 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
     from mgfr_cli.faces.io import atomic_write_bytes, folder_lock
 
     rows = [{"source": source_key(o.source), "status": o.status, "detail": o.detail,
-             "output": str(o.output) if o.output else None, "faces": o.faces} for o in outcomes]
+             "output": str(o.output) if o.output else None, "faces": o.faces,
+             **({"identity": list(o.identity)} if o.identity else {})} for o in outcomes]
     if not merge:
         atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
         return

@@ -41,6 +41,15 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
         for o in noted:
             table.add_row(shown(o.source), shown(o.detail))
         out.print(table)
+    judged = [(o, r) for o in outcomes for r in o.identity]
+    if judged:
+        table = Table(title="identity: similarity to the references (insightface w600k_r50, not the guiding network)")
+        for col in ("file", "face", "before", "after", "references"):
+            table.add_column(col, overflow="fold")
+        for o, r in judged:
+            table.add_row(shown(o.source.name), str(r["face"]), f"{r['before']:.3f}", f"{r['after']:.3f}",
+                          ", ".join(r["references"]))
+        out.print(table)
     if problems:
         detail = Table(title="not restored", show_lines=False)
         detail.add_column("file", overflow="fold")
@@ -52,7 +61,7 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
     return 1 if counts[FAILED] else 0
 
 
-def run_batch(job, helper, restorer, upsampler=None) -> int:
+def run_batch(job, helper, restorer, upsampler=None, judge=None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mgfr_cli.app.batch import BatchRestorer
@@ -65,7 +74,7 @@ def run_batch(job, helper, restorer, upsampler=None) -> int:
         def on_outcome(o):
             progress.update(task, advance=1, description=f"{o.status}: {shown(o.source.name)}")
 
-        batch = BatchRestorer(helper, restorer, upsampler)
+        batch = BatchRestorer(helper, restorer, upsampler, judge)
         outcomes = batch.run(job, on_outcome, lambda n: progress.update(task, total=n))
     if batch.reporter is not None and batch.reporter.note:
         notes([f"review page: {batch.reporter.note}"])

@@ -57,3 +57,18 @@ class IdentityEncoder:
             return np.zeros((0, 512), np.float32)
         feats = np.asarray(self.model.get_feat([self.crop(a) for a in aligned]), np.float32)
         return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+def similarity_report(judge: IdentityEncoder, faces, conditions, restored) -> tuple:
+    """Per face with references: its identity similarity to them (cosine to their mean embedding) before and
+    after restoring, measured by ``judge`` (insightface's w600k_r50, never the network that guided)."""
+    rows = []
+    for face, cond, out in zip(faces, conditions, restored):
+        if not cond.references:
+            continue
+        refs = judge.embed([r.crop for r in cond.references]).mean(0)
+        refs = refs / max(float(np.linalg.norm(refs)), 1e-12)
+        before, after = judge.embed([face.crop, out]) @ refs
+        rows.append({"face": face.index, "before": round(float(before), 4), "after": round(float(after), 4),
+                     "references": [r.source.name if r.source is not None else "" for r in cond.references]})
+    return tuple(rows)

@@ -31,6 +31,7 @@ class Outcome:
     detail: str = ""
     output: Path | None = None
     faces: int = 0
+    identity: tuple = ()  # per face with references: {"face", "before", "after", "references"} (the judge's cosines)
 
 
 def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None = None

@@ -40,12 +40,15 @@ class RestoreSettings:
     color_fix: str = "wavelet"
     seed: int = 0
     start_from: str = "noise"  # "cond": the condition latent noised to the first timestep (DiffBIR's option)
+    identity_guidance: float = 0.0  # strength of identity guidance toward the references (0: off)
 
     def check(self) -> None:
         import math
 
         if self.start_from not in ("noise", "cond"):
             raise ConfigError(f"--start-from {self.start_from!r}: choose noise or cond")
+        if not math.isfinite(self.identity_guidance) or not 0 <= self.identity_guidance <= 10:
+            raise ConfigError(f"--identity-guidance must be a number from 0 to 10, got {self.identity_guidance}")
         for name in ("guidance_quality", "guidance_attribute"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
@@ -63,6 +66,7 @@ class RestoreSettings:
 class RestoreOutput:
     images: list  # (S, S, 3) uint8 RGB, one per input face
     ignored: tuple = ()  # inputs this adapter cannot use (e.g. "references"), reported once per run
+    guided: int = 0  # faces steered toward their references by identity guidance
 
 
 def find_adapter_dir(path: Path) -> Path:
@@ -118,6 +122,7 @@ class MgfrPipeline:
         # Identity tokens only for an RCA that was trained with them (tokens it never saw are noise to it).
         self.identity = identity if self.profile.uses_identity else None
         self.cleaner = cleaner  # DiffBIR: a 1x SwinIR before the VAE encode (cleaner.Cleaner)
+        self.recogniser = None  # recogniser.Recogniser for identity guidance, when its weights are there
         self.resolution = int(adapter.config.resolution)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -231,7 +236,16 @@ class MgfrPipeline:
         cond = self.cleaner(lq) if self.cleaner is not None else lq
         z_lq = self.encode_images(cond)
         ref_all = self.prepare_references(z_lq, conditions, texts)
-        ignored = ("references",) if any(c.references for c in conditions) and not prof.uses_reference else ()
+        has_refs = any(c.references for c in conditions)
+        guide = target = None
+        if has_refs and settings.identity_guidance > 0 and self.recogniser is not None:
+            from mgfr_cli.model.identity_guidance import IdentityGuidance
+
+            guide = IdentityGuidance(self.recogniser, self.base.vae, self.scaling, self._alphas_cumprod(),
+                                     self.base.scheduler_config.get("prediction_type", "epsilon"),
+                                     settings.identity_guidance)
+            target = guide.target([[r.crop for r in c.references] for c in conditions], self.device)
+        ignored = ("references",) if has_refs and not prof.uses_reference and guide is None else ()
 
         # 4. Prepare latents: per-face noise from per-face generators (CPU, seeded with the face's seed: a face
         # restores the same in any batch, and --seed 231 on the CPU draws what DiffBIR's torch.manual_seed(231)
@@ -253,12 +267,19 @@ class MgfrPipeline:
         z_lq_all = z_lq.repeat(k, 1, 1, 1)
 
         def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self._predict_fn(x, t, text_all, z_lq_all, ref_all, settings.guidance_quality, w_na)
+            out = self._predict_fn(x, t, text_all, z_lq_all, ref_all, settings.guidance_quality, w_na)
+            return guide.adjust(x, t, out, target) if guide is not None else out
 
         latents = denoise(step, latents, scheduler, generator=generators, callback=callback)
 
         # 6. Decode and 7. colour-correct toward the (cleaned) input, then 8. to uint8
-        return RestoreOutput(list(self.finish(latents, cond, size, settings.color_fix)), ignored)
+        guided = int(target.active.sum()) if target is not None else 0
+        return RestoreOutput(list(self.finish(latents, cond, size, settings.color_fix)), ignored, guided)
+
+    def _alphas_cumprod(self) -> torch.Tensor:
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.base.scheduler_config).alphas_cumprod
 
     def finish(self, latents: torch.Tensor, cond: torch.Tensor, size: int, method: str) -> np.ndarray:
         """Final latents -> ``(B, size, size, 3)`` uint8 faces. A DiffBIR adapter gets DiffBIR's post-processing
@@ -333,6 +354,7 @@ class DiffusionRestorer:
         self.settings = settings
         self.pad_to = pad_to  # a compiled pipeline keeps static shapes: fill short batches with copies
         self.ignored: set[str] = set()  # inputs the adapter could not use, for the run's summary
+        self.guided = 0  # faces steered by identity guidance in this run
         self.callback = None  # callback(step, t, latents) per denoising step (the web page's progress bar)
 
     def restore(self, crops, conditions, seeds):
@@ -342,11 +364,12 @@ class DiffusionRestorer:
             crops, conditions, seeds = crops + crops[-1:] * extra, conditions + conditions[-1:] * extra, seeds + seeds[-1:] * extra
         out = self.pipeline.restore(crops, conditions, self.settings, seeds, callback=self.callback)
         self.ignored.update(out.ignored)
+        self.guided += min(out.guided, n)
         return out.images[:n]
 
 
 def build_pipeline(base_path: Path, checkpoint: Path, *, identity_path: Path | None, device: str, dtype: torch.dtype,
-                   cleaner_path: Path | None = None) -> MgfrPipeline:
+                   cleaner_path: Path | None = None, recogniser_path: Path | None = None) -> MgfrPipeline:
     """Load base + adapter (+ ArcFace where the adapter was trained with it, + the cleaner) for restoring."""
     from mgfr_cli.model.base import load_base
     from mgfr_cli.faces.identity import IdentityEncoder
@@ -367,5 +390,9 @@ def build_pipeline(base_path: Path, checkpoint: Path, *, identity_path: Path | N
 
         cleaner = Cleaner(cleaner_path, device)
     pipeline = MgfrPipeline(base, adapter, identity=identity, device=device, dtype=dtype, cleaner=cleaner)
+    if recogniser_path is not None and Path(recogniser_path).is_file():
+        from mgfr_cli.model.recogniser import Recogniser
+
+        pipeline.recogniser = Recogniser.load(recogniser_path, device, dtype)
     pipeline.notes = list(getattr(adapter, "base_notes", []))
     return pipeline

@@ -36,6 +36,13 @@ class Profile:
     default_scheduler: str = "dpmpp"
     diffbir_output: bool = False  # DiffBIR's post-processing: nothing clamped until uint8, truncated, not rounded
 
+    @property
+    def default_identity_guidance(self) -> float:
+        """References steer by identity guidance where no trained reference branch reads them."""
+        from mgfr_cli.model.identity_guidance import DEFAULT_STRENGTH
+
+        return 0.0 if self.uses_reference else DEFAULT_STRENGTH
+
     def positive(self, attributes: str | None, subject: str | None = None) -> str:
         if self.plain_prompts:
             return (attributes or "").strip()

@@ -39,10 +39,22 @@ class RestorePlan:
     checkpoint: Path
     cleaner: Path | None
     upsampler: Path | None
+    recogniser: Path | None = None  # identity guidance and the reference library
     upsampler_scale: int = 1
     missing: list = field(default_factory=list)  # (path, entry name or None, hint)
     convert: list = field(default_factory=list)  # entry names whose fetched file becomes an adapter folder
     notes: list = field(default_factory=list)  # choices the user should hear about
+
+
+def _adapter_config(checkpoint: Path, source: str | None) -> dict:
+    """The adapter's config.json (what profiles read), or just its source when it is not there yet."""
+    from mgfr_cli.model.pipeline import find_adapter_dir
+
+    try:
+        cfg = json.loads((find_adapter_dir(checkpoint) / "config.json").read_text())
+    except (WeightsError, OSError, ValueError):
+        cfg = None
+    return cfg if isinstance(cfg, dict) else {"source": source or "mgfr"}
 
 
 def _adapter_source(checkpoint: Path) -> str | None:
@@ -57,7 +69,13 @@ def _adapter_source(checkpoint: Path) -> str | None:
 
 
 def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: Path | None, checkpoint: Path | None,
-                 cleaner: str, bg_upsampler: str, upscale: float, offline: bool = False) -> RestorePlan:
+                 cleaner: str, bg_upsampler: str, upscale: float, offline: bool = False, references: bool = False,
+                 identity_guidance: float | None = None, library: bool = False) -> RestorePlan:
+    """Every file the run will read, and which of them are missing (with the entry that provides each).
+
+    The recogniser (identity guidance, the reference library) is needed, and fetched when missing, for a
+    library, for ``--identity-guidance`` above 0, or for references given to an adapter without a trained
+    reference branch; otherwise it is loaded when present (a sidecar may name references) unless guidance is 0."""
     """Every file the run will read, and which of them are missing (with the entry that provides each)."""
     from mgfr_cli.model.cleaner import CLEANERS
     from mgfr_cli.model.profiles import profile_of
@@ -114,7 +132,16 @@ def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: 
         entry, file, scale = UPSAMPLERS[bg_upsampler]
         up_file = root / file
         need(up_file, entry, f"mgfr weights fetch {entry}, or --bg-upsampler none")
-    return RestorePlan(root, det_file, base, checkpoint, cleaner_file, up_file, scale, missing, convert, notes)
+    from mgfr_cli.model.recogniser import RECOGNISER_FILE
+
+    rec_file = root / RECOGNISER_FILE
+    guided = (identity_guidance or 0) > 0 or (identity_guidance is None and references
+                                               and not profile_of(_adapter_config(checkpoint, source)).uses_reference)
+    recogniser = True if library or guided else (None if identity_guidance != 0 else False)
+    if recogniser:
+        need(rec_file, "arcface-irse50", "mgfr weights fetch arcface-irse50, or --identity-guidance 0")
+    rec = rec_file if recogniser or (recogniser is None and rec_file.is_file()) else None
+    return RestorePlan(root, det_file, base, checkpoint, cleaner_file, up_file, rec, scale, missing, convert, notes)
 
 
 def _size(entry: Entry) -> str:
@@ -198,7 +225,7 @@ def restore_components(plan: RestorePlan, *, device: str, dtype, identity_file: 
         detector = next(k for k, (_, f) in DETECTORS.items() if f == plan.detector_file.name)
     helper = FaceHelper(plan.root, detector, device=device)
     pipeline = build_pipeline(plan.base, plan.checkpoint, identity_path=identity_file, device=device, dtype=dtype,
-                              cleaner_path=plan.cleaner)
+                              cleaner_path=plan.cleaner, recogniser_path=plan.recogniser)
     upsampler = None
     if plan.upsampler is not None:
         from mgfr_cli.model.upsampler import BackgroundUpsampler
