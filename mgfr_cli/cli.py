@@ -16,7 +16,8 @@ from mgfr_cli.errors import ConfigError, MgfrError, UsageError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
                       OnlyCenterOpt, RecursiveOpt, finite, quiet_libraries, resolve_device, selection as face_selection,
                       shard)
-from mgfr_cli.app.terminal import announce_downloads, download_progress, err, notes, out, run_batch, shown, summary
+from mgfr_cli.app.terminal import (announce_downloads, download_progress, err, notes, open_library, out, run_batch, shown,
+                                   summary)
 from mgfr_cli.app.weights_cli import ManifestOpt, weights_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -113,14 +114,15 @@ def restore(
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
-                     shard=shard(), report=report)
+                     shard=shard(), report=report, ref_k=ref_k, ref_threshold=ref_threshold)
     if compile:
         notes([f"--compile: the first batch compiles the denoiser for {batch_size} faces (about 1.5 minutes on an "
                "H100); the steps after it run 1.6x (16 faces) to 4x (one face) faster"])
     pipeline.optimize(compile=compile, channels_last=dev.startswith("cuda"))
     restorer = DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)
     judge = IdentityEncoder(root / ARCFACE_FILE, dev) if (root / ARCFACE_FILE).is_file() else None
-    code = run_batch(job, helper, restorer, upsampler, judge)
+    library = open_library(ref_library, helper, pipeline, output, max_megapixels) if ref_library else None
+    code = run_batch(job, helper, restorer, upsampler, judge, library)
     notes(reference_notes(prof, settings, restorer, pipeline.recogniser is not None, judge is not None))
     raise typer.Exit(code)
 

@@ -96,3 +96,33 @@ def randomize_zero_paths(adapter, seed: int = 1, scale: float = 0.05):
             zero = p == 0
             if bool(zero.any()):
                 p.copy_(torch.where(zero, (torch.randn(p.shape, generator=g) * scale).to(p.device, p.dtype), p))
+
+
+@lru_cache(maxsize=1)
+def _random_recogniser_file() -> Path:
+    """facexlib's IR-SE50 with random weights (and random batch-norm statistics), saved once per session."""
+    import tempfile
+
+    import torch
+
+    from mgfr_cli.model.recogniser import RECOGNISER_FILE, build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = Path(tempfile.mkdtemp(prefix="mgfr-rec-")) / RECOGNISER_FILE
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def random_recogniser(root: Path) -> Path:
+    """Put the random IR-SE50 into a model root (a link: the file is 175 MB) and return its path."""
+    src = _random_recogniser_file()
+    dst = Path(root) / src.name
+    if not dst.exists():
+        dst.symlink_to(src)
+    return dst

@@ -23,18 +23,9 @@ E2E = FIXTURES / "diffbir_e2e"
 
 @pytest.fixture(scope="module")
 def recogniser_file(tmp_path_factory):
-    from mgfr_cli.model.recogniser import RECOGNISER_FILE, build_backbone
+    from helpers import random_recogniser
 
-    torch.manual_seed(0)
-    net = build_backbone()
-    with torch.no_grad():  # random running statistics, so batch norm is not the identity
-        for m in net.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("rec") / RECOGNISER_FILE
-    torch.save(net.state_dict(), path)
-    return path
+    return random_recogniser(tmp_path_factory.mktemp("rec"))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ photos in a background thread while the restorer works on the current batch.
 from __future__ import annotations
 
 import errno
-import glob
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,12 +20,12 @@ import numpy as np
 
 from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_sources, expand_refs, resolve_specs
-from mgfr_cli.errors import InputError, MgfrError, OutputError, UsageError
+from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection
-from mgfr_cli.faces.inputs import (FAILED, NO_FACE, OUTPUT_EXISTS, RESTORED, SKIPPED, InputItem, Outcome,
-                                   collect_inputs, inside)
-from mgfr_cli.faces.io import (DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, output_format, plain_ext,
-                               read_image, write_image)
+from mgfr_cli.faces.inputs import FAILED, NO_FACE, OUTPUT_EXISTS, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
+from mgfr_cli.app.outputs import (existing_output, output_path, refuse_outputs_onto_inputs,
+                                  remove_stale_temporaries, without_own_outputs)
+from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, read_image, write_image
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
 FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -58,6 +57,8 @@ class RestoreJob:
     seed: int = 0
     shard: tuple[int, int] = (0, 1)  # (this process, number of processes)
     report: bool | None = None  # OUT/index.html review page; None: when the batch has more than one photo
+    ref_k: int = 3  # references per face from the library
+    ref_threshold: float = 0.3  # least cosine for a library face
 
 
 @dataclass
@@ -72,61 +73,13 @@ class _Prepared:
     written: np.ndarray | None = None  # the pixels written, for the review page (no decoding them again)
 
 
-def output_path(job: RestoreJob, item: InputItem, photo: Photo | None) -> Path:
-    """Where ``item``'s output goes; always inside ``job.output`` (checked, whatever the suffix or glob)."""
-    ext = output_format(photo, job.ext, item.path) if photo is not None else plain_ext(job.ext, item.path)
-    rel = item.relative
-    target = job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}"
-    if not inside(target, job.output.resolve()):
-        raise InputError(f"{item.path}: its output {target} would be outside {job.output}; not written")
-    return target
-
-
-def _output_candidates(job: RestoreJob, item: InputItem) -> list[Path]:
-    """Every name ``item``'s output may take (``auto`` keeps the format, or falls back to PNG)."""
-    rel = item.relative
-    exts = [plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
-    return [job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}" for ext in exts]
-
-
-def _without_own_outputs(job: RestoreJob, items: list[InputItem]) -> list[InputItem]:
-    """Photos an earlier run wrote into ``-o`` (its summary lists them) are outputs, never inputs: ``restore site
-    -o site --suffix _r`` run twice does not restore ``a_r.jpg`` into ``a_r_r.jpg``."""
-    import json
-
-    from mgfr_cli.app.summary import summary_path
-
-    try:
-        rows = json.loads(summary_path(job.output)[0].read_text())
-        written = {Path(r["output"]).resolve() for r in rows if isinstance(r, dict) and r.get("output")}
-    except (OSError, ValueError, TypeError, KeyError):
-        return items
-    return [it for it in items if it.path.resolve() not in written]
-
-
-def _refuse_outputs_onto_inputs(job: RestoreJob, items: list[InputItem]) -> None:
-    """``restore photos -o photos``: every output would be its own input. A usage error, said before any work
-    (not a batch of photos skipped because their "output exists")."""
-    inputs = {it.path.resolve() for it in items}
-    for it in items:
-        for candidate in _output_candidates(job, it):
-            if candidate.resolve() in inputs:
-                raise UsageError(f"-o {job.output}: the output {candidate} would overwrite the input "
-                                 f"{candidate.resolve() if candidate.resolve() != it.path.resolve() else it.path}; "
-                                 f"choose another -o or a --suffix")
-
-
-def _existing_output(job: RestoreJob, item: InputItem) -> Path | None:
-    """An output already written for ``item`` by an earlier run (any extension ``auto`` may choose)."""
-    return next((p for p in _output_candidates(job, item) if p.is_file()), None)
-
-
 class BatchRestorer:
     """Runs a :class:`RestoreJob`: the face helper on the CPU side, ``restorer`` on the GPU side."""
 
-    def __init__(self, helper: FaceHelper, restorer: Restorer, upsampler=None, judge=None):
+    def __init__(self, helper: FaceHelper, restorer: Restorer, upsampler=None, judge=None, library=None):
         self.reporter = None  # report.Report while a run writes OUT/index.html
         self.judge = judge  # identity.IdentityEncoder: similarity to the references before/after, or None
+        self.library = library  # reference_library.ReferenceLibrary (--ref-library), or None
         self.helper = helper
         self.restorer = restorer
         self.upsampler = upsampler  # upsampler.BackgroundUpsampler for --upscale > 1, or None (Lanczos)
@@ -135,8 +88,8 @@ class BatchRestorer:
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
         items, outcomes = collect_inputs(job.inputs, job.recursive, exclude=job.output)
-        items = _without_own_outputs(job, items)
-        _refuse_outputs_onto_inputs(job, items)
+        items = without_own_outputs(job, items)
+        refuse_outputs_onto_inputs(job, items)
         check_output_folder(job.output)
         rank, world = job.shard
         items = items[rank::world]
@@ -183,7 +136,7 @@ class BatchRestorer:
 
     # -- CPU side: read, detect, align, resolve conditions -------------------------------------
     def _prepare(self, job: RestoreJob, item: InputItem, inputs: set[Path], ref_cache: dict) -> _Prepared:
-        done = None if job.overwrite else _existing_output(job, item)
+        done = None if job.overwrite else existing_output(job, item)
         if done is not None:
             return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, OUTPUT_EXISTS, done))
         try:
@@ -198,7 +151,7 @@ class BatchRestorer:
             holder = self.claims.take(item.path, target)
             if holder is not None:
                 return _Prepared(item, target, outcome=Outcome(item.path, SKIPPED, holder))
-            done = None if job.overwrite else _existing_output(job, item)  # written since the first look
+            done = None if job.overwrite else existing_output(job, item)  # written since the first look
             if done is not None:
                 return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, OUTPUT_EXISTS, done))
             rgb = photo.rgb8()
@@ -209,8 +162,7 @@ class BatchRestorer:
             if not faces:
                 return _Prepared(item, target, outcome=Outcome(item.path, NO_FACE, "no face detected"))
             specs = resolve_specs(item.path, job.flags, len(faces))
-            conditions = [FaceConditions(s.prompt, s.negative_prompt, self._references(s, job, ref_cache))
-                          for s in specs]
+            conditions = [self._conditions(f, s, job, ref_cache) for f, s in zip(faces, specs)]
             return _Prepared(item, target, photo, faces, conditions, condition_sources(item.path, job.flags))
         except MgfrError as exc:
             return _Prepared(item, item.path, outcome=Outcome(item.path, FAILED, str(exc)))
@@ -219,6 +171,13 @@ class BatchRestorer:
                 raise
             return _Prepared(item, item.path, outcome=Outcome(
                 item.path, FAILED, f"{item.path}: unexpected {type(exc).__name__}: {exc} (MGFR_DEBUG=1 for a traceback)"))
+
+    def _conditions(self, face: AlignedFace, spec: ConditionSpec, job: RestoreJob, cache: dict) -> FaceConditions:
+        """References from flags or sidecars win; a face with none set gets the library's matches, if any."""
+        if spec.refs is None and self.library is not None:
+            refs, found = self.library.find(face.crop, job.ref_k, job.ref_threshold)
+            return FaceConditions(spec.prompt, spec.negative_prompt, refs, found or ("no match",))
+        return FaceConditions(spec.prompt, spec.negative_prompt, self._references(spec, job, cache))
 
     def _references(self, spec: ConditionSpec, job: RestoreJob, cache: dict) -> tuple[AlignedFace, ...]:
         refs = []
@@ -254,12 +213,7 @@ class BatchRestorer:
         for p in pending:
             n = len(p.faces)
             o = self._write(job, p, restored[i : i + n])
-            if self.judge is not None and o.status == RESTORED and any(c.references for c in p.conditions):
-                from dataclasses import replace
-
-                from mgfr_cli.faces.identity import similarity_report
-
-                o = replace(o, identity=similarity_report(self.judge, p.faces, p.conditions, restored[i : i + n]))
+            o = self._record_references(o, p, restored[i : i + n])
             self.claims.release(p.item.path)
             outcomes.append(o)
             if self.reporter is not None and o.status == RESTORED:
@@ -270,6 +224,22 @@ class BatchRestorer:
                 p.written = None
             i += n
         return outcomes
+
+    def _record_references(self, o: Outcome, p: _Prepared, restored: list[np.ndarray]) -> Outcome:
+        """The outcome with what the library found per face and the judge's similarities before/after."""
+        from dataclasses import replace
+
+        if o.status != RESTORED:
+            return o
+        library = tuple({"face": f.index, "matches": [{"file": str(m.file), "similarity": round(m.similarity, 4)}
+                                                      for m in c.library if not isinstance(m, str)]}
+                        for f, c in zip(p.faces, p.conditions) if c.library)
+        identity = ()
+        if self.judge is not None and any(c.references for c in p.conditions):
+            from mgfr_cli.faces.identity import similarity_report
+
+            identity = similarity_report(self.judge, p.faces, p.conditions, restored)
+        return replace(o, identity=identity, library=library)
 
     def _write(self, job: RestoreJob, p: _Prepared, restored: list[np.ndarray]) -> Outcome:
         import cv2
@@ -317,13 +287,6 @@ class BatchRestorer:
         return Outcome(p.item.path, RESTORED, p.photo.note, p.target, len(p.faces))
 
 
-def remove_stale_temporaries(target: Path) -> None:
-    """Temporary files of ``target`` left by a run that was killed mid-write (``atomic_write_bytes``)."""
-    if target.parent.is_dir():
-        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
 def _like(photo: Photo, rgb8: np.ndarray) -> np.ndarray:
     """An RGB uint8 image in the photo's own form: gray stays gray, alpha kept, 16 bit kept."""
     px = rgb8.astype(np.float32)
@@ -342,6 +305,9 @@ def _describe(c: FaceConditions, p: "_Prepared", identity: dict | None = None) -
            "refs": ", ".join(r.source.name for r in c.references if r.source is not None), "from": p.sources}
     if identity is not None:
         out["identity"] = f"{identity['before']:.3f} -> {identity['after']:.3f}"
+    if c.library:
+        out["library"] = ", ".join(f"{m.file.name} ({m.similarity:.2f})" for m in c.library if not isinstance(m, str)) \
+            or "no match in the library"
     return out
 
 

@@ -153,7 +153,7 @@ def render(title: str, entries: list[dict]) -> str:
                      f"<div class='meta'>{_e(e['source'])} &rarr; {_e(e.get('output'))}"
                      f"{' &middot; ' + _e(e['detail']) if e.get('detail') else ''}</div><div class='faces'>")
         for f in e.get("faces", []):
-            cond = "; ".join(f"{k}: {_e(v)}" for k, v in f.items() if k in ("prompt", "negative_prompt", "refs", "from", "identity") and v)
+            cond = "; ".join(f"{k}: {_e(v)}" for k, v in f.items() if k in ("prompt", "negative_prompt", "refs", "library", "from", "identity") and v)
             parts.append(f"<div class='face'><img alt='aligned' src='{_e(f['aligned'])}'><img alt='restored' "
                          f"src='{_e(f['restored'])}'><div class='label'>face {f['index']}</div>"
                          f"<div class='label'>{cond or 'no prompt, no references'}</div></div>")

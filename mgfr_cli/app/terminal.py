@@ -61,7 +61,28 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
     return 1 if counts[FAILED] else 0
 
 
-def run_batch(job, helper, restorer, upsampler=None, judge=None) -> int:
+def open_library(folder, helper, pipeline, output, max_megapixels: float):
+    """The reference library of ``--ref-library``, brought up to date (only new or changed photos embedded)."""
+    from mgfr_cli.errors import ConfigError
+    from mgfr_cli.faces.reference_library import ReferenceLibrary
+
+    if helper.detector is None:
+        raise ConfigError("--ref-library finds faces in whole photos: it cannot be used with --has-aligned (give "
+                          "--ref crops instead)")
+
+    def embed(crops):
+        return pipeline.recogniser.embed_crops(crops).cpu().numpy()
+
+    library = ReferenceLibrary(folder, helper, embed, output / "_library-cache", max_megapixels)
+    with err.status(f"reference library {shown(folder)}: finding and embedding faces..."):
+        update = library.refresh()
+    notes([f"reference library {shown(folder)}: {len(library.rows)} face(s) in {len(library.files)} photo(s); "
+           f"{update.embedded} embedded now, the rest from the cache in {shown(library.cache)}"])
+    notes(f"reference library: {shown(p)} skipped ({why})" for p, why in update.unreadable)
+    return library
+
+
+def run_batch(job, helper, restorer, upsampler=None, judge=None, library=None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mgfr_cli.app.batch import BatchRestorer
@@ -74,7 +95,7 @@ def run_batch(job, helper, restorer, upsampler=None, judge=None) -> int:
         def on_outcome(o):
             progress.update(task, advance=1, description=f"{o.status}: {shown(o.source.name)}")
 
-        batch = BatchRestorer(helper, restorer, upsampler, judge)
+        batch = BatchRestorer(helper, restorer, upsampler, judge, library)
         outcomes = batch.run(job, on_outcome, lambda n: progress.update(task, total=n))
     if batch.reporter is not None and batch.reporter.note:
         notes([f"review page: {batch.reporter.note}"])

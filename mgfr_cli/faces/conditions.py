@@ -49,6 +49,7 @@ class FaceConditions:
     prompt: str | None = None  # attribute words, put into the prompt template
     negative_prompt: str | None = None  # the negative-attribute prompt
     references: tuple = field(default=())  # AlignedFace crops of the same person
+    library: tuple = field(default=())  # reference_library.Match of each reference the library found
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ class Outcome:
     output: Path | None = None
     faces: int = 0
     identity: tuple = ()  # per face with references: {"face", "before", "after", "references"} (the judge's cosines)
+    library: tuple = ()  # per face that asked the reference library: {"face", "matches": [{"file", "similarity"}]}
 
 
 def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None = None

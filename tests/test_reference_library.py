@@ -1,0 +1,121 @@
+"""The reference library: faces found in whole photos once, cached beside the library, searched per face.
+
+Retrieval is checked with a stand-in embedding (a normalised 24x24 grey thumbnail of the aligned face), since
+no trained recogniser can be downloaded here: what is tested is the library's own work (finding every face,
+the cache, incremental updates, ranking, thresholds, unreadable files), which does not depend on the network.
+"""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from mgfr_cli.faces.reference_library import CACHE, ReferenceLibrary
+
+
+class CountingEmbed:
+    def __init__(self):
+        self.faces = 0
+
+    def __call__(self, crops):
+        self.faces += len(crops)
+        rows = []
+        for c in crops:
+            g = cv2.cvtColor(c[96:416, 96:416], cv2.COLOR_RGB2GRAY)
+            v = cv2.resize(g, (24, 24), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+            v -= v.mean()
+            rows.append(v / max(np.linalg.norm(v), 1e-6))
+        return np.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def people(helper, group_photo):
+    """One crop per person of the group photo (only that person in it), left to right."""
+    rgb = group_photo[:, :, ::-1].copy()
+    faces = helper.detect(rgb)
+    assert len(faces) >= 5
+    crops = []
+    for f in faces:
+        x1, y1, x2, y2 = (int(v) for v in f.box)
+        w, h = x2 - x1, y2 - y1
+        crops.append(rgb[max(0, y1 - h // 2): y2 + h // 3, max(0, x1 - w // 4): x2 + w // 4].copy())
+    return crops
+
+
+def _save(path, rgb):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
+
+
+def _library(tmp_path, people, astronaut):
+    lib = tmp_path / "family"
+    for k, crop in enumerate(people):
+        big = cv2.resize(crop, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
+        _save(lib / f"person{k}" / "a.png", big)  # two photos of each person: scaled, and brighter with a border
+        _save(lib / f"person{k}" / "b.jpg", cv2.copyMakeBorder(np.clip(big * 1.1, 0, 255).astype(np.uint8),
+                                                               40, 0, 60, 0, cv2.BORDER_REFLECT))
+    _save(lib / "misc" / "astronaut.png", astronaut)
+    (lib / "misc" / "broken.jpg").write_text("not an image")
+    return lib
+
+
+def test_each_degraded_face_finds_its_own_person_first(helper, people, astronaut, tmp_path):
+    lib = _library(tmp_path, people, astronaut)
+    embed = CountingEmbed()
+    library = ReferenceLibrary(lib, helper, embed, tmp_path / "out" / "_library-cache")
+    update = library.refresh()
+    assert [p.name for p, _ in update.unreadable] == ["broken.jpg"]  # listed, not fatal
+    assert library.cache == lib / CACHE and (lib / CACHE / "index.json").is_file()
+    n_faces = len(library.rows)
+    assert n_faces >= 2 * len(people) + 1 and embed.faces == n_faces
+    for k, crop in enumerate(people):
+        face = helper.detect_and_align(crop)[0]
+        small = cv2.resize(face.crop, (48, 48), interpolation=cv2.INTER_AREA)
+        degraded = cv2.resize(small, (512, 512), interpolation=cv2.INTER_CUBIC)
+        refs, matches = library.find(degraded, k=2, threshold=0.3)
+        assert [m.file.parent.name for m in matches] == [f"person{k}"] * 2, (k, matches)
+        assert len(refs) == 2 and refs[0].crop.shape == (512, 512, 3)
+    assert library.find(np.full((512, 512, 3), 128, np.uint8), k=2, threshold=0.99)[1] == ()  # no match: none
+
+    # a second run embeds nothing; a photo added is embedded alone; a photo removed is dropped
+    again = ReferenceLibrary(lib, helper, CountingEmbed(), tmp_path / "x")
+    assert again.refresh().embedded == 0 and len(again.rows) == n_faces
+    _save(lib / "new" / "c.png", cv2.resize(people[0], None, fx=2.0, fy=2.0))
+    (lib / "person1" / "b.jpg").unlink()
+    third_embed = CountingEmbed()
+    third = ReferenceLibrary(lib, helper, third_embed, tmp_path / "x")
+    update = third.refresh()
+    assert update.files_read == 2 and third_embed.faces == update.embedded == 1  # c.png (broken.jpg is retried)
+    assert not any(rel.startswith("person1/b") for rel, _ in third.rows)
+
+
+def test_a_read_only_library_keeps_its_cache_under_the_output(helper, people, astronaut, tmp_path, monkeypatch):
+    import mgfr_cli.faces.reference_library as rl
+
+    lib = tmp_path / "lib"
+    _save(lib / "p.png", cv2.resize(people[0], None, fx=2.0, fy=2.0))
+    monkeypatch.setattr(rl, "_writable", lambda folder: False)
+    library = ReferenceLibrary(lib, helper, CountingEmbed(), tmp_path / "out" / "_library-cache")
+    library.refresh()
+    assert (tmp_path / "out" / "_library-cache" / "index.json").is_file() and not (lib / CACHE).exists()
+
+
+def test_restore_with_a_library_lists_what_it_found(tiny_root, helper, people, astronaut, tmp_path, cli):
+    from helpers import random_recogniser
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    random_recogniser(root)
+    lib = _library(tmp_path, people[:2], astronaut)
+    photo = tmp_path / "in" / "p.png"
+    _save(photo, people[0])
+    code, out, err = cli("restore", photo, "-o", tmp_path / "out", "--ref-library", lib, "--ref-threshold", "-1",
+                         "--ref-k", "2", "--model-root", root, "--steps", "1", "--detector", "retinaface_mobile0.25",
+                         "--device", "cpu", "--report")
+    assert code == 0, out + err
+    assert "reference library" in err and "embedded now" in " ".join(err.split())
+    row = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())[0]
+    assert row["library"][0]["face"] == 0 and len(row["library"][0]["matches"]) == 2
+    assert "library: " in (tmp_path / "out" / "index.html").read_text()
