@@ -210,6 +210,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option()] = None,
     cache_latents: Annotated[Optional[bool], typer.Option("--cache-latents/--no-cache-latents", help="Encode every clean image with the VAE once, up front.")] = None,
     align: Annotated[bool, typer.Option("--align", help="Data is unaligned: align each image's largest face once, cached in RUN_DIR/aligned-data.")] = False,
+    max_megapixels: Annotated[Optional[float], typer.Option("--max-megapixels", min=0.01, max=100000, callback=finite, help="Refuse larger training images (listed before the first step) [default: 100, or the config's].")] = None,
     detector: DetectorOpt = Detector.resnet50,
     model_root: ModelRootOpt = None,
 ):
@@ -217,16 +218,17 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mgfr_cli.faces.identity import ARCFACE_FILE
-    from mgfr_cli.training.checkpoints import check_run_folder
+    from mgfr_cli.training.run_folder import check_run_folder, check_writable
     from mgfr_cli.training.train import train as run_training
     from mgfr_cli.training.train_config import load_train_config
     from mgfr_cli.weights.files import resolve_root
 
     overrides = dict(stage=stage, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
                      mixed_precision=mixed_precision, model=model, checkpoint_every=checkpoint_every,
-                     num_workers=num_workers, seed=seed, cache_latents=cache_latents)
+                     num_workers=num_workers, seed=seed, cache_latents=cache_latents, max_megapixels=max_megapixels)
     cfg = load_train_config(config, overrides)
     check_run_folder(output)  # before --align writes into it
+    check_writable(output)
     root = resolve_root(model_root)
     quiet_libraries()
     if align:
@@ -263,13 +265,14 @@ def degrade(
     config: Annotated[Optional[Path], typer.Option(help="Training config YAML whose `degradation:` ranges to use.")] = None,
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Image i uses seed + i: the same command gives the same files.")] = 0,
     recursive: RecursiveOpt = False,
+    max_megapixels: MaxMpOpt = 100.0,
 ):
     """Write synthetic low-quality copies of images (to build test sets), with params.json."""
     from mgfr_cli.training.degrade import degrade_inputs
     from mgfr_cli.training.train_config import load_train_config
 
     outcomes = degrade_inputs(inputs, output, load_train_config(config, {}).degradation, seed, recursive,
-                              lambda n: notes([n]))
+                              lambda n: notes([n]), max_megapixels)
     raise typer.Exit(summary(outcomes, "mgfr degrade", done="degraded"))
 
 
@@ -289,11 +292,9 @@ def evaluate_cmd(
     from mgfr_cli.faces.identity import ARCFACE_FILE, IdentityEncoder
     from mgfr_cli.weights.files import resolve_root
 
-    for folder, flag in ((pred, "--pred"), (gt, "--gt")):
-        if not folder.is_dir():
-            raise MgfrError(f"{flag} {folder}: not a folder")
-    if report is not None and report.is_dir():
-        raise MgfrError(f"-o {report}: is a folder; give a CSV file name (e.g. {report / 'eval.csv'})")
+    from mgfr_cli.training.evaluate import check_eval_paths
+
+    check_eval_paths(pred, gt, ref, report)
     root = resolve_root(model_root)
     dev, _ = resolve_device(device)
     skipped = []
@@ -305,12 +306,16 @@ def evaluate_cmd(
     for m in result.metrics:
         table.add_column(m, justify="right")
     for r in result.rows:
-        table.add_row(r["name"], *(f"{r[m]:.4f}" for m in result.metrics))
+        table.add_row(r["name"], *(f"{r[m]:.4f}" if r[m] == r[m] else "-" for m in result.metrics))
     if result.rows:
         table.add_row("[bold]mean[/bold]", *(f"[bold]{v:.4f}[/bold]" for v in result.mean().values()))
     out.print(table)
     for path, why in result.problems:
-        out.print(f"[yellow]skipped[/yellow] {path}: {why}")
+        out.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(why)}")
+    for path, why in result.notes:
+        out.print(f"[yellow]note[/yellow] {shown(path)}: {shown(why)}")
+    if ref is not None and ident is None:
+        skipped.append("ref_identity (needs ArcFace: mgfr weights fetch arcface)")
     if skipped:
         out.print("not computed: " + "; ".join(skipped))
     if report is not None:
@@ -351,7 +356,13 @@ def main() -> None:
         exc.show(file=sys.stderr)
         sys.exit(exc.exit_code)
     if code == 130:  # Ctrl-C (typer turns KeyboardInterrupt into exit code 130)
-        err.print("[red]interrupted[/red]: finished outputs are kept; run again to resume", markup=True)
+        if "train" in sys.argv[1:2]:
+            again = " ".join(sys.argv[1:]) + ("" if "--resume" in sys.argv else " --resume")
+            err.print(f"[red]interrupted[/red]: the checkpoints written are kept; resume with: mgfr {escape(again)}",
+                      markup=True)
+        else:
+            err.print("[red]interrupted[/red]: finished outputs are kept; run the same command again to resume",
+                      markup=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -14,26 +14,8 @@ from pathlib import Path
 
 import torch
 
-from mgfr_cli.errors import InputError, WeightsError
+from mgfr_cli.errors import OutputError, WeightsError
 from mgfr_cli.ownership import is_mgfr_adapter, replace_folder, temp_folder_beside
-
-
-RUN_ENTRIES = {"config.yaml", "checkpoints", "adapter", "logs", "aligned-data", "identity-cache.safetensors",
-               "latent-cache.safetensors"}
-
-
-def check_run_folder(run_dir: Path) -> None:
-    """``-o`` of ``mgfr train`` must be new, empty, or a run folder mgfr made: every entry in it one that a run
-    writes (hidden temporaries aside). A folder of the user's own files is refused before any work."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"{run_dir}: -o names a file; give a folder for the run")
-    if not run_dir.is_dir():
-        return
-    other = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))
-    if other:
-        raise InputError(f"-o {run_dir}: holds files that are not an mgfr run's (e.g. {other[0]}); nothing was changed: "
-                         f"give a new or empty folder for the run")
 
 
 def is_checkpoint(folder: Path) -> bool:
@@ -79,17 +61,26 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
     if accelerator.is_main_process:
         final = run_dir / "checkpoints" / f"step-{step}"
         tmp = temp_folder_beside(final)
-        (tmp / "state").mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, tmp / "state" / "adapter.safetensors")
-        save_file({str(i): p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}, tmp / "state" / "ema.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "state" / "optimizer.pt")
-        meta = {"step": step, "lr_scheduler": lr_scheduler.state_dict(),
-                "ema": {"optimization_step": ema.optimization_step, "decay": ema.decay},
-                # fp16's loss scale: without it a resumed run restarts at 65536 and skips steps finding it again
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
-        (tmp / "step.json").write_text(json.dumps(meta, default=str))
-        save_ema_adapter(adapter, ema, tmp / "adapter")
-        shutil.copy(run_dir / "config.yaml", tmp / "config.yaml")
+        try:
+            (tmp / "state").mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, tmp / "state" / "adapter.safetensors")
+            save_file({str(i): p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}, tmp / "state" / "ema.safetensors")
+            torch.save(optimizer.state_dict(), tmp / "state" / "optimizer.pt")
+            meta = {"step": step, "lr_scheduler": lr_scheduler.state_dict(),
+                    "ema": {"optimization_step": ema.optimization_step, "decay": ema.decay},
+                    # fp16's loss scale: without it a resumed run restarts at 65536 and skips steps finding it again
+                    "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
+            (tmp / "step.json").write_text(json.dumps(meta, default=str))
+            save_ema_adapter(adapter, ema, tmp / "adapter")
+            shutil.copy(run_dir / "config.yaml", tmp / "config.yaml")
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            # a full disk (safetensors reports it as its own error): no partial checkpoint left, one line
+            if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
+                why = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+                raise OutputError(f"{run_dir}: cannot write checkpoint step-{step} ({why}); nothing partial was "
+                                  f"left, earlier checkpoints are kept") from None
+            raise
         replace_folder(tmp, final, is_checkpoint, "a checkpoint")
     accelerator.wait_for_everyone()
 

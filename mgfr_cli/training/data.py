@@ -36,8 +36,24 @@ class PromptConfig:
     subject_drop: Chance = 0.2  # "person" instead of man/woman, as restore says when the prompt names no subject
 
 
+def is_mgfr_folder(folder: Path) -> bool:
+    """A folder mgfr made (a training run, the aligned copy ``--align`` caches, a restore's output): never data."""
+    folder = Path(folder)
+    return ((folder / "config.yaml").is_file() and ((folder / "checkpoints").is_dir() or (folder / "adapter").is_dir())) \
+        or (folder / ".mgfr-aligned.json").is_file() or (folder / "mgfr-summary.json").is_file() \
+        or (folder / ".mgfr-train.lock").is_file()
+
+
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+    """Image files below ``folder`` (hidden ones and mgfr's own folders left out), sorted."""
+    import os
+
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not is_mgfr_folder(here / d))
+        out += [here / n for n in filenames if not n.startswith(".") and is_image_file(here / n)]
+    return sorted(out)
 
 
 def read_attributes(data_dir: Path) -> dict[str, list[str]]:
@@ -67,18 +83,24 @@ def read_attributes(data_dir: Path) -> dict[str, list[str]]:
     return out
 
 
-def unreadable(paths: list[Path]) -> list[str]:
-    """``"path: reason"`` for every file that does not decode as an image (header and data checked)."""
-    from PIL import Image
+def unreadable(paths: list[Path], max_megapixels: float = 100.0) -> list[str]:
+    """``"path: reason"`` for every file that does not decode as an image: each is decoded in full, as training
+    will (a truncated JPEG or broken zlib data passes a header check), on a few threads."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    bad = []
-    for p in paths:
+    from mgfr_cli.errors import MgfrError
+
+    def check(p: Path) -> str | None:
         try:
-            with Image.open(p) as im:
-                im.verify()
-        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for a bad file
-            bad.append(f"{p}: {type(exc).__name__}")
-    return bad
+            read_image(p, max_megapixels)
+        except MgfrError as exc:
+            return str(exc) if str(p) in str(exc) else f"{p}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a decoder's own error types
+            return f"{p}: {type(exc).__name__}: {exc}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return [r for r in pool.map(check, paths) if r is not None]
 
 
 def to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
@@ -98,7 +120,7 @@ class FaceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, data_dir: Path, stage: int, resolution: int, degradation: DegradeConfig,
-                 prompt_cfg: PromptConfig, seed: int = 0, hflip: float = 0.0):
+                 prompt_cfg: PromptConfig, seed: int = 0, hflip: float = 0.0, max_megapixels: float = 100.0):
         self.data_dir = Path(data_dir)
         self.hflip = hflip  # chance of a horizontal flip (target and LQ together; the reference on its own)
         if not self.data_dir.is_dir():
@@ -114,8 +136,11 @@ class FaceDataset(torch.utils.data.Dataset):
             self.groups = [list(range(len(self.images)))]
         else:
             self.images, self.identity_of, self.groups = [], [], []
-            for folder in sorted(p for p in self.data_dir.iterdir() if p.is_dir()):
+            for folder in sorted(p for p in self.data_dir.iterdir()
+                                 if p.is_dir() and not p.name.startswith(".") and not is_mgfr_folder(p)):
                 members = list_images(folder)
+                if not members:
+                    continue  # not an identity: no image in it
                 if len(members) < 2:
                     self.skipped_identities.append(folder.name)  # no other image to be its reference
                     continue
@@ -125,7 +150,8 @@ class FaceDataset(torch.utils.data.Dataset):
         if not self.images:
             raise InputError(f"{data_dir}: no usable training images" + (
                 " (stage 2 needs one folder per identity with at least two images each)" if stage == 2 else ""))
-        bad = unreadable(self.images)
+        self.max_megapixels = max_megapixels
+        bad = unreadable(self.images, max_megapixels)
         if bad:  # up front, all of them: not one worker traceback per bad file hours into a run
             raise InputError(f"{data_dir}: {len(bad)} unreadable image(s): " + "; ".join(bad[:5])
                              + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "") + " (fix or remove them)")
@@ -137,7 +163,7 @@ class FaceDataset(torch.utils.data.Dataset):
     def _load(self, index: int, flip: bool = False) -> np.ndarray:
         import cv2
 
-        rgb = read_image(self.images[index]).rgb8()
+        rgb = read_image(self.images[index], self.max_megapixels).rgb8()
         if rgb.shape[:2] != (512, 512):
             rgb = cv2.resize(rgb, (512, 512), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(rgb[:, ::-1]) if flip else rgb

@@ -121,7 +121,8 @@ def negative_target(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return jpeg_roundtrip(image, int(rng.integers(5, 16)))
 
 
-def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: bool, on_note=lambda line: None) -> list:
+def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: bool, on_note=lambda line: None,
+                   max_megapixels: float = 100.0) -> list:
     """``mgfr degrade``: a degraded PNG per input (image i seeded by ``[seed, i]``) and ``params.json``.
     Never writes over an input (``-o`` may be the input folder: such a photo fails, the rest go on)."""
     import json
@@ -148,7 +149,7 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
                 raise MgfrError(f"{item.path}: its degraded copy {target} would overwrite an input; choose another -o")
             if target.exists() and str(item.relative) not in written:
                 raise MgfrError(f"{item.path}: {target} exists and was not written by mgfr degrade; not replaced")
-            lq, p = degrade(read_image(item.path).rgb8(), cfg, np.random.default_rng([seed, i]))
+            lq, p = degrade(read_image(item.path, max_megapixels).rgb8(), cfg, np.random.default_rng([seed, i]))
             write_image(target, lq)
         except MgfrError as exc:
             outcomes.append(Outcome(item.path, FAILED, str(exc)))

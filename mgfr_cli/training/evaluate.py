@@ -2,8 +2,8 @@
 
 PSNR and SSIM come from torchmetrics, LPIPS from the ``lpips`` package (its linear heads ship inside
 it; the AlexNet trunk is a manifest entry, loaded from the model root), identity cosine from ArcFace
-(insightface, pred vs GT). Files are paired by name (stem); unmatched or unreadable files are reported,
-not fatal. Images are compared at the GT's size, in RGB, as [0, 1] floats.
+(insightface, pred vs GT). Files are paired by relative path (extension aside: ``id07/a.png`` with
+``id07/a.jpg``, never with ``id08/a.png``); unmatched, ambiguous or unreadable files are reported, not fatal. Images are compared at the GT's size, in RGB, as [0, 1] floats.
 """
 
 from __future__ import annotations
@@ -17,21 +17,28 @@ import torch
 
 from mgfr_cli.errors import MgfrError
 from mgfr_cli.faces.helper import load_torch_weights
-from mgfr_cli.faces.io import is_image_file, read_image
+from mgfr_cli.faces.io import read_image
 
 LPIPS_TRUNK = "alexnet-owt-7be5be79.pth"
+OWN_FOLDERS = ("_faces", "_report", "_library-cache")  # what mgfr restore puts beside its outputs: not predictions
 PSNR_CAP = 100.0  # identical images: PSNR is infinite; report this cap instead
 
 
 @dataclass
 class EvalReport:
     rows: list = field(default_factory=list)  # dicts: name + one value per metric
-    problems: list = field(default_factory=list)  # (file, reason)
+    problems: list = field(default_factory=list)  # (file, reason): files not scored
+    notes: list = field(default_factory=list)  # (file, what): scored, with something to know
     metrics: list = field(default_factory=list)
     missing_metrics: dict = field(default_factory=dict)  # metric -> why it was not computed
 
     def mean(self) -> dict:
-        return {m: float(np.mean([r[m] for r in self.rows])) for m in self.metrics if self.rows}
+        """Each metric's mean over the images that have it (a missing reference leaves only its own metric out)."""
+        out = {}
+        for m in self.metrics:
+            values = [r[m] for r in self.rows if math.isfinite(r.get(m, float("nan")))]
+            out[m] = float(np.mean(values)) if values else float("nan")
+        return out
 
 
 def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -75,21 +82,39 @@ class Lpips:
         return float(self.model(a, b).mean())
 
 
-def pair_files(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[tuple[Path, str]]]:
-    """(name, pred, gt) for files whose stems match; the rest as problems."""
-    def index(folder: Path) -> dict[str, Path]:
-        return {p.stem: p for p in sorted(folder.rglob("*")) if p.is_file() and is_image_file(p)}
+def index_images(folder: Path) -> tuple[dict[str, Path], list[tuple[Path, str]]]:
+    """Images of ``folder`` by relative path without extension (``id07/a``), and the files left out: a second
+    image of the same name (``a.png`` beside ``a.jpg``) is ambiguous, and both are listed, not guessed."""
+    from mgfr_cli.training.data import list_images
 
-    preds, gts = index(pred_dir), index(gt_dir)
+    found: dict[str, list[Path]] = {}
+    for p in list_images(folder):
+        if p.relative_to(folder).parts[0] in OWN_FOLDERS:
+            continue
+        found.setdefault(str(p.relative_to(folder).with_suffix("")), []).append(p)
+    index = {k: v[0] for k, v in found.items() if len(v) == 1}
+    problems = [(p, f"ambiguous: {len(v)} images named {k}.* ({', '.join(q.suffix for q in v)}); rename all but one")
+                for k, v in found.items() if len(v) > 1 for p in v]
+    return index, problems
+
+
+def pair_files(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[tuple[Path, str]]]:
+    """(name, pred, gt) for files at the same relative path (extension aside: a restored ``a.png`` pairs with a
+    ground-truth ``a.jpg``); every file left unpaired or ambiguous is listed with the reason."""
+    preds, problems = index_images(pred_dir)
+    gts, more = index_images(gt_dir)
+    problems += more
     pairs = [(name, preds[name], gts[name]) for name in sorted(preds.keys() & gts.keys())]
-    problems = [(preds[n], "no ground truth with this name") for n in sorted(preds.keys() - gts.keys())]
-    problems += [(gts[n], "no prediction with this name") for n in sorted(gts.keys() - preds.keys())]
+    problems += [(preds[n], f"no ground truth at {n}.* in {gt_dir}") for n in sorted(preds.keys() - gts.keys())]
+    problems += [(gts[n], f"no prediction at {n}.* in {pred_dir}") for n in sorted(gts.keys() - preds.keys())]
     return pairs, problems
 
 
 def evaluate(pred_dir: Path, gt_dir: Path, *, lpips_model: Lpips | None = None, identity=None,
              ref_dir: Path | None = None) -> EvalReport:
-    """Per-image metrics; ``ref_identity`` (pred vs the same-named reference) when ``ref_dir`` and ArcFace."""
+    """Per-image metrics; ``ref_identity`` (pred vs the reference at the same relative path) when ``ref_dir``
+    and ArcFace. A prediction of another size than its ground truth is resized to it when the aspect ratio is
+    the same (and said so), refused when it is not; a missing reference leaves only ``ref_identity`` empty."""
     import cv2
 
     report = EvalReport(metrics=["psnr", "ssim"])
@@ -100,8 +125,10 @@ def evaluate(pred_dir: Path, gt_dir: Path, *, lpips_model: Lpips | None = None, 
     refs = {}
     if identity is not None and ref_dir is not None:
         report.metrics.append("ref_identity")
-        refs = {p.stem: p for p in sorted(Path(ref_dir).rglob("*")) if p.is_file() and is_image_file(p)}
-    pairs, report.problems = pair_files(Path(pred_dir), Path(gt_dir))
+        refs, bad = index_images(Path(ref_dir))
+        report.problems += bad
+    pairs, problems = pair_files(Path(pred_dir), Path(gt_dir))
+    report.problems += problems
     for name, p, g in pairs:
         try:
             pred, gt = read_image(p).rgb8(), read_image(g).rgb8()
@@ -112,20 +139,27 @@ def evaluate(pred_dir: Path, gt_dir: Path, *, lpips_model: Lpips | None = None, 
             report.problems.append((g, f"{gt.shape[1]}x{gt.shape[0]} is smaller than SSIM's 11-pixel window"))
             continue
         if pred.shape != gt.shape:
-            pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_AREA)
+            (ph, pw), (gh, gw) = pred.shape[:2], gt.shape[:2]
+            if abs(pw / ph - gw / gh) > 0.01 * gw / gh:
+                report.problems.append((p, f"{pw}x{ph}, its ground truth {g.name} is {gw}x{gh}: another aspect "
+                                           f"ratio, not scored"))
+                continue
+            report.notes.append((p, f"{pw}x{ph} resized to its ground truth's {gw}x{gh} before scoring"))
+            pred = cv2.resize(pred, (gw, gh), interpolation=cv2.INTER_AREA if pw > gw else cv2.INTER_CUBIC)
         row = {"name": name, "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
         if lpips_model is not None:
             row["lpips"] = lpips_model(pred, gt)
         if identity is not None:
             e = identity.embed([pred, gt])
             row["identity"] = float(e[0] @ e[1])
-        if refs:
-            if name not in refs:
-                report.problems.append((p, "no reference with this name"))
-                continue
-            ref = read_image(refs[name]).rgb8()
-            e = identity.embed([pred, cv2.resize(ref, (pred.shape[1], pred.shape[0]))])
-            row["ref_identity"] = float(e[0] @ e[1])
+        if identity is not None and ref_dir is not None:
+            row["ref_identity"] = float("nan")
+            if name in refs:
+                ref = read_image(refs[name]).rgb8()
+                e = identity.embed([pred, cv2.resize(ref, (pred.shape[1], pred.shape[0]))])
+                row["ref_identity"] = float(e[0] @ e[1])
+            else:
+                report.notes.append((p, "no reference at this path: ref_identity left empty"))
         report.rows.append(row)
     return report
 
@@ -140,7 +174,33 @@ def write_csv(report: EvalReport, path: Path) -> None:
     w = csv.DictWriter(buf, fieldnames=["name", *report.metrics])
     w.writeheader()
     for r in report.rows:
-        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) and math.isfinite(v) else v) for k, v in r.items()})
+        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) and math.isfinite(v) else ("" if isinstance(v, float) else v))
+                    for k, v in r.items()})
     if report.rows:
         w.writerow({"name": "MEAN", **{k: f"{v:.6f}" for k, v in report.mean().items()}})
     atomic_write_bytes(Path(path), buf.getvalue().encode())
+
+
+def check_eval_paths(pred: Path, gt: Path, ref: Path | None, report: Path | None) -> None:
+    """One line before any metric is computed: the folders exist and hold images, the CSV can be written."""
+    import tempfile
+
+    from mgfr_cli.errors import OutputError
+    from mgfr_cli.training.data import list_images
+
+    for folder, flag in ((pred, "--pred"), (gt, "--gt"), (ref, "--ref")):
+        if folder is None:
+            continue
+        if not Path(folder).is_dir():
+            raise MgfrError(f"{flag} {folder}: " + ("a file, not a folder" if Path(folder).exists() else "not found"))
+        if not list_images(folder):
+            raise MgfrError(f"{flag} {folder}: no images in it")
+    if report is not None:
+        if Path(report).is_dir():
+            raise MgfrError(f"-o {report}: is a folder; give a CSV file name (e.g. {Path(report) / 'eval.csv'})")
+        try:
+            Path(report).parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=Path(report).parent):
+                pass
+        except OSError as exc:
+            raise OutputError(f"-o {report}: cannot write there ({exc.strerror or exc})") from None

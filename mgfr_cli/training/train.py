@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from mgfr_cli.configs import load_model_config
 from mgfr_cli.training.data import FaceDataset, PositionSampler
 from mgfr_cli.errors import InputError, WeightsError
-from mgfr_cli.training.checkpoints import check_run_folder, latest_checkpoint, resume_latest, save_ema_adapter, write_checkpoint
+from mgfr_cli.training.caches import encode_latents, identity_cache, latent_cache
+from mgfr_cli.training.checkpoints import latest_checkpoint, resume_latest, save_ema_adapter, write_checkpoint
+from mgfr_cli.training.run_folder import RunLock, check_run_folder, check_writable, prune_checkpoints
 from mgfr_cli.training.train_config import TrainConfig, save_config
 
 
@@ -35,6 +37,37 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
           resume: bool = False, identity_path: Path | None = None,
           on_step: Callable[[int, float, float], None] | None = None) -> Path:
     """Train one stage; returns the final adapter folder. ``on_step(step, loss, samples_per_s)`` reports progress."""
+    run_dir = Path(run_dir)
+    check_run_folder(run_dir)
+    check_writable(run_dir)
+    _check_resume(cfg, run_dir, resume)
+    lock = RunLock(run_dir) if os.environ.get("RANK", "0") == "0" else None  # one training per run folder
+    try:
+        return _train(cfg, base_path=base_path, data_dir=data_dir, run_dir=run_dir, init=init, resume=resume,
+                      identity_path=identity_path, on_step=on_step)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_resume(cfg: TrainConfig, run_dir: Path, resume: bool) -> None:
+    """A resume of another stage's run is not a damaged checkpoint: say what it is and what to run."""
+    import yaml
+
+    saved = run_dir / "config.yaml"
+    if resume and saved.is_file():
+        try:
+            stage = (yaml.safe_load(saved.read_text()) or {}).get("stage")
+        except yaml.YAMLError:
+            return
+        if stage in (1, 2) and stage != cfg.stage:
+            raise InputError(f"{run_dir} is a stage-{stage} run and this is stage {cfg.stage}: "
+                             + ("to start stage 2 from it, give --init " + str(run_dir) + " and a new -o"
+                                if cfg.stage == 2 else "resume it with --stage 2"))
+
+
+def _train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, init: Path | None, resume: bool,
+           identity_path: Path | None, on_step) -> Path:
     import time
 
     from accelerate import Accelerator
@@ -45,8 +78,6 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
 
     from mgfr_cli.model.base import load_base
 
-    run_dir = Path(run_dir)
-    check_run_folder(run_dir)
     start_ckpt = latest_checkpoint(run_dir) if resume else None
     if resume and start_ckpt is None:
         raise InputError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
@@ -106,10 +137,11 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
 
     # 3. Data: positions make every sample reproducible (and a resumed run identical)
     dataset = FaceDataset(data_dir, cfg.stage, model_cfg.resolution, cfg.degradation, cfg.prompts, cfg.seed,
-                          hflip=cfg.hflip)
+                          hflip=cfg.hflip, max_megapixels=cfg.max_megapixels)
     if cfg.stage == 2 and cfg.use_identity:
         identity_cache(dataset, identity_path, device, run_dir, accelerator)
-    cache = latent_cache(dataset, base, scaling, run_dir, weight_dtype, device, accelerator) if cfg.cache_latents else None
+    cache = (latent_cache(dataset, base, scaling, run_dir, weight_dtype, device, accelerator, accelerator.print)
+             if cfg.cache_latents else None)
     step = 0
     if start_ckpt is not None:
         step = resume_latest(run_dir, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, accelerator)
@@ -129,6 +161,7 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     adapter.train()
     prediction = base.scheduler_config.get("prediction_type", "epsilon")
     tick, seen = time.time(), 0
+    start_norm = _norm(trained)
     for batch in loader:
         with accelerator.accumulate(adapter):
             loss = _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, cfg.seed, cache,
@@ -154,8 +187,12 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
             tick, seen = now, 0
         if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
             _log_samples(accelerator, base, accelerator.unwrap_model(adapter), ema, batch, cfg, step)
+        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            check_divergence(trained, start_norm, loss_value, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             write_checkpoint(accelerator, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, run_dir, step)
+            if accelerator.is_main_process:
+                prune_checkpoints(run_dir, cfg.keep_checkpoints)
 
     # 5. The final EMA adapter: what restore loads from the run folder
     final = run_dir / "adapter"
@@ -164,6 +201,26 @@ def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, i
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
+
+
+def _norm(params) -> float:
+    return float(torch.sqrt(sum((p.detach().float() ** 2).sum() for p in params)))
+
+
+DIVERGED_NORM = 100.0  # the trained weights' norm this many times its start: the run has blown up
+DIVERGED_LOSS = 1e4  # the diffusion MSE of a sane model is about 1
+
+
+def check_divergence(params, start_norm: float, loss: float, step: int) -> None:
+    """Fail a run that exploded before it writes a useless adapter: NaN/inf, a loss or a weights' norm gone wild."""
+    import math
+
+    norm = _norm(params)
+    if not math.isfinite(loss) or not math.isfinite(norm) or loss > DIVERGED_LOSS \
+            or norm > DIVERGED_NORM * max(start_norm, 1.0):
+        raise WeightsError(f"training diverged at step {step} (loss {loss:.3g}, weights' norm {norm:.3g}, "
+                           f"{start_norm:.3g} at the start); nothing written for it: lower learning_rate or resume "
+                           f"from an earlier checkpoint")
 
 
 def _build_adapter(cfg: TrainConfig, base, model_cfg, init: Path | None, run_dir: Path):
@@ -195,64 +252,6 @@ def _build_adapter(cfg: TrainConfig, base, model_cfg, init: Path | None, run_dir
     return adapter
 
 
-def identity_cache(dataset, identity_path: Path, device, run_dir: Path, accelerator) -> None:
-    """ArcFace embeddings of every image, computed once by the main process (on its own GPU), written to
-    ``RUN_DIR/identity-cache.safetensors`` and read by the others."""
-    from safetensors.torch import load_file, save_file
-
-    from mgfr_cli.faces.identity import IdentityEncoder
-
-    path = run_dir / "identity-cache.safetensors"
-    if accelerator.is_main_process:
-        dataset.prepare_identity(IdentityEncoder(identity_path, str(device)))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({str(i): torch.from_numpy(e).contiguous() for i, e in dataset.id_embeddings.items()}, tmp)
-        os.replace(tmp, path)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        dataset.id_embeddings = {int(k): v.numpy() for k, v in load_file(path).items()}
-
-
-def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerator) -> torch.Tensor:
-    """``(2N, 4, h, w)`` VAE latents of every dataset image, then of every image flipped (``index + N``),
-    computed once by the main process into ``RUN_DIR/latent-cache.safetensors`` (reused while the image
-    list and resolution are the same) and read by the others."""
-    import hashlib
-
-    from safetensors.torch import load_file, save_file
-
-    key = hashlib.sha256(("\n".join(map(str, dataset.images)) + f"|{dataset.resolution}|{scaling}|flip").encode()).hexdigest()
-    path = run_dir / "latent-cache.safetensors"
-
-    def stored():
-        if path.is_file():
-            data = load_file(path)
-            if "latents" in data and bytes(data["key"].tolist()).decode() == key:
-                return data["latents"].to(device, dtype)
-        return None
-
-    latents = stored()
-    if latents is None and accelerator.is_main_process:
-        parts = []
-        with torch.no_grad():
-            for flip in (False, True):
-                for start in range(0, len(dataset.images), 16):
-                    x = torch.stack([dataset.clean_tensor(i, flip) for i in range(start, min(start + 16, len(dataset.images)))])
-                    parts.append(_encode(base, x, scaling, device, dtype))
-        latents = torch.cat(parts)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"latents": latents.float().cpu().contiguous(), "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}, tmp)
-        os.replace(tmp, path)
-    accelerator.wait_for_everyone()
-    return latents if latents is not None else stored()
-
-
-def _encode(base, images, scaling, device, dtype):
-    return base.vae.encode(images.to(device, dtype)).latent_dist.mode() * scaling
-
-
 def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtype, device, seed, cache=None,
           ref_drop: float = 0.0):
     """The base model's objective (epsilon or v) as MSE on latents; noise, t and the reference drop drawn
@@ -261,13 +260,13 @@ def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtyp
     n = cache.shape[0] // 2 if cache is not None else 0
     with torch.no_grad():
         if cache is None:
-            z0 = _encode(base, batch["hq"], scaling, device, weight_dtype)
+            z0 = encode_latents(base, batch["hq"], scaling, device, weight_dtype)
         else:
             z0 = cache[(batch["index"] + n * batch["flipped"].long()).to(cache.device)].clone()
             bad = ~batch["target_is_hq"]
             if bool(bad.any()):
-                z0[bad.to(z0.device)] = _encode(base, batch["hq"][bad], scaling, device, weight_dtype)
-        z_lq = _encode(base, batch["lq"], scaling, device, weight_dtype)
+                z0[bad.to(z0.device)] = encode_latents(base, batch["hq"][bad], scaling, device, weight_dtype)
+        z_lq = encode_latents(base, batch["lq"], scaling, device, weight_dtype)
         text = base.encode_text(batch["prompt"], device)
     # Per-sample generators keyed by position: the same sample gets the same noise in any batch,
     # on any number of processes, before or after a resume.
@@ -282,7 +281,7 @@ def _loss(batch, base, adapter, noise_schedule, scaling, prediction, weight_dtyp
     if "ref" in batch:
         with torch.no_grad():
             z_ref = (cache[(batch["ref_index"] + n * batch["ref_flipped"].long()).to(cache.device)] if cache is not None
-                     else _encode(base, batch["ref"], scaling, device, weight_dtype))
+                     else encode_latents(base, batch["ref"], scaling, device, weight_dtype))
         ids = batch["id_embed"].to(device)[:, None] if bool(batch["has_id"].any()) else None
         reference = _unwrap(adapter).prepare_reference(z_lq.float(), z_ref[:, None].float(), ids, text.float(),
                                                        mask=keep.float())
@@ -309,7 +308,7 @@ def estimate_loss(cfg: TrainConfig, *, base_path: Path, data_dir: Path, adapter_
     base = load_base(base_path)
     adapter = load_adapter(adapter_path, base.unet).eval()
     dataset = FaceDataset(data_dir, cfg.stage, int(adapter.config.resolution), cfg.degradation, cfg.prompts, cfg.seed,
-                          hflip=cfg.hflip)
+                          hflip=cfg.hflip, max_megapixels=cfg.max_megapixels)
     if cfg.stage == 2 and cfg.use_identity and identity_path is not None and identity_path.is_file():
         from mgfr_cli.faces.identity import IdentityEncoder
 

@@ -54,6 +54,8 @@ class TrainConfig:
     unet_gradient_checkpointing: bool = False  # the frozen UNet's too: its decoder activations are what the
     # backward into the residuals would otherwise keep (memory for compute)
     checkpoint_every: Positive = 2_000
+    max_megapixels: Rate = 100.0  # training images larger than this are listed as unreadable, before the first step
+    keep_checkpoints: NonNegative = 3  # complete checkpoints kept (the newest always); 0: keep every one
     log_every: Positive = 10
     sample_every: NonNegative = 0  # sample grids to TensorBoard every N steps (0: never)
     sample_steps: Positive = 20

@@ -1,0 +1,94 @@
+"""The run folder of ``mgfr train``: only mgfr's own, one training at a time, a bounded number of checkpoints.
+
+``-o`` must be new, empty, or a folder a run made (every entry one a run writes). While a run trains, its main
+process holds an exclusive lock on ``RUN_DIR/.mgfr-train.lock`` (``flock``: released when the process ends,
+however it ends), so a second run into the same folder refuses at once, naming the process that holds it.
+After each checkpoint the oldest complete ones beyond ``keep_checkpoints`` are removed; the newest complete
+one never is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from mgfr_cli.errors import InputError, OutputError
+
+LOCK = ".mgfr-train.lock"
+RUN_ENTRIES = {"config.yaml", "checkpoints", "adapter", "logs", "aligned-data", "identity-cache.safetensors",
+               "latent-cache.safetensors"}
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """``-o`` of ``mgfr train`` must be new, empty, or a run folder mgfr made: every entry in it one that a run
+    writes (hidden temporaries aside). A folder of the user's own files is refused before any work."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: -o names a file; give a folder for the run")
+    if not run_dir.is_dir():
+        return
+    other = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))
+    if other:
+        raise InputError(f"-o {run_dir}: holds files that are not an mgfr run's (e.g. {other[0]}); nothing was changed: "
+                         f"give a new or empty folder for the run")
+
+
+
+class RunLock:
+    """An exclusive lock on the run folder for the life of a training run (main process only)."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+        import socket
+        import time
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LOCK
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(self.fd, 4096, 0).decode() or "{}")
+            except ValueError:
+                holder = {}
+            os.close(self.fd)
+            raise InputError(f"-o {run_dir}: another mgfr train (process {holder.get('pid', '?')} on "
+                             f"{holder.get('host', '?')}) is training into this folder; wait for it or give "
+                             f"another -o") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock; the file stays (removing it would race a new run)
+            self.fd = None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Remove the oldest complete checkpoints beyond the newest ``keep`` (0: keep all); returns those removed."""
+    from mgfr_cli.training.checkpoints import checkpoints, is_checkpoint
+
+    if keep <= 0:
+        return []
+    complete = [c for c in checkpoints(run_dir) if is_checkpoint(c)]
+    removed = complete[:-keep]
+    for c in removed:
+        shutil.rmtree(c)  # a checkpoint this run folder's trainings wrote (is_checkpoint), never the newest
+    return removed
+
+
+def check_writable(run_dir: Path) -> None:
+    """One line before any work when the run folder cannot take files (``/proc``, read-only, full)."""
+    import tempfile
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir) as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise OutputError(f"-o {run_dir}: cannot write the run there ({exc.strerror or exc})") from None
