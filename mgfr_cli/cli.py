@@ -71,11 +71,9 @@ def restore(
     """Restore every face in photos and paste them back (prompts, references and identity optional)."""
     from mgfr_cli.app.batch import RestoreJob
     from mgfr_cli.faces.conditions import ConditionSpec
-    from mgfr_cli.faces.identity import ARCFACE_FILE, IdentityEncoder
+    from mgfr_cli.api import Restorer
     from mgfr_cli.model.identity_guidance import reference_notes
     from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
-    from mgfr_cli.weights.provision import offline_requested, plan_restore, provide, restore_components
-    from mgfr_cli.weights.files import load_manifest, resolve_root
 
     if ext not in ("auto", "png", "jpg"):
         raise typer.BadParameter("--ext must be auto, png or jpg")
@@ -88,29 +86,23 @@ def restore(
     for r in ref or ():
         if not r.exists():
             raise MgfrError(f"--ref {r}: not found")
-    dev, dtype = resolve_device(device, precision)  # a bad --device/--precision fails before any download
-    root = resolve_root(model_root)
-    manifest = load_manifest()
-    offline = offline_requested(offline)
-    plan = plan_restore(root, manifest, detector=None if has_aligned else detector.value, base=base,
-                        checkpoint=checkpoint, cleaner=cleaner, bg_upsampler=bg_upsampler, upscale=upscale,
-                        offline=offline, references=bool(ref) or ref_library is not None,
-                        identity_guidance=identity_guidance, library=ref_library is not None)
-    with download_progress() as progress:
-        provide(plan, manifest, offline=offline, announce=announce_downloads, progress=progress)
-    notes(plan.notes)
+    resolve_device(device, precision)  # a bad --device/--precision fails before any download
     quiet_libraries()
-    helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
+    with download_progress() as progress:
+        loaded = Restorer.load(model_root, checkpoint=checkpoint, base=base, cleaner=cleaner, bg_upsampler=bg_upsampler,
+                               upscale=upscale, device=device.value, precision=precision,
+                               detector=None if has_aligned else detector.value, offline=offline,
+                               references=bool(ref) or ref_library is not None, identity_guidance=identity_guidance,
+                               library=ref_library is not None, announce=announce_downloads, progress=progress)
+    helper, pipeline, upsampler, judge = loaded.helper, loaded.pipeline, loaded.upsampler, loaded.judge
     prof = pipeline.profile
-    notes(pipeline.notes)
+    notes(loaded.notes)
     if prof.diffbir_output and steps is None and scheduler is None and guidance_quality is None and cleaner == "auto":
         notes([f"{prof.source}: DiffBIR v2's published face recipe (spaced DDPM sampler, {prof.default_steps} steps, "
                f"scale {1 + prof.default_guidance:g}, face SwinIR cleaner, wavelet colour fix)"])
-    settings = RestoreSettings(steps=steps or prof.default_steps, scheduler=scheduler or prof.default_scheduler,
-                               guidance_quality=prof.default_guidance if guidance_quality is None else guidance_quality,
-                               guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed, start_from=start_from,
-                               identity_guidance=prof.default_identity_guidance if identity_guidance is None
-                               else identity_guidance)
+    settings = loaded.settings(steps=steps, scheduler=scheduler, guidance_quality=guidance_quality,
+                               guidance_attribute=guidance_attribute, identity_guidance=identity_guidance,
+                               color_fix=color_fix, seed=seed, start_from=start_from)
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
@@ -118,9 +110,8 @@ def restore(
     if compile:
         notes([f"--compile: the first batch compiles the denoiser for {batch_size} faces (about 1.5 minutes on an "
                "H100); the steps after it run 1.6x (16 faces) to 4x (one face) faster"])
-    pipeline.optimize(compile=compile, channels_last=dev.startswith("cuda"))
+    pipeline.optimize(compile=compile, channels_last=pipeline.device.type == "cuda")
     restorer = DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)
-    judge = IdentityEncoder(root / ARCFACE_FILE, dev) if (root / ARCFACE_FILE).is_file() else None
     library = open_library(ref_library, helper, pipeline, output, max_megapixels) if ref_library else None
     code = run_batch(job, helper, restorer, upsampler, judge, library)
     notes(reference_notes(prof, settings, restorer, pipeline.recogniser is not None, judge is not None))

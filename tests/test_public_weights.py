@@ -247,13 +247,18 @@ def test_restore_end_to_end_with_a_converted_diffbir_adapter(diffbir_root, astro
     src = tmp_path / "in" / "astro.png"
     src.parent.mkdir()
     cv2.imwrite(str(src), np.ascontiguousarray(astronaut[:256, 100:356, ::-1]))
+    # references with the DiffBIR prior need the recogniser of identity guidance: offline, its absence is named
+    code, _, err = cli("restore", src, "-o", tmp_path / "no", "--model-root", diffbir_root, "--ref", src, *TINY)
+    assert code == 1 and "recognition_arcface_ir_se50.pth" in err and "--identity-guidance 0" in err
     code, out, err = cli("restore", src, "-o", tmp_path / "out", "--model-root", diffbir_root, "--ref", src,
-                         "--prompt", "brown eyes", "--upscale", "2", "--bg-upsampler", "realesrgan-x2", *TINY)
+                         "--prompt", "brown eyes", "--upscale", "2", "--bg-upsampler", "realesrgan-x2",
+                         "--identity-guidance", "0", *TINY)
     assert code == 0, out + err
     result = read_image(tmp_path / "out" / "astro.png").pixels
     assert result.shape == (512, 512, 3)
     text = " ".join(err.split())
-    assert "references given but not used" in text and "diffbir-v2" in text and text.count("note:") == 1
+    assert "references given but not used" in text and "diffbir-v2" in text and "--identity-guidance 0" in text
+    assert text.count("note:") == 1
     # without --bg-upsampler the background is only resized: the upsampler is what made the difference
     code, _, _ = cli("restore", src, "-o", tmp_path / "plain", "--model-root", diffbir_root, "--upscale", "2",
                      "--bg-upsampler", "none", *TINY)

@@ -135,7 +135,7 @@ def test_interrupted_batch_resumes_without_redoing(sig, tiny_root, astronaut, tm
     done = _outputs(out)
     assert 1 <= len(done) < 6, "the run should have been stopped part-way"
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "run again to resume" in err
+        assert proc.returncode == 130 and "run the same command again to resume" in err
     for name, (_, data) in done.items():
         assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is not None  # whole files only
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)

@@ -146,7 +146,7 @@ def test_non_finite_values_are_refused(tiny_root, small, tmp_path, cli, monkeypa
 
     from mgfr_cli.model.pipeline import MgfrPipeline
 
-    monkeypatch.setattr(MgfrPipeline, "decode_latents", lambda self, z: torch.full((z.shape[0], 3, 128, 128), float("nan")))
+    monkeypatch.setattr(MgfrPipeline, "decode_latents", lambda self, z, **kw: torch.full((z.shape[0], 3, 128, 128), float("nan")))
     code, out, _ = cli("restore", tmp_path / "p.png", "-o", tmp_path / "o2", "--model-root", tiny_root, *FAST)
     assert code == 1 and "non-finite" in " ".join(out.split()) and not (tmp_path / "o2" / "p.png").exists()
 

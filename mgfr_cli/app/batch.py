@@ -251,14 +251,7 @@ class BatchRestorer:
                 face = cv2.resize(restored[0], (w, h), interpolation=cv2.INTER_AREA)
                 pixels = _like(p.photo, face)
             else:
-                bg = p.photo.pixels
-                if job.upscale != 1.0:
-                    size = (round(p.photo.width * job.upscale), round(p.photo.height * job.upscale))
-                    if self.upsampler is not None and job.upscale > 1:
-                        bg = _upscaled_like(p.photo, self.upsampler(p.photo.rgb8(), size), size)
-                    else:
-                        bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
-                pixels = self.helper.paste(bg, p.faces, restored, job.upscale)
+                pixels = paste_back(self.helper, self.upsampler, p.photo, p.faces, restored, job.upscale)
             if p.photo.gray_alpha:  # restored in colour, written back in the photo's own form
                 from mgfr_cli.faces.io import as_gray_alpha
 
@@ -285,6 +278,23 @@ class BatchRestorer:
                 raise
             return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
         return Outcome(p.item.path, RESTORED, p.photo.note, p.target, len(p.faces))
+
+
+def paste_back(helper: FaceHelper, upsampler, photo, faces: list[AlignedFace], restored: list[np.ndarray],
+               upscale: float = 1.0) -> np.ndarray:
+    """The photo (a :class:`Photo` or an RGB array) resized by ``upscale`` (Real-ESRGAN when ``upsampler``, else
+    Lanczos) with the restored faces pasted back, in the photo's own form (gray, alpha, 16 bit kept)."""
+    import cv2
+
+    photo = photo if isinstance(photo, Photo) else Photo(photo)
+    bg = photo.pixels
+    if upscale != 1.0:
+        size = (round(photo.width * upscale), round(photo.height * upscale))
+        if upsampler is not None and upscale > 1:
+            bg = _upscaled_like(photo, upsampler(photo.rgb8(), size), size)
+        else:
+            bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
+    return helper.paste(bg, faces, restored, upscale)
 
 
 def _like(photo: Photo, rgb8: np.ndarray) -> np.ndarray:

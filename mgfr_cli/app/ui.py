@@ -172,23 +172,17 @@ def build_app(models: UiModels, queue_size: int = 8):
 def load_models(root: Path, *, detector: str, base, checkpoint, cleaner: str, bg_upsampler: str, device: str,
                 precision: str, max_megapixels: float) -> UiModels:
     """Models for the page, or a UiModels whose ``missing`` says what to fetch (the page still starts)."""
+    from mgfr_cli.api import Restorer
     from mgfr_cli.errors import MgfrError
-    from mgfr_cli.faces.identity import ARCFACE_FILE
-    from mgfr_cli.app.options import Device, resolve_device
-    from mgfr_cli.weights.provision import plan_restore, provide, restore_components
-    from mgfr_cli.weights.files import load_manifest
 
-    try:
-        manifest = load_manifest()
-        plan = plan_restore(root, manifest, detector=detector, base=base, checkpoint=checkpoint, cleaner=cleaner,
-                            bg_upsampler=bg_upsampler, upscale=2.0 if bg_upsampler != "none" else 1.0, offline=True)
-        provide(plan, manifest, offline=True)  # the page never downloads 7 GB behind the user's back
-        dev, dtype = resolve_device(Device(device), precision)
-        helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
+    try:  # the page never downloads 7 GB behind the user's back: offline
+        loaded = Restorer.load(root, checkpoint=checkpoint, base=base, cleaner=cleaner, bg_upsampler=bg_upsampler,
+                               upscale=2.0 if bg_upsampler != "none" else 1.0, device=device, precision=precision,
+                               detector=detector, offline=True)
     except MgfrError as exc:
         return UiModels(missing=f"{exc} (run `mgfr restore` once, or `mgfr weights fetch ...`, then restart `mgfr ui`)",
                         max_megapixels=max_megapixels)
-    return UiModels(helper, pipeline, upsampler, "", max_megapixels)
+    return UiModels(loaded.helper, loaded.pipeline, loaded.upsampler, "", max_megapixels)
 
 
 def _interrupt(signum, frame):

@@ -1,0 +1,173 @@
+"""mgfr's Python API: load once, restore many.
+
+    from mgfr_cli import Restorer
+
+    restorer = Restorer.load()                      # the model root: --model-root / $MGFR_HOME / weights/
+    result = restorer.restore("photo.jpg", prompt="brown eyes", refs=["ref/"])
+    result.image.save("restored.png")               # a PIL image in, a PIL image out; arrays give arrays
+    for face in result.faces:
+        print(face.index, face.box, face.identity)
+
+``Restorer.load`` fetches what is missing on first use (unless ``offline``), exactly as ``mgfr restore`` does;
+the CLI and the web page load their models through it. Errors are the exceptions the CLI turns into one-line
+messages (:mod:`mgfr_cli.errors`). Arrays are ``(H, W, 3)`` uint8 RGB (gray and RGBA are converted to RGB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass
+class FaceResult:
+    index: int  # left to right, as `mgfr align` numbers faces
+    box: tuple  # x1, y1, x2, y2 in the input image
+    aligned: np.ndarray  # the 512 crop that was restored
+    restored: np.ndarray  # the restored 512 crop
+    references: list[str] = field(default_factory=list)  # where each reference came from
+    identity: dict | None = None  # the judge's similarity to the references: {"before", "after"} (w600k present)
+
+
+@dataclass
+class RestoreResult:
+    image: Any  # the restored image, of the input's kind (numpy array or PIL image)
+    faces: list[FaceResult]
+    notes: list[str] = field(default_factory=list)  # what the caller should know (references not used, ...)
+
+
+class Restorer:
+    """The models of a restore (detector, base + adapter, cleaner, upsampler, recogniser, judge), loaded once."""
+
+    def __init__(self, helper, pipeline, upsampler=None, judge=None, notes: Sequence[str] = ()):
+        self.helper, self.pipeline, self.upsampler, self.judge = helper, pipeline, upsampler, judge
+        self.notes = list(notes)
+
+    @classmethod
+    def load(cls, model_root: str | Path | None = None, *, checkpoint=None, base=None, cleaner: str = "auto",
+             bg_upsampler: str = "auto", upscale: float = 1.0, device: str = "auto", precision: str = "auto",
+             detector: str | None = "retinaface_resnet50", offline: bool = False, references: bool = False,
+             identity_guidance: float | None = None, library: bool = False, announce=None, progress=None) -> "Restorer":
+        """Resolve, fetch (unless ``offline``) and load every model a restore needs. ``detector=None``: inputs are
+        aligned crops. ``references``/``library``: the run will use references (the recogniser is fetched)."""
+        from mgfr_cli.app.options import Device, resolve_device
+        from mgfr_cli.faces.identity import ARCFACE_FILE, IdentityEncoder
+        from mgfr_cli.weights.files import load_manifest, resolve_root
+        from mgfr_cli.weights.provision import offline_requested, plan_restore, provide, restore_components
+
+        dev, dtype = resolve_device(Device(device), precision)
+        root = resolve_root(Path(model_root) if model_root is not None else None)
+        manifest = load_manifest()
+        offline = offline_requested(offline)
+        plan = plan_restore(root, manifest, detector=detector, base=Path(base) if base else None,
+                            checkpoint=Path(checkpoint) if checkpoint else None, cleaner=cleaner,
+                            bg_upsampler=bg_upsampler, upscale=upscale, offline=offline, references=references,
+                            identity_guidance=identity_guidance, library=library)
+        provide(plan, manifest, offline=offline, announce=announce or (lambda rows: None), progress=progress)
+        helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
+        judge = IdentityEncoder(root / ARCFACE_FILE, dev) if (root / ARCFACE_FILE).is_file() else None
+        return cls(helper, pipeline, upsampler, judge, plan.notes + pipeline.notes)
+
+    def settings(self, *, steps=None, scheduler=None, guidance_quality=None, guidance_attribute: float = 2.0,
+                 identity_guidance=None, color_fix: str = "wavelet", seed: int = 0, start_from: str = "noise"):
+        """:class:`RestoreSettings` with this adapter's defaults for whatever is left ``None``."""
+        from mgfr_cli.model.pipeline import RestoreSettings
+
+        prof = self.pipeline.profile
+        settings = RestoreSettings(
+            steps=steps or prof.default_steps, scheduler=scheduler or prof.default_scheduler,
+            guidance_quality=prof.default_guidance if guidance_quality is None else guidance_quality,
+            guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed, start_from=start_from,
+            identity_guidance=prof.default_identity_guidance if identity_guidance is None else identity_guidance)
+        settings.check()
+        return settings
+
+    def restore(self, image, *, prompt: str | None = None, negative_prompt: str | None = None, refs: Sequence = (),
+                seed: int = 0, upscale: float = 1.0, has_aligned: bool = False, face_index: int | None = None,
+                largest_face: bool = False, only_center_face: bool = False, **sampling) -> RestoreResult:
+        """Restore every face of ``image`` (a path, a numpy array or a PIL image) and paste them back.
+        ``refs``: paths (files or folders), arrays or PIL images of the same person; ``sampling``: the keyword
+        arguments of :meth:`settings` (steps, scheduler, guidance_quality, identity_guidance, ...)."""
+        from mgfr_cli.app.batch import paste_back
+        from mgfr_cli.errors import InputError
+        from mgfr_cli.faces.conditions import FaceConditions
+        from mgfr_cli.faces.helper import FaceSelection
+
+        rgb, kind = _as_rgb(image)
+        settings = self.settings(seed=seed, **sampling)
+        if has_aligned:
+            faces = [self.helper.as_aligned(rgb)]
+        else:
+            faces = self.helper.detect_and_align(rgb, FaceSelection(only_center_face=only_center_face,
+                                                                    largest_face=largest_face, face_index=face_index))
+        if not faces:
+            return RestoreResult(_like(rgb, kind), [], ["no face detected"])
+        references = tuple(self._reference(r, has_aligned) for r in _expand(refs))
+        conditions = [FaceConditions(prompt, negative_prompt, references) for _ in faces]
+        out = self.pipeline.restore([f.crop for f in faces], conditions, settings, seeds=[seed + f.index for f in faces])
+        if has_aligned:
+            import cv2
+
+            pixels = cv2.resize(out.images[0], (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA)
+        else:
+            if upscale <= 0:
+                raise InputError(f"upscale must be above 0, got {upscale}")
+            pixels = paste_back(self.helper, self.upsampler, rgb, faces, out.images, upscale)
+        judged = {}
+        if self.judge is not None and references:
+            from mgfr_cli.faces.identity import similarity_report
+
+            judged = {r["face"]: r for r in similarity_report(self.judge, faces, conditions, out.images)}
+        notes = [f"references not used: the {self.pipeline.profile.source} adapter has no trained reference branch "
+                 f"and identity guidance is off"] if out.ignored else []
+        results = [FaceResult(f.index, tuple(float(v) for v in (f.box or (0, 0, 0, 0))), f.crop, r,
+                              [str(x.source) if x.source is not None else "(array)" for x in references],
+                              {k: judged[f.index][k] for k in ("before", "after")} if f.index in judged else None)
+                   for f, r in zip(faces, out.images)]
+        return RestoreResult(_like(pixels, kind), results, notes)
+
+    def _reference(self, ref, aligned: bool):
+        from mgfr_cli.errors import InputError
+        from mgfr_cli.faces.helper import FaceSelection
+
+        rgb, _ = _as_rgb(ref)
+        source = Path(ref) if isinstance(ref, (str, Path)) else None
+        if aligned:
+            return self.helper.as_aligned(rgb, source)
+        found = self.helper.detect(rgb, FaceSelection(largest_face=True))
+        if not found:
+            raise InputError(f"reference {source or '(array)'}: no face detected")
+        return self.helper.align(rgb, found[0], 0, source)
+
+
+def _expand(refs) -> list:
+    from mgfr_cli.faces.conditions import expand_refs
+
+    out = []
+    for r in refs or ():
+        out += list(expand_refs((Path(r),))) if isinstance(r, (str, Path)) else [r]
+    return out
+
+
+def _as_rgb(image) -> tuple[np.ndarray, str]:
+    """``(H, W, 3)`` uint8 RGB of a path, an array or a PIL image, and which kind it was."""
+    from mgfr_cli.faces.io import Photo, read_image
+
+    if isinstance(image, (str, Path)):
+        return read_image(image).rgb8(), "path"
+    if isinstance(image, np.ndarray):
+        return Photo(image).rgb8(), "array"
+    if hasattr(image, "convert"):  # PIL
+        return np.asarray(image.convert("RGB")), "pil"
+    raise TypeError(f"an image is a path, a numpy array or a PIL image, not {type(image).__name__}")
+
+
+def _like(rgb: np.ndarray, kind: str):
+    if kind == "pil":
+        from PIL import Image
+
+        return Image.fromarray(rgb)
+    return rgb

@@ -1,0 +1,63 @@
+"""The Python API: the README's example runs as written, arrays and PIL images in and out, the CLI's errors."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_example() -> str:
+    text = README.read_text()
+    start = text.index("<!-- api-example")
+    return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+
+
+@pytest.fixture
+def api_root(tiny_root, monkeypatch):
+    """The tiny model root as the default one; the default detector name served by the mobilenet fixture."""
+    from mgfr_cli.faces import helper
+
+    monkeypatch.setenv("MGFR_HOME", str(tiny_root))
+    monkeypatch.setitem(helper.DETECTORS, "retinaface_resnet50", helper.DETECTORS["retinaface_mobile0.25"])
+    return tiny_root
+
+
+def test_the_readme_example_runs_as_written(api_root, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "astronaut.jpg").write_bytes((README.parent / "examples" / "astronaut.jpg").read_bytes())
+    exec(compile(_readme_example(), "README.md", "exec"), {})
+    out = Image.open(tmp_path / "astronaut-restored.png")
+    assert out.size == Image.open(tmp_path / "examples" / "astronaut.jpg").size
+    assert re.match(r"0 \[\d+, \d+, \d+, \d+\] \(512, 512, 3\) None", capsys.readouterr().out)
+
+
+def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):
+    from mgfr_cli import Restorer
+    from mgfr_cli.errors import ConfigError, InputError
+
+    restorer = Restorer.load(detector="retinaface_mobile0.25", device="cpu")
+    small = np.ascontiguousarray(astronaut[:256, 100:356])
+    result = restorer.restore(small, steps=1, seed=3)
+    assert isinstance(result.image, np.ndarray) and result.image.shape == small.shape and len(result.faces) == 1
+    assert not np.array_equal(result.image, small)
+    again = restorer.restore(small, steps=1, seed=3)
+    assert np.array_equal(again.image, result.image)  # load once, restore many: the same seed, the same face
+    with pytest.raises(ConfigError, match="--seed"):
+        restorer.restore(small, steps=1, seed=-1)
+    with pytest.raises(InputError, match="face 5 does not exist"):
+        restorer.restore(small, steps=1, face_index=5)
+    blank = restorer.restore(np.full((64, 64, 3), 127, np.uint8), steps=1)
+    assert blank.faces == [] and blank.notes == ["no face detected"]
+
+
+def test_importing_the_package_loads_no_torch():
+    code = "import sys, mgfr_cli; mgfr_cli.Restorer; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
