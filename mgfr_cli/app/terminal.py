@@ -119,8 +119,9 @@ def run_batch(job, helper, restorer, upsampler=None, judge=None, library=None) -
 def announce_downloads(rows) -> None:
     from rich.table import Table
 
-    table = Table(title="first run: downloading the public weights restore needs (once)")
-    for col in ("entry", "size", "licence"):
+    table = Table(title="first run: the public weights restore needs (downloaded once; what your Hugging Face cache "
+                        "already holds is used from there)")
+    for col in ("entry", "size or source", "licence"):
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*row)

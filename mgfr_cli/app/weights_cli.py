@@ -24,11 +24,14 @@ def weights_list(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
 
     root = resolve_root(model_root)
     table = Table(title=f"weights in {root}")
-    for col in ("name", "state", "used by", "licence"):
+    from mgfr_cli.weights.hub import where
+
+    for col in ("name", "state", "where", "used by", "licence"):
         table.add_column(col, overflow="fold")
     for e in load_manifest(manifest).entries:
+        places = sorted({where(root / f.path).split(" (")[0] for f in e.files} - {"missing"})
         table.add_row(e.name + (" (optional)" if e.optional else ""), entry_state(e, root, hash_files=False),
-                      e.used_by, e.license)
+                      ", ".join(places) or "-", e.used_by, e.license)
     out.print(table)
 
 

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mgfr_cli.weights.files import Manifest, entry_state
+from mgfr_cli.weights.hub import where
 
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "safetensors", "facexlib",
             "insightface", "onnxruntime", "opencv-python", "typer", "rich", "PyYAML", "torchmetrics", "lpips", "spandrel")
@@ -35,8 +36,10 @@ def diagnose(root: Path, manifest: Manifest) -> Report:
     rows = []
     for e in manifest.entries:
         state = states[e.name] = entry_state(e, root)
+        places = sorted({where(root / f.path).split(" (")[0] for f in e.files} - {"missing"})
         rows.append((state in ("verified", "unpinned"), e.name + (" (optional)" if e.optional else ""),
-                     state + ("" if state in ("verified",) else f" -> mgfr weights fetch {e.name}" if e.sources else f" -> {e.note}")))
+                     state + (f" in {', '.join(places)}" if places else "")
+                     + ("" if state in ("verified",) else f" -> mgfr weights fetch {e.name}" if e.sources else f" -> {e.note}")))
     r.sections[f"weights in {root}"] = rows
     have = lambda n: states.get(n) in ("verified", "unpinned")  # noqa: E731
     detector = have("retinaface_resnet50") or have("retinaface_mobile0.25")

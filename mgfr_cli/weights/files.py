@@ -197,13 +197,23 @@ def entry_state(entry: Entry, root: Path, hash_files: bool = True) -> str:
 
 # -- fetching ---------------------------------------------------------------------------------------
 def fetch_entry(entry: Entry, root: Path, *, allow_unpinned: bool = False, timeout: float = 30.0,
-                progress: Callable[[str, int, int | None], None] | None = None) -> list[Path]:
-    """Fetch every file of ``entry`` that is not already verified; return the files placed."""
+                progress: Callable[[str, int, int | None], None] | None = None, offline: bool = False) -> list[Path]:
+    """Place every file of ``entry`` that is not already verified; return the files placed. Files on the Hub are
+    linked from the Hugging Face cache (found there, or downloaded into it: :mod:`weights.hub`); the others are
+    downloaded into the model root. ``offline``: the cache only, no network."""
+    from mgfr_cli.weights import hub
+
     if not entry.sources:
         raise WeightsError(f"{entry.name}: no download source in the manifest ({entry.note or 'place the files by hand'})")
+    hub_sources = [s for s in entry.sources if hub.hub_repo(s)]
     placed = []
     for f in entry.files:
         dest = inside_root(root, f.path)
+        remote = f.remote or (f.path.split("/", 1)[1] if "/" in f.path else f.path)
+        if offline and check_entry(Entry(entry.name, entry.sources, (f,)), root)[0].state == "missing" \
+                and hub.find_cached(hub_sources, remote) is None:
+            raise WeightsError(f"{entry.name}: {f.path} is not in the model root" + (
+                " nor in the Hugging Face cache" if hub_sources else "") + ", and this run is offline")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -218,14 +228,16 @@ def fetch_entry(entry: Entry, root: Path, *, allow_unpinned: bool = False, timeo
             if expected is None and not allow_unpinned:
                 raise WeightsError(f"{entry.name}: {f.path} has no pinned SHA-256 in the manifest; fetch with "
                                    f"--allow-unpinned to trust the first download (its hash is then recorded in {root / PINS})")
-            remote = f.remote or (f.path.split("/", 1)[1] if "/" in f.path else f.path)
             errors = []
-            for prefix in entry.sources:
-                url = prefix.rstrip("/") + "/" + remote
+            cached = hub.find_cached(hub_sources, remote)
+            for prefix in [] if cached is not None or offline else entry.sources:
                 try:
-                    digest = download(url, dest, expected, f.size, timeout=timeout,
+                    if hub.hub_repo(prefix):
+                        cached = hub.download(prefix, remote, timeout)
+                        break
+                    digest = download(prefix.rstrip("/") + "/" + remote, dest, expected, f.size, timeout=timeout,
                                       progress=(lambda n, t, p=f.path: progress(p, n, t)) if progress else None)
-                except _SourceFailed as exc:
+                except (_SourceFailed, ConnectionError) as exc:
                     errors.append(str(exc))
                     continue
                 if expected is None:
@@ -233,7 +245,15 @@ def fetch_entry(entry: Entry, root: Path, *, allow_unpinned: bool = False, timeo
                 placed.append(dest)
                 break
             else:
-                raise WeightsError(f"{entry.name}: could not fetch {f.path}: " + "; ".join(errors))
+                if cached is None:
+                    why = "; ".join(errors) or ("not in the Hugging Face cache, and this run is offline" if hub_sources
+                                                else "this run is offline")
+                    raise WeightsError(f"{entry.name}: could not fetch {f.path}: {why}")
+            if cached is not None:
+                digest = hub.link_into_root(cached, dest, expected, entry.name)
+                if expected is None:
+                    write_pin(root, f.path, digest)
+                placed.append(dest)
     return placed
 
 

@@ -160,23 +160,38 @@ def provide(plan: RestorePlan, manifest: Manifest, *, offline: bool,
     names = list(dict.fromkeys(e for _, e, _ in plan.missing if e is not None))
     fixable = not any(e is None for _, e, _ in plan.missing)
     failure = ""
-    if names and fixable and not offline:
+    if names and fixable:
+        from mgfr_cli.weights import hub
+
         entries = [manifest.get(n) for n in names]
-        announce([(e.name, _size(e), e.license) for e in entries])
-        try:
-            for e in entries:
-                fetch_entry(e, plan.root, allow_unpinned=True, progress=progress)
-        except WeightsError as exc:
-            failure = f"; automatic download failed: {exc}"
-        else:
-            plan.missing = [m for m in plan.missing if not m[0].exists()]
+        rows = [(e.name, "found in the Hugging Face cache" if _all_cached(e, hub) else _size(e), e.license)
+                for e in entries]
+        if not offline and any(not r[1].startswith("found") for r in rows):
+            announce(rows)
+        failed = set()
+        for e in entries:
+            try:
+                fetch_entry(e, plan.root, allow_unpinned=True, progress=progress, offline=offline)
+            except WeightsError as exc:
+                failed.add(e.name)
+                failure = failure or (f"; {exc}" if "refused" in str(exc) else "" if offline
+                                      else f"; automatic download failed: {exc}")
+        plan.missing = [m for m in plan.missing if m[1] in failed or not m[0].exists()]
     if not plan.missing:
         for name in plan.convert:
             if not (converted_dir(plan.root, name) / "config.json").is_file():
                 convert_entry(manifest.get(name), plan.root, manifest)
         return
+    if "refused" in failure:  # a file that is there but wrong: that is the one thing to say
+        raise WeightsError(failure[2:])
     why = " (offline: --offline, MGFR_OFFLINE or HF_HUB_OFFLINE is set)" if offline and fixable else failure
     raise WeightsError("missing weights: " + "; ".join(f"{p} ({hint})" for p, _, hint in plan.missing) + why)
+
+
+def _all_cached(entry: Entry, hub) -> bool:
+    """Every file of ``entry`` is in the Hugging Face cache already (nothing to download)."""
+    return all(hub.find_cached(entry.sources, f.remote or (f.path.split("/", 1)[1] if "/" in f.path else f.path))
+               is not None for f in entry.files)
 
 
 def incompatible_hashes(manifest: Manifest, root: Path) -> dict[str, str]:
