@@ -1,6 +1,6 @@
 """Time the public-weights path with random weights of the real shapes: a DiffBIR-shaped LCA (no reference
 branch) on the base, the SwinIR cleaner and the Real-ESRGAN x2 background upsampler (key layouts from
-../shared/fixtures/spandrel), one face and a whole 12 MP photo ``--upscale 2``. A section of
+tests/fixtures/spandrel), one face and a whole 12 MP photo ``--upscale 2``. A section of
 benchmarks/gpu_check.py; alone (assets: ``PREPARE_ONLY=1 bash benchmarks/gpu_check.sh``):
 
     python benchmarks/bench_public.py --model mgfr-sd21 --device cuda

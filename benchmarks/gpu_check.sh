@@ -6,7 +6,7 @@
 # the largest batch and the out-of-memory halving). Prints Markdown for benchmarks/RESULTS.md.
 #
 # Prepare here, before the call (the GPU machine reaches no network and gets only the repository):
-#   - .bench/: the face detector and spandrel tables from ../shared/fixtures and insightface's t1.jpg group
+#   - .bench/: the face detector and spandrel tables from tests/fixtures and insightface's t1.jpg group
 #     photo; this script makes it when those are beside it, so run it once here with PREPARE_ONLY=1.
 #   - .whl/: wheels of what the GPU image lacks (diffusers, facexlib, filterpy, spandrel, pydantic and
 #     pydantic_core, annotated-types, typing-inspection, typing_extensions, importlib_metadata, open_clip_torch,
@@ -16,8 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -f .bench/t1.jpg ]; then
   mkdir -p .bench
-  cp ../shared/fixtures/detection_mobilenet0.25_Final.pth .bench/
-  cp -r ../shared/fixtures/spandrel .bench/
+  cp tests/fixtures/detection_mobilenet0.25_Final.pth .bench/
+  cp -r tests/fixtures/spandrel .bench/
   python3 -c "import insightface, pathlib, shutil; shutil.copy(pathlib.Path(insightface.__file__).parent / 'data/images/t1.jpg', '.bench/')"
 fi
 [ -n "${PREPARE_ONLY:-}" ] && exit 0

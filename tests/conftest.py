@@ -24,9 +24,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def detector_root(tmp_path_factory) -> Path:
-    """A model root holding the real RetinaFace mobilenet0.25 weights from ../shared/fixtures."""
-    if not MOBILENET.is_file():
-        pytest.skip(f"needs {MOBILENET} (the shared face-detector fixture)")
+    """A model root holding the real RetinaFace mobilenet0.25 weights (tests/fixtures)."""
     root = tmp_path_factory.mktemp("root")
     shutil.copy(MOBILENET, root / MOBILENET.name)
     return root

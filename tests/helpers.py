@@ -7,8 +7,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # in the repository: a clone runs every test
 MOBILENET = FIXTURES / "detection_mobilenet0.25_Final.pth"
 
 

@@ -92,7 +92,7 @@ def test_cleaner_and_condition_latent(golden, pipeline):
     lq = pipeline.to_tensor([golden["common.lq"].numpy()])
     cleaned = pipeline.cleaner(lq)
     assert (cleaned.max() > 1) and (cleaned.min() < -1)  # not clamped: DiffBIR's cleaner output leaves [0, 1]
-    assert torch.allclose((cleaned + 1) / 2, golden["common.cleaned"], atol=1e-4, rtol=0)
+    assert torch.allclose((cleaned + 1) / 2, golden["common.cleaned"].float(), atol=2e-3, rtol=0)  # stored in fp16
     z = pipeline.encode_images(cleaned)
     assert torch.allclose(z, golden["case_noise.cond_latent"], atol=1e-4, rtol=0)
 
@@ -102,12 +102,13 @@ def test_decode_colour_fix_and_quantisation(golden, pipeline):
 
     case = "case_noise"
     decoded = pipeline.decode_latents(golden[f"{case}.final_latent"], clamp=False)
-    assert torch.allclose(decoded, golden[f"{case}.decoded"], atol=1e-4, rtol=0)
-    fixed = color_fix((golden[f"{case}.decoded"] + 1) / 2, golden["common.cleaned"], "wavelet")
-    assert torch.allclose(fixed, golden[f"{case}.colorfixed"], atol=1e-4, rtol=0)
-    out = to_uint8(golden[f"{case}.colorfixed"], truncate=True)[0].permute(1, 2, 0).numpy()
-    assert np.array_equal(out, golden[f"{case}.output"].numpy())
-    cleaned = golden["common.cleaned"] * 2 - 1
+    assert (decoded.abs() > 1).any()  # not clamped
+    # decoded, colorfixed and cleaned are stored in fp16 (tests/fixtures/diffbir_e2e/README.md): within 2e-3
+    assert torch.allclose(decoded, golden[f"{case}.decoded"].float(), atol=2e-3, rtol=0)
+    fixed = color_fix((decoded + 1) / 2, golden["common.cleaned"].float(), "wavelet")
+    assert torch.allclose(fixed, golden[f"{case}.colorfixed"].float(), atol=2e-3, rtol=0)
+    assert to_uint8(torch.tensor([[[[0.999]]]]), truncate=True).item() == 254  # truncation, not rounding
+    cleaned = golden["common.cleaned"].float() * 2 - 1
     whole = pipeline.finish(golden[f"{case}.final_latent"], cleaned, 512, "wavelet")[0]
     worst, share = _levels(whole, golden[f"{case}.output"].numpy())
     assert worst <= 1 and share <= 0.001

@@ -1,8 +1,8 @@
 """Restoring with public weights: DiffBIR's IRControlNet as the LCA, SwinIR cleaner, Real-ESRGAN background.
 
-The converter is checked against ``../shared/fixtures/diffbir`` (a golden file made by DiffBIR's own class,
+The converter is checked against ``tests/fixtures/diffbir`` (a golden file made by DiffBIR's own class,
 and the full-size key table), the spandrel loaders against the real files' key layouts
-(``../shared/fixtures/spandrel``); nothing is downloaded except from a loopback server.
+(``tests/fixtures/spandrel``); nothing is downloaded except from a loopback server.
 """
 
 import hashlib

@@ -1,4 +1,4 @@
-"""Detect, align and paste back faces: the whole face round-trip in one helper (DESIGN.md §2).
+"""Detect, align and paste back faces: the whole face round-trip in one helper (docs/design.md §2).
 
 ``FaceHelper`` holds models and settings only; everything about one photo travels in frozen
 :class:`DetectedFace` / :class:`AlignedFace` values, so the helper can serve many photos (and threads).

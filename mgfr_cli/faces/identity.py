@@ -1,4 +1,4 @@
-"""The identity embedding: insightface's ArcFace (ONNX) on 112x112 crops (DESIGN.md §2, §3).
+"""The identity embedding: insightface's ArcFace (ONNX) on 112x112 crops (docs/design.md §2, §3).
 
 The crop is made from the same five landmarks the face pipeline found (no second detector): an
 aligned face already has its landmarks on the FFHQ template, so the template is the crop's landmarks.

@@ -1,7 +1,7 @@
 """Reading and writing photos without losing what the user gave us.
 
 A :class:`Photo` keeps the pixels as decoded (grayscale, RGB or RGBA; 8 or 16 bit), with EXIF
-orientation applied, so a restored photo goes back out in the same form (DESIGN.md §2.1).
+orientation applied, so a restored photo goes back out in the same form (docs/design.md §2.1).
 Writes go to a temporary name beside the target and are renamed into place, so an interrupted run
 never leaves a half-written output.
 """

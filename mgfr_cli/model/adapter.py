@@ -1,6 +1,6 @@
 """The MGFR dual-control adapter: LCA, RLF, RCA, the exchange convs and the identity projector.
 
-DESIGN.md §3. Both branches are ControlNet-style copies of the base UNet's encoder, built from
+docs/design.md §3. Both branches are ControlNet-style copies of the base UNet's encoder, built from
 diffusers blocks. Only LCA feeds the UNet (through ``down_block_additional_residuals``); RCA reaches
 it only through LCA, via the exchange convs. Every new path starts at zero (``zero_module``), so an
 untrained adapter leaves the base model's prediction unchanged.
@@ -28,7 +28,7 @@ UNET_ENCODER_KEYS = (
 
 
 def zero_module(module: nn.Module) -> nn.Module:
-    """Zero every parameter: the one way a new path into the base model starts (DESIGN.md §3)."""
+    """Zero every parameter: the one way a new path into the base model starts (docs/design.md §3)."""
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
@@ -151,13 +151,13 @@ class MgfrAdapter(ModelMixin, ConfigMixin):
         only_cross_attention=False,
         resnet_time_scale_shift: str = "default",
         mid_block_scale_factor: float = 1.0,
-        # MGFR's own knobs (DESIGN.md §3; the defaults are ours)
+        # MGFR's own knobs (docs/design.md §3; the defaults are ours)
         use_reference: bool = True,
         id_embed_dim: int = 512,
         id_tokens: int = 4,
         rlf_channels: int = 64,
         resolution: int = 512,  # the face size the adapter was trained at (the VAE input)
-        # What the weights are (DESIGN.md §7), checked at restore: where they came from, which training
+        # What the weights are (docs/design.md §7), checked at restore: where they came from, which training
         # stages they went through (None: not recorded), whether RCA saw identity tokens, and the base
         # they expect (its prediction type, beta schedule and a fingerprint of its UNet weights).
         source: str = "mgfr",
@@ -239,7 +239,7 @@ class MgfrAdapter(ModelMixin, ConfigMixin):
         z_ref = self.rlf_out(self.rlf_res(self.rlf_in(z_refs.flatten(0, 1)), None)) + self.rlf_lq(z_lq_r)
         context = text.repeat_interleave(r, dim=0)
         if id_embeds is not None:
-            # Several references: one identity, their embeddings averaged (DESIGN.md §3), L2-normalised
+            # Several references: one identity, their embeddings averaged (docs/design.md §3), L2-normalised
             # before and after.
             e = nn.functional.normalize(id_embeds.float(), dim=-1)
             e = nn.functional.normalize((e * weights[..., None]).sum(dim=1), dim=-1).to(text.dtype)
@@ -295,5 +295,5 @@ class MgfrAdapter(ModelMixin, ConfigMixin):
 
     def trainable_parameters(self, stage: int):
         """Stage 1 trains LCA and its zero convs; stage 2 trains everything else: RLF, RCA, the exchange
-        convs (``lca_to_rca`` included) and the identity projector (DESIGN.md §4)."""
+        convs (``lca_to_rca`` included) and the identity projector (docs/design.md §4)."""
         return [p for n, p in self.named_parameters() if n.startswith(self.LCA_MODULES) == (stage == 1)]

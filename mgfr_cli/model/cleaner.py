@@ -1,4 +1,4 @@
-"""The cleaner: a 1x SwinIR that removes degradations before the VAE encode, as DiffBIR does (DESIGN.md §7).
+"""The cleaner: a 1x SwinIR that removes degradations before the VAE encode, as DiffBIR does (docs/design.md §7).
 
 DiffBIR's IRControlNet was trained on latents of cleaned faces, not of raw low-quality ones, so a converted
 DiffBIR LCA restores from ``E(clean(LQ))`` and the colour fix targets the cleaned face. The SwinIR files

@@ -1,4 +1,4 @@
-"""Colour correction of the decoded face toward the input (DESIGN.md §5, ours): wavelet, AdaIN or none.
+"""Colour correction of the decoded face toward the input (docs/design.md §5, ours): wavelet, AdaIN or none.
 
 Diffusion decoders drift in colour; the low-quality input still carries the right colours at low
 frequency. Tensors are ``(B, 3, H, W)``; both corrections are linear in the image, so they give the same

@@ -1,4 +1,4 @@
-"""The MGFR restorer: aligned faces + conditions in, restored faces out (DESIGN.md §3, §5).
+"""The MGFR restorer: aligned faces + conditions in, restored faces out (docs/design.md §3, §5).
 
 ``MgfrPipeline.restore`` follows diffusers' numbered steps: check inputs, encode prompts once per
 batch, encode LQ faces and references once, prepare latents, denoise, decode, colour-correct. All
@@ -133,7 +133,7 @@ class MgfrPipeline:
         self.notes: list[str] = []  # what the user should hear about this pipeline (e.g. another base)
 
     def optimize(self, compile: bool = False, channels_last: bool = False) -> "MgfrPipeline":
-        """GPU speed-ups (DESIGN.md §5). ``compile``: torch.compile with CUDA graphs ("reduce-overhead") of
+        """GPU speed-ups (docs/design.md §5). ``compile``: torch.compile with CUDA graphs ("reduce-overhead") of
         the guided denoiser call; shapes must then stay fixed, so callers pad batches (DiffusionRestorer does)."""
         if channels_last:
             self.base.unet.to(memory_format=torch.channels_last)
@@ -167,7 +167,7 @@ class MgfrPipeline:
     # -- encoders ------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, texts: list[str]) -> torch.Tensor:
-        """``(N, 77, D)`` text states; each distinct prompt is encoded once and kept (DESIGN.md §5)."""
+        """``(N, 77, D)`` text states; each distinct prompt is encoded once and kept (docs/design.md §5)."""
         todo = [t for t in dict.fromkeys(texts) if t not in self._prompt_cache]
         if todo:
             states = self.base.encode_text(todo, self.device)

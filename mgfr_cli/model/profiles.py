@@ -1,4 +1,4 @@
-"""What an adapter was trained for, and so how it must be sampled (DESIGN.md §7).
+"""What an adapter was trained for, and so how it must be sampled (docs/design.md §7).
 
 An adapter's ``config.json`` says where its weights came from (``source``), which training stages they
 went through (``stages_trained``), whether RCA saw identity tokens (``use_identity``) and which base they

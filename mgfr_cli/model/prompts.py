@@ -1,4 +1,4 @@
-"""Prompt text shared by training and restoration (DESIGN.md §4, §5): one function builds both.
+"""Prompt text shared by training and restoration (docs/design.md §4, §5): one function builds both.
 
 Training writes "a high-quality photo of a {subject} who has {attributes}" from a face's labels; restore
 writes the same sentence from ``--prompt``, where a subject word the user types ("man, beard") becomes the

@@ -1,4 +1,4 @@
-"""Guidance and the denoising loop (DESIGN.md §5): two small pure pieces the pipeline composes."""
+"""Guidance and the denoising loop (docs/design.md §5): two small pure pieces the pipeline composes."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every random choice of a sample (the image, its degradation, prompt dropout, negative-quality swap,
 the reference) is drawn from a generator seeded by the sample's *position* in the run, so a run that
-is stopped and resumed sees exactly the samples an uninterrupted run would (DESIGN.md §4).
+is stopped and resumed sees exactly the samples an uninterrupted run would (docs/design.md §4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Synthetic degradations of HQ faces (DESIGN.md §4, the GFPGAN/CodeFormer family), seeded.
+"""Synthetic degradations of HQ faces (docs/design.md §4, the GFPGAN/CodeFormer family), seeded.
 
 ``degrade`` draws every parameter from the given ``numpy.random.Generator`` and returns it, so a
 sample is reproducible from its seed and its parameters can be checked against the configured ranges.

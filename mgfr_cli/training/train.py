@@ -1,4 +1,4 @@
-"""Two-stage MGFR training with Accelerate (DESIGN.md §4).
+"""Two-stage MGFR training with Accelerate (docs/design.md §4).
 
 Stage 1 trains LCA (the low-quality branch) with attribute prompts and negative-quality samples;
 stage 2 trains RLF, RCA, the exchange convs and the identity projector on identity-grouped data,
@@ -225,7 +225,7 @@ def check_divergence(params, start_norm: float, loss: float, step: int) -> None:
 
 def _build_adapter(cfg: TrainConfig, base, model_cfg, init: Path | None, run_dir: Path):
     """Stage 1: LCA copied from the UNet encoder (or from ``init``, e.g. a converted DiffBIR LCA); stage 2:
-    the stage-1 adapter. Its config records what restore checks (DESIGN.md §7)."""
+    the stage-1 adapter. Its config records what restore checks (docs/design.md §7)."""
     from mgfr_cli.model.adapter import MgfrAdapter
     from mgfr_cli.model.pipeline import load_adapter
     from mgfr_cli.model.profiles import unet_fingerprint

@@ -1,8 +1,8 @@
-"""Public weights into mgfr's layout: DiffBIR's IRControlNet as the LCA of an adapter (DESIGN.md §7).
+"""Public weights into mgfr's layout: DiffBIR's IRControlNet as the LCA of an adapter (docs/design.md §7).
 
 DiffBIR's SD-2.1 ControlNets (``v2.pth``, ``v1_face.pth``) are an SD-2.1 encoder copy whose input conv
 takes ``[z_t, z_cond]``, with 12 skip zero-convs and one middle zero-conv: exactly mgfr's LCA. The key
-mapping below is written from the two layouts (``../shared/fixtures/diffbir/`` holds the verified table and
+mapping below is written from the two layouts (``tests/fixtures/diffbir/`` holds the verified table and
 a numeric golden file); every key must map and every shape must fit, or the file is refused with one line.
 """
 
