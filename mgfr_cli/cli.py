@@ -57,6 +57,8 @@ def restore(
     suffix: Annotated[str, typer.Option(help="Added to output file names before the extension.")] = "",
     ext: Annotated[str, typer.Option(help="Output format: auto (keep the input's, png where it cannot hold the data), png, jpg.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo photos whose output exists.")] = False,
+    crf: Annotated[int, typer.Option(min=0, max=51, help="Videos: H.264 quality of the output (lower is better, larger).")] = 18,
+    video_noise: Annotated[str, typer.Option(help="Videos: track (every frame of a person starts from the same noise: stable) or frame (fresh noise per frame, to compare).")] = "track",
     report: Annotated[Optional[bool], typer.Option("--report/--no-report", help="Write OUT/index.html, a review page with a before/after slider per photo [default: on when there is more than one photo].")] = None,
     recursive: RecursiveOpt = False,
     only_center_face: OnlyCenterOpt = False,
@@ -75,6 +77,8 @@ def restore(
     from mgfr_cli.model.identity_guidance import reference_notes
     from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
 
+    if video_noise not in ("track", "frame"):
+        raise typer.BadParameter("--video-noise must be track or frame")
     if ext not in ("auto", "png", "jpg"):
         raise typer.BadParameter("--ext must be auto, png or jpg")
     if any(c in suffix for c in "/\\\0") or ".." in suffix:
@@ -106,7 +110,8 @@ def restore(
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
-                     shard=shard(), report=report, ref_k=ref_k, ref_threshold=ref_threshold)
+                     shard=shard(), report=report, ref_k=ref_k, ref_threshold=ref_threshold, crf=crf,
+                     video_noise=video_noise)
     if compile:
         notes([f"--compile: the first batch compiles the denoiser for {batch_size} faces (about 1.5 minutes on an "
                "H100); the steps after it run 1.6x (16 faces) to 4x (one face) faster"])

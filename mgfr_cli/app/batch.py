@@ -25,7 +25,7 @@ from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, OUTPUT_EXISTS, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
 from mgfr_cli.app.outputs import (existing_output, output_path, refuse_outputs_onto_inputs,
                                   remove_stale_temporaries, without_own_outputs)
-from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, read_image, write_image
+from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, is_video_file, read_image, write_image
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
 FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -58,6 +58,8 @@ class RestoreJob:
     shard: tuple[int, int] = (0, 1)  # (this process, number of processes)
     report: bool | None = None  # OUT/index.html review page; None: when the batch has more than one photo
     ref_k: int = 3  # references per face from the library
+    crf: int = 18  # video: H.264 quality (lower is better)
+    video_noise: str = "track"  # video: one start noise per track ("track") or per frame ("frame", to compare)
     ref_threshold: float = 0.3  # least cosine for a library face
 
 
@@ -89,6 +91,8 @@ class BatchRestorer:
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
         items, outcomes = collect_inputs(job.inputs, job.recursive, exclude=job.output)
         items = without_own_outputs(job, items)
+        videos = [it for it in items if is_video_file(it.path)]
+        items = [it for it in items if not is_video_file(it.path)]
         refuse_outputs_onto_inputs(job, items)
         check_output_folder(job.output)
         rank, world = job.shard
@@ -96,7 +100,8 @@ class BatchRestorer:
         for o in outcomes if rank == 0 else []:
             on_outcome(o)
         outcomes = outcomes if rank == 0 else []
-        on_total(len(items) + len(outcomes))
+        videos = videos[rank::world]
+        on_total(len(items) + len(videos) + len(outcomes))
         want_report = job.report if job.report is not None else len(items) + len(outcomes) > 1
         self.reporter = None
         if want_report and world == 1:  # several processes would each rewrite the one page
@@ -105,7 +110,7 @@ class BatchRestorer:
             self.reporter = Report(job.output)
             for o in outcomes:
                 self.reporter.add(o)
-        inputs = {it.path.resolve() for it in items}
+        inputs = {it.path.resolve() for it in items + videos}
         ref_cache: dict[Path, AlignedFace] = {}  # one run's aligned references, by file
 
         def finish(o: Outcome):
@@ -130,6 +135,10 @@ class BatchRestorer:
                         pending = []
                 for o in self._restore_and_write(job, pending):
                     finish(o)
+            for it in videos:
+                from mgfr_cli.app.video import restore_clip
+
+                finish(restore_clip(self, job, it, inputs))
         finally:  # also on Ctrl-C and a fatal write error: no claim outlives the run
             self.claims.release_all()
         return outcomes

@@ -42,7 +42,8 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
     rows = [{"source": source_key(o.source), "status": o.status, "detail": o.detail,
              "output": str(o.output) if o.output else None, "faces": o.faces,
              **({"identity": list(o.identity)} if o.identity else {}),
-             **({"library": list(o.library)} if o.library else {})} for o in outcomes]
+             **({"library": list(o.library)} if o.library else {}),
+             **({"tracks": list(o.tracks)} if o.tracks else {})} for o in outcomes]
     if not merge:
         atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
         return

@@ -83,9 +83,9 @@ def _parse_spec(data: dict, where: str, base_dir: Path) -> ConditionSpec:
 def read_sidecar(path: Path, allow_faces: bool = True) -> SidecarConditions:
     """Parse and validate a sidecar or folder YAML; errors name the file and the key."""
     data = read_yaml(path)
-    allowed = _KEYS | ({"faces"} if allow_faces else set())
+    allowed = _KEYS | ({"faces", "tracks"} if allow_faces else set())  # tracks: a video's people, as they appear
     check_keys(data, allowed, str(path))
-    faces_data = data.pop("faces", None) or {}
+    faces_data = data.pop("faces", None) or data.pop("tracks", None) or {}
     expect_type(faces_data, dict, str(path), "faces")
     top = _parse_spec(data, str(path), path.parent)
     faces = {}

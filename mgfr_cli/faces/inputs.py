@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mgfr_cli.faces.io import is_image_file
+from mgfr_cli.faces.io import is_image_file, is_video_file
 
 RESTORED, SKIPPED, NO_FACE, FAILED = "restored", "skipped", "no face", "failed"
 
@@ -33,6 +33,7 @@ class Outcome:
     faces: int = 0
     identity: tuple = ()  # per face with references: {"face", "before", "after", "references"} (the judge's cosines)
     library: tuple = ()  # per face that asked the reference library: {"face", "matches": [{"file", "similarity"}]}
+    tracks: tuple = ()  # a video's tracks: {"track", "frames", "flicker": {"input", "restored", "pairs"}}
 
 
 def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None = None
@@ -61,7 +62,7 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None 
             root = _glob_root(spec)
             for m in matches:
                 mp = Path(m)
-                if mp.is_file() and is_image_file(mp) and not inside(mp, skip):
+                if mp.is_file() and (is_image_file(mp) or is_video_file(mp)) and not inside(mp, skip):
                     items.append(InputItem(mp, _relative(mp, root)))
             if not matches:
                 missing.append(Outcome(path, FAILED, "no file matches this pattern"))
@@ -140,7 +141,7 @@ def _walk(folder: Path, recursive: bool, skip: Path | None = None, ignored: list
             p = Path(dirpath) / name
             if name.startswith("."):
                 continue
-            if is_image_file(p):
+            if is_image_file(p) or is_video_file(p):
                 out.append(InputItem(p, p.relative_to(folder)))
             elif ignored is not None and p.suffix.lower() not in COMPANION_FILES:
                 ignored.append(p)

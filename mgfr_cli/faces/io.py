@@ -22,6 +22,7 @@ from mgfr_cli.errors import InputError, OutputError
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 DEFAULT_MAX_MEGAPIXELS = 100.0
 
 # EXIF orientation tag value -> (number of 90-degree counter-clockwise turns, mirror first)
@@ -73,6 +74,10 @@ class Photo:
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_video_file(path: Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
 def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Photo:

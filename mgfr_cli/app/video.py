@@ -1,0 +1,246 @@
+"""Video: every face of a clip restored, and a person stays the same person from frame to frame.
+
+Two passes over the clip (decoded with PyAV, which bundles FFmpeg), so memory does not grow with its length:
+1. detect faces in every frame and follow them as tracks (:mod:`faces.tracking`); landmarks are smoothed along
+   each track;
+2. decode again (in a background thread, a bounded queue of frames ahead), align each face with its track's
+   smoothed landmarks, restore the faces of a window of frames together on the GPU (the batch machinery), paste
+   them back and encode H.264 (``--crf``) with the input's timestamps (variable frame rate kept); the audio
+   stream is copied unchanged.
+Every frame of a track starts from the same noise (seed + track index): with fresh noise per frame a diffusion
+restorer invents a new face every frame. The summary gets, per track, the flicker figure: the mean absolute
+difference between consecutive restored crops, against the same figure for the input crops. The clip is
+written to a hidden temporary file and renamed when whole: a stopped run never leaves a half-written
+``OUT/<name>.mp4``, and a later run restores that clip again from its start.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mgfr_cli.errors import InputError
+from mgfr_cli.faces.inputs import NO_FACE, RESTORED, Outcome
+
+WINDOW_FRAMES = 8  # frames restored together (and held in memory) at most
+QUEUE_FRAMES = 8  # frames decoded ahead by the background thread
+
+
+@dataclass
+class Flicker:
+    """Running mean absolute difference between consecutive crops of one track (input and restored)."""
+
+    pairs: int = 0
+    input_sum: float = 0.0
+    restored_sum: float = 0.0
+    last: tuple | None = field(default=None, repr=False)  # (frame, input crop, restored crop)
+
+    def add(self, frame: int, crop: np.ndarray, restored: np.ndarray) -> None:
+        if self.last is not None and self.last[0] == frame - 1:
+            self.pairs += 1
+            self.input_sum += float(np.abs(crop.astype(np.float32) - self.last[1]).mean())
+            self.restored_sum += float(np.abs(restored.astype(np.float32) - self.last[2]).mean())
+        self.last = (frame, crop.astype(np.float32), restored.astype(np.float32))
+
+    def figures(self) -> dict:
+        n = max(self.pairs, 1)
+        return {"input": round(self.input_sum / n, 3), "restored": round(self.restored_sum / n, 3), "pairs": self.pairs}
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a video mgfr can read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path}: has no video stream" + (" (audio only)" if container.streams.audio else ""))
+    return container
+
+
+def frames(path: Path, max_megapixels: float, broke: list):
+    """``(index, pts, time_base, rgb)`` of every frame, upright (rotation metadata applied). A stream that
+    breaks mid-way ends the frames there, and ``broke`` gets the reason."""
+    import av
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                if frame.width * frame.height > max_megapixels * 1e6:
+                    raise InputError(f"{path}: frames of {frame.width}x{frame.height} are over --max-megapixels "
+                                     f"{max_megapixels:g}")
+                rgb = frame.to_ndarray(format="rgb24")
+                turns = int(round(getattr(frame, "rotation", 0) or 0)) // 90 % 4
+                if turns:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+                yield index, frame.pts, frame.time_base, rgb
+                index += 1
+        except av.error.FFmpegError as exc:
+            broke.append(f"the stream breaks after frame {index} ({str(exc).splitlines()[0]}); kept what decoded")
+    finally:
+        container.close()
+
+
+def _background(iterator, size: int = QUEUE_FRAMES):
+    """Items of ``iterator`` produced by a background thread, at most ``size`` ahead (bounded memory)."""
+    q: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def run():
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+        q.put(done)
+
+    thread = threading.Thread(target=run, daemon=True, name="mgfr-decode")
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def restore_clip(batch, job, item, inputs: set) -> Outcome:
+    """One clip of a batch, whole; its output is ``OUT/<name>.mp4``, skipped when it exists (a resumed run)."""
+    from mgfr_cli.errors import MgfrError
+    from mgfr_cli.faces.conditions import FaceConditions, resolve_specs
+    from mgfr_cli.faces.inputs import FAILED, OUTPUT_EXISTS, SKIPPED
+
+    rel = item.relative
+    target = job.output / rel.parent / f"{rel.stem}{job.suffix}.mp4"
+    if target.resolve() in inputs:
+        return Outcome(item.path, FAILED, f"{item.path}: output {target} would overwrite an input")
+    if target.exists() and not job.overwrite:
+        return Outcome(item.path, SKIPPED, OUTPUT_EXISTS, target)
+
+    def conditions(n: int) -> list:
+        return [FaceConditions(s.prompt, s.negative_prompt, batch._references(s, job, {}))
+                for s in resolve_specs(item.path, job.flags, n)]
+
+    try:
+        return restore_video(batch, job, item, target, conditions, job.video_noise)
+    except MgfrError as exc:
+        return Outcome(item.path, FAILED, str(exc))
+
+
+def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "track") -> Outcome:
+    """Restore one clip into ``target``; ``conditions``: a callable giving each track's FaceConditions."""
+    import av
+
+    from mgfr_cli.app.batch import paste_back, restore_in_batches
+    from mgfr_cli.faces.helper import DetectedFace
+    from mgfr_cli.faces.tracking import Tracker
+
+    path = item.path
+    broke: list[str] = []
+    tracker = Tracker()
+    count = 0
+    for index, _, _, rgb in frames(path, job.max_megapixels, broke):
+        tracker.update(index, batch.helper.detect(rgb, job.selection))
+        count = index + 1
+    if count == 0:
+        raise InputError(f"{path}: no frame could be decoded" + (f" ({broke[0]})" if broke else ""))
+    tracks = tracker.finish()
+    if not tracks:
+        return Outcome(path, NO_FACE, f"no face in any of {count} frames")
+    conds = conditions(len(tracks))
+    flicker = {t.index: Flicker() for t in tracks}
+    by_frame: dict[int, list] = {}
+    for t in tracks:
+        for f in t.frames:
+            by_frame.setdefault(f, []).append(t)
+
+    source = _open(path)
+    vin = source.streams.video[0]
+    rate = vin.average_rate or vin.guessed_rate or 25
+    tmp = target.with_name(f".{target.name}.partial.mp4")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out = av.open(str(tmp), "w", format="mp4")
+    try:
+        aout = out.add_stream_from_template(source.streams.audio[0]) if source.streams.audio else None
+        vout = None
+        window: list = []
+
+        def flush():
+            nonlocal vout
+            faces, owners = [], []
+            for index, pts, tb, rgb in window:
+                for t in by_frame.get(index, []):
+                    det = DetectedFace(box=t.box_at(index), score=1.0, landmarks=t.smoothed[index])
+                    faces.append(batch.helper.align(rgb, det, t.index, path))
+                    owners.append((index, t))
+            seeds = [job.seed + (t.index if seed_per == "track" else 1000 * index + t.index) for index, t in owners]
+            restored = restore_in_batches(batch.restorer, [f.crop for f in faces], [conds[t.index] for _, t in owners],
+                                          seeds, job.batch_size) if faces else []
+            for f, r, (index, t) in zip(faces, restored, owners):
+                flicker[t.index].add(index, f.crop, r)
+            for index, pts, tb, rgb in window:
+                mine = [(f, r) for f, r, (i, _) in zip(faces, restored, owners) if i == index]
+                pixels = paste_back(batch.helper, batch.upsampler, rgb, [f for f, _ in mine], [r for _, r in mine],
+                                    job.upscale) if mine else _resized(rgb, job.upscale)
+                if vout is None:
+                    vout = out.add_stream("libx264", rate=rate)
+                    vout.width, vout.height = pixels.shape[1] // 2 * 2, pixels.shape[0] // 2 * 2
+                    vout.pix_fmt = "yuv420p"
+                    vout.time_base = tb
+                    vout.options = {"crf": str(job.crf)}
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[: vout.height, : vout.width]),
+                                                   format="rgb24")
+                frame.pts, frame.time_base = pts, tb
+                out.mux(vout.encode(frame))
+            window.clear()
+
+        for item_ in _background(frames(path, job.max_megapixels, [])):
+            window.append(item_)
+            if len(window) >= WINDOW_FRAMES:
+                flush()
+        flush()
+        out.mux(vout.encode(None))
+        if aout is not None:  # the audio, packet for packet (no re-encoding)
+            for packet in source.demux(source.streams.audio[0]):
+                if packet.dts is not None:
+                    packet.stream = aout
+                    out.mux(packet)
+        out.close()
+        source.close()
+        tmp.replace(target)
+    except BaseException:
+        out.close()
+        source.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    figures = {t.index: flicker[t.index].figures() for t in tracks}
+    note = "; ".join([f"{count} frames, {len(tracks)} track(s)"] + broke)
+    return Outcome(path, RESTORED, note, target, len(tracks),
+                   tracks=tuple({"track": k, "frames": len(tracks[k].frames), "flicker": v} for k, v in figures.items()))
+
+
+def _resized(rgb: np.ndarray, upscale: float) -> np.ndarray:
+    if upscale == 1.0:
+        return rgb
+    import cv2
+
+    return cv2.resize(rgb, (round(rgb.shape[1] * upscale), round(rgb.shape[0] * upscale)), interpolation=cv2.INTER_LANCZOS4)

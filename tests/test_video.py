@@ -1,0 +1,140 @@
+"""Video: a clip made here (a face moving and scaling over 24 frames, with an audio track, written with PyAV),
+restored with the tiny models: frames, timing and audio kept; one track; per-track noise flickers less."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+
+FAST = ["--steps", "2", "--detector", "retinaface_mobile0.25", "--device", "cpu"]
+FPS, N = 12, 24
+
+
+def make_clip(path, astronaut, frames=N, audio=True):
+    face = np.ascontiguousarray(astronaut[10:250, 110:350])
+    out = av.open(str(path), "w")
+    v = out.add_stream("libx264", rate=FPS)
+    v.width, v.height, v.pix_fmt = 384, 320, "yuv420p"
+    a = out.add_stream("aac", rate=16000) if audio else None
+    if a is not None:
+        a.layout = "mono"
+    for i in range(frames):
+        canvas = np.full((320, 384, 3), 110, np.uint8)
+        s = 0.8 + 0.2 * i / frames
+        f = cv2.resize(face, None, fx=s, fy=s)
+        x, y = 20 + 4 * i, 30 + i
+        canvas[y : y + f.shape[0], x : x + f.shape[1]] = f[: 320 - y, : 384 - x]
+        out.mux(v.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")))
+    out.mux(v.encode(None))
+    if a is not None:
+        t = np.arange(int(16000 * frames / FPS)) / 16000
+        samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+        for start in range(0, samples.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + 1024]), format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 16000, start, Fraction(1, 16000)
+            out.mux(a.encode(frame))
+        out.mux(a.encode(None))
+    out.close()
+    return path
+
+
+def probe(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(v)]
+        info = {"frames": len(frames), "rate": v.average_rate, "audio": len(c.streams.audio),
+                "size": (v.width, v.height), "duration_s": float(frames[-1][0] * v.time_base)}
+    audio = []
+    if info["audio"]:
+        with av.open(str(path)) as c:
+            audio = [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+    return info, frames, audio
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, astronaut):
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", astronaut)
+
+
+def test_a_clip_keeps_its_frames_timing_and_audio_and_faces_are_restored(tiny_root, clip, tmp_path, cli):
+    code, out, err = cli("restore", clip, "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
+    assert code == 0, out + err
+    info_in, frames_in, audio_in = probe(clip)
+    info_out, frames_out, audio_out = probe(tmp_path / "out" / "clip.mp4")
+    assert info_out == info_in and [p for p, _ in frames_out] == [p for p, _ in frames_in]
+    assert audio_out == audio_in and audio_in  # the audio packets, unchanged
+    for (_, a), (_, b), i in zip(frames_in, frames_out, range(N)):
+        diff = np.abs(a.astype(int) - b.astype(int)).mean(axis=2)
+        x, y, s = 20 + 4 * i, 30 + i, 0.8 + 0.2 * i / N
+        assert diff[y + int(60 * s) : y + int(160 * s), x + int(60 * s) : x + int(160 * s)].mean() > 5, i  # the face
+        assert np.median(diff[:, -40:]) < 4  # far from it: the background, as encoded
+    row = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())[0]
+    assert row["status"] == "restored" and len(row["tracks"]) == 1 and row["tracks"][0]["frames"] == N
+
+
+def test_per_track_noise_flickers_less_than_per_frame_noise(tiny_root, clip, tmp_path, cli):
+    figures = {}
+    for mode in ("track", "frame"):
+        code, out, err = cli("restore", clip, "-o", tmp_path / mode, "--video-noise", mode, "--model-root", tiny_root,
+                             *FAST)
+        assert code == 0, out + err
+        row = json.loads((tmp_path / mode / "mgfr-summary.json").read_text())[0]
+        figures[mode] = row["tracks"][0]["flicker"]
+    assert figures["track"]["restored"] < 0.8 * figures["frame"]["restored"], figures
+    assert figures["track"]["input"] == pytest.approx(figures["frame"]["input"])
+
+
+def test_a_killed_run_leaves_no_half_clip_and_the_rerun_gives_the_same_frames(tiny_root, astronaut, tmp_path, cli):
+    long_clip = make_clip(tmp_path / "long.mp4", astronaut, frames=48, audio=False)
+    code, _, _ = cli("restore", long_clip, "-o", tmp_path / "once", "--model-root", tiny_root, *FAST)
+    assert code == 0
+    out = tmp_path / "killed"
+    args = ["restore", str(long_clip), "-o", str(out), "--model-root", str(tiny_root), *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "mgfr_cli.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "MGFR_OFFLINE": "1"})
+    partial = out / ".long.mp4.partial.mp4"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (partial.is_file() and partial.stat().st_size > 0):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(60)
+    assert partial.is_file() and not (out / "long.mp4").exists()  # killed mid-clip: no half-written output
+    code, _, err = cli("restore", long_clip, "-o", out, "--model-root", tiny_root, *FAST)
+    assert code == 0, err
+    a, b = probe(tmp_path / "once" / "long.mp4")[1], probe(out / "long.mp4")[1]
+    assert len(a) == len(b) and all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
+
+
+@pytest.mark.parametrize("what", ["text", "audio_only", "empty"])
+def test_bad_clips_are_one_line_and_the_batch_goes_on(tiny_root, clip, astronaut, tmp_path, cli, what):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.mp4").write_bytes(clip.read_bytes())
+    bad = folder / "bad.mp4"
+    if what == "text":
+        bad.write_text("not a video")
+    elif what == "empty":
+        bad.write_bytes(b"")
+    else:
+        out = av.open(str(bad), "w")
+        a = out.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        out.mux(a.encode(frame))
+        out.mux(a.encode(None))
+        out.close()
+    code, out, err = cli("restore", folder, "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
+    text = " ".join(out.split())
+    assert code == 1 and (tmp_path / "out" / "good.mp4").is_file()
+    assert "bad.mp4" in text and ("no video stream" in text if what == "audio_only" else "not a video" in text), text
