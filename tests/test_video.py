@@ -29,9 +29,10 @@ def make_clip(path, astronaut, frames=N, audio=True):
         a.layout = "mono"
     for i in range(frames):
         canvas = np.full((320, 384, 3), 110, np.uint8)
-        s = 0.8 + 0.2 * i / frames
+        k = i % N if (i // N) % 2 == 0 else N - 1 - i % N  # longer clips move back and forth
+        s = 0.8 + 0.2 * k / N
         f = cv2.resize(face, None, fx=s, fy=s)
-        x, y = 20 + 4 * i, 30 + i
+        x, y = 20 + 4 * k, 30 + k
         canvas[y : y + f.shape[0], x : x + f.shape[1]] = f[: 320 - y, : 384 - x]
         out.mux(v.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")))
     out.mux(v.encode(None))
@@ -80,6 +81,9 @@ def test_a_clip_keeps_its_frames_timing_and_audio_and_faces_are_restored(tiny_ro
         assert np.median(diff[:, -40:]) < 4  # far from it: the background, as encoded
     row = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())[0]
     assert row["status"] == "restored" and len(row["tracks"]) == 1 and row["tracks"][0]["frames"] == N
+    code, _, _ = cli("restore", clip, "-o", tmp_path / "page", "--report", "--model-root", tiny_root, *FAST)
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert code == 0 and "1 restored, 0 not restored" in page and "href='clip.mp4'" in page and "flicker" in page
 
 
 def test_per_track_noise_flickers_less_than_per_frame_noise(tiny_root, clip, tmp_path, cli):

@@ -116,7 +116,7 @@ class BatchRestorer:
         def finish(o: Outcome):
             outcomes.append(o)
             on_outcome(o)
-            if self.reporter is not None and o.status != RESTORED:
+            if self.reporter is not None and (o.status != RESTORED or o.tracks):  # photos add their pixels
                 self.reporter.add(o)
 
         pending: list[_Prepared] = []

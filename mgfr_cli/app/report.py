@@ -80,6 +80,11 @@ class Report:
         key = source_key(outcome.source)
         entry = {"source": key, "name": Path(key).name, "status": outcome.status, "detail": outcome.detail,
                  "output": str(outcome.output) if outcome.output else None}
+        if getattr(outcome, "tracks", ()):
+            import os
+
+            entry["tracks"] = list(outcome.tracks)
+            entry["href"] = os.path.relpath(outcome.output, self.output) if outcome.output else ""
         old = self.entries.get(key)
         if outcome.status == "skipped" and old and old.get("before"):
             entry = {**old, "status": "restored", "detail": old.get("detail", "")}  # done by an earlier run
@@ -141,10 +146,11 @@ r.addEventListener('input',sync);a.addEventListener('load',sync);window.addEvent
 
 def render(title: str, entries: list[dict]) -> str:
     done = [e for e in entries if e.get("before")]
-    other = [e for e in entries if not e.get("before")]
+    videos = [e for e in entries if e.get("tracks") and not e.get("before")]
+    other = [e for e in entries if not e.get("before") and not e.get("tracks")]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'>{PAGE_MARK}<title>{_e(title)}</title><style>{CSS}</style>"
-             f"</head><body><header><h1>{_e(title)}</h1><div class='meta'>{len(done)} restored, {len(other)} "
-             f"not restored</div></header><main>"]
+             f"</head><body><header><h1>{_e(title)}</h1><div class='meta'>{len(done) + len(videos)} restored, "
+             f"{len(other)} not restored</div></header><main>"]
     for e in done:
         parts.append(f"<section class='photo' data-status='restored'><h2>{_e(e['name'])}</h2>"
                      f"<div class='slider'><img class='after' alt='after' src='{_e(e['after'])}'>"
@@ -158,6 +164,14 @@ def render(title: str, entries: list[dict]) -> str:
                          f"src='{_e(f['restored'])}'><div class='label'>face {f['index']}</div>"
                          f"<div class='label'>{cond or 'no prompt, no references'}</div></div>")
         parts.append("</div></section>")
+    for e in videos:
+        rows = "".join(f"<tr><td>{t['track']}</td><td>{t['frames']}</td><td>{t['flicker']['input']:.2f}</td>"
+                       f"<td>{t['flicker']['restored']:.2f}</td></tr>" for t in e["tracks"])
+        parts.append(f"<section class='photo' data-status='video'><h2>{_e(e['name'])}</h2><div class='meta'>"
+                     f"{_e(e['source'])} &rarr; <a href='{_e(e.get('href', ''))}'>"
+                     f"{_e(e.get('output'))}</a> &middot; {_e(e.get('detail'))}</div><table><tr><th>track</th>"
+                     f"<th>frames</th><th>flicker in (mean |frame - previous|)</th><th>flicker restored</th></tr>"
+                     f"{rows}</table></section>")
     if other:
         parts.append("<section class='photo'><h2>Not restored</h2><table><tr><th>file</th><th>outcome</th>"
                      "<th>reason</th></tr>")

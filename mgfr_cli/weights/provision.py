@@ -46,26 +46,20 @@ class RestorePlan:
     notes: list = field(default_factory=list)  # choices the user should hear about
 
 
-def _adapter_config(checkpoint: Path, source: str | None) -> dict:
-    """The adapter's config.json (what profiles read), or just its source when it is not there yet."""
-    from mgfr_cli.model.pipeline import find_adapter_dir
-
-    try:
-        cfg = json.loads((find_adapter_dir(checkpoint) / "config.json").read_text())
-    except (WeightsError, OSError, ValueError):
-        cfg = None
-    return cfg if isinstance(cfg, dict) else {"source": source or "mgfr"}
-
-
-def _adapter_source(checkpoint: Path) -> str | None:
-    """The adapter's ``source`` from its config.json, without loading it (None when not there yet)."""
+def _adapter_config(checkpoint: Path) -> dict | None:
+    """The adapter's config.json (what profiles read) without loading the adapter; None when not there yet."""
     from mgfr_cli.model.pipeline import find_adapter_dir
 
     try:
         cfg = json.loads((find_adapter_dir(checkpoint) / "config.json").read_text())
     except (WeightsError, OSError, ValueError):
         return None
-    return str(cfg.get("source", "mgfr")) if isinstance(cfg, dict) else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _adapter_source(checkpoint: Path) -> str | None:
+    cfg = _adapter_config(checkpoint)
+    return str(cfg.get("source", "mgfr")) if cfg is not None else None
 
 
 def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: Path | None, checkpoint: Path | None,
@@ -136,7 +130,8 @@ def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: 
 
     rec_file = root / RECOGNISER_FILE
     guided = (identity_guidance or 0) > 0 or (identity_guidance is None and references
-                                               and not profile_of(_adapter_config(checkpoint, source)).uses_reference)
+                                               and not profile_of(_adapter_config(checkpoint)
+                                                                  or {"source": source or "mgfr"}).uses_reference)
     recogniser = True if library or guided else (None if identity_guidance != 0 else False)
     if recogniser:
         need(rec_file, "arcface-irse50", "mgfr weights fetch arcface-irse50, or --identity-guidance 0")
