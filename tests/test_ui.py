@@ -22,7 +22,7 @@ def _args(photo, refs=None, prompt="", steps=2):
     from gradio_client import handle_file
 
     return (handle_file(str(photo)), [handle_file(str(r)) for r in refs] if refs else None, prompt, "", 4.0, 2.0,
-            steps, 0, "every face", "wavelet", 1, True)
+            steps, 0, "every face", "wavelet", 1, True, 0.05)
 
 
 @pytest.fixture(scope="module")

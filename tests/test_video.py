@@ -99,20 +99,21 @@ def test_per_track_noise_flickers_less_than_per_frame_noise(tiny_root, clip, tmp
 
 
 def test_a_killed_run_leaves_no_half_clip_and_the_rerun_gives_the_same_frames(tiny_root, astronaut, tmp_path, cli):
-    long_clip = make_clip(tmp_path / "long.mp4", astronaut, frames=48, audio=False)
+    long_clip = make_clip(tmp_path / "long.mp4", astronaut, frames=32, audio=False)
     code, _, _ = cli("restore", long_clip, "-o", tmp_path / "once", "--model-root", tiny_root, *FAST)
     assert code == 0
     out = tmp_path / "killed"
     args = ["restore", str(long_clip), "-o", str(out), "--model-root", str(tiny_root), *FAST]
     proc = subprocess.Popen([sys.executable, "-m", "mgfr_cli.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "MGFR_OFFLINE": "1"})
+                            stderr=subprocess.PIPE, env={**os.environ, "MGFR_OFFLINE": "1"})
     partial = out / ".long.mp4.partial.mp4"
     deadline = time.time() + 300
-    while time.time() < deadline and not (partial.is_file() and partial.stat().st_size > 0):
-        time.sleep(0.05)
+    while time.time() < deadline and not partial.exists() and proc.poll() is None:  # pass 2 has begun
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # still running: killed mid-clip
     proc.send_signal(signal.SIGKILL)
     proc.wait(60)
-    assert partial.is_file() and not (out / "long.mp4").exists()  # killed mid-clip: no half-written output
+    assert partial.is_file() and not (out / "long.mp4").exists()  # no half-written output
     code, _, err = cli("restore", long_clip, "-o", out, "--model-root", tiny_root, *FAST)
     assert code == 0, err
     a, b = probe(tmp_path / "once" / "long.mp4")[1], probe(out / "long.mp4")[1]
@@ -142,3 +143,13 @@ def test_bad_clips_are_one_line_and_the_batch_goes_on(tiny_root, clip, astronaut
     text = " ".join(out.split())
     assert code == 1 and (tmp_path / "out" / "good.mp4").is_file()
     assert "bad.mp4" in text and ("no video stream" in text if what == "audio_only" else "not a video" in text), text
+
+
+def test_align_lists_a_clips_tracks_with_a_crop_each(helper, tiny_root, clip, tmp_path, cli):
+    code, out, err = cli("align", clip, "-o", tmp_path / "faces", "--model-root", tiny_root, "--detector",
+                         "retinaface_mobile0.25", "--device", "cpu")
+    assert code == 0, out + err
+    rows = json.loads((tmp_path / "faces" / "faces.json").read_text())
+    assert [(r["face_index"], r["frame"], r["frames"]) for r in rows] == [(0, 0, N)]
+    crop = cv2.imread(rows[0]["crop"])
+    assert crop.shape == (512, 512, 3) and len(helper.detect(crop[:, :, ::-1].copy())) == 1

@@ -58,9 +58,9 @@ class RestoreJob:
     shard: tuple[int, int] = (0, 1)  # (this process, number of processes)
     report: bool | None = None  # OUT/index.html review page; None: when the batch has more than one photo
     ref_k: int = 3  # references per face from the library
+    ref_threshold: float = 0.3  # least cosine for a library face
     crf: int = 18  # video: H.264 quality (lower is better)
     video_noise: str = "track"  # video: one start noise per track ("track") or per frame ("frame", to compare)
-    ref_threshold: float = 0.3  # least cosine for a library face
 
 
 @dataclass
@@ -102,7 +102,7 @@ class BatchRestorer:
         outcomes = outcomes if rank == 0 else []
         videos = videos[rank::world]
         on_total(len(items) + len(videos) + len(outcomes))
-        want_report = job.report if job.report is not None else len(items) + len(outcomes) > 1
+        want_report = job.report if job.report is not None else len(items) + len(videos) + len(outcomes) > 1
         self.reporter = None
         if want_report and world == 1:  # several processes would each rewrite the one page
             from mgfr_cli.app.report import Report

@@ -46,7 +46,7 @@ def describe(models: UiModels, ignored) -> str:
     text = "; ".join(parts) + "."
     if ignored:
         text += (f" **Not used:** {', '.join(sorted(ignored))} (the {prof.source} adapter has no trained reference "
-                 f"branch; references and identity need an MGFR adapter trained through stage 2).")
+                 f"branch, and identity guidance is off or its recogniser is missing: mgfr weights fetch arcface-irse50).")
     return text
 
 
@@ -67,7 +67,8 @@ def _whole(value, name: str) -> int:
 
 def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, prompt: str, negative: str,
                 guidance_quality: float, guidance_attribute: float, steps: int, seed: int, faces: str,
-                color_fix: str, upscale: float, use_cleaner: bool, workdir: Path, progress=None):
+                color_fix: str, upscale: float, use_cleaner: bool, workdir: Path, progress=None,
+                identity_guidance: float | None = None):
     """One photo through the batch machinery; returns (before PNG, after PNG, [(crop, label)], status)."""
     from mgfr_cli.app.batch import RESTORED, BatchRestorer, RestoreJob
     from mgfr_cli.faces.conditions import ConditionSpec
@@ -87,7 +88,9 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     settings = RestoreSettings(steps=_whole(steps, "steps") or prof.default_steps, scheduler=prof.default_scheduler,
                                guidance_quality=float(guidance_quality),
                                guidance_attribute=float(guidance_attribute), color_fix=color_fix,
-                               seed=_whole(seed, "seed"))
+                               seed=_whole(seed, "seed"),
+                               identity_guidance=prof.default_identity_guidance if identity_guidance is None
+                               else float(identity_guidance))
     settings.check()  # the CLI's checks: the same ranges, the same messages
     restorer = DiffusionRestorer(models.pipeline, settings)
     if progress is not None:
@@ -111,7 +114,10 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     for crop in sorted((workdir / "out" / "_faces").glob("*.png")):
         kind = "aligned" if crop.stem.endswith("_aligned") else "restored"
         gallery.append((str(crop), f"face {crop.stem.rsplit('_', 2)[-2]} {kind}"))
-    return str(before_png), str(outcome.output), gallery, describe(models, restorer.ignored)
+    status = describe(models, restorer.ignored)
+    if restorer.guided:
+        status += f" References steered the face by identity guidance (strength {settings.identity_guidance:g})."
+    return str(before_png), str(outcome.output), gallery, status
 
 
 def build_app(models: UiModels, queue_size: int = 8):
@@ -122,13 +128,14 @@ def build_app(models: UiModels, queue_size: int = 8):
     root = Path(tempfile.mkdtemp(prefix="mgfr-ui-"))
     counter = {"n": 0}
 
-    def run(photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, progress=gr.Progress()):
+    def run(photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, ig=None,
+            progress=gr.Progress()):
         counter["n"] += 1
         work = root / f"job-{counter['n']}"
         shutil.rmtree(root / f"job-{counter['n'] - 2}", ignore_errors=True)  # keep the last two jobs' files only
         try:
             before, after, gallery, status = restore_one(models, photo, refs, prompt, negative, gq, ga, steps, seed,
-                                                         faces, color, upscale, cleaner, work, progress)
+                                                         faces, color, upscale, cleaner, work, progress, ig)
         except MgfrError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         return (before, after), gallery, after, status
@@ -154,6 +161,8 @@ def build_app(models: UiModels, queue_size: int = 8):
                     color = gr.Dropdown(["wavelet", "adain", "none"], value="wavelet", label="Colour fix")
                     upscale = gr.Slider(1, 4, value=1, step=0.5, label="Upscale (background: "
                                         + ("Real-ESRGAN" if models.upsampler is not None else "Lanczos") + ")")
+                    ig = gr.Slider(0, 1, value=prof.default_identity_guidance if prof else 0.05, step=0.01,
+                                   label="Identity guidance toward the references (0: off)")
                     cleaner = gr.Checkbox(value=True, label="Clean the face first (SwinIR)",
                                           interactive=models.pipeline is not None and models.pipeline.cleaner is not None)
                 button = gr.Button("Restore", variant="primary", elem_id="restore")
@@ -162,7 +171,7 @@ def build_app(models: UiModels, queue_size: int = 8):
                 status = gr.Markdown(elem_id="status")
                 gallery = gr.Gallery(label="Faces: aligned / restored", columns=4, format="png", elem_id="faces")
                 download = gr.File(label="Full-resolution PNG", elem_id="download")
-        button.click(run, [photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner],
+        button.click(run, [photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, ig],
                      [slider, gallery, download, status], api_name="restore", concurrency_limit=1)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     demo.mgfr_tmp = root  # removed by serve() at exit

@@ -25,6 +25,7 @@ import numpy as np
 
 from mgfr_cli.errors import InputError
 from mgfr_cli.faces.inputs import NO_FACE, RESTORED, Outcome
+from mgfr_cli.faces.video_io import frames, open_video
 
 WINDOW_FRAMES = 8  # frames restored together (and held in memory) at most
 QUEUE_FRAMES = 8  # frames decoded ahead by the background thread
@@ -49,46 +50,6 @@ class Flicker:
     def figures(self) -> dict:
         n = max(self.pairs, 1)
         return {"input": round(self.input_sum / n, 3), "restored": round(self.restored_sum / n, 3), "pairs": self.pairs}
-
-
-def _open(path: Path):
-    import av
-
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a video mgfr can read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    if not container.streams.video:
-        container.close()
-        raise InputError(f"{path}: has no video stream" + (" (audio only)" if container.streams.audio else ""))
-    return container
-
-
-def frames(path: Path, max_megapixels: float, broke: list):
-    """``(index, pts, time_base, rgb)`` of every frame, upright (rotation metadata applied). A stream that
-    breaks mid-way ends the frames there, and ``broke`` gets the reason."""
-    import av
-
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        index = 0
-        try:
-            for frame in container.decode(stream):
-                if frame.width * frame.height > max_megapixels * 1e6:
-                    raise InputError(f"{path}: frames of {frame.width}x{frame.height} are over --max-megapixels "
-                                     f"{max_megapixels:g}")
-                rgb = frame.to_ndarray(format="rgb24")
-                turns = int(round(getattr(frame, "rotation", 0) or 0)) // 90 % 4
-                if turns:
-                    rgb = np.ascontiguousarray(np.rot90(rgb, turns))
-                yield index, frame.pts, frame.time_base, rgb
-                index += 1
-        except av.error.FFmpegError as exc:
-            broke.append(f"the stream breaks after frame {index} ({str(exc).splitlines()[0]}); kept what decoded")
-    finally:
-        container.close()
 
 
 def _background(iterator, size: int = QUEUE_FRAMES):
@@ -173,12 +134,13 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
         for f in t.frames:
             by_frame.setdefault(f, []).append(t)
 
-    source = _open(path)
+    source = open_video(path)
     vin = source.streams.video[0]
     rate = vin.average_rate or vin.guessed_rate or 25
     tmp = target.with_name(f".{target.name}.partial.mp4")
     target.parent.mkdir(parents=True, exist_ok=True)
-    out = av.open(str(tmp), "w", format="mp4")
+    sink = open(tmp, "wb")  # there from the start (FFmpeg would create it at its first packet)
+    out = av.open(sink, "w", format="mp4")
     try:
         aout = out.add_stream_from_template(source.streams.audio[0]) if source.streams.audio else None
         vout = None
@@ -225,11 +187,15 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
                     packet.stream = aout
                     out.mux(packet)
         out.close()
+        sink.close()
         source.close()
         tmp.replace(target)
     except BaseException:
-        out.close()
-        source.close()
+        for closing in (out.close, sink.close, source.close):
+            try:
+                closing()
+            except Exception:  # noqa: BLE001 - already failing: the first error is the one to report
+                pass
         tmp.unlink(missing_ok=True)
         raise
     figures = {t.index: flicker[t.index].figures() for t in tracks}

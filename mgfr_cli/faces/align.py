@@ -18,7 +18,8 @@ from mgfr_cli.faces.helper import FaceHelper, FaceSelection
 from mgfr_cli.faces.io import atomic_write_bytes, check_output_folder, read_image, write_image
 
 FIELDS = ["source", "face_index", "crop", "score", "x1", "y1", "x2", "y2"] + [
-    f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in ("x", "y")]
+    f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in ("x", "y")] + [
+    "frame", "frames"]  # videos: face_index is the track, the crop is from its first frame; frames: its length
 
 
 def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelection, recursive: bool,
@@ -50,7 +51,7 @@ def _table_paths(output: Path) -> tuple[Path, Path]:
     from mgfr_cli.ownership import is_csv_with_header, is_json_rows, own_or_free
 
     csv_path, _ = own_or_free(output / "faces.csv", lambda p: is_csv_with_header(p, FIELDS))
-    json_path, _ = own_or_free(output / "faces.json", lambda p: is_json_rows(p, set(FIELDS)))
+    json_path, _ = own_or_free(output / "faces.json", lambda p: is_json_rows(p, set(FIELDS[:8])))
     return csv_path, json_path
 
 
@@ -63,6 +64,10 @@ def _crops_listed(table: Path) -> set[str]:
 
 def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list, outcomes: list,
                written: set[str] = frozenset()) -> None:
+    from mgfr_cli.faces.io import is_video_file
+
+    if is_video_file(item.path):
+        return _align_video(helper, item, output, selection, max_megapixels, rows, outcomes, written)
     try:
         rgb = read_image(item.path, max_megapixels).rgb8()
         faces = helper.detect_and_align(rgb, selection, item.path)
@@ -82,9 +87,44 @@ def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list
         write_image(crop_path, f.crop)
         row = {"source": str(item.path), "face_index": f.index, "crop": str(crop_path), "score": round(f.score, 4),
                **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in f.box)))}
-        row.update(dict(zip(FIELDS[8:], (round(float(v), 2) for v in f.landmarks.reshape(-1)))))
+        row.update(dict(zip(FIELDS[8:18], (round(float(v), 2) for v in f.landmarks.reshape(-1)))))
         rows.append(row)
     outcomes.append(Outcome(item.path, RESTORED, "", output, len(faces)))
+
+
+def _align_video(helper, item, output: Path, selection, max_megapixels, rows: list, outcomes: list,
+                 written) -> None:
+    """A clip's tracks, numbered as ``restore`` numbers them (the order they first appear): one crop per track
+    from its first frame, so a user can write ``tracks: {K: ...}`` in the clip's sidecar."""
+    from mgfr_cli.faces.helper import DetectedFace
+    from mgfr_cli.faces.tracking import Tracker
+    from mgfr_cli.faces.video_io import frames
+
+    tracker, firsts, broke = Tracker(), {}, []
+    try:
+        for index, _, _, rgb in frames(item.path, max_megapixels, broke):
+            tracker.update(index, helper.detect(rgb, selection))
+            for t in tracker.tracks[len(firsts):]:
+                firsts[t.index] = helper.align(rgb, DetectedFace(t.boxes[0], 1.0, t.landmarks[0]), t.index, item.path)
+    except MgfrError as exc:
+        outcomes.append(Outcome(item.path, FAILED, str(exc)))
+        return
+    if not tracker.tracks:
+        outcomes.append(Outcome(item.path, NO_FACE, "no face in any frame"))
+        return
+    rel = item.relative
+    for t in tracker.tracks:
+        crop_path = output / rel.parent / f"{rel.stem}_track_{t.index:02d}.png"
+        if crop_path.exists() and str(crop_path) not in written:
+            outcomes.append(Outcome(item.path, FAILED, f"{crop_path} exists and was not written by mgfr align; not replaced"))
+            return
+        write_image(crop_path, firsts[t.index].crop)
+        row = {"source": str(item.path), "face_index": t.index, "crop": str(crop_path), "score": "",
+               **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in t.boxes[0]))),
+               "frame": t.frames[0], "frames": len(t.frames)}
+        row.update(dict(zip(FIELDS[8:18], (round(float(v), 2) for v in t.landmarks[0].reshape(-1)))))
+        rows.append(row)
+    outcomes.append(Outcome(item.path, RESTORED, "; ".join(broke), output, len(tracker.tracks)))
 
 
 def _write_tables(tables: tuple[Path, Path], rows: list) -> None:

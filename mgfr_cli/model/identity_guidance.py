@@ -45,6 +45,7 @@ class IdentityGuidance:
         self.window = window
         self.train_steps = len(alphas_cumprod)
         self.last_cosine: torch.Tensor | None = None  # the recogniser's cosine at the last guided step (diagnostics)
+        self.steps_guided = 0  # how many steps fell in the window and were guided
 
     def target(self, references: list[list], device) -> IdentityTarget | None:
         """The references of each face (lists of uint8 aligned crops) -> their mean unit embedding."""
@@ -68,6 +69,7 @@ class IdentityGuidance:
         """The model output for ``x`` at ``t`` with its clean-latent prediction moved toward the references."""
         if target is None or not self.applies(t):
             return output
+        self.steps_guided += 1
         abar = self.alphas_cumprod[int(t)].item()
         a, s = abar**0.5, (1 - abar) ** 0.5
         x32, out32 = x.float(), output.float()
@@ -111,7 +113,8 @@ def reference_notes(profile, settings, restorer, has_recogniser: bool, has_judge
                         "arcface_w600k_r50.onnx is missing (mgfr weights fetch arcface)"))
     if "references" in restorer.ignored:
         why = ("--identity-guidance 0" if settings.identity_guidance == 0 else
-               "the recogniser is missing (mgfr weights fetch arcface-irse50)" if not has_recogniser else "")
+               "the recogniser is missing (mgfr weights fetch arcface-irse50)" if not has_recogniser else
+               f"no step of {settings.steps} fell in its window t/T {WINDOW[0]:g}..{WINDOW[1]:g}: use more --steps")
         lines.append(f"references given but not used: the adapter ({profile.source}) has no trained reference "
                      f"branch" + (f" and identity guidance is off ({why})" if why else ""))
     return lines

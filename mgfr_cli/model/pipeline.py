@@ -273,7 +273,9 @@ class MgfrPipeline:
         latents = denoise(step, latents, scheduler, generator=generators, callback=callback)
 
         # 6. Decode and 7. colour-correct toward the (cleaned) input, then 8. to uint8
-        guided = int(target.active.sum()) if target is not None else 0
+        guided = int(target.active.sum()) if target is not None and guide.steps_guided else 0
+        if guide is not None and not guide.steps_guided and not prof.uses_reference:
+            ignored = ("references",)  # too few steps: none fell in the guidance window
         return RestoreOutput(list(self.finish(latents, cond, size, settings.color_fix)), ignored, guided)
 
     def _alphas_cumprod(self) -> torch.Tensor:
