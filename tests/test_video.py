@@ -106,14 +106,14 @@ def test_a_killed_run_leaves_no_half_clip_and_the_rerun_gives_the_same_frames(ti
     args = ["restore", str(long_clip), "-o", str(out), "--model-root", str(tiny_root), *FAST]
     proc = subprocess.Popen([sys.executable, "-m", "mgfr_cli.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, "MGFR_OFFLINE": "1"})
-    partial = out / ".long.mp4.partial.mp4"
+    pieces = out / ".long.mp4.segments"
     deadline = time.time() + 300
-    while time.time() < deadline and not partial.exists() and proc.poll() is None:  # pass 2 has begun
+    while time.time() < deadline and not pieces.exists() and proc.poll() is None:  # pass 2 has begun
         time.sleep(0.02)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # still running: killed mid-clip
     proc.send_signal(signal.SIGKILL)
     proc.wait(60)
-    assert partial.is_file() and not (out / "long.mp4").exists()  # no half-written output
+    assert pieces.is_dir() and not (out / "long.mp4").exists()  # no half-written output
     code, _, err = cli("restore", long_clip, "-o", out, "--model-root", tiny_root, *FAST)
     assert code == 0, err
     a, b = probe(tmp_path / "once" / "long.mp4")[1], probe(out / "long.mp4")[1]
@@ -153,3 +153,32 @@ def test_align_lists_a_clips_tracks_with_a_crop_each(helper, tiny_root, clip, tm
     assert [(r["face_index"], r["frame"], r["frames"]) for r in rows] == [(0, 0, N)]
     crop = cv2.imread(rows[0]["crop"])
     assert crop.shape == (512, 512, 3) and len(helper.detect(crop[:, :, ::-1].copy())) == 1
+
+
+def test_a_stopped_clip_continues_after_its_last_whole_piece(tiny_root, astronaut, tmp_path, cli, monkeypatch):
+    import mgfr_cli.app.video as video
+    from mgfr_cli.model.pipeline import DiffusionRestorer
+
+    monkeypatch.setattr(video, "SEGMENT_FRAMES", 8)
+    clip = make_clip(tmp_path / "c.mp4", astronaut, frames=20, audio=False)
+    assert cli("restore", clip, "-o", tmp_path / "once", "--model-root", tiny_root, *FAST)[0] == 0
+    real, calls = DiffusionRestorer.restore, []
+
+    def counting(self, crops, conditions, seeds):
+        calls.append(len(crops))
+        if stop_after and len(calls) > stop_after:
+            raise KeyboardInterrupt  # stopped as Ctrl-C stops a run
+        return real(self, crops, conditions, seeds)
+
+    monkeypatch.setattr(DiffusionRestorer, "restore", counting)
+    stop_after = 2  # two windows of 8 frames: the first piece (frames 0-7) whole, the second not
+    code, _, _ = cli("restore", clip, "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
+    assert code == 130 and not (tmp_path / "out" / "c.mp4").exists()
+    assert (tmp_path / "out" / ".c.mp4.segments" / "seg-00000.mp4").is_file()
+    calls.clear()
+    stop_after = 0
+    assert cli("restore", clip, "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)[0] == 0
+    assert sum(calls) == 12  # frames 8-19 only: the first piece was kept
+    a, b = probe(tmp_path / "once" / "c.mp4")[1], probe(tmp_path / "out" / "c.mp4")[1]
+    assert [p for p, _ in a] == [p for p, _ in b] and all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
+    assert not (tmp_path / "out" / ".c.mp4.segments").exists()

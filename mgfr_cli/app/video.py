@@ -10,8 +10,9 @@ Two passes over the clip (decoded with PyAV, which bundles FFmpeg), so memory do
 Every frame of a track starts from the same noise (seed + track index): with fresh noise per frame a diffusion
 restorer invents a new face every frame. The summary gets, per track, the flicker figure: the mean absolute
 difference between consecutive restored crops, against the same figure for the input crops. The clip is
-written to a hidden temporary file and renamed when whole: a stopped run never leaves a half-written
-``OUT/<name>.mp4``, and a later run restores that clip again from its start.
+encoded in pieces of ``SEGMENT_FRAMES`` frames, each renamed when whole, and joined (packets copied) into a
+temporary file renamed when whole: a stopped run never leaves a half-written ``OUT/<name>.mp4``, and a later
+run with the same input and settings continues after the last whole piece.
 """
 
 from __future__ import annotations
@@ -109,8 +110,6 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
 
 def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "track") -> Outcome:
     """Restore one clip into ``target``; ``conditions``: a callable giving each track's FaceConditions."""
-    import av
-
     from mgfr_cli.app.batch import paste_back, restore_in_batches
     from mgfr_cli.faces.helper import DetectedFace
     from mgfr_cli.faces.tracking import Tracker
@@ -137,17 +136,14 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     source = open_video(path)
     vin = source.streams.video[0]
     rate = vin.average_rate or vin.guessed_rate or 25
-    tmp = target.with_name(f".{target.name}.partial.mp4")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sink = open(tmp, "wb")  # there from the start (FFmpeg would create it at its first packet)
-    out = av.open(sink, "w", format="mp4")
+    st = path.stat()
+    segments = Segments(target, "|".join(map(str, (path.resolve(), st.st_size, st.st_mtime_ns, job.seed, job.crf,
+                                                   job.upscale, seed_per, getattr(batch.restorer, "settings", None)))))
     try:
-        aout = out.add_stream_from_template(source.streams.audio[0]) if source.streams.audio else None
-        vout = None
+        writer = SegmentWriter(segments, rate, job.crf, flicker)
         window: list = []
 
         def flush():
-            nonlocal vout
             faces, owners = [], []
             for index, pts, tb, rgb in window:
                 for t in by_frame.get(index, []):
@@ -163,45 +159,139 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
                 mine = [(f, r) for f, r, (i, _) in zip(faces, restored, owners) if i == index]
                 pixels = paste_back(batch.helper, batch.upsampler, rgb, [f for f, _ in mine], [r for _, r in mine],
                                     job.upscale) if mine else _resized(rgb, job.upscale)
-                if vout is None:
-                    vout = out.add_stream("libx264", rate=rate)
-                    vout.width, vout.height = pixels.shape[1] // 2 * 2, pixels.shape[0] // 2 * 2
-                    vout.pix_fmt = "yuv420p"
-                    vout.time_base = tb
-                    vout.options = {"crf": str(job.crf)}
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[: vout.height, : vout.width]),
-                                                   format="rgb24")
-                frame.pts, frame.time_base = pts, tb
-                out.mux(vout.encode(frame))
+                writer.write(index, pts, tb, pixels)
             window.clear()
 
         for item_ in _background(frames(path, job.max_megapixels, [])):
+            k = item_[0] // SEGMENT_FRAMES
+            if segments.done(k):
+                continue  # written by an earlier run: decoded, not restored again
+            if window and window[0][0] // SEGMENT_FRAMES != k:
+                flush()
             window.append(item_)
             if len(window) >= WINDOW_FRAMES:
                 flush()
         flush()
-        out.mux(vout.encode(None))
-        if aout is not None:  # the audio, packet for packet (no re-encoding)
-            for packet in source.demux(source.streams.audio[0]):
-                if packet.dts is not None:
-                    packet.stream = aout
-                    out.mux(packet)
-        out.close()
-        sink.close()
+        writer.close()
+        segments.join(target, source, -(-count // SEGMENT_FRAMES))
+    finally:
         source.close()
-        tmp.replace(target)
-    except BaseException:
-        for closing in (out.close, sink.close, source.close):
-            try:
-                closing()
-            except Exception:  # noqa: BLE001 - already failing: the first error is the one to report
-                pass
-        tmp.unlink(missing_ok=True)
-        raise
+    for k, pairs in segments.flicker().items():  # what earlier runs measured in the segments they wrote
+        flicker[k].pairs += pairs[0]
+        flicker[k].input_sum += pairs[1]
+        flicker[k].restored_sum += pairs[2]
+    segments.remove()
     figures = {t.index: flicker[t.index].figures() for t in tracks}
     note = "; ".join([f"{count} frames, {len(tracks)} track(s)"] + broke)
     return Outcome(path, RESTORED, note, target, len(tracks),
                    tracks=tuple({"track": k, "frames": len(tracks[k].frames), "flicker": v} for k, v in figures.items()))
+
+
+SEGMENT_FRAMES = 96  # frames per encoded piece: what a stopped run keeps
+
+
+class Segments:
+    """The encoded pieces of one clip, each whole (renamed when finished) or absent, in a hidden folder beside the
+    output, with what was measured in each; a later run with the same input and settings continues after the last
+    whole piece. Joined (packets copied, nothing encoded again) into the output with the audio at the end."""
+
+    def __init__(self, target: Path, key: str):
+        self.dir = target.with_name(f".{target.name}.segments")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp = self.dir / "key.txt"
+        if stamp.is_file() and stamp.read_text() != key:  # another input or other settings: start again
+            for p in self.dir.iterdir():
+                p.unlink()
+        stamp.write_text(key)
+
+    def path(self, k: int) -> Path:
+        return self.dir / f"seg-{k:05d}.mp4"
+
+    def done(self, k: int) -> bool:
+        return self.path(k).is_file() and self.path(k).with_suffix(".json").is_file()
+
+    def flicker(self) -> dict[int, list]:
+        import json
+
+        totals: dict[int, list] = {}
+        for p in sorted(self.dir.glob("seg-*.json")):
+            for k, v in json.loads(p.read_text()).get("earlier", {}).items():
+                totals[int(k)] = [a + b for a, b in zip(totals.get(int(k), [0, 0.0, 0.0]), v)]
+        return totals
+
+    def join(self, target: Path, source, n: int) -> None:
+        import av
+
+        tmp = target.with_name(f".{target.name}.partial.mp4")
+        out = av.open(str(tmp), "w", format="mp4")
+        try:
+            first = av.open(str(self.path(0)))
+            vout = out.add_stream_from_template(first.streams.video[0])
+            first.close()
+            aout = out.add_stream_from_template(source.streams.audio[0]) if source.streams.audio else None
+            for k in range(n):
+                with av.open(str(self.path(k))) as seg:
+                    for packet in seg.demux(seg.streams.video[0]):
+                        if packet.dts is not None:
+                            packet.stream = vout
+                            out.mux(packet)
+            if aout is not None:  # the audio, packet for packet (no re-encoding)
+                for packet in source.demux(source.streams.audio[0]):
+                    if packet.dts is not None:
+                        packet.stream = aout
+                        out.mux(packet)
+            out.close()
+        except BaseException:
+            out.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(target)
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)  # mgfr's own hidden folder of pieces, now joined
+
+
+class SegmentWriter:
+    """H.264 (no B-frames, so pieces join with increasing timestamps) into one piece at a time."""
+
+    def __init__(self, segments: Segments, rate, crf: int, flicker: dict):
+        self.segments, self.rate, self.crf, self.flicker = segments, rate, crf, flicker
+        self.k, self.out, self.stream, self.at_start = None, None, None, {}
+
+    def write(self, index: int, pts, tb, pixels: np.ndarray) -> None:
+        import av
+
+        k = index // SEGMENT_FRAMES
+        if k != self.k:
+            self.close()
+            self.k = k
+            self.out = av.open(str(self.segments.path(k).with_suffix(".partial.mp4")), "w", format="mp4")
+            self.stream = self.out.add_stream("libx264", rate=self.rate)
+            self.stream.width, self.stream.height = pixels.shape[1] // 2 * 2, pixels.shape[0] // 2 * 2
+            self.stream.pix_fmt, self.stream.time_base = "yuv420p", tb
+            self.stream.options = {"crf": str(self.crf), "bf": "0"}
+            self.at_start = {t: (f.pairs, f.input_sum, f.restored_sum) for t, f in self.flicker.items()}
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[: self.stream.height, : self.stream.width]),
+                                           format="rgb24")
+        frame.pts, frame.time_base = pts, tb
+        self.out.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        """Finish the open piece: flushed, closed, renamed whole, with the flicker measured while writing it."""
+        import json
+
+        if self.out is None:
+            return
+        self.out.mux(self.stream.encode(None))
+        self.out.close()
+        path = self.segments.path(self.k)
+        path.with_suffix(".partial.mp4").replace(path)
+        delta = {t: [f.pairs - self.at_start[t][0], f.input_sum - self.at_start[t][1],
+                     f.restored_sum - self.at_start[t][2]] for t, f in self.flicker.items()}
+        path.with_suffix(".json").write_text(json.dumps({"earlier": delta}))
+        self.out = None
 
 
 def _resized(rgb: np.ndarray, upscale: float) -> np.ndarray:
