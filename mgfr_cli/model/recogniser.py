@@ -11,6 +11,7 @@ has its landmarks) onto ArcFace's 112 template: insightface's ``estimate_norm``,
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,17 @@ RECOGNISER_FILE = "recognition_arcface_ir_se50.pth"
 ARCFACE_SIZE = 112
 
 
+@lru_cache(maxsize=8)
 def arcface_matrix(face_size: int = 512) -> np.ndarray:
-    """The 2x3 similarity from an aligned ``face_size`` crop (FFHQ template) to ArcFace's 112 crop."""
+    """The 2x3 similarity from an aligned ``face_size`` crop (FFHQ template) to ArcFace's 112 crop (estimated once
+    per size: it is fixed, and the warp runs at every guided step). Read-only."""
     from insightface.utils.face_align import estimate_norm
 
     from mgfr_cli.faces.helper import FFHQ_TEMPLATE_512
 
-    return estimate_norm(FFHQ_TEMPLATE_512 * (face_size / 512.0), ARCFACE_SIZE).astype(np.float64)
+    m = estimate_norm(FFHQ_TEMPLATE_512 * (face_size / 512.0), ARCFACE_SIZE).astype(np.float64)
+    m.setflags(write=False)
+    return m
 
 
 def warp_to_arcface(faces: torch.Tensor) -> torch.Tensor:

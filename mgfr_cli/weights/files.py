@@ -36,6 +36,11 @@ class WeightFile:
     size: int | None = None
     remote: str | None = None  # path under each source URL (default: ``path`` without the entry's folder)
 
+    @property
+    def source_path(self) -> str:
+        """The file's path under each source URL."""
+        return self.remote or (self.path.split("/", 1)[1] if "/" in self.path else self.path)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -209,7 +214,7 @@ def fetch_entry(entry: Entry, root: Path, *, allow_unpinned: bool = False, timeo
     placed = []
     for f in entry.files:
         dest = inside_root(root, f.path)
-        remote = f.remote or (f.path.split("/", 1)[1] if "/" in f.path else f.path)
+        remote = f.source_path
         if offline and check_entry(Entry(entry.name, entry.sources, (f,)), root)[0].state == "missing" \
                 and hub.find_cached(hub_sources, remote) is None:
             raise WeightsError(f"{entry.name}: {f.path} is not in the model root" + (

@@ -185,8 +185,7 @@ def provide(plan: RestorePlan, manifest: Manifest, *, offline: bool,
 
 def _all_cached(entry: Entry, hub) -> bool:
     """Every file of ``entry`` is in the Hugging Face cache already (nothing to download)."""
-    return all(hub.find_cached(entry.sources, f.remote or (f.path.split("/", 1)[1] if "/" in f.path else f.path))
-               is not None for f in entry.files)
+    return all(hub.find_cached(entry.sources, f.source_path) is not None for f in entry.files)
 
 
 def incompatible_hashes(manifest: Manifest, root: Path) -> dict[str, str]:
