@@ -101,3 +101,23 @@ def test_a_photo_without_a_face_leaves_no_folder_behind(two_photos, tiny_root, c
     code, _, _ = cli("restore", inp, "-o", out, "--recursive", "--model-root", tiny_root, *FAST)
     assert code == 0 and (out / "a.png").is_file()
     assert not (out / "sub").exists()  # the claim's folder is removed again when nothing was written into it
+
+
+def test_a_claim_stopped_while_being_written_leaves_nothing(tmp_path, monkeypatch):
+    """kill -9 or Ctrl-C while a claim is written must not leave a half-written claim, which another run would
+    read as held for a minute (seen: a resumed batch skipping a photo)."""
+    from mgfr_cli.app import claims
+
+    class Stopped(Exception):
+        """stands for the process stopping mid-write"""
+
+    def stopped(*a, **k):
+        raise Stopped
+
+    monkeypatch.setattr(claims.json, "dump", stopped)
+    target = tmp_path / "out" / "a.png"
+    with pytest.raises(Stopped):
+        claims.Claims().take(tmp_path / "a.png", target)
+    assert [p.name for p in target.parent.iterdir()] == []
+    monkeypatch.undo()
+    assert claims.Claims().take(tmp_path / "a.png", target) is None  # free to take at once

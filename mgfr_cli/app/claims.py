@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,22 +43,23 @@ class Claims:
         except OSError:
             return None
         for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            tmp = None
+            try:  # written beside, then linked into place: a claim appears whole or not at all, even under kill -9
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=path.parent)
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+                os.link(tmp, path)
             except FileExistsError:
                 holder = self._holder(path)
                 if holder is not None:
                     return holder
                 path.unlink(missing_ok=True)  # stale: its run is gone
                 continue
-            except OSError:  # a full disk, a read-only folder
+            except OSError:  # a full disk, a read-only folder, no hard links there
                 return None
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
-            except OSError:
-                path.unlink(missing_ok=True)
-                return None
+            finally:
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
             with self._lock, _PROCESS_LOCK:
                 self._held[key] = (path, made)
                 _PROCESS_HELD.add(path)
