@@ -72,6 +72,9 @@ def kernels(run: Run, pipe: MgfrPipeline, b: int) -> None:
     busy = (lambda e: e.self_device_time_total) if run.cuda else (lambda e: e.self_cpu_time_total)
     gpu_ms = sum(busy(e) for e in ev) / 3000
     wall = run.timed(step, repeat=5)[0] * 1000
+    if gpu_ms == 0:
+        run.say(f"\nOne guided step, {b} face(s): wall {wall:.1f} ms; the profiler recorded no kernel time.")
+        return
     run.say(f"\nOne guided step, {b} face(s), eager: wall {wall:.1f} ms, GPU kernels busy {gpu_ms:.1f} ms "
             f"({gpu_ms / wall:.0%}). Top kernels:\n")
     run.say("| kernel | GPU ms/step | share | calls/step |\n|---|---|---|---|")

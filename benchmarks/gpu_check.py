@@ -1,4 +1,6 @@
-"""The GPU check (issue 13) in one process, so the full-size model is built once: fp16 correctness on the
+"""The GPU check in one process. Default: issue 23's sections (10-14: mgfr against DiffBIR's own pipeline on the
+same card, identity guidance, video, the compiled step's profile; see bench_side_by_side.py). ``--sections 0 1 ..
+9``: issue 13's (below). Issue 13's check so the full-size model is built once: fp16 correctness on the
 tiny config, then speed and memory of the full-size architecture with random weights, the public-weights
 path, the largest batch and the out-of-memory halving, torch.compile, and a profile. Sections run in order
 of importance and are skipped once ``--budget`` seconds have passed; one that fails prints its error and the
@@ -6,7 +8,11 @@ next runs. Prints Markdown for benchmarks/RESULTS.md (also written to ``--out``)
 
     python benchmarks/gpu_check.py --out gpu.md                               # on a GPU machine
     python benchmarks/gpu_check.py --model mgfr-tiny --device cpu --steps 3 --iters 1 --batches 1 2 \
-        --e2e-batches 2 --oom-sizes 2 4 --megapixels 0.02 --profile-batches 1 2   # a dry run of every path (~2 min)
+        --e2e-batches 2 --oom-sizes 2 4 --megapixels 0.02 --profile-batches 1 2 \
+        --sections 0 1 2 3 4 5 6 7 8 9                                        # a dry run of issue 13's paths (~2 min)
+    python benchmarks/gpu_check.py --device cpu --tiny --model mgfr-tiny --diffbir ../shared/peers/diffbir-3f8b530 \
+        --steps-sbs 2 --sbs-faces 1 2 --steps-guided 5 --video-seconds 1 --video-long 2 --profile-faces 2 \
+        --iters 1 --budget 900                                                 # a dry run of issue 23's (~5 min)
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch
 from bench_common import HERE, Run, conditions, face_crop, steps_table  # also puts tests/ on the path
 from bench_profile import layouts, stage_profile
 from bench_public import public_path
+from bench_side_by_side import (compiled_profile, identity_guidance, side_by_side_compiled, side_by_side_eager,
+                                video)
 from helpers import clip_tokenizer, randomize_zero_paths, tiny_pipeline
 from mgfr_cli.app.batch import BatchRestorer, RestoreJob, restore_in_batches
 from mgfr_cli.configs import load_model_config
@@ -175,33 +183,53 @@ def main():
     ap.add_argument("--assets", default=str(HERE / ".bench"), help="folder with t1.jpg, spandrel/ tables, the detector")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds; later sections are skipped after it")
     ap.add_argument("--profile-batches", type=int, nargs="*", default=[1, 16])
-    ap.add_argument("--sections", nargs="*", default=None, help="run only these (numbers, 0-9); default all")
+    ap.add_argument("--sections", nargs="*", default=["10", "11", "13", "12", "14"],
+                    help="these sections, in this order (issue 13's: 0-9; issue 23's: 10-14, the default)")
+    ap.add_argument("--diffbir", default=str(HERE / ".bench" / "diffbir"), help="DiffBIR's source folder")
+    ap.add_argument("--tiny", action="store_true", help="issue 23's sections on small models (a dry run)")
+    ap.add_argument("--steps-sbs", type=int, default=50, help="steps of the side-by-side (DiffBIR's face recipe)")
+    ap.add_argument("--sbs-faces", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--steps-guided", type=int, default=50)
+    ap.add_argument("--video-steps", type=int, default=4)
+    ap.add_argument("--video-seconds", type=int, default=10)
+    ap.add_argument("--video-long", type=int, default=60, help="seconds of the long clip (1 step: its memory)")
+    ap.add_argument("--video-compiled", action="store_true")
+    ap.add_argument("--profile-faces", type=int, default=16)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     run = Run(args)
     name = torch.cuda.get_device_name() if run.cuda else "cpu"
     run.say(f"# mgfr GPU check: {name}, torch {torch.__version__}, {run.dtype}, random weights, "
             f"{time.strftime('%Y-%m-%d %H:%M')}")
-    want = lambda i: args.sections is None or str(i) in args.sections  # noqa: E731
-    if want(0):
-        run.section("fp16 correctness (tiny config)", lambda: tiny_checks(run))
-    holder = {}
-    run.section(f"Full-size model ({args.model})", lambda: holder.update(pipe=build(run)))
-    pipe = holder.get("pipe")
-    if pipe is None:
-        return
-    for i, title, fn, needs in [
-        (1, "Guided denoiser step, eager", lambda: steps_table(run, pipe, batches=args.batches), 0),
-        (2, "Faces end to end, eager", lambda: end_to_end(run, pipe), 40),
-        (3, "Where one face's time goes (eager)", lambda: stage_profile(run, pipe), 20),
-        (9, "Memory layout: channels_last or not (eager)", lambda: layouts(run, pipe), 20),
-        (4, "Photos through the batch path", lambda: photos(run, pipe), 30),
-        (5, "Public-weights path", lambda: public_path(run, pipe.base, pipe.resolution), 60),
-        (6, "Largest batch and out-of-memory halving", lambda: largest_batch(run, pipe), 60),
-        (7, "torch.compile (reduce-overhead), one face", lambda: compiled(run, pipe, [1]), 120),
-        (8, "torch.compile, 16 faces", lambda: compiled(run, pipe, [16]), 100),
-    ]:
-        if want(i):
+    holder = {"build": lambda: holder["pipe"] if "pipe" in holder else holder.setdefault("pipe", build(run))}
+    issue23 = {
+        "10": ("mgfr against DiffBIR, same card, eager", side_by_side_eager, 0),
+        "11": ("Identity guidance: guided against unguided steps", identity_guidance, 30),
+        "12": ("Video: 720p clips", video, 60),
+        "13": ("mgfr --compile against DiffBIR", side_by_side_compiled, 100),
+        "14": ("The compiled step: time, profile, variants", compiled_profile, 60),
+    }
+    issue13 = {
+        "0": ("fp16 correctness (tiny config)", lambda: tiny_checks(run), 0),
+        "1": ("Guided denoiser step, eager", lambda: steps_table(run, holder["build"](), batches=args.batches), 0),
+        "2": ("Faces end to end, eager", lambda: end_to_end(run, holder["build"]()), 40),
+        "3": ("Where one face's time goes (eager)", lambda: stage_profile(run, holder["build"]()), 20),
+        "9": ("Memory layout: channels_last or not (eager)", lambda: layouts(run, holder["build"]()), 20),
+        "4": ("Photos through the batch path", lambda: photos(run, holder["build"]()), 30),
+        "5": ("Public-weights path", lambda: public_path(run, holder["build"]().base, holder["build"]().resolution), 60),
+        "6": ("Largest batch and out-of-memory halving", lambda: largest_batch(run, holder["build"]()), 60),
+        "7": ("torch.compile (reduce-overhead), one face", lambda: compiled(run, holder["build"](), [1]), 120),
+        "8": ("torch.compile, 16 faces", lambda: compiled(run, holder["build"](), [16]), 100),
+    }
+    for i in args.sections:
+        if i in issue23:
+            title, fn, needs = issue23[i]
+            if i != "10" and "sbs" not in holder and i != "14":
+                run.say(f"\n## {title}\n\nskipped: needs section 10's models")
+                continue
+            run.section(title, lambda: fn(run, holder), needs_s=needs)
+        else:
+            title, fn, needs = issue13[i]
             run.section(title, fn, needs_s=needs)
     run.say(f"\n(total {time.perf_counter() - run.t0:.0f} s)")
 

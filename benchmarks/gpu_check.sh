@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # The GPU check, as one command (for a session lent a GPU machine through the `device` tool):
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
-# runs benchmarks/gpu_check.py: fp16 correctness on the tiny config, then the full-size architecture with
-# random weights (eager and compiled steps, faces and photos end to end, a profile, the public-weights path,
-# the largest batch and the out-of-memory halving). Prints Markdown for benchmarks/RESULTS.md.
+# runs benchmarks/gpu_check.py. Default: issue 23's sections (mgfr against DiffBIR's own pipeline on the same card,
+# eager then --compile; identity guidance; 720p video; the compiled step profiled), under BUDGET seconds (later
+# sections are skipped, and say so). GPU_CHECK_ARGS="--sections 0 1 2 ..." runs issue 13's instead.
+# Prints Markdown for benchmarks/RESULTS.md.
 #
 # Prepare here, before the call (the GPU machine reaches no network and gets only the repository):
-#   - .bench/: the face detector and spandrel tables from tests/fixtures and insightface's t1.jpg group
-#     photo; this script makes it when those are beside it, so run it once here with PREPARE_ONLY=1.
-#   - .whl/: wheels of what the GPU image lacks (diffusers, facexlib, filterpy, spandrel, pydantic and
-#     pydantic_core, annotated-types, typing-inspection, typing_extensions, importlib_metadata, open_clip_torch,
-#     ftfy, wcwidth), for CPython 3.12 (see the device tool's README); installed to /tmp/site first.
-# Carry both: run(command="bash benchmarks/gpu_check.sh $OUT", carry=[".whl", ".bench"]).
+#   1. PREPARE_ONLY=1 bash benchmarks/gpu_check.sh: .bench/ gets the face detector, the spandrel tables, insightface's
+#      t1.jpg and DiffBIR's source (from $DIFFBIR, default ../shared/peers/diffbir-3f8b530; carried, never committed).
+#   2. .whl/: wheels of what the GPU image lacks, for CPython 3.12 (the device tool's README gives the pip download
+#      line): diffusers==0.42.1 facexlib==0.3.0 spandrel==0.4.2 pydantic==2.14.4 pydantic_core==2.50.5
+#      annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0 importlib_metadata==10.2.0
+#      zipp==4.1.2 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 omegaconf==2.4.0 torchsde==0.2.6
+#      trampoline==0.1.2 (DiffBIR's imports: omegaconf, torchsde) and av==18.1.0 (video; 36 MB).
+#   3. The tree that travels is at most 64 MiB: `bash benchmarks/device_tree.sh size .whl .bench`. With PyAV it fits
+#      only without the 35 MB golden fixture: `bash benchmarks/device_tree.sh slim` before the call (a local branch
+#      without it), `... restore` after. Without av in .whl the video section says it is skipped.
+# Then: run(command="BUDGET=540 bash benchmarks/gpu_check.sh $OUT", carry=[".whl", ".bench"], timeout_s=600).
+# Measured on the CPU dry run (gpu_check.py's docstring): every section's path; on an H100 (issue 13) each compiled
+# batch size took 87-102 s to compile, so the compiled rows and the profile come last and may need a second call
+# (GPU_CHECK_ARGS="--sections 14").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -f .bench/t1.jpg ]; then
@@ -19,6 +28,10 @@ if [ ! -f .bench/t1.jpg ]; then
   cp tests/fixtures/detection_mobilenet0.25_Final.pth .bench/
   cp -r tests/fixtures/spandrel .bench/
   python3 -c "import insightface, pathlib, shutil; shutil.copy(pathlib.Path(insightface.__file__).parent / 'data/images/t1.jpg', '.bench/')"
+fi
+if [ ! -d .bench/diffbir/diffbir ]; then  # DiffBIR's source, read from beside the checkout; carried, never committed
+  src="${DIFFBIR:-../shared/peers/diffbir-3f8b530}"
+  mkdir -p .bench/diffbir && cp -r "$src/diffbir" "$src/configs" "$src/LICENSE" .bench/diffbir/
 fi
 [ -n "${PREPARE_ONLY:-}" ] && exit 0
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -30,4 +43,4 @@ fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MGFR_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 out="${1:-.}"
-python3 benchmarks/gpu_check.py --out "$out/gpu_check.md" --budget "${BUDGET:-420}" ${GPU_CHECK_ARGS:-} 2>&1 | tee "$out/gpu_check.log"
+python3 benchmarks/gpu_check.py --out "$out/gpu_check.md" --budget "${BUDGET:-540}" ${GPU_CHECK_ARGS:-} 2>&1 | tee "$out/gpu_check.log"
