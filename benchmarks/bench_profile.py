@@ -49,7 +49,7 @@ def stage_profile(run: Run, pipe: MgfrPipeline) -> None:
 
 
 @torch.no_grad()
-def kernels(run: Run, pipe: MgfrPipeline, b: int) -> None:
+def kernels(run: Run, pipe: MgfrPipeline, b: int, label: str = "eager") -> None:
     """The GPU kernels of one eager guided step for ``b`` faces, against its wall time."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -75,7 +75,7 @@ def kernels(run: Run, pipe: MgfrPipeline, b: int) -> None:
     if gpu_ms == 0:
         run.say(f"\nOne guided step, {b} face(s): wall {wall:.1f} ms; the profiler recorded no kernel time.")
         return
-    run.say(f"\nOne guided step, {b} face(s), eager: wall {wall:.1f} ms, GPU kernels busy {gpu_ms:.1f} ms "
+    run.say(f"\nOne guided step, {b} face(s), {label}: wall {wall:.1f} ms, GPU kernels busy {gpu_ms:.1f} ms "
             f"({gpu_ms / wall:.0%}). Top kernels:\n")
     run.say("| kernel | GPU ms/step | share | calls/step |\n|---|---|---|---|")
     for e in sorted(ev, key=lambda e: -busy(e))[:12]:

@@ -87,7 +87,7 @@ def fresh(pipe: MgfrPipeline, compile: bool = False) -> MgfrPipeline:
                         cleaner=pipe.cleaner).optimize(compile=compile)
 
 
-HEADER = ("| tool | precision | compiled | faces | s total | s/face | peak GiB (own) | speed vs DiffBIR fp16 |\n"
+HEADER = ("| tool | precision | compiled | faces | s total | s/face | peak GiB (own) | speed vs DiffBIR 1 face fp16 (CPU: fp32) |\n"
           "|---|---|---|---|---|---|---|---|")
 
 
@@ -232,7 +232,7 @@ def compiled_profile(run: Run, holder: dict) -> None:
         run.say(f"\n{label}:\n")
         steps_table(run, cp, compiled=True, batches=[b], conds=(2,))
         run.say("\nIts kernels (CUDA-graph replays, as the profiler records them):")
-        kernels(run, cp, b)
+        kernels(run, cp, b, label="compiled")
 
 
 def fuse_qkv(pipe: MgfrPipeline) -> str:
