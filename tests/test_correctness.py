@@ -113,7 +113,7 @@ def test_stage1_adapter_skips_references_and_reports_them(faces):
 
 def test_identity_required_where_trained_and_unused_where_not(tmp_path, faces):
     from mgfr_cli.errors import WeightsError
-    from mgfr_cli.model.pipeline import build_pipeline
+    from mgfr_cli.model.loading import build_pipeline
 
     base = tiny_base()
     base.save(tmp_path / "base")

@@ -47,7 +47,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline(root):
-    from mgfr_cli.model.pipeline import build_pipeline
+    from mgfr_cli.model.loading import build_pipeline
 
     torch.set_num_threads(2)
     return build_pipeline(E2E / "tiny_models" / "sd21-base", root / "diffbir-v2-lca", identity_path=None,

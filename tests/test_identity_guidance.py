@@ -50,7 +50,7 @@ def root(tmp_path_factory, recogniser_file):
 
 @pytest.fixture(scope="module")
 def pipeline(root):
-    from mgfr_cli.model.pipeline import build_pipeline
+    from mgfr_cli.model.loading import build_pipeline
 
     return build_pipeline(E2E / "tiny_models" / "sd21-base", root / "diffbir-v2-lca", identity_path=None, device="cpu",
                           dtype=torch.float32, cleaner_path=root / "face_swinir_v1.ckpt",

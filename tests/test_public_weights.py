@@ -61,7 +61,7 @@ def test_golden_fixture_reproduced_after_conversion(tmp_path):
     unet_cfg = {k: v for k, v in cfg.items() if k != "use_reference"}
     src = _save_pth(state, tmp_path / "v2.pth", wrap="state_dict", prefix="module.")  # DiffBIR's wrappers
     folder = convert_diffbir(src, tmp_path / "lca", unet_config=unet_cfg)
-    from mgfr_cli.model.pipeline import load_adapter
+    from mgfr_cli.model.loading import load_adapter
 
     adapter = load_adapter(folder).eval()
     assert adapter.config.source == "diffbir-v2" and adapter.config.stages_trained == [1]
@@ -271,7 +271,8 @@ def test_diffbir_profile_prompts_cleaner_and_start(diffbir_root, astronaut):
     """A DiffBIR LCA is sampled as DiffBIR was trained: plain prompt, its negative prompt, E(clean(LQ))."""
     from mgfr_cli.model.base import load_base
     from mgfr_cli.faces.conditions import FaceConditions
-    from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings, load_adapter
+    from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings
+    from mgfr_cli.model.loading import load_adapter
     from mgfr_cli.model.profiles import DIFFBIR_NEGATIVE
 
     folder = convert_diffbir(diffbir_root / "v2.pth", diffbir_root / "lca-profile",
@@ -304,7 +305,7 @@ def test_diffbir_profile_prompts_cleaner_and_start(diffbir_root, astronaut):
 
 
 def test_train_stage1_starts_from_a_converted_diffbir_lca(diffbir_root, tmp_path):
-    from mgfr_cli.model.pipeline import load_adapter
+    from mgfr_cli.model.loading import load_adapter
     from mgfr_cli.training.train import train
     from mgfr_cli.training.train_config import load_train_config
 

@@ -216,7 +216,7 @@ def test_pickle_with_code_is_refused(tmp_path):
 def test_adapter_folder_with_only_a_pickle_is_refused(tmp_path):
     import torch
 
-    from mgfr_cli.model.pipeline import load_adapter
+    from mgfr_cli.model.loading import load_adapter
 
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "MgfrAdapter"}))
     torch.save({"x": _Payload(tmp_path / "pwned")}, tmp_path / "diffusion_pytorch_model.bin")

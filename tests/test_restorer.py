@@ -5,7 +5,8 @@ import torch
 from helpers import arcface_onnx, randomize_zero_paths, tiny_adapter, tiny_base, tiny_pipeline
 from mgfr_cli.faces.conditions import FaceConditions
 from mgfr_cli.faces.helper import AlignedFace
-from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings, load_adapter
+from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings
+from mgfr_cli.model.loading import load_adapter
 from mgfr_cli.model.sampling import combine_guidance
 
 FAST = RestoreSettings(steps=3)
@@ -139,7 +140,7 @@ def test_ddim_and_colour_fix_options(astronaut):
 
 def test_mismatched_or_missing_adapter_files_name_the_problem(tmp_path):
     from mgfr_cli.errors import WeightsError
-    from mgfr_cli.model.pipeline import find_adapter_dir
+    from mgfr_cli.model.loading import find_adapter_dir
 
     pipe = tiny_pipeline()
     pipe.adapter.save_pretrained(tmp_path / "adapter")

@@ -116,7 +116,8 @@ def test_learning_is_real_and_both_stages_run(world, tmp_path):
     from mgfr_cli.model.base import load_base
     from mgfr_cli.faces.conditions import FaceConditions
     from mgfr_cli.configs import load_model_config
-    from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings, load_adapter
+    from mgfr_cli.model.pipeline import MgfrPipeline, RestoreSettings
+    from mgfr_cli.model.loading import load_adapter
 
     data = tmp_path / "two"
     data.mkdir()
@@ -315,7 +316,7 @@ def test_adapter_refuses_a_base_of_another_objective(world, tmp_path):
 
     from mgfr_cli.model.base import load_base
     from mgfr_cli.errors import WeightsError
-    from mgfr_cli.model.pipeline import load_adapter
+    from mgfr_cli.model.loading import load_adapter
 
     run = train(_cfg(stage=1, max_steps=1), base_path=world["base"], data_dir=world["s1"], run_dir=tmp_path / "s1")
     base = load_base(world["base"])

@@ -227,7 +227,7 @@ def _build_adapter(cfg: TrainConfig, base, model_cfg, init: Path | None, run_dir
     """Stage 1: LCA copied from the UNet encoder (or from ``init``, e.g. a converted DiffBIR LCA); stage 2:
     the stage-1 adapter. Its config records what restore checks (docs/design.md §7)."""
     from mgfr_cli.model.adapter import MgfrAdapter
-    from mgfr_cli.model.pipeline import load_adapter
+    from mgfr_cli.model.loading import load_adapter
     from mgfr_cli.model.profiles import unet_fingerprint
 
     if cfg.stage == 1:
@@ -303,7 +303,7 @@ def estimate_loss(cfg: TrainConfig, *, base_path: Path, data_dir: Path, adapter_
     from diffusers import DDPMScheduler
 
     from mgfr_cli.model.base import load_base
-    from mgfr_cli.model.pipeline import load_adapter
+    from mgfr_cli.model.loading import load_adapter
 
     base = load_base(base_path)
     adapter = load_adapter(adapter_path, base.unet).eval()

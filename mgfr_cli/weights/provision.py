@@ -48,7 +48,7 @@ class RestorePlan:
 
 def _adapter_config(checkpoint: Path) -> dict | None:
     """The adapter's config.json (what profiles read) without loading the adapter; None when not there yet."""
-    from mgfr_cli.model.pipeline import find_adapter_dir
+    from mgfr_cli.model.loading import find_adapter_dir
 
     try:
         cfg = json.loads((find_adapter_dir(checkpoint) / "config.json").read_text())
@@ -225,7 +225,7 @@ def convert_entry(entry: Entry, root: Path, manifest: Manifest, base: Path | Non
 def restore_components(plan: RestorePlan, *, device: str, dtype, identity_file: Path):
     """The face helper, the pipeline and the background upsampler of a provided plan."""
     from mgfr_cli.faces.helper import FaceHelper
-    from mgfr_cli.model.pipeline import build_pipeline
+    from mgfr_cli.model.loading import build_pipeline
 
     detector = None
     if plan.detector_file is not None:
