@@ -14,7 +14,7 @@ import typer
 
 from mgfr_cli.errors import ConfigError, MgfrError, UsageError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
-                      OnlyCenterOpt, RecursiveOpt, finite, quiet_libraries, resolve_device, selection as face_selection,
+                      OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, finite, quiet_libraries, resolve_device, selection as face_selection,
                       shard)
 from mgfr_cli.app.terminal import (announce_downloads, download_progress, err, notes, open_library, out, run_batch, shown,
                                    summary)
@@ -30,9 +30,9 @@ def restore(
     inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder; the input tree is mirrored in it.")],
     ref: Annotated[Optional[list[Path]], typer.Option("--ref", help="Reference image or folder (repeatable).")] = None,
-    ref_library: Annotated[Optional[Path], typer.Option("--ref-library", help="A folder of photos of the people in your photos (any layout): each face restored gets the library's best matches as references (--ref and sidecars win).")] = None,
-    ref_k: Annotated[int, typer.Option("--ref-k", min=1, max=32, help="References taken from --ref-library per face.")] = 3,
-    ref_threshold: Annotated[float, typer.Option("--ref-threshold", callback=finite, min=-1, max=1, help="Least identity similarity (cosine) for a library face to be taken.")] = 0.3,
+    ref_library: RefLibraryOpt = None,
+    ref_k: RefKOpt = 3,
+    ref_threshold: RefThresholdOpt = 0.3,
     identity_guidance: Annotated[Optional[float], typer.Option("--identity-guidance", callback=finite, min=0, max=10, help="Strength of identity guidance toward the references (0: off) [default: 0.05 when references are given and the adapter has no trained reference branch].")] = None,
     prompt: Annotated[Optional[str], typer.Option(help="Attributes to keep, e.g. 'brown eyes, beard'.")] = None,
     negative_prompt: Annotated[Optional[str], typer.Option(help="Attributes to avoid, e.g. 'eyeglasses'.")] = None,
@@ -138,6 +138,9 @@ def ui(
     device: DeviceOpt = Device.auto,
     model_root: ModelRootOpt = None,
     max_megapixels: MaxMpOpt = 100.0,
+    ref_library: RefLibraryOpt = None,
+    ref_k: RefKOpt = 3,
+    ref_threshold: RefThresholdOpt = 0.3,
 ):
     """A local web page: upload a photo (and references), type attributes, compare before/after with a slider."""
     from mgfr_cli.app.ui import offline_environment
@@ -147,17 +150,27 @@ def ui(
 
     if importlib.util.find_spec("gradio") is None:
         raise MgfrError("mgfr ui needs the optional web extra: pip install -e '.[ui]'")
+    import shutil
+
     from mgfr_cli.app.ui import build_app, load_models, serve
     from mgfr_cli.weights.files import resolve_root
 
     quiet_libraries()
     models = load_models(resolve_root(model_root), detector=detector.value, base=base, checkpoint=checkpoint,
                          cleaner=cleaner, bg_upsampler=bg_upsampler, device=device.value, precision=precision,
-                         max_megapixels=max_megapixels)
+                         max_megapixels=max_megapixels, library=ref_library is not None)
     if models.missing:
         notes([f"the page starts, but cannot restore yet: {models.missing}"])
+    demo = build_app(models)
+    if ref_library is not None and not models.missing:  # faces without uploaded references ask the library
+        try:  # its cache: in the library, else in the page's temporary folder
+            models.library = open_library(ref_library, models.helper, models.pipeline, demo.mgfr_tmp, max_megapixels)
+        except BaseException:
+            shutil.rmtree(demo.mgfr_tmp, ignore_errors=True)
+            raise
+        models.ref_k, models.ref_threshold = ref_k, ref_threshold
     out.print(f"mgfr ui: http://{host}:{port} (Ctrl-C stops it)")
-    serve(build_app(models), host, port, share, max_upload_mb)
+    serve(demo, host, port, share, max_upload_mb)
 
 
 @app.command()

@@ -119,3 +119,31 @@ def test_restore_with_a_library_lists_what_it_found(tiny_root, helper, people, a
     row = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())[0]
     assert row["library"][0]["face"] == 0 and len(row["library"][0]["matches"]) == 2
     assert "library: " in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_the_web_page_asks_the_library_for_faces_without_uploaded_references(tiny_root, helper, people, astronaut,
+                                                                            tmp_path, cli):
+    from helpers import random_recogniser
+    from mgfr_cli.app.terminal import open_library
+    from mgfr_cli.app.ui import load_models, restore_one
+
+    assert "--ref-library" in " ".join(cli("ui", "--help")[1].split())
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    random_recogniser(root)
+    lib = _library(tmp_path, people[:2], astronaut)
+    photo = tmp_path / "in" / "p.png"
+    _save(photo, people[0])
+    models = load_models(root, detector="retinaface_mobile0.25", base=None, checkpoint=None, cleaner="auto",
+                         bg_upsampler="none", device="cpu", precision="fp32", max_megapixels=100.0, library=True)
+    assert not models.missing, models.missing
+    models.library = open_library(lib, models.helper, models.pipeline, tmp_path / "ui", 100.0)
+    models.ref_k, models.ref_threshold = 2, -1.0
+
+    def page(refs):
+        return restore_one(models, str(photo), refs, "", "", 3.0, 2.0, 1, 0, "every face", "wavelet", 1.0, True,
+                           tmp_path / f"work{len(refs or [])}")[3]
+
+    status = page(None)
+    assert "Reference library:" in status and status.count(".png (") + status.count(".jpg (") == 2, status
+    assert "Reference library" not in page([str(lib / "person1" / "a.png")])  # uploaded references win

@@ -45,6 +45,9 @@ LargestOpt = Annotated[bool, typer.Option("--largest-face", help="Keep only the 
 FaceIndexOpt = Annotated[Optional[int], typer.Option("--face-index", min=0, help="Keep only face K (0 = leftmost).")]
 MinFaceOpt = Annotated[float, typer.Option("--min-face-size", min=0, callback=finite, help="Ignore faces whose eye distance is below PX.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of folder inputs.")]
+RefLibraryOpt = Annotated[Optional[Path], typer.Option("--ref-library", help="A folder of photos of the people in your photos (any layout): each face restored gets the library's best matches as references (--ref and sidecars win).")]
+RefKOpt = Annotated[int, typer.Option("--ref-k", min=1, max=32, help="References taken from --ref-library per face.")]
+RefThresholdOpt = Annotated[float, typer.Option("--ref-threshold", callback=finite, min=-1, max=1, help="Least identity similarity (cosine) for a library face to be taken.")]
 MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, max=100000, callback=finite, help="Refuse larger images (decompression-bomb guard).")]
 
 

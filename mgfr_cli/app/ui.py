@@ -28,6 +28,9 @@ class UiModels:
     upsampler: object = None
     missing: str = ""  # the one-line reason restore cannot run, shown on the page
     max_megapixels: float = 100.0
+    library: object = None  # reference_library.ReferenceLibrary (mgfr ui --ref-library), or None
+    ref_k: int = 3
+    ref_threshold: float = 0.3
 
 
 def offline_environment() -> None:
@@ -48,6 +51,13 @@ def describe(models: UiModels, ignored) -> str:
         text += (f" **Not used:** {', '.join(sorted(ignored))} (the {prof.source} adapter has no trained reference "
                  f"branch, and identity guidance is off or its recogniser is missing: mgfr weights fetch arcface-irse50).")
     return text
+
+
+def library_found(outcome) -> str:
+    """What the reference library gave each face (faces with uploaded references do not ask it)."""
+    rows = [f"face {r['face']}: " + (", ".join(f"{Path(m['file']).name} ({m['similarity']:.2f})" for m in r["matches"])
+                                     or "no match") for r in outcome.library]
+    return f" **Reference library:** {'; '.join(rows)}." if rows else ""
 
 
 def _whole(value, name: str) -> int:
@@ -99,11 +109,12 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
                           refs=tuple(Path(r) for r in refs) if refs else None)
     job = RestoreJob(inputs=(str(src),), output=workdir / "out", flags=flags, upscale=float(upscale), ext="png",
                      overwrite=True, save_faces=True, report=False, max_megapixels=models.max_megapixels,
-                     selection=FaceSelection(**FACE_MODES.get(faces, {})), seed=int(seed))
+                     selection=FaceSelection(**FACE_MODES.get(faces, {})), seed=int(seed), ref_k=models.ref_k,
+                     ref_threshold=models.ref_threshold)
     cleaner = models.pipeline.cleaner
     models.pipeline.cleaner = cleaner if use_cleaner else None  # one job at a time: safe to switch per request
     try:
-        outcome = BatchRestorer(models.helper, restorer, models.upsampler).run(job)[0]
+        outcome = BatchRestorer(models.helper, restorer, models.upsampler, library=models.library).run(job)[0]
     finally:
         models.pipeline.cleaner = cleaner
     if outcome.status != RESTORED:
@@ -114,7 +125,7 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     for crop in sorted((workdir / "out" / "_faces").glob("*.png")):
         kind = "aligned" if crop.stem.endswith("_aligned") else "restored"
         gallery.append((str(crop), f"face {crop.stem.rsplit('_', 2)[-2]} {kind}"))
-    status = describe(models, restorer.ignored)
+    status = describe(models, restorer.ignored) + library_found(outcome)
     if restorer.guided:
         status += f" References steered the face by identity guidance (strength {settings.identity_guidance:g})."
     return str(before_png), str(outcome.output), gallery, status
@@ -179,7 +190,7 @@ def build_app(models: UiModels, queue_size: int = 8):
 
 
 def load_models(root: Path, *, detector: str, base, checkpoint, cleaner: str, bg_upsampler: str, device: str,
-                precision: str, max_megapixels: float) -> UiModels:
+                precision: str, max_megapixels: float, library: bool = False) -> UiModels:
     """Models for the page, or a UiModels whose ``missing`` says what to fetch (the page still starts)."""
     from mgfr_cli.api import Restorer
     from mgfr_cli.errors import MgfrError
@@ -187,7 +198,7 @@ def load_models(root: Path, *, detector: str, base, checkpoint, cleaner: str, bg
     try:  # the page never downloads 7 GB behind the user's back: offline
         loaded = Restorer.load(root, checkpoint=checkpoint, base=base, cleaner=cleaner, bg_upsampler=bg_upsampler,
                                upscale=2.0 if bg_upsampler != "none" else 1.0, device=device, precision=precision,
-                               detector=detector, offline=True)
+                               detector=detector, offline=True, library=library)
     except MgfrError as exc:
         return UiModels(missing=f"{exc} (run `mgfr restore` once, or `mgfr weights fetch ...`, then restart `mgfr ui`)",
                         max_megapixels=max_megapixels)
