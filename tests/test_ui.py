@@ -59,13 +59,34 @@ def test_api_restores_with_a_reference_and_a_prompt(server, photo):
     from gradio_client import Client
 
     url, _ = server
-    slider, gallery, download, status = Client(url, verbose=False).predict(*_args(photo[0], [photo[1]], "brown eyes"), **API)
+    slider, gallery, download, status, clip = Client(url, verbose=False).predict(*_args(photo[0], [photo[1]], "brown eyes"),
+                                                                              **API)
     before, after = (read_image(p).pixels for p in slider)
     _changed_only_at_the_face(read_image(photo[0]).pixels, after)
     assert np.array_equal(before, read_image(photo[0]).pixels)
     assert Path(download).suffix == ".png" and np.array_equal(read_image(download).pixels, after)  # lossless
     assert [g["caption"] for g in gallery] == ["face 00 aligned", "face 00 restored"]
-    assert "mgfr" in status
+    assert "mgfr" in status and clip["visible"] is False  # the clip player is for clips
+
+
+def test_a_clip_is_restored_whole_with_its_audio(server, astronaut, tmp_path):
+    """A video uploaded to the page takes `mgfr restore clip.mp4`'s way: every frame, the same timing, audio kept."""
+    from gradio_client import Client
+
+    av = pytest.importorskip("av")
+    from test_video import make_clip, probe
+
+    clip = make_clip(tmp_path / "clip.mp4", astronaut, frames=12)
+    url, _ = server
+    slider, gallery, download, status, restored = Client(url, verbose=False).predict(*_args(clip), **API)
+    assert restored["visible"] is True, restored
+    video = restored["value"]["video"] if isinstance(restored["value"], dict) else restored["value"]
+    assert slider is None and gallery == [] and Path(download).suffix == ".mp4"
+    (info_in, frames_in, audio_in), (info_out, frames_out, audio_out) = probe(clip), probe(video)
+    assert info_out == info_in and audio_out == audio_in and audio_in and av is not None
+    diff = [np.abs(a.astype(int) - b.astype(int)).mean() for (_, a), (_, b) in zip(frames_in, frames_out)]
+    assert min(diff) > 0.5, diff  # every frame's face restored
+    assert "12 frames, 1 track(s)" in status and "flicker" in status
 
 
 def test_bad_upload_is_a_readable_error_and_the_server_keeps_serving(server, photo, tmp_path):

@@ -1,4 +1,4 @@
-"""``mgfr ui``: a local web page (Gradio) to restore one photo with prompts and references.
+"""``mgfr ui``: a local web page (Gradio) to restore one photo (or clip) with prompts and references.
 
 The page runs the same code as ``mgfr restore``: each request is a one-photo batch job (the uploaded file
 read by :func:`io.read_image` from its path, never through Gradio's decoding; faces detected, restored and
@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from mgfr_cli.faces.io import VIDEO_EXTENSIONS
 
 FACE_MODES = {"every face": {}, "largest face": {"largest_face": True}, "centre face": {"only_center_face": True}}
 
@@ -84,7 +86,7 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     from mgfr_cli.faces.conditions import ConditionSpec
     from mgfr_cli.errors import InputError, MgfrError
     from mgfr_cli.faces.helper import FaceSelection
-    from mgfr_cli.faces.io import read_image, write_image
+    from mgfr_cli.faces.io import is_video_file, read_image, write_image
     from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
 
     if models.missing:
@@ -92,7 +94,8 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     if not photo:
         raise InputError("upload a photo first")
     src = Path(photo)
-    before = read_image(src, models.max_megapixels)  # the CLI's reader: EXIF, 16 bit, alpha, size guard
+    clip = is_video_file(src)  # a clip goes the way `mgfr restore clip.mp4` takes: tracked faces, audio kept
+    before = None if clip else read_image(src, models.max_megapixels)  # the CLI's reader: EXIF, 16 bit, alpha, size
     workdir.mkdir(parents=True, exist_ok=True)
     prof = models.pipeline.profile
     settings = RestoreSettings(steps=_whole(steps, "steps") or prof.default_steps, scheduler=prof.default_scheduler,
@@ -119,15 +122,19 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
         models.pipeline.cleaner = cleaner
     if outcome.status != RESTORED:
         raise InputError(f"{src.name}: {outcome.status}" + (f" ({outcome.detail})" if outcome.detail else ""))
+    status = describe(models, restorer.ignored) + library_found(outcome)
+    if restorer.guided:
+        status += f" References steered the face by identity guidance (strength {settings.identity_guidance:g})."
+    if clip:
+        flicker = "; ".join(f"track {t['track']}: {t['frames']} frames, flicker {t['flicker']['restored']:.1f} "
+                            f"(input {t['flicker']['input']:.1f})" for t in outcome.tracks)
+        return None, str(outcome.output), [], f"{status} Clip: {outcome.detail}. {flicker}."
     before_png = workdir / "before.png"
     write_image(before_png, before.pixels)
     gallery = []
     for crop in sorted((workdir / "out" / "_faces").glob("*.png")):
         kind = "aligned" if crop.stem.endswith("_aligned") else "restored"
         gallery.append((str(crop), f"face {crop.stem.rsplit('_', 2)[-2]} {kind}"))
-    status = describe(models, restorer.ignored) + library_found(outcome)
-    if restorer.guided:
-        status += f" References steered the face by identity guidance (strength {settings.identity_guidance:g})."
     return str(before_png), str(outcome.output), gallery, status
 
 
@@ -149,7 +156,9 @@ def build_app(models: UiModels, queue_size: int = 8):
                                                          faces, color, upscale, cleaner, work, progress, ig)
         except MgfrError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-        return (before, after), gallery, after, status
+        if before is None:  # a clip: the player shows it, the slider is for photos
+            return None, gallery, after, status, gr.update(value=after, visible=True)
+        return (before, after), gallery, after, status, gr.update(value=None, visible=False)
 
     prof = models.pipeline.profile if models.pipeline is not None else None
     with gr.Blocks(title="mgfr: face restoration", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
@@ -158,7 +167,8 @@ def build_app(models: UiModels, queue_size: int = 8):
             gr.Markdown(f"**Cannot restore yet:** {models.missing}", elem_id="missing")
         with gr.Row():
             with gr.Column(scale=1):
-                photo = gr.File(label="Photo", file_types=["image"], type="filepath", elem_id="photo")
+                photo = gr.File(label="Photo or video clip", file_types=["image", *VIDEO_EXTENSIONS], type="filepath",
+                                elem_id="photo")
                 refs = gr.File(label="Reference photos of the same person (optional)", file_count="multiple",
                                file_types=["image"], type="filepath", elem_id="refs")
                 prompt = gr.Textbox(label="Attributes to keep", placeholder="brown eyes, beard", elem_id="prompt")
@@ -179,11 +189,12 @@ def build_app(models: UiModels, queue_size: int = 8):
                 button = gr.Button("Restore", variant="primary", elem_id="restore")
             with gr.Column(scale=2):
                 slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", elem_id="slider")
+                clip = gr.Video(label="Restored clip", visible=False, elem_id="clip")
                 status = gr.Markdown(elem_id="status")
                 gallery = gr.Gallery(label="Faces: aligned / restored", columns=4, format="png", elem_id="faces")
                 download = gr.File(label="Full-resolution PNG", elem_id="download")
         button.click(run, [photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, ig],
-                     [slider, gallery, download, status], api_name="restore", concurrency_limit=1)
+                     [slider, gallery, download, status, clip], api_name="restore", concurrency_limit=1)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     demo.mgfr_tmp = root  # removed by serve() at exit
     return demo
