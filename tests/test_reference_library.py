@@ -147,3 +147,26 @@ def test_the_web_page_asks_the_library_for_faces_without_uploaded_references(tin
     status = page(None)
     assert "Reference library:" in status and status.count(".png (") + status.count(".jpg (") == 2, status
     assert "Reference library" not in page([str(lib / "person1" / "a.png")])  # uploaded references win
+
+
+def test_a_clip_asks_the_library_once_per_track(tiny_root, helper, people, astronaut, tmp_path, cli):
+    """`restore clip.mp4 --ref-library`: each track without references gets the library's matches for its largest
+    face (the flag is not dropped for clips), listed in the summary as for photos."""
+    pytest.importorskip("av")
+    from helpers import random_recogniser
+    from test_video import make_clip
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    random_recogniser(root)
+    lib = _library(tmp_path, people[:1], astronaut)
+    (tmp_path / "in").mkdir()
+    clip = make_clip(tmp_path / "in" / "clip.mp4", astronaut, frames=6, audio=False)
+    code, out, err = cli("restore", clip, "-o", tmp_path / "out", "--ref-library", lib, "--ref-threshold", "-1",
+                         "--ref-k", "2", "--model-root", root, "--steps", "1", "--detector", "retinaface_mobile0.25",
+                         "--device", "cpu")
+    assert code == 0, out + err
+    row = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())[0]
+    assert row["status"] == "restored" and len(row["tracks"]) == 1
+    assert row["library"][0]["face"] == 0 and len(row["library"][0]["matches"]) == 2, row  # (from the conditions
+    # the track was restored with: the summary lists what restoring was given)

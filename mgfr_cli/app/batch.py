@@ -240,9 +240,7 @@ class BatchRestorer:
 
         if o.status != RESTORED:
             return o
-        library = tuple({"face": f.index, "matches": [{"file": str(m.file), "similarity": round(m.similarity, 4)}
-                                                      for m in c.library if not isinstance(m, str)]}
-                        for f, c in zip(p.faces, p.conditions) if c.library)
+        library = library_rows((f.index for f in p.faces), p.conditions)
         identity = ()
         if self.judge is not None and any(c.references for c in p.conditions):
             from mgfr_cli.faces.identity import similarity_report
@@ -287,6 +285,13 @@ class BatchRestorer:
                 raise
             return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
         return Outcome(p.item.path, RESTORED, p.photo.note, p.target, len(p.faces))
+
+
+def library_rows(indices, conditions) -> tuple:
+    """What the reference library found for each face (or track) that asked it, for the summary and the page."""
+    return tuple({"face": i, "matches": [{"file": str(m.file), "similarity": round(m.similarity, 4)}
+                                         for m in c.library if not isinstance(m, str)]}
+                 for i, c in zip(indices, conditions) if c.library)
 
 
 def paste_back(helper: FaceHelper, upsampler, photo, faces: list[AlignedFace], restored: list[np.ndarray],

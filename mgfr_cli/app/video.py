@@ -98,9 +98,12 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
     if target.exists() and not job.overwrite:
         return Outcome(item.path, SKIPPED, OUTPUT_EXISTS, target)
 
-    def conditions(n: int) -> list:
-        return [FaceConditions(s.prompt, s.negative_prompt, batch._references(s, job, {}))
-                for s in resolve_specs(item.path, job.flags, n)]
+    def conditions(tracks: list, crops: dict) -> list:
+        """Each track's conditions; a track without references asks the library (if any) with its largest face."""
+        cache: dict = {}
+        return [batch._conditions(crops[t.index], s, job, cache) if t.index in crops
+                else FaceConditions(s.prompt, s.negative_prompt, batch._references(s, job, cache))
+                for t, s in zip(tracks, resolve_specs(item.path, job.flags, len(tracks)))]
 
     try:
         return restore_video(batch, job, item, target, conditions, job.video_noise)
@@ -110,7 +113,7 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
 
 def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "track") -> Outcome:
     """Restore one clip into ``target``; ``conditions``: a callable giving each track's FaceConditions."""
-    from mgfr_cli.app.batch import paste_back, restore_in_batches
+    from mgfr_cli.app.batch import library_rows, paste_back, restore_in_batches
     from mgfr_cli.faces.helper import DetectedFace
     from mgfr_cli.faces.tracking import Tracker
 
@@ -118,15 +121,19 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     broke: list[str] = []
     tracker = Tracker()
     count = 0
+    largest: dict[int, tuple] = {}  # track -> (box area, its face aligned): what the library is asked with
     for index, _, _, rgb in frames(path, job.max_megapixels, broke):
-        tracker.update(index, batch.helper.detect(rgb, job.selection))
+        found = batch.helper.detect(rgb, job.selection)
+        tracker.update(index, found)
+        if batch.library is not None:
+            _keep_largest(largest, tracker, index, found, rgb, batch.helper, path)
         count = index + 1
     if count == 0:
         raise InputError(f"{path}: no frame could be decoded" + (f" ({broke[0]})" if broke else ""))
     tracks = tracker.finish()
     if not tracks:
         return Outcome(path, NO_FACE, f"no face in any of {count} frames")
-    conds = conditions(len(tracks))
+    conds = conditions(tracks, {k: crop for k, (_, crop) in largest.items()})
     flicker = {t.index: Flicker() for t in tracks}
     by_frame: dict[int, list] = {}
     for t in tracks:
@@ -183,8 +190,18 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     segments.remove()
     figures = {t.index: flicker[t.index].figures() for t in tracks}
     note = "; ".join([f"{count} frames, {len(tracks)} track(s)"] + broke)
-    return Outcome(path, RESTORED, note, target, len(tracks),
+    return Outcome(path, RESTORED, note, target, len(tracks), library=library_rows((t.index for t in tracks), conds),
                    tracks=tuple({"track": k, "frames": len(tracks[k].frames), "flicker": v} for k, v in figures.items()))
+
+
+def _keep_largest(largest: dict, tracker, index: int, found: list, rgb, helper, path) -> None:
+    """Per track, its largest face so far (the most detail), aligned."""
+    by_box = {tuple(float(v) for v in f.box): f for f in found}
+    for t in tracker.tracks:
+        if t.frames[-1] == index:
+            x1, y1, x2, y2 = t.boxes[-1]
+            if (x2 - x1) * (y2 - y1) > largest.get(t.index, (0.0,))[0]:
+                largest[t.index] = ((x2 - x1) * (y2 - y1), helper.align(rgb, by_box[t.boxes[-1]], t.index, path))
 
 
 SEGMENT_FRAMES = 96  # frames per encoded piece: what a stopped run keeps
