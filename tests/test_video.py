@@ -182,3 +182,15 @@ def test_a_stopped_clip_continues_after_its_last_whole_piece(tiny_root, astronau
     a, b = probe(tmp_path / "once" / "c.mp4")[1], probe(tmp_path / "out" / "c.mp4")[1]
     assert [p for p, _ in a] == [p for p, _ in b] and all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
     assert not (tmp_path / "out" / ".c.mp4.segments").exists()
+
+
+def test_flags_that_do_not_apply_to_clips_are_said_not_dropped(tiny_root, clip, tmp_path, cli):
+    code, out, err = cli("restore", clip, "-o", tmp_path / "out", "--save-faces", "--ext", "png", "--model-root",
+                         tiny_root, *FAST)
+    text = " ".join(err.split())
+    assert code == 0 and (tmp_path / "out" / "clip.mp4").is_file(), out + err
+    assert text.count("--save-faces and --ext png: not for clips") == 1, text
+    code, out, err = cli("restore", clip, "-o", tmp_path / "aligned", "--has-aligned", "--model-root", tiny_root,
+                         *FAST)
+    assert code == 1 and "a clip is not an aligned face" in " ".join((out + err).split())
+    assert not (tmp_path / "aligned" / "clip.mp4").exists()

@@ -86,6 +86,7 @@ class BatchRestorer:
         self.restorer = restorer
         self.upsampler = upsampler  # upsampler.BackgroundUpsampler for --upscale > 1, or None (Lanczos)
         self.claims = Claims()  # photos this run is restoring (another run into the same folder skips them)
+        self.notes: list[str] = []  # said once after the run: flags that did not apply to some inputs
 
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
@@ -101,6 +102,10 @@ class BatchRestorer:
             on_outcome(o)
         outcomes = outcomes if rank == 0 else []
         videos = videos[rank::world]
+        unused = [flag for flag, on in (("--save-faces", job.save_faces), (f"--ext {job.ext}", job.ext != "auto")) if on]
+        if videos and unused:
+            self.notes.append(f"{' and '.join(unused)}: not for clips ({len(videos)} here; a clip is written whole, "
+                              f"as .mp4)")
         on_total(len(items) + len(videos) + len(outcomes))
         want_report = job.report if job.report is not None else len(items) + len(videos) + len(outcomes) > 1
         self.reporter = None

@@ -97,6 +97,7 @@ def run_batch(job, helper, restorer, upsampler=None, judge=None, library=None) -
 
         batch = BatchRestorer(helper, restorer, upsampler, judge, library)
         outcomes = batch.run(job, on_outcome, lambda n: progress.update(task, total=n))
+    notes(batch.notes)
     if batch.reporter is not None and batch.reporter.note:
         notes([f"review page: {batch.reporter.note}"])
     rank, world = job.shard

@@ -97,6 +97,9 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
         return Outcome(item.path, FAILED, f"{item.path}: output {target} would overwrite an input")
     if target.exists() and not job.overwrite:
         return Outcome(item.path, SKIPPED, OUTPUT_EXISTS, target)
+    if job.has_aligned:
+        return Outcome(item.path, FAILED, f"{item.path}: a clip is not an aligned face (--has-aligned is for 512 "
+                                          f"face crops): restore clips without it")
 
     def conditions(tracks: list, crops: dict) -> list:
         """Each track's conditions; a track without references asks the library (if any) with its largest face."""
