@@ -184,6 +184,32 @@ def test_a_stopped_clip_continues_after_its_last_whole_piece(tiny_root, astronau
     assert not (tmp_path / "out" / ".c.mp4.segments").exists()
 
 
+def test_a_stopped_clip_is_not_continued_toward_another_prompt(tiny_root, astronaut, tmp_path, cli, monkeypatch):
+    """Pieces restored toward one prompt are not joined to pieces restored toward another: the clip starts again."""
+    import mgfr_cli.app.video as video
+    from mgfr_cli.model.pipeline import DiffusionRestorer
+
+    monkeypatch.setattr(video, "SEGMENT_FRAMES", 8)
+    clip = make_clip(tmp_path / "c.mp4", astronaut, frames=20, audio=False)
+    real, calls = DiffusionRestorer.restore, []
+
+    def counting(self, crops, conditions, seeds):
+        calls.append(len(crops))
+        if stop and len(calls) > 2:  # the first piece (frames 0-7) whole, the second not
+            raise KeyboardInterrupt
+        return real(self, crops, conditions, seeds)
+
+    monkeypatch.setattr(DiffusionRestorer, "restore", counting)
+    stop = True
+    assert cli("restore", clip, "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)[0] == 130
+    assert (tmp_path / "out" / ".c.mp4.segments" / "seg-00000.mp4").is_file()
+    calls.clear()
+    stop = False
+    code, out, err = cli("restore", clip, "-o", tmp_path / "out", "--prompt", "brown eyes", "--model-root", tiny_root,
+                         *FAST)
+    assert code == 0 and sum(calls) == 20, (calls, out + err)  # every frame again, toward the new prompt
+
+
 def test_flags_that_do_not_apply_to_clips_are_said_not_dropped(tiny_root, clip, tmp_path, cli):
     code, out, err = cli("restore", clip, "-o", tmp_path / "out", "--save-faces", "--ext", "png", "--model-root",
                          tiny_root, *FAST)

@@ -148,7 +148,8 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     rate = vin.average_rate or vin.guessed_rate or 25
     st = path.stat()
     segments = Segments(target, "|".join(map(str, (path.resolve(), st.st_size, st.st_mtime_ns, job.seed, job.crf,
-                                                   job.upscale, seed_per, getattr(batch.restorer, "settings", None)))))
+                                                   job.upscale, seed_per, getattr(batch.restorer, "settings", None),
+                                                   _conditions_key(conds)))))
     try:
         writer = SegmentWriter(segments, rate, job.crf, flicker)
         window: list = []
@@ -195,6 +196,20 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     note = "; ".join([f"{count} frames, {len(tracks)} track(s)"] + broke)
     return Outcome(path, RESTORED, note, target, len(tracks), library=library_rows((t.index for t in tracks), conds),
                    tracks=tuple({"track": k, "frames": len(tracks[k].frames), "flicker": v} for k, v in figures.items()))
+
+
+def _conditions_key(conds: list) -> str:
+    """What each track is restored toward (prompts, references by file, size and time): pieces restored toward
+    something else are not continued."""
+    def ref(face) -> str:
+        src = getattr(face, "source", None)
+        try:
+            st = Path(src).stat()
+            return f"{Path(src).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        except (OSError, TypeError):
+            return str(src)
+
+    return repr([(c.prompt, c.negative_prompt, [ref(r) for r in c.references]) for c in conds])
 
 
 def _keep_largest(largest: dict, tracker, index: int, found: list, rgb, helper, path) -> None:
