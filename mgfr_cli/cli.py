@@ -142,7 +142,7 @@ def ui(
     ref_k: RefKOpt = 3,
     ref_threshold: RefThresholdOpt = 0.3,
 ):
-    """A local web page: upload a photo (and references), type attributes, compare before/after with a slider."""
+    """A local web page: upload a photo or a clip (and references), type attributes, compare before/after."""
     from mgfr_cli.app.ui import offline_environment
 
     offline_environment()  # before gradio is imported
