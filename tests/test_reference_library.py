@@ -102,15 +102,21 @@ def test_a_read_only_library_keeps_its_cache_under_the_output(helper, people, as
     assert (tmp_path / "out" / "_library-cache" / "index.json").is_file() and not (lib / CACHE).exists()
 
 
-def test_restore_with_a_library_lists_what_it_found(tiny_root, helper, people, astronaut, tmp_path, cli):
+@pytest.fixture
+def world(tiny_root, people, astronaut, tmp_path):
+    """A model root with a (random) recogniser, a library of two people and a photo of the first."""
     from helpers import random_recogniser
 
     root = tmp_path / "root"
     shutil.copytree(tiny_root, root)
     random_recogniser(root)
-    lib = _library(tmp_path, people[:2], astronaut)
     photo = tmp_path / "in" / "p.png"
     _save(photo, people[0])
+    return root, _library(tmp_path, people[:2], astronaut), photo
+
+
+def test_restore_with_a_library_lists_what_it_found(world, tmp_path, cli):
+    root, lib, photo = world
     code, out, err = cli("restore", photo, "-o", tmp_path / "out", "--ref-library", lib, "--ref-threshold", "-1",
                          "--ref-k", "2", "--model-root", root, "--steps", "1", "--detector", "retinaface_mobile0.25",
                          "--device", "cpu", "--report")
@@ -121,19 +127,12 @@ def test_restore_with_a_library_lists_what_it_found(tiny_root, helper, people, a
     assert "library: " in (tmp_path / "out" / "index.html").read_text()
 
 
-def test_the_web_page_asks_the_library_for_faces_without_uploaded_references(tiny_root, helper, people, astronaut,
-                                                                            tmp_path, cli):
-    from helpers import random_recogniser
+def test_the_web_page_asks_the_library_for_faces_without_uploaded_references(world, tmp_path, cli):
     from mgfr_cli.app.terminal import open_library
     from mgfr_cli.app.ui import load_models, restore_one
 
     assert "--ref-library" in " ".join(cli("ui", "--help")[1].split())
-    root = tmp_path / "root"
-    shutil.copytree(tiny_root, root)
-    random_recogniser(root)
-    lib = _library(tmp_path, people[:2], astronaut)
-    photo = tmp_path / "in" / "p.png"
-    _save(photo, people[0])
+    root, lib, photo = world
     models = load_models(root, detector="retinaface_mobile0.25", base=None, checkpoint=None, cleaner="auto",
                          bg_upsampler="none", device="cpu", precision="fp32", max_megapixels=100.0, library=True)
     assert not models.missing, models.missing
@@ -149,18 +148,13 @@ def test_the_web_page_asks_the_library_for_faces_without_uploaded_references(tin
     assert "Reference library" not in page([str(lib / "person1" / "a.png")])  # uploaded references win
 
 
-def test_a_clip_asks_the_library_once_per_track(tiny_root, helper, people, astronaut, tmp_path, cli):
+def test_a_clip_asks_the_library_once_per_track(world, astronaut, tmp_path, cli):
     """`restore clip.mp4 --ref-library`: each track without references gets the library's matches for its largest
     face (the flag is not dropped for clips), listed in the summary as for photos."""
     pytest.importorskip("av")
-    from helpers import random_recogniser
     from test_video import make_clip
 
-    root = tmp_path / "root"
-    shutil.copytree(tiny_root, root)
-    random_recogniser(root)
-    lib = _library(tmp_path, people[:1], astronaut)
-    (tmp_path / "in").mkdir()
+    root, lib, _ = world
     clip = make_clip(tmp_path / "in" / "clip.mp4", astronaut, frames=6, audio=False)
     code, out, err = cli("restore", clip, "-o", tmp_path / "out", "--ref-library", lib, "--ref-threshold", "-1",
                          "--ref-k", "2", "--model-root", root, "--steps", "1", "--detector", "retinaface_mobile0.25",
