@@ -1,13 +1,10 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
-import yaml
 
 from mgfr_cli.faces.io import read_image
 

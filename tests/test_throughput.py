@@ -92,8 +92,6 @@ def test_two_process_shards_write_every_output_once(photos, tiny_root, tmp_path)
 
 
 def test_a_reference_file_is_encoded_once_per_run(astronaut):
-    from pathlib import Path
-
     from mgfr_cli.faces.conditions import FaceConditions
     from mgfr_cli.faces.helper import AlignedFace
 

@@ -4,7 +4,6 @@ import hashlib
 import http.server
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 import yaml
