@@ -94,35 +94,39 @@ class Restorer:
         from mgfr_cli.app.batch import paste_back
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.conditions import FaceConditions
-        from mgfr_cli.faces.helper import FaceSelection
+        from mgfr_cli.faces.helper import FaceSelection, aligned_output
 
         rgb, kind = _as_rgb(image)
         settings = self.settings(seed=seed, **sampling)
+        if not 0 < upscale < float("inf"):
+            raise InputError(f"upscale must be a finite number above 0, got {upscale}")
+        notes = []
         if has_aligned:
+            unused = [k for k, v in (("face_index", face_index is not None), ("largest_face", largest_face),
+                                     ("only_center_face", only_center_face)) if v]
+            if unused:
+                notes.append(f"{', '.join(unused)}: not used with has_aligned (the image is one aligned face)")
             faces = [self.helper.as_aligned(rgb)]
         else:
             faces = self.helper.detect_and_align(rgb, FaceSelection(only_center_face=only_center_face,
                                                                     largest_face=largest_face, face_index=face_index))
         if not faces:
-            return RestoreResult(_like(rgb, kind), [], ["no face detected"])
+            return RestoreResult(_like(rgb, kind), [], notes + ["no face detected"])
         references = tuple(self._reference(r, has_aligned) for r in _expand(refs))
         conditions = [FaceConditions(prompt, negative_prompt, references) for _ in faces]
         out = self.pipeline.restore([f.crop for f in faces], conditions, settings, seeds=[seed + f.index for f in faces])
-        if has_aligned:
-            import cv2
-
-            pixels = cv2.resize(out.images[0], (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA)
+        if has_aligned:  # the face is the image: at its size times upscale
+            pixels = aligned_output(out.images[0], rgb.shape[1], rgb.shape[0], upscale)
         else:
-            if upscale <= 0:
-                raise InputError(f"upscale must be above 0, got {upscale}")
             pixels = paste_back(self.helper, self.upsampler, rgb, faces, out.images, upscale)
         judged = {}
         if self.judge is not None and references:
             from mgfr_cli.faces.identity import similarity_report
 
             judged = {r["face"]: r for r in similarity_report(self.judge, faces, conditions, out.images)}
-        notes = [f"references not used: the {self.pipeline.profile.source} adapter has no trained reference branch "
-                 f"and identity guidance is off"] if out.ignored else []
+        if out.ignored:
+            notes.append(f"references not used: the {self.pipeline.profile.source} adapter has no trained reference "
+                         f"branch and identity guidance is off")
         results = [FaceResult(f.index, tuple(float(v) for v in (f.box or (0, 0, 0, 0))), f.crop, r,
                               [str(x.source) if x.source is not None else "(array)" for x in references],
                               {k: judged[f.index][k] for k in ("before", "after")} if f.index in judged else None)

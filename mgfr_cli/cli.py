@@ -14,7 +14,7 @@ import typer
 
 from mgfr_cli.errors import ConfigError, MgfrError, UsageError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
-                      OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, finite, quiet_libraries, resolve_device, selection as face_selection,
+                      OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, finite, given, quiet_libraries, unused_flags, resolve_device, selection as face_selection,
                       shard)
 from mgfr_cli.app.terminal import (announce_downloads, download_progress, err, notes, open_library, out, run_batch, shown,
                                    summary)
@@ -27,6 +27,7 @@ app.add_typer(weights_app, name="weights")
 
 @app.command()
 def restore(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder; the input tree is mirrored in it.")],
     ref: Annotated[Optional[list[Path]], typer.Option("--ref", help="Reference image or folder (repeatable).")] = None,
@@ -92,8 +93,10 @@ def restore(
             raise MgfrError(f"--ref {r}: not found")
     resolve_device(device, precision)  # a bad --device/--precision fails before any download
     quiet_libraries()
+    notes(unused_flags(ctx, has_aligned=has_aligned, library=ref_library is not None))
     with download_progress() as progress:
-        loaded = Restorer.load(model_root, checkpoint=checkpoint, base=base, cleaner=cleaner, bg_upsampler=bg_upsampler,
+        loaded = Restorer.load(model_root, checkpoint=checkpoint, base=base, cleaner=cleaner,
+                               bg_upsampler="none" if has_aligned else bg_upsampler,
                                upscale=upscale, device=device.value, precision=precision,
                                detector=None if has_aligned else detector.value, offline=offline,
                                references=bool(ref) or ref_library is not None, identity_guidance=identity_guidance,
@@ -111,7 +114,7 @@ def restore(
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
                      shard=shard(), report=report, ref_k=ref_k, ref_threshold=ref_threshold, crf=crf,
-                     video_noise=video_noise)
+                     video_noise=video_noise, clip_flags=tuple(given(ctx, ("crf", "video_noise"))))
     if compile:
         notes([f"--compile: the first batch compiles the denoiser for {batch_size} faces (about 1.5 minutes on an "
                "H100); the steps after it run 1.6x (16 faces) to 4x (one face) faster"])
@@ -119,12 +122,14 @@ def restore(
     restorer = DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)
     library = open_library(ref_library, helper, pipeline, output, max_megapixels) if ref_library else None
     code = run_batch(job, helper, restorer, upsampler, judge, library)
-    notes(reference_notes(prof, settings, restorer, pipeline.recogniser is not None, judge is not None))
+    notes(reference_notes(prof, settings, restorer, pipeline.recogniser is not None, judge is not None,
+                          asked=bool(given(ctx, ("identity_guidance",)))))
     raise typer.Exit(code)
 
 
 @app.command()
 def ui(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the page.")] = 7860,
     share: Annotated[bool, typer.Option("--share", help="Also make a public Gradio share link (off: nothing leaves this machine).")] = False,
@@ -146,6 +151,7 @@ def ui(
     from mgfr_cli.app.ui import offline_environment
 
     offline_environment()  # before gradio is imported
+    notes(unused_flags(ctx, library=ref_library is not None))
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:

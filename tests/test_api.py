@@ -56,6 +56,12 @@ def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):
         restorer.restore(small, steps=1, face_index=5)
     blank = restorer.restore(np.full((64, 64, 3), 127, np.uint8), steps=1)
     assert blank.faces == [] and blank.notes == ["no face detected"]
+    aligned = restorer.restore(result.faces[0].aligned[::2, ::2], steps=1, has_aligned=True, upscale=2,
+                               largest_face=True)
+    assert aligned.image.shape == (512, 512, 3) and np.array_equal(aligned.image, aligned.faces[0].restored)
+    assert aligned.notes == ["largest_face: not used with has_aligned (the image is one aligned face)"]
+    with pytest.raises(InputError, match="upscale"):
+        restorer.restore(small, steps=1, upscale=float("nan"))
 
 
 def test_importing_the_package_loads_no_torch():

@@ -125,3 +125,29 @@ def test_upscale_and_has_aligned(tiny_root, astronaut, helper, tmp_path, cli):
     assert code == 0, err
     result = read_image(tmp_path / "al" / "crop.png").pixels
     assert result.shape == (256, 256, 3) and np.abs(result.astype(int) - crop[::2, ::2]).mean() > 1
+
+
+def test_an_aligned_face_honours_upscale_and_names_the_flags_it_cannot_use(tiny_root, helper, astronaut, tmp_path,
+                                                                           cli):
+    """`--has-aligned --upscale 2`: the output is the input's size times 2 (it was the input's size, the flag
+    dropped), alpha kept; detection flags are said once, not silently dropped; Real-ESRGAN is never loaded."""
+    crop = helper.detect_and_align(astronaut)[0].crop[::2, ::2]  # an aligned face at 256
+    rgba = np.concatenate([crop, np.full(crop.shape[:2] + (1,), 200, np.uint8)], axis=2)
+    src = tmp_path / "in" / "face.png"
+    src.parent.mkdir()
+    assert cv2.imwrite(str(src), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    code, out, err = cli("restore", src, "-o", tmp_path / "out", "--has-aligned", "--upscale", "2", "--largest-face",
+                         "--bg-upsampler", "realesrgan-x4", "--save-faces", "--model-root", tiny_root, *FAST)
+    assert code == 0, out + err
+    said = " ".join(err.split())
+    assert said.count("not used with --has-aligned") == 1, said
+    for flag in ("--detector", "--largest-face", "--bg-upsampler"):
+        assert flag in said.split("not used with --has-aligned")[0].rsplit("note:", 1)[-1], said
+    written = read_image(tmp_path / "out" / "face.png").pixels
+    assert written.shape == (512, 512, 4) and (written[:, :, 3] == 200).all()
+    restored = read_image(tmp_path / "out" / "_faces" / "face_00_restored.png").pixels
+    assert np.array_equal(written[:, :, :3], restored)  # 256 x 2 is the restored face itself
+    code, out, err = cli("restore", src, "-o", tmp_path / "out3", "--has-aligned", "--upscale", "3",
+                         "--model-root", tiny_root, "--steps", "2", "--device", "cpu")
+    assert code == 0 and "not used" not in err, err  # nothing given that it cannot use: nothing said
+    assert read_image(tmp_path / "out3" / "face.png").pixels.shape == (768, 768, 4)

@@ -21,7 +21,7 @@ import numpy as np
 from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_sources, expand_refs, resolve_specs
 from mgfr_cli.errors import InputError, MgfrError, OutputError
-from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection
+from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, OUTPUT_EXISTS, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
 from mgfr_cli.app.outputs import (existing_output, output_path, refuse_outputs_onto_inputs,
                                   remove_stale_temporaries, without_own_outputs)
@@ -61,6 +61,7 @@ class RestoreJob:
     ref_threshold: float = 0.3  # least cosine for a library face
     crf: int = 18  # video: H.264 quality (lower is better)
     video_noise: str = "track"  # video: one start noise per track ("track") or per frame ("frame", to compare)
+    clip_flags: tuple[str, ...] = ()  # the clip-only flags the user gave (said when there is no clip to use them)
 
 
 @dataclass
@@ -94,6 +95,8 @@ class BatchRestorer:
         items = without_own_outputs(job, items)
         videos = [it for it in items if is_video_file(it.path)]
         items = [it for it in items if not is_video_file(it.path)]
+        if job.clip_flags and not videos:
+            self.notes.append(f"{', '.join(job.clip_flags)}: not used (for clips, and there is no clip among the inputs)")
         refuse_outputs_onto_inputs(job, items)
         check_output_folder(job.output)
         rank, world = job.shard
@@ -254,14 +257,11 @@ class BatchRestorer:
         return replace(o, identity=identity, library=library)
 
     def _write(self, job: RestoreJob, p: _Prepared, restored: list[np.ndarray]) -> Outcome:
-        import cv2
-
         remove_stale_temporaries(p.target)
         try:
-            if job.has_aligned:
-                h, w = p.photo.height, p.photo.width
-                face = cv2.resize(restored[0], (w, h), interpolation=cv2.INTER_AREA)
-                pixels = _like(p.photo, face)
+            if job.has_aligned:  # the face is the photo: at its size times --upscale
+                face = aligned_output(restored[0], p.photo.width, p.photo.height, job.upscale)
+                pixels = _upscaled_like(p.photo, face, (face.shape[1], face.shape[0]))
             else:
                 pixels = paste_back(self.helper, self.upsampler, p.photo, p.faces, restored, job.upscale)
             if p.photo.gray_alpha:  # restored in colour, written back in the photo's own form

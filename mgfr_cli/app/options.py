@@ -88,6 +88,28 @@ def selection(only_center, largest, face_index, min_face_size):
                          min_face_size=min_face_size)
 
 
+def given(ctx: typer.Context, names) -> list[str]:
+    """Of the options ``names``, those the user set (on the command line or through the environment), spelled as
+    the command line spells them: what a note about flags that do not apply must name."""
+    params = {p.name: p for p in ctx.command.params}  # sources by name: typer may carry its own click
+    return [params[n].opts[0] for n in names
+            if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
+
+
+NOT_FOR_ALIGNED = ("detector", "only_center_face", "largest_face", "face_index", "min_face_size", "bg_upsampler")
+
+
+def unused_flags(ctx: typer.Context, *, has_aligned: bool = False, library: bool = False) -> list[str]:
+    """Notes, said once before any work, naming the flags given that this run cannot use (never dropped silently)."""
+    lines = []
+    if has_aligned and (names := given(ctx, NOT_FOR_ALIGNED)):
+        lines.append(f"{', '.join(names)}: not used with --has-aligned (each input is one aligned face: nothing is "
+                     f"detected, and it is resized by --upscale, not upsampled)")
+    if not library and (names := given(ctx, ("ref_k", "ref_threshold"))):
+        lines.append(f"{', '.join(names)}: not used without --ref-library")
+    return lines
+
+
 def shard() -> tuple[int, int]:
     """This process's share of the inputs under ``accelerate launch``/``torchrun`` (RANK, WORLD_SIZE).
 

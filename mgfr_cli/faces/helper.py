@@ -262,6 +262,18 @@ class FaceHelper:
         return keep
 
 
+def aligned_output(restored: np.ndarray, width: int, height: int, upscale: float = 1.0) -> np.ndarray:
+    """An aligned input's restored face back at the input's size times ``upscale`` (``--has-aligned``): area
+    averaging where it shrinks, Lanczos where it grows; a 512 input at ``upscale`` 1 is the restored face itself."""
+    import cv2
+
+    size = (max(1, round(width * upscale)), max(1, round(height * upscale)))
+    if size == (restored.shape[1], restored.shape[0]):
+        return restored
+    grows = size[0] * size[1] > restored.shape[0] * restored.shape[1]
+    return cv2.resize(restored, size, interpolation=cv2.INTER_LANCZOS4 if grows else cv2.INTER_AREA)
+
+
 def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
     import cv2
 

@@ -70,7 +70,6 @@ def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: 
     The recogniser (identity guidance, the reference library) is needed, and fetched when missing, for a
     library, for ``--identity-guidance`` above 0, or for references given to an adapter without a trained
     reference branch; otherwise it is loaded when present (a sidecar may name references) unless guidance is 0."""
-    """Every file the run will read, and which of them are missing (with the entry that provides each)."""
     from mgfr_cli.model.cleaner import CLEANERS
     from mgfr_cli.model.profiles import profile_of
     from mgfr_cli.faces.helper import DETECTORS
