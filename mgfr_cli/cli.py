@@ -14,7 +14,7 @@ import typer
 
 from mgfr_cli.errors import ConfigError, MgfrError, UsageError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
-                      OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, finite, given, quiet_libraries, unused_flags, resolve_device, selection as face_selection,
+                      OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, finite, given, quiet_libraries, unused_after, unused_flags, resolve_device, selection as face_selection,
                       shard)
 from mgfr_cli.app.terminal import (announce_downloads, download_progress, err, notes, open_library, out, run_batch, shown,
                                    summary)
@@ -122,8 +122,8 @@ def restore(
     restorer = DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)
     library = open_library(ref_library, helper, pipeline, output, max_megapixels) if ref_library else None
     code = run_batch(job, helper, restorer, upsampler, judge, library)
-    notes(reference_notes(prof, settings, restorer, pipeline.recogniser is not None, judge is not None,
-                          asked=bool(given(ctx, ("identity_guidance",)))))
+    notes(reference_notes(prof, settings, restorer, pipeline.recogniser is not None, judge is not None))
+    notes(unused_after(ctx, restorer))
     raise typer.Exit(code)
 
 

@@ -129,18 +129,22 @@ def test_restore_with_a_library_lists_what_it_found(world, tmp_path, cli):
 
 def test_flags_without_what_they_act_on_are_named_once(world, tmp_path, cli):
     """--ref-k/--ref-threshold without a library, --identity-guidance with no reference anywhere, --crf/--video-noise
-    with no clip: each is said once (they were dropped without a word); given what they act on, nothing is said."""
+    with no clip, --guidance-attribute with no negative prompt: each is said once (they were dropped without a word);
+    given what they act on, nothing is said."""
     root, lib, photo = world
     common = ["--model-root", root, "--steps", "3", "--detector", "retinaface_mobile0.25", "--device", "cpu"]
     code, out, err = cli("restore", photo, "-o", tmp_path / "out", "--ref-k", "5", "--ref-threshold", "0.5",
-                         "--identity-guidance", "0.1", "--crf", "30", "--video-noise", "frame", *common)
+                         "--identity-guidance", "0.1", "--crf", "30", "--video-noise", "frame", "--guidance-attribute", "4",
+                         *common)
     assert code == 0, out + err
     said = " ".join(err.split())
     for line in ("--ref-k, --ref-threshold: not used without --ref-library",
-                 "--identity-guidance: not used (no face had references", "--crf, --video-noise: not used (for clips"):
+                 "--identity-guidance: not used (no face had references", "--crf, --video-noise: not used (for clips",
+                 "--guidance-attribute: not used (it steers away from a negative prompt"):
         assert said.count(line) == 1, said
     code, out, err = cli("restore", photo, "-o", tmp_path / "out2", "--ref-library", lib, "--ref-k", "2",
-                         "--ref-threshold", "-1", "--identity-guidance", "0.1", *common)
+                         "--ref-threshold", "-1", "--identity-guidance", "0.1", "--guidance-attribute", "4",
+                         "--negative-prompt", "eyeglasses", *common)
     assert code == 0 and "not used" not in err, out + err
     assert "identity guidance (strength 0.1" in " ".join(err.split())
 

@@ -103,13 +103,9 @@ class IdentityGuidance:
         return torch.cat(grads)
 
 
-def reference_notes(profile, settings, restorer, has_recogniser: bool, has_judge: bool, asked: bool = False) -> list[str]:
-    """What the run says, once, about how references were used (never silently dropped); ``asked``: the user gave
-    --identity-guidance."""
+def reference_notes(profile, settings, restorer, has_recogniser: bool, has_judge: bool) -> list[str]:
+    """What the run says, once, about how references were used (never silently dropped)."""
     lines = []
-    if asked and settings.identity_guidance > 0 and not restorer.guided and "references" not in restorer.ignored:
-        lines.append("--identity-guidance: not used (no face had references to steer toward: give --ref, "
-                     "--ref-library or a sidecar's refs)")
     if restorer.guided:
         lines.append(f"references: identity guidance (strength {settings.identity_guidance:g}, steps with t/T in "
                      f"{WINDOW[0]:g}..{WINDOW[1]:g}) steered {restorer.guided} face(s) toward them"

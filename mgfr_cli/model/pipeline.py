@@ -319,10 +319,13 @@ class DiffusionRestorer:
         self.pad_to = pad_to  # a compiled pipeline keeps static shapes: fill short batches with copies
         self.ignored: set[str] = set()  # inputs the adapter could not use, for the run's summary
         self.guided = 0  # faces steered by identity guidance in this run
+        self.faces = self.negatives = 0  # faces restored in this run, and those with a negative-attribute prompt
         self.callback = None  # callback(step, t, latents) per denoising step (the web page's progress bar)
 
     def restore(self, crops, conditions, seeds):
         n = len(crops)
+        self.faces += n
+        self.negatives += sum(bool(c.negative_prompt) for c in conditions)
         if self.pad_to and n < self.pad_to:
             extra = self.pad_to - n
             crops, conditions, seeds = crops + crops[-1:] * extra, conditions + conditions[-1:] * extra, seeds + seeds[-1:] * extra
