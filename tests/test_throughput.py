@@ -76,7 +76,7 @@ def test_two_process_shards_write_every_output_once(photos, tiny_root, tmp_path)
     out = tmp_path / "out"
     base_env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
     args = [sys.executable, "-m", "mgfr_cli.cli", "restore", str(inputs), "-o", str(out), "--model-root", str(tiny_root),
-            "--detector", "retinaface_mobile0.25", "--steps", "1", "--device", "cpu"]
+            "--detector", "retinaface_mobile0.25", "--steps", "1", "--device", "cpu", "--report"]
     launcher = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}  # what torchrun / accelerate launch also set
     procs = [subprocess.Popen(args, env={**base_env, **launcher, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
@@ -89,6 +89,9 @@ def test_two_process_shards_write_every_output_once(photos, tiny_root, tmp_path)
     assert sorted(r["source"] for r in merged) == sorted(sources)
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in inputs.iterdir())
     assert "(2 processes)" in " ".join(results[0][0].split())
+    said = [" ".join(r[1].split()) for r in results]  # --report cannot be honoured here: said once, by process 0
+    assert "--report: not written by a run over 2 processes" in said[0] and "--report" not in said[1]
+    assert not (out / "index.html").exists()
 
 
 def test_a_reference_file_is_encoded_once_per_run(astronaut):

@@ -112,6 +112,8 @@ class BatchRestorer:
         on_total(len(items) + len(videos) + len(outcomes))
         want_report = job.report if job.report is not None else len(items) + len(videos) + len(outcomes) > 1
         self.reporter = None
+        if job.report and world > 1 and rank == 0:
+            self.notes.append(f"--report: not written by a run over {world} processes (each would rewrite the one page)")
         if want_report and world == 1:  # several processes would each rewrite the one page
             from mgfr_cli.app.report import Report
 
