@@ -208,6 +208,7 @@ def align(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     stage: Annotated[int, typer.Option(min=1, max=2, help="1: LQ branch with prompts; 2: reference/identity branch.")],
     data: Annotated[Path, typer.Option(help="Stage 1: folder of aligned HQ faces; stage 2: one folder per identity.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoints, logs, final adapter).")],
@@ -238,6 +239,7 @@ def train(
     from mgfr_cli.training.train_config import load_train_config
     from mgfr_cli.weights.files import resolve_root
 
+    notes(unused_flags(ctx, library=True, aligned_data=not align))
     overrides = dict(stage=stage, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
                      mixed_precision=mixed_precision, model=model, checkpoint_every=checkpoint_every,
                      num_workers=num_workers, seed=seed, cache_latents=cache_latents, max_megapixels=max_megapixels)

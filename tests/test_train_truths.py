@@ -235,5 +235,7 @@ def test_words_of_ctrl_c_and_of_a_resume_of_another_stage(world, tmp_path, cli, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr("mgfr_cli.training.train.train", interrupted)
-    code, _, err = cli("train", "--stage", "1", "--data", world["s1"], "-o", tmp_path / "r2", "--base", world["base"])
+    code, _, err = cli("train", "--stage", "1", "--data", world["s1"], "-o", tmp_path / "r2", "--base", world["base"],
+                       "--detector", "retinaface_mobile0.25")
     assert code == 130 and "resume with: mgfr train --stage 1" in " ".join(err.split()) and "--resume" in err
+    assert " ".join(err.split()).count("--detector: not used without --align") == 1  # said, not dropped

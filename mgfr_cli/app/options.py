@@ -99,9 +99,13 @@ def given(ctx: typer.Context, names) -> list[str]:
 NOT_FOR_ALIGNED = ("detector", "only_center_face", "largest_face", "face_index", "min_face_size", "bg_upsampler")
 
 
-def unused_flags(ctx: typer.Context, *, has_aligned: bool = False, library: bool = False) -> list[str]:
-    """Notes, said once before any work, naming the flags given that this run cannot use (never dropped silently)."""
+def unused_flags(ctx: typer.Context, *, has_aligned: bool = False, library: bool = False,
+                 aligned_data: bool = False) -> list[str]:
+    """Notes, said once before any work, naming the flags given that this run cannot use (never dropped silently).
+    ``aligned_data``: `mgfr train` without --align (nothing is detected)."""
     lines = []
+    if aligned_data and (names := given(ctx, ("detector",))):
+        lines.append(f"{', '.join(names)}: not used without --align (the data are taken as aligned faces)")
     if has_aligned and (names := given(ctx, NOT_FOR_ALIGNED)):
         lines.append(f"{', '.join(names)}: not used with --has-aligned (each input is one aligned face: nothing is "
                      f"detected, and it is resized by --upscale, not upsampled)")
