@@ -149,6 +149,21 @@ def test_flags_without_what_they_act_on_are_named_once(world, tmp_path, cli):
     assert "identity guidance (strength 0.1" in " ".join(err.split())
 
 
+
+def test_the_web_page_names_library_flags_without_a_library(tmp_path, cli, monkeypatch):
+    """`mgfr ui --ref-k 5` without --ref-library: said once (the page itself is not started here)."""
+    from mgfr_cli.app import ui
+
+    started = []
+    monkeypatch.setattr(ui, "offline_environment", lambda: None)  # it sets process-wide variables
+    monkeypatch.setattr(ui, "load_models", lambda *a, **k: ui.UiModels(missing="nothing here"))
+    monkeypatch.setattr(ui, "build_app", lambda models: type("Demo", (), {"mgfr_tmp": tmp_path})())
+    monkeypatch.setattr(ui, "serve", lambda *a, **k: started.append(a))
+    code, out, err = cli("ui", "--ref-k", "5", "--model-root", tmp_path)
+    assert code == 0 and started, out + err
+    assert " ".join(err.split()).count("--ref-k: not used without --ref-library") == 1, err
+
+
 def test_the_web_page_asks_the_library_for_faces_without_uploaded_references(world, tmp_path, cli):
     from mgfr_cli.app.terminal import open_library
     from mgfr_cli.app.ui import load_models, restore_one
