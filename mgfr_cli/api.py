@@ -124,6 +124,10 @@ class Restorer:
             from mgfr_cli.faces.identity import similarity_report
 
             judged = {r["face"]: r for r in similarity_report(self.judge, faces, conditions, out.images)}
+        if sampling.get("identity_guidance") and not references:
+            notes.append("identity_guidance: not used (no references to steer toward: give refs)")
+        if "guidance_attribute" in sampling and not negative_prompt:
+            notes.append("guidance_attribute: not used (it steers away from a negative_prompt, and none was given)")
         if out.ignored:
             notes.append(f"references not used: the {self.pipeline.profile.source} adapter has no trained reference "
                          f"branch and identity guidance is off")

@@ -60,6 +60,9 @@ def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):
                                largest_face=True)
     assert aligned.image.shape == (512, 512, 3) and np.array_equal(aligned.image, aligned.faces[0].restored)
     assert aligned.notes == ["largest_face: not used with has_aligned (the image is one aligned face)"]
+    unused = restorer.restore(small, steps=1, identity_guidance=0.1, guidance_attribute=4.0).notes
+    assert [n.split(":")[0] for n in unused] == ["identity_guidance", "guidance_attribute"], unused
+    assert restorer.restore(small, steps=1, guidance_attribute=4.0, negative_prompt="eyeglasses").notes == []
     with pytest.raises(InputError, match="upscale"):
         restorer.restore(small, steps=1, upscale=float("nan"))
 
