@@ -27,7 +27,12 @@ if [ ! -f .bench/t1.jpg ]; then
   mkdir -p .bench
   cp tests/fixtures/detection_mobilenet0.25_Final.pth .bench/
   cp -r tests/fixtures/spandrel .bench/
-  python3 -c "import insightface, pathlib, shutil; shutil.copy(pathlib.Path(insightface.__file__).parent / 'data/images/t1.jpg', '.bench/')"
+  if ! python3 -c "import insightface, pathlib, shutil; shutil.copy(pathlib.Path(insightface.__file__).parent / 'data/images/t1.jpg', '.bench/')" 2>/dev/null; then
+    tmp="$(mktemp -d)"  # insightface not installed: its group photo from the package's source archive
+    python3 -m pip download -q --no-deps -d "$tmp" insightface==0.7.3
+    tar xzf "$tmp"/insightface-0.7.3.tar.gz -C "$tmp" insightface-0.7.3/insightface/data/images/t1.jpg
+    cp "$tmp"/insightface-0.7.3/insightface/data/images/t1.jpg .bench/ && rm -rf "$tmp"
+  fi
 fi
 if [ ! -d .bench/diffbir/diffbir ]; then  # DiffBIR's source, read from beside the checkout; carried, never committed
   src="${DIFFBIR:-../shared/peers/diffbir-3f8b530}"
