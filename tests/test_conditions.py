@@ -36,6 +36,7 @@ def test_no_yaml_means_defaults(tmp_path):
     ("refs: [nowhere.jpg]\n", "does not exist"),
     ("faces:\n  x: {prompt: a}\n", "is not a face index"),
     ("faces:\n  0: {colour: red}\n", "faces.0: unknown key 'colour'"),
+    ("faces:\n  0: {prompt: a}\ntracks:\n  0: {prompt: b}\n", "'faces' and 'tracks' name the same people"),
     ("prompt: 'unterminated\n", "malformed YAML"),
     ("- just\n- a list\n", "expected a mapping"),
 ])

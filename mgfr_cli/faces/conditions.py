@@ -85,6 +85,9 @@ def read_sidecar(path: Path, allow_faces: bool = True) -> SidecarConditions:
     data = read_yaml(path)
     allowed = _KEYS | ({"faces", "tracks"} if allow_faces else set())  # tracks: a video's people, as they appear
     check_keys(data, allowed, str(path))
+    if "faces" in data and "tracks" in data:
+        raise ConfigError(f"{path}: keys 'faces' and 'tracks' name the same people (faces of a photo, tracks of a "
+                          f"clip): give one of them")
     faces_data = data.pop("faces", None) or data.pop("tracks", None) or {}
     expect_type(faces_data, dict, str(path), "faces")
     top = _parse_spec(data, str(path), path.parent)
