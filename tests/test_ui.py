@@ -215,6 +215,19 @@ def test_progress_is_reported_per_denoising_step(server, photo, tmp_path):
     assert seen == [(0.333, "denoising step 1/3"), (0.667, "denoising step 2/3"), (1.0, "denoising step 3/3")]
 
 
+def test_sliders_no_face_could_use_are_said(server, photo, tmp_path):
+    """Attribute guidance moved with nothing to avoid, identity guidance moved with no reference: said under the
+    result (as the CLI names such flags); with what they act on, nothing is said."""
+    from mgfr_cli.app.ui import restore_one
+
+    _, models = server
+    common = (4.0, 5.0, 1, 0, "every face", "wavelet", 1, True)
+    *_, status = restore_one(models, str(photo[0]), None, "", "", *common, tmp_path / "a", identity_guidance=0.3)
+    assert "**Not used:** attribute guidance" in status and "identity guidance (no face had a reference" in status
+    *_, status = restore_one(models, str(photo[0]), None, "", "eyeglasses", *common, tmp_path / "b")
+    assert "Not used" not in status, status
+
+
 def test_a_seed_past_what_a_generator_takes_is_the_clis_error(server, photo):
     from gradio_client import Client
 

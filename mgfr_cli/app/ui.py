@@ -62,6 +62,19 @@ def library_found(outcome) -> str:
     return f" **Reference library:** {'; '.join(rows)}." if rows else ""
 
 
+def unused_sliders(restorer, settings, profile) -> str:
+    """Sliders moved from their defaults that no face could use: said under the result, as the CLI names flags."""
+    from mgfr_cli.model.pipeline import RestoreSettings
+
+    unused = []
+    if settings.guidance_attribute != RestoreSettings.guidance_attribute and restorer.faces and not restorer.negatives:
+        unused.append("attribute guidance (it steers away from the attributes to avoid, and none were given)")
+    if (settings.identity_guidance not in (0, profile.default_identity_guidance) and not restorer.guided
+            and "references" not in restorer.ignored):
+        unused.append("identity guidance (no face had a reference to steer toward: upload one)")
+    return f" **Not used:** {'; '.join(unused)}." if unused else ""
+
+
 def _whole(value, name: str) -> int:
     """A whole number from the page (Gradio sends floats, and anything through its API), or the CLI's error."""
     import math
@@ -122,7 +135,7 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
         models.pipeline.cleaner = cleaner
     if outcome.status != RESTORED:
         raise InputError(f"{src.name}: {outcome.status}" + (f" ({outcome.detail})" if outcome.detail else ""))
-    status = describe(models, restorer.ignored) + library_found(outcome)
+    status = describe(models, restorer.ignored) + library_found(outcome) + unused_sliders(restorer, settings, prof)
     if restorer.guided:
         status += f" References steered the face by identity guidance (strength {settings.identity_guidance:g})."
     if clip:
@@ -142,6 +155,7 @@ def build_app(models: UiModels, queue_size: int = 8):
     import gradio as gr
 
     from mgfr_cli.errors import MgfrError
+    from mgfr_cli.model.pipeline import RestoreSettings
 
     root = Path(tempfile.mkdtemp(prefix="mgfr-ui-"))
     counter = {"n": 0}
@@ -175,7 +189,8 @@ def build_app(models: UiModels, queue_size: int = 8):
                 negative = gr.Textbox(label="Attributes to avoid", placeholder="eyeglasses", elem_id="negative")
                 with gr.Accordion("Advanced", open=False):
                     gq = gr.Slider(0, 10, value=prof.default_guidance if prof else 4.0, step=0.5, label="Quality guidance")
-                    ga = gr.Slider(0, 10, value=2.0, step=0.5, label="Attribute guidance")
+                    ga = gr.Slider(0, 10, value=RestoreSettings.guidance_attribute, step=0.5,
+                                   label="Attribute guidance (away from the attributes to avoid)")
                     steps = gr.Slider(1, 100, value=prof.default_steps if prof else 30, step=1, label="Steps")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                     faces = gr.Dropdown(list(FACE_MODES), value="every face", label="Faces")
