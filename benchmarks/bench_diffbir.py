@@ -6,7 +6,8 @@ SwinIR), every zero-initialised tensor filled with small noise so each path chan
 the *same* tensors the way a user's files reach it: the base converted from the original layout by diffusers'
 single-file converters and saved as a diffusers folder, the ControlNet through ``convert_diffbir`` (what
 ``mgfr weights convert`` runs), the cleaner by its manifest file name. Both restore the same aligned 512 face
-with DiffBIR's v2 face recipe (spaced sampler, 50 steps, CFG scale 4, start from noise).
+with DiffBIR's v2 face recipe (spaced sampler, 50 steps, CFG scale 4, start from noise); then aligned faces under
+512 (``--aligned-sizes``), which both resize in and out.
 
     python benchmarks/bench_diffbir.py --diffbir ../shared/peers/diffbir-3f8b530 --tiny --device cpu --steps 2
 
@@ -202,6 +203,7 @@ def main():
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--root", default="/tmp/mgfr-bench-diffbir")
+    ap.add_argument("--aligned-sizes", type=int, nargs="*", default=[256, 384], help="aligned inputs under 512")
     args = ap.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -214,6 +216,13 @@ def main():
     mid = time.perf_counter()
     ours = mgfr_restore(pipe, [face], args.steps)[0]
     print(f"DiffBIR {mid - start:.1f} s, mgfr {time.perf_counter() - mid:.1f} s; output difference: {levels(ours, theirs)}")
+    from mgfr_cli.faces.helper import aligned_output, resize_face
+
+    for n in args.aligned_sizes:  # `--has-aligned` inputs that are not 512: resized in and out as DiffBIR does
+        small = resize_face(face, (n, n))
+        theirs = db.restore(db.pipeline(), small, args.steps, dtype, noise_seed=231)
+        ours = aligned_output(mgfr_restore(pipe, [resize_face(small, (512, 512))], args.steps)[0], n, n)
+        print(f"aligned {n}x{n} input: output difference {levels(ours, theirs)}")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,22 @@ def test_paste_keeps_dtype_and_gray(helper, astronaut):
     out = helper.paste(gray16, faces, [np.zeros_like(f.crop) for f in faces])
     assert out.dtype == np.uint16 and out.shape == gray16.shape
     assert out[0, 0] == gray16[0, 0]
+
+
+def test_an_aligned_face_is_resized_as_diffbir_resizes_it(helper, astronaut):
+    """`--has-aligned` inputs that are not 512 go in (and come back out) through DiffBIR's kernel: bicubic with
+    antialiasing, checked against PIL's implementation of it (DiffBIR: "bicubic antialiased resize"). The linear
+    resize used before differed from it by up to 18 grey levels on 9.5% of values here."""
+    from PIL import Image
+
+    from mgfr_cli.faces.helper import aligned_output
+
+    face = helper.detect_and_align(astronaut)[0].crop
+    for n in (256, 300, 640):
+        small = np.asarray(Image.fromarray(face).resize((n, n), Image.BICUBIC))
+        crop = helper.as_aligned(small).crop
+        for ours, theirs in ((crop, Image.fromarray(small).resize((512, 512), Image.BICUBIC)),
+                             (aligned_output(face, n, n), Image.fromarray(face).resize((n, n), Image.BICUBIC))):
+            d = np.abs(ours.astype(int) - np.asarray(theirs, int))
+            assert d.max() <= 8 and (d > 1).mean() < 0.005, (n, d.max(), (d > 1).mean())
+    assert aligned_output(face, 512, 512) is face  # a 512 face is the restored face itself

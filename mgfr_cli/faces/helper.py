@@ -183,11 +183,10 @@ class FaceHelper:
         return [self.align(rgb, f, i, source) for i, f in enumerate(self.detect(rgb, selection))]
 
     def as_aligned(self, rgb: np.ndarray, source: Path | None = None) -> AlignedFace:
-        """An already aligned face (``--has-aligned``): resized to the face size, identity transform."""
-        import cv2
-
+        """An already aligned face (``--has-aligned``): resized to the face size as DiffBIR resizes it
+        (:func:`resize_face`), identity transform."""
         h, w = rgb.shape[:2]
-        crop = cv2.resize(rgb, (self.face_size, self.face_size), interpolation=cv2.INTER_LINEAR)
+        crop = resize_face(rgb, (self.face_size, self.face_size))
         affine = np.array([[self.face_size / w, 0, 0], [0, self.face_size / h, 0]], np.float64)
         return AlignedFace(crop=crop, landmarks=self.template.copy(), affine=affine, index=0, source=source)
 
@@ -262,16 +261,23 @@ class FaceHelper:
         return keep
 
 
-def aligned_output(restored: np.ndarray, width: int, height: int, upscale: float = 1.0) -> np.ndarray:
-    """An aligned input's restored face back at the input's size times ``upscale`` (``--has-aligned``): area
-    averaging where it shrinks, Lanczos where it grows; a 512 input at ``upscale`` 1 is the restored face itself."""
-    import cv2
+def resize_face(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An aligned face (H, W, 3) uint8 resized to ``size`` (width, height) the way DiffBIR resizes aligned faces in
+    and out of its face pipeline: bicubic with antialiasing (PIL's kernel, torch's implementation), rounded."""
+    if (rgb.shape[1], rgb.shape[0]) == tuple(size):
+        return rgb
+    import torch
+    import torch.nn.functional as F
 
-    size = (max(1, round(width * upscale)), max(1, round(height * upscale)))
-    if size == (restored.shape[1], restored.shape[0]):
-        return restored
-    grows = size[0] * size[1] > restored.shape[0] * restored.shape[1]
-    return cv2.resize(restored, size, interpolation=cv2.INTER_LANCZOS4 if grows else cv2.INTER_AREA)
+    x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def aligned_output(restored: np.ndarray, width: int, height: int, upscale: float = 1.0) -> np.ndarray:
+    """An aligned input's restored face back at the input's size times ``upscale`` (``--has-aligned``), resized as
+    DiffBIR resizes its output (:func:`resize_face`); a 512 input at ``upscale`` 1 is the restored face itself."""
+    return resize_face(restored, (max(1, round(width * upscale)), max(1, round(height * upscale))))
 
 
 def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
