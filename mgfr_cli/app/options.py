@@ -1,4 +1,5 @@
-"""Options shared by several commands (defined once), and the one place that resolves --device.
+"""Options shared by several commands (defined once), the one place that resolves --device, and the notes that
+name flags a run cannot use (before it: :func:`unused_flags`; after it: :func:`unused_after`), never dropped silently.
 
 Standard library, typer and rich only at the top: importing this stays instant.
 """
