@@ -149,7 +149,6 @@ def test_flags_without_what_they_act_on_are_named_once(world, tmp_path, cli):
     assert "identity guidance (strength 0.1" in " ".join(err.split())
 
 
-
 def test_the_web_page_names_library_flags_without_a_library(tmp_path, cli, monkeypatch):
     """`mgfr ui --ref-k 5` without --ref-library: said once (the page itself is not started here)."""
     from mgfr_cli.app import ui
