@@ -27,7 +27,7 @@ class FaceResult:
     index: int  # left to right, as `mgfr align` numbers faces
     box: tuple  # x1, y1, x2, y2 in the input image
     aligned: np.ndarray  # the 512 crop that was restored
-    restored: np.ndarray  # the restored 512 crop
+    restored: np.ndarray  # the restored 512 crop (has_aligned: at the square input's own size)
     references: list[str] = field(default_factory=list)  # where each reference came from
     identity: dict | None = None  # the judge's similarity to the references: {"before", "after"} (w600k present)
 
@@ -114,7 +114,7 @@ class Restorer:
             return RestoreResult(_like(rgb, kind), [], notes + ["no face detected"])
         references = tuple(self._reference(r, has_aligned) for r in _expand(refs))
         conditions = [FaceConditions(prompt, negative_prompt, references) for _ in faces]
-        out = self.pipeline.restore([f.crop for f in faces], conditions, settings, seeds=[seed + f.index for f in faces])
+        out = self.pipeline.restore([f.to_restore for f in faces], conditions, settings, seeds=[seed + f.index for f in faces])
         if has_aligned:  # the face is the image: at its size times upscale
             pixels = aligned_output(out.images[0], rgb.shape[1], rgb.shape[0], upscale)
         else:

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from helpers import FIXTURES
@@ -109,9 +110,15 @@ def test_decode_colour_fix_and_quantisation(golden, pipeline):
     assert torch.allclose(fixed, golden[f"{case}.colorfixed"].float(), atol=2e-3, rtol=0)
     assert to_uint8(torch.tensor([[[[0.999]]]]), truncate=True).item() == 254  # truncation, not rounding
     cleaned = golden["common.cleaned"].float() * 2 - 1
-    whole = pipeline.finish(golden[f"{case}.final_latent"], cleaned, 512, "wavelet")[0]
+    whole = pipeline.finish(golden[f"{case}.final_latent"], cleaned, [512], "wavelet")[0]
     worst, share = _levels(whole, golden[f"{case}.output"].numpy())
     assert worst <= 1 and share <= 0.001
+    # an aligned input of 256: DiffBIR resizes the unclamped colour-fixed face to it, then clamps and truncates
+    small = pipeline.finish(golden[f"{case}.final_latent"], cleaned, [256], "wavelet")[0]
+    theirs = F.interpolate(golden[f"{case}.colorfixed"].float(), size=(256, 256), mode="bicubic", antialias=True)
+    theirs = (theirs * 255).clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    worst, share = _levels(small, theirs)  # colorfixed is stored in fp16: truncation flips on ~1% of values
+    assert small.shape == (256, 256, 3) and worst <= 1 and share <= 0.02, (worst, share)
 
 
 def test_restore_reproduces_diffbir_step_by_step(golden, pipeline):
@@ -144,6 +151,24 @@ def test_each_face_draws_its_own_noise_whatever_the_batch():
 
     alone, batch = run([7]), run([3, 7])
     assert torch.equal(alone[0], batch[1]) and not torch.equal(batch[0], batch[1])
+
+
+def test_an_aligned_face_under_512_is_restored_as_given(root, pipeline, golden, tmp_path, cli):
+    """`--has-aligned` hands a square face of another size to the pipeline as it is: resized to 512 and back in
+    float (DiffBIR's order: its output is resized before the clamp), not rounded to a 512 crop first (which moved
+    1.8% of values by up to 22 grey levels against DiffBIR's own code, benchmarks/RESULTS.md)."""
+    from mgfr_cli.faces.helper import resize_face
+
+    face = resize_face(golden["common.lq"].numpy(), (256, 256))
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), np.ascontiguousarray(face[..., ::-1]))
+    code, out, err = cli("restore", path, "-o", tmp_path / "out", "--has-aligned", "--steps", "2", "--seed", "231",
+                         "--device", "cpu", "--base", E2E / "tiny_models" / "sd21-base", "--model-root", root)
+    assert code == 0, out + err
+    written = cv2.imread(str(tmp_path / "out" / "face.png"))[..., ::-1]
+    settings = RestoreSettings(steps=2, scheduler="ddpm", guidance_quality=3.0, seed=231)
+    direct = pipeline.restore([face], [FaceConditions()], settings, seeds=[231]).images[0]
+    assert direct.shape == (256, 256, 3) and np.array_equal(written, direct)
 
 
 @pytest.mark.parametrize("case", list(CASES))

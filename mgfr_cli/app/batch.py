@@ -219,7 +219,7 @@ class BatchRestorer:
     def _restore_and_write(self, job: RestoreJob, pending: list[_Prepared]) -> list[Outcome]:
         if not pending:
             return []
-        crops = [f.crop for p in pending for f in p.faces]
+        crops = [f.to_restore for p in pending for f in p.faces]
         conds = [c for p in pending for c in p.conditions]
         seeds = [job.seed + f.index for p in pending for f in p.faces]
         try:

@@ -53,6 +53,13 @@ class AlignedFace:
     source: Path | None = None
     score: float = 1.0
     box: tuple[float, float, float, float] = field(default=(0.0, 0.0, 0.0, 0.0))
+    original: np.ndarray | None = None  # --has-aligned, square: the input as given (resized in and out in float)
+
+    @property
+    def to_restore(self) -> np.ndarray:
+        """What the restorer gets: a square aligned input as given (the pipeline resizes it to its resolution and
+        the result back, in float, as DiffBIR does), else the crop."""
+        return self.original if self.original is not None else self.crop
 
 
 @dataclass(frozen=True)
@@ -184,11 +191,12 @@ class FaceHelper:
 
     def as_aligned(self, rgb: np.ndarray, source: Path | None = None) -> AlignedFace:
         """An already aligned face (``--has-aligned``): resized to the face size as DiffBIR resizes it
-        (:func:`resize_face`), identity transform."""
+        (:func:`resize_face`), identity transform; a square one also kept as given, for the restorer."""
         h, w = rgb.shape[:2]
         crop = resize_face(rgb, (self.face_size, self.face_size))
         affine = np.array([[self.face_size / w, 0, 0], [0, self.face_size / h, 0]], np.float64)
-        return AlignedFace(crop=crop, landmarks=self.template.copy(), affine=affine, index=0, source=source)
+        return AlignedFace(crop=crop, landmarks=self.template.copy(), affine=affine, index=0, source=source,
+                           original=rgb if h == w and h != self.face_size else None)
 
     # -- paste back ------------------------------------------------------------------------
     def face_mask(self, crop: np.ndarray) -> np.ndarray:

@@ -138,12 +138,17 @@ class MgfrPipeline:
         return torch.stack([self._prompt_cache[t] for t in texts])
 
     def to_tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
-        """``(B, 3, R, R)`` in [-1, 1] at the model's resolution from uint8 RGB crops."""
-        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        if x.shape[-1] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False,
-                              antialias=True).clamp(-1, 1)
-        return x.to(self.device, self.dtype)
+        """``(B, 3, R, R)`` in [-1, 1] at the model's resolution from square uint8 RGB crops of any sizes, resized
+        in float, bicubic with antialiasing (as DiffBIR brings an aligned face under 512 up to 512)."""
+        out = []
+        for size in dict.fromkeys(c.shape[0] for c in crops):  # one resize per distinct size, order kept below
+            idx = [i for i, c in enumerate(crops) if c.shape[0] == size]
+            x = torch.from_numpy(np.stack([crops[i] for i in idx])).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            if size != self.resolution:
+                x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False,
+                                  antialias=True).clamp(-1, 1)
+            out += list(zip(idx, x))
+        return torch.stack([x for _, x in sorted(out, key=lambda p: p[0])]).to(self.device, self.dtype)
 
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,7 +182,7 @@ class MgfrPipeline:
             raise ValueError("one FaceConditions per face")
         if not crops:
             return RestoreOutput([])
-        b, size = len(crops), crops[0].shape[0]
+        b, sizes = len(crops), [c.shape[0] for c in crops]
         seeds = seeds if seeds is not None else [settings.seed] * b
 
         # 2. Encode prompts (once per distinct prompt): positive, negative-quality, negative-attribute
@@ -238,26 +243,30 @@ class MgfrPipeline:
         guided = int(target.active.sum()) if target is not None and guide.steps_guided else 0
         if guide is not None and not guide.steps_guided and not prof.uses_reference:
             ignored = ("references",)  # too few steps: none fell in the guidance window
-        return RestoreOutput(list(self.finish(latents, cond, size, settings.color_fix)), ignored, guided)
+        return RestoreOutput(self.finish(latents, cond, sizes, settings.color_fix), ignored, guided)
 
     def _alphas_cumprod(self) -> torch.Tensor:
         from diffusers import DDPMScheduler
 
         return DDPMScheduler.from_config(self.base.scheduler_config).alphas_cumprod
 
-    def finish(self, latents: torch.Tensor, cond: torch.Tensor, size: int, method: str) -> np.ndarray:
-        """Final latents -> ``(B, size, size, 3)`` uint8 faces. A DiffBIR adapter gets DiffBIR's post-processing
-        exactly: nothing clamped (the decode, the cleaned face, the colour fix) until the one clamp before
-        uint8, which truncates; MGFR adapters clamp the decode and round."""
+    def finish(self, latents: torch.Tensor, cond: torch.Tensor, sizes: list[int], method: str) -> list[np.ndarray]:
+        """Final latents -> ``(size, size, 3)`` uint8 faces, each at its crop's size. A DiffBIR adapter gets
+        DiffBIR's post-processing exactly: nothing clamped (the decode, the cleaned face, the colour fix, its resize
+        to the input's size) until the one clamp before uint8, which truncates; MGFR adapters clamp the decode and
+        round."""
         exact = self.profile.diffbir_output
         x = self.decode_latents(latents, clamp=not exact)
         if not bool(torch.isfinite(x).all()):  # never paste NaN/inf (a black square) and call it restored
             raise RestoreError("the restored face has non-finite values (NaN or inf): check --guidance-* and the "
                                "adapter's weights")
         x = color_fix((x.float() + 1) / 2, (cond.float() + 1) / 2, method)  # on the [0, 1] scale, as DiffBIR
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=exact)
-        return to_uint8(x, truncate=exact).permute(0, 2, 3, 1).cpu().numpy()
+        faces = []
+        for xi, size in zip(x.split(1), sizes):
+            if xi.shape[-1] != size:
+                xi = F.interpolate(xi, size=(size, size), mode="bicubic", align_corners=False, antialias=exact)
+            faces.append(to_uint8(xi, truncate=exact)[0].permute(1, 2, 0).cpu().numpy())
+        return faces
 
     def encode_references(self, refs: list) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(VAE latent, ArcFace embedding) of each reference face. A reference read from a file is encoded
