@@ -117,12 +117,11 @@ def unused_flags(ctx: typer.Context, *, has_aligned: bool = False, library: bool
 
 def unused_after(ctx: typer.Context, restorer) -> list[str]:
     """After a run: the flags given that no face turned out to use (``restorer``: the run's DiffusionRestorer)."""
-    lines = []
-    if (given(ctx, ("identity_guidance",)) and restorer.settings.identity_guidance > 0 and not restorer.guided
-            and "references" not in restorer.ignored):
+    lines, idle = [], restorer.idle()
+    if given(ctx, ("identity_guidance",)) and "identity_guidance" in idle:
         lines.append("--identity-guidance: not used (no face had references to steer toward: give --ref, "
                      "--ref-library or a sidecar's refs)")
-    if given(ctx, ("guidance_attribute",)) and restorer.faces and not restorer.negatives:
+    if given(ctx, ("guidance_attribute",)) and "guidance_attribute" in idle:
         lines.append("--guidance-attribute: not used (it steers away from a negative prompt, and no face had one: "
                      "give --negative-prompt or a sidecar's negative_prompt)")
     return lines

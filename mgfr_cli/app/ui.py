@@ -66,11 +66,10 @@ def unused_sliders(restorer, settings, profile) -> str:
     """Sliders moved from their defaults that no face could use: said under the result, as the CLI names flags."""
     from mgfr_cli.model.pipeline import RestoreSettings
 
-    unused = []
-    if settings.guidance_attribute != RestoreSettings.guidance_attribute and restorer.faces and not restorer.negatives:
+    unused, idle = [], restorer.idle()
+    if settings.guidance_attribute != RestoreSettings.guidance_attribute and "guidance_attribute" in idle:
         unused.append("attribute guidance (it steers away from the attributes to avoid, and none were given)")
-    if (settings.identity_guidance not in (0, profile.default_identity_guidance) and not restorer.guided
-            and "references" not in restorer.ignored):
+    if settings.identity_guidance != profile.default_identity_guidance and "identity_guidance" in idle:
         unused.append("identity guidance (no face had a reference to steer toward: upload one)")
     return f" **Not used:** {'; '.join(unused)}." if unused else ""
 

@@ -140,15 +140,14 @@ class MgfrPipeline:
     def to_tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
         """``(B, 3, R, R)`` in [-1, 1] at the model's resolution from square uint8 RGB crops of any sizes, resized
         in float, bicubic with antialiasing (as DiffBIR brings an aligned face under 512 up to 512)."""
-        out = []
-        for size in dict.fromkeys(c.shape[0] for c in crops):  # one resize per distinct size, order kept below
-            idx = [i for i, c in enumerate(crops) if c.shape[0] == size]
-            x = torch.from_numpy(np.stack([crops[i] for i in idx])).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-            if size != self.resolution:
-                x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False,
-                                  antialias=True).clamp(-1, 1)
-            out += list(zip(idx, x))
-        return torch.stack([x for _, x in sorted(out, key=lambda p: p[0])]).to(self.device, self.dtype)
+        def one(crop: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+            if x.shape[-1] == self.resolution:
+                return x
+            return F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False,
+                                 antialias=True).clamp(-1, 1)
+
+        return torch.cat([one(c) for c in crops]).to(self.device, self.dtype)
 
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
@@ -342,3 +341,13 @@ class DiffusionRestorer:
         self.ignored.update(out.ignored)
         self.guided += min(out.guided, n)
         return out.images[:n]
+
+    def idle(self) -> set[str]:
+        """The guidance settings no face of this run could act on: identity guidance when no face had references,
+        attribute guidance when no face had a negative prompt (whether the user set them is the caller's to say)."""
+        idle = set()
+        if self.settings.identity_guidance > 0 and not self.guided and "references" not in self.ignored:
+            idle.add("identity_guidance")
+        if self.faces and not self.negatives:
+            idle.add("guidance_attribute")
+        return idle
