@@ -141,7 +141,7 @@ class MgfrPipeline:
         """``(B, 3, R, R)`` in [-1, 1] at the model's resolution from square uint8 RGB crops of any sizes, resized
         in float, bicubic with antialiasing (as DiffBIR brings an aligned face under 512 up to 512)."""
         def one(crop: np.ndarray) -> torch.Tensor:
-            x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+            x = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).permute(2, 0, 1)[None].div(127.5).sub(1.0)
             if x.shape[-1] == self.resolution:
                 return x
             return F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False,
