@@ -102,6 +102,48 @@ def test_a_read_only_library_keeps_its_cache_under_the_output(helper, people, as
     assert (tmp_path / "out" / "_library-cache" / "index.json").is_file() and not (lib / CACHE).exists()
 
 
+def test_a_torn_cache_is_rebuilt_not_misread(helper, people, tmp_path):
+    """An index whose rows do not match the embeddings beside it (a copy caught between its two files) is not
+    read: the faces are embedded again, never a row of another face taken for theirs."""
+    lib = tmp_path / "lib"
+    for k in range(2):
+        _save(lib / f"p{k}.png", cv2.resize(people[k], None, fx=2.0, fy=2.0))
+    first = ReferenceLibrary(lib, helper, CountingEmbed(), tmp_path / "x")
+    first.refresh()
+    np.save(lib / CACHE / "embeddings.npy", first.matrix[:1])  # one face's row lost
+    embed = CountingEmbed()
+    again = ReferenceLibrary(lib, helper, embed, tmp_path / "x")
+    assert again.refresh().embedded == embed.faces == len(first.rows) == 2
+    np.testing.assert_allclose(again.matrix, first.matrix, atol=1e-6)
+
+
+def test_runs_sharing_a_library_take_turns(helper, people, tmp_path):
+    """While another run holds the cache (refreshing it), a refresh waits, then finds its faces embedded."""
+    import threading
+
+    from mgfr_cli.faces.io import folder_lock
+
+    lib = tmp_path / "lib"
+    _save(lib / "p.png", cv2.resize(people[0], None, fx=2.0, fy=2.0))
+    ReferenceLibrary(lib, helper, CountingEmbed(), tmp_path / "x").refresh()
+    _save(lib / "q.png", cv2.resize(people[1], None, fx=2.0, fy=2.0))  # new: the next refresh embeds it
+    started = threading.Event()
+
+    class Signalling(CountingEmbed):
+        def __call__(self, crops):
+            started.set()
+            return super().__call__(crops)
+
+    embed = Signalling()
+    waiting = ReferenceLibrary(lib, helper, embed, tmp_path / "x")
+    with folder_lock(lib / CACHE):
+        t = threading.Thread(target=waiting.refresh)
+        t.start()
+        assert not started.wait(5.0), "a refresh ran while another held the library's cache"
+    t.join(120)
+    assert not t.is_alive() and embed.faces == 1 and len(waiting.rows) == 2
+
+
 @pytest.fixture
 def world(tiny_root, people, astronaut, tmp_path):
     """A model root with a (random) recogniser, a library of two people and a photo of the first."""

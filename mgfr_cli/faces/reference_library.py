@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from mgfr_cli.errors import InputError, MgfrError
-from mgfr_cli.faces.io import atomic_write_bytes, is_image_file, read_image
+from mgfr_cli.faces.io import atomic_write_bytes, folder_lock, is_image_file, read_image
 
 CACHE = ".mgfr-library"
 VERSION = 1
@@ -57,7 +57,13 @@ class ReferenceLibrary:
 
     # -- building ------------------------------------------------------------------------------
     def refresh(self) -> LibraryUpdate:
-        """Bring the cache up to date with the folder: embed new or changed files only."""
+        """Bring the cache up to date with the folder: embed new or changed files only. Runs sharing the library
+        (the processes of a multi-GPU launch, the page and a restore) take turns: the cache's two files are
+        read and written as one, and a run that waited finds the other's faces embedded."""
+        with folder_lock(self.cache):
+            return self._refresh()
+
+    def _refresh(self) -> LibraryUpdate:
         old_files, old_matrix = self._load()
         update = LibraryUpdate()
         files, vectors = {}, []
@@ -101,10 +107,11 @@ class ReferenceLibrary:
         try:
             index = json.loads((self.cache / "index.json").read_text())
             matrix = np.load(self.cache / "embeddings.npy", allow_pickle=False)
-            if index.get("version") != VERSION or matrix.ndim != 2:
-                return {}, np.zeros((0, 0), np.float32)
+            rows = sorted(r for info in index["files"].values() for r in info["rows"])
+            if index.get("version") != VERSION or matrix.ndim != 2 or rows != list(range(len(matrix))):
+                return {}, np.zeros((0, 0), np.float32)  # not one cache (another tool's, or a torn copy): rebuilt
             return index["files"], matrix
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}, np.zeros((0, 0), np.float32)
 
     def _save(self) -> None:
