@@ -75,6 +75,7 @@ def restore(
     from mgfr_cli.app.batch import RestoreJob
     from mgfr_cli.faces.conditions import ConditionSpec
     from mgfr_cli.api import Restorer
+    from mgfr_cli.app.summary import shares_before
     from mgfr_cli.model.identity_guidance import reference_notes
     from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
 
@@ -93,6 +94,8 @@ def restore(
             raise MgfrError(f"--ref {r}: not found")
     resolve_device(device, precision)  # a bad --device/--precision fails before any download
     quiet_libraries()
+    rank, world = shard()
+    seen_shares = shares_before(output, world) if rank == 0 and world > 1 else set()  # an earlier launch's
     notes(unused_flags(ctx, has_aligned=has_aligned, library=ref_library is not None))
     with download_progress() as progress:
         loaded = Restorer.load(model_root, checkpoint=checkpoint, base=base, cleaner=cleaner,
@@ -113,7 +116,7 @@ def restore(
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
-                     shard=shard(), report=report, ref_k=ref_k, ref_threshold=ref_threshold, crf=crf,
+                     shard=(rank, world), report=report, ref_k=ref_k, ref_threshold=ref_threshold, crf=crf,
                      video_noise=video_noise, clip_flags=tuple(given(ctx, ("crf", "video_noise"))))
     if compile:
         notes([f"--compile: the first batch compiles the denoiser for {batch_size} faces (about 1.5 minutes on an "
@@ -121,7 +124,7 @@ def restore(
     pipeline.optimize(compile=compile, channels_last=pipeline.device.type == "cuda")
     restorer = DiffusionRestorer(pipeline, settings, pad_to=batch_size if compile else 0)
     library = open_library(ref_library, helper, pipeline, output, max_megapixels) if ref_library else None
-    code = run_batch(job, helper, restorer, upsampler, judge, library)
+    code = run_batch(job, helper, restorer, upsampler, judge, library, seen_shares)
     notes(reference_notes(prof, settings, restorer, pipeline.recogniser is not None, judge is not None))
     notes(unused_after(ctx, restorer))
     raise typer.Exit(code)

@@ -67,31 +67,66 @@ def test_out_of_memory_halves_the_batch_and_finishes(photos, helper, tmp_path):
 
 
 def test_two_process_shards_write_every_output_once(photos, tiny_root, tmp_path):
-    """Two `mgfr restore` processes with RANK/WORLD_SIZE (as accelerate launch sets) split the inputs."""
+    """Two `mgfr restore` processes with RANK/WORLD_SIZE (as accelerate launch sets) split the inputs; process 0
+    merges the record (keeping an earlier run's rows and every field) and speaks once for the launch."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     for i in range(5):
         for src in photos.iterdir():
             (inputs / f"{i}_{src.name}").write_bytes(src.read_bytes())
+    names = sorted(p.name for p in inputs.iterdir())
+    (inputs / f"{Path(names[1]).stem}.yaml").write_text("negative_prompt: eyeglasses\n")  # process 1's photo only
     out = tmp_path / "out"
+    out.mkdir()
+    earlier = {"source": str(tmp_path / "earlier.png"), "status": "restored", "detail": "", "output": None, "faces": 1}
+    (out / "mgfr-summary.json").write_text(json.dumps([earlier]))  # an earlier run's record
     base_env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
     args = [sys.executable, "-m", "mgfr_cli.cli", "restore", str(inputs), "-o", str(out), "--model-root", str(tiny_root),
-            "--detector", "retinaface_mobile0.25", "--steps", "1", "--device", "cpu", "--report"]
+            "--detector", "retinaface_mobile0.25", "--steps", "1", "--device", "cpu", "--report",
+            "--ref-k", "5", "--crf", "20", "--guidance-attribute", "3"]  # flags this run cannot use: named once
     launcher = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}  # what torchrun / accelerate launch also set
     procs = [subprocess.Popen(args, env={**base_env, **launcher, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
     results = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
-    shares = [json.loads((out / f"mgfr-summary-{r}-of-2.json").read_text()) for r in range(2)]
+    shares = [json.loads((out / f"mgfr-summary-{r}-of-2.json").read_text())["rows"] for r in range(2)]
     sources = [row["source"] for share in shares for row in share]
     assert len(sources) == len(set(sources)) == 15 and all(shares)  # each photo once, both did work
+    assert str(inputs / names[1]) in [row["source"] for row in shares[1]]  # the negative prompt went to process 1
     merged = json.loads((out / "mgfr-summary.json").read_text())
-    assert sorted(r["source"] for r in merged) == sorted(sources)
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in inputs.iterdir())
+    assert sorted(r["source"] for r in merged) == sorted(sources + [earlier["source"]])
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in inputs.glob("*.png"))
     assert "(2 processes)" in " ".join(results[0][0].split())
-    said = [" ".join(r[1].split()) for r in results]  # --report cannot be honoured here: said once, by process 0
+    said = [" ".join(r[1].split()) for r in results]  # every note once, by process 0
     assert "--report: not written by a run over 2 processes" in said[0] and "--report" not in said[1]
+    assert said[0].count("--ref-k: not used without --ref-library") == 1 and "--ref-k" not in said[1]
+    assert said[0].count("--crf: not used") == 1 and "--crf" not in said[1]
+    # process 0's faces had no negative prompt, process 1's had: the launch used --guidance-attribute
+    assert "--guidance-attribute: not used" not in said[0] + said[1]
     assert not (out / "index.html").exists()
+
+
+def test_process_0_never_reads_an_earlier_launchs_share(tmp_path):
+    """Shares left by an earlier launch into the same folder (a rerun to resume) are not this launch's: process 0
+    waits for the new ones, and the record keeps every field of a row (identity, library, tracks)."""
+    from mgfr_cli.app.summary import merge_summaries, shares_before, write_share
+    from mgfr_cli.faces.inputs import Outcome
+
+    out = tmp_path / "out"
+    out.mkdir()
+    write_share(out, 1, 2, [Outcome(tmp_path / "stale.png", RESTORED, "", None, 1)], ["old note"])
+    seen = shares_before(out, 2)  # process 0, at its start
+    a = Outcome(tmp_path / "a.png", RESTORED, "", out / "a.png", 1,
+                identity=({"face": 0, "before": 0.1, "after": 0.5, "references": ["r.png"]},),
+                library=({"face": 0, "matches": [{"file": "lib/p.png", "similarity": 0.7}]},))
+    write_share(out, 0, 2, [a], ["new note"], {"faces": 1})
+    merged, missing, notes, tallies, _ = merge_summaries(out, 2, seen, wait_s=1.0)
+    assert missing == [1] and [o.source.name for o in merged] == ["a.png"] and notes == ["new note"]
+    assert merged[0] == a and tallies == {0: {"faces": 1}}
+    write_share(out, 1, 2, [Outcome(tmp_path / "b.png", RESTORED, "", None, 2)], ["new note"], {"faces": 2})
+    merged, missing, notes, tallies, _ = merge_summaries(out, 2, seen, wait_s=1.0)
+    assert missing == [] and sorted(o.source.name for o in merged) == ["a.png", "b.png"] and notes == ["new note"]
+    assert tallies[1] == {"faces": 2}
 
 
 def test_a_reference_file_is_encoded_once_per_run(astronaut):

@@ -97,6 +97,10 @@ class BatchRestorer:
         items = [it for it in items if not is_video_file(it.path)]
         if job.clip_flags and not videos:
             self.notes.append(f"{', '.join(job.clip_flags)}: not used (for clips, and there is no clip among the inputs)")
+        unused = [flag for flag, on in (("--save-faces", job.save_faces), (f"--ext {job.ext}", job.ext != "auto")) if on]
+        if videos and unused:
+            self.notes.append(f"{' and '.join(unused)}: not for clips ({len(videos)} here; a clip is written whole, "
+                              f"as .mp4)")
         refuse_outputs_onto_inputs(job, items)
         check_output_folder(job.output)
         rank, world = job.shard
@@ -105,14 +109,10 @@ class BatchRestorer:
             on_outcome(o)
         outcomes = outcomes if rank == 0 else []
         videos = videos[rank::world]
-        unused = [flag for flag, on in (("--save-faces", job.save_faces), (f"--ext {job.ext}", job.ext != "auto")) if on]
-        if videos and unused:
-            self.notes.append(f"{' and '.join(unused)}: not for clips ({len(videos)} here; a clip is written whole, "
-                              f"as .mp4)")
         on_total(len(items) + len(videos) + len(outcomes))
         want_report = job.report if job.report is not None else len(items) + len(videos) + len(outcomes) > 1
         self.reporter = None
-        if job.report and world > 1 and rank == 0:
+        if job.report and world > 1:
             self.notes.append(f"--report: not written by a run over {world} processes (each would rewrite the one page)")
         if want_report and world == 1:  # several processes would each rewrite the one page
             from mgfr_cli.app.report import Report

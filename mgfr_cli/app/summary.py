@@ -28,6 +28,19 @@ def summary_path(output: Path, name: str = SUMMARY) -> tuple[Path, str]:
     return own_or_free(output / name, lambda p: is_json_rows(p, ROW_KEYS))
 
 
+def _row(o: Outcome) -> dict:
+    return {"source": source_key(o.source), "status": o.status, "detail": o.detail,
+            "output": str(o.output) if o.output else None, "faces": o.faces,
+            **({"identity": list(o.identity)} if o.identity else {}),
+            **({"library": list(o.library)} if o.library else {}),
+            **({"tracks": list(o.tracks)} if o.tracks else {})}
+
+
+def _outcome(r: dict) -> Outcome:
+    return Outcome(Path(r["source"]), r["status"], r["detail"], Path(r["output"]) if r["output"] else None,
+                   r["faces"], tuple(r.get("identity", ())), tuple(r.get("library", ())), tuple(r.get("tracks", ())))
+
+
 def write_summary(path: Path, outcomes, merge: bool = False) -> None:
     """The outcomes as JSON (mgfr-summary.json): what a later run, a script or a merge reads.
 
@@ -39,11 +52,7 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
 
     from mgfr_cli.faces.io import atomic_write_bytes, folder_lock
 
-    rows = [{"source": source_key(o.source), "status": o.status, "detail": o.detail,
-             "output": str(o.output) if o.output else None, "faces": o.faces,
-             **({"identity": list(o.identity)} if o.identity else {}),
-             **({"library": list(o.library)} if o.library else {}),
-             **({"tracks": list(o.tracks)} if o.tracks else {})} for o in outcomes]
+    rows = [_row(o) for o in outcomes]
     if not merge:
         atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
         return
@@ -61,22 +70,82 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
         atomic_write_bytes(path, json.dumps(list(merged.values()), indent=1).encode())
 
 
-def merge_summaries(output: Path, world: int, wait_s: float = 600.0, on_wait=lambda n: None):
-    """Wait (up to ``wait_s``) for every process's summary file; return the merged outcomes and missing ranks.
-    ``on_wait(n)`` is told once how many processes are still running, so the wait is never silent."""
+# -- the processes of one launch (accelerate launch / torchrun) ------------------------------------------
+SHARE_MARK = "mgfr process share"
+
+
+def _share_files(output: Path, rank: int, world: int) -> list[Path]:
+    """Where process ``rank`` may have written its share: its name, or the free name beside a user's file."""
+    return sorted(output.glob(f"mgfr-summary-{rank}-of-{world}*.json"))
+
+
+def _is_share(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text()) if path.stat().st_size < 512 << 20 else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("mgfr") == SHARE_MARK
+
+
+def shares_before(output: Path, world: int) -> set[tuple]:
+    """The shares already in ``output`` when this launch begins (an earlier launch's: their file identity),
+    taken by process 0 before it loads anything, so that it waits for this launch's and never reads those."""
+    seen = set()
+    for rank in range(world):
+        for f in _share_files(output, rank, world):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            seen.add((f.name, st.st_ino, st.st_mtime_ns))
+    return seen
+
+
+def write_share(output: Path, rank: int, world: int, outcomes, notes=(), tally=None) -> None:
+    """This process's share of a launch: its rows, its notes and what its faces used (``tally``), for process 0
+    to merge. Written whole in one step (process 0 never reads half a file); a user's file of that name is kept."""
+    import json
+
+    from mgfr_cli.faces.io import atomic_write_bytes
+    from mgfr_cli.ownership import is_json_rows, own_or_free
+
+    path, _ = own_or_free(output / f"mgfr-summary-{rank}-of-{world}.json",  # also an earlier version's (rows)
+                          lambda p: _is_share(p) or is_json_rows(p, ROW_KEYS))
+    data = {"mgfr": SHARE_MARK, "rows": [_row(o) for o in outcomes], "notes": list(notes), "tally": tally or {}}
+    atomic_write_bytes(path, json.dumps(data, indent=1).encode())
+
+
+def merge_summaries(output: Path, world: int, seen: set = frozenset(), wait_s: float = 600.0, on_wait=lambda n: None):
+    """Wait (up to ``wait_s``) for every process's share written after ``seen`` (:func:`shares_before`); merge
+    their rows into ``mgfr-summary.json`` (as a single run does: other runs' rows kept).
+
+    Returns the merged outcomes, the ranks missing, the shares' notes (each once, in order), their tallies by rank
+    and the summary's own note. ``on_wait(n)`` is told once how many processes are still running."""
     import json
     import time
 
-    files = [output / f"mgfr-summary-{r}-of-{world}.json" for r in range(world)]
-    if not all(f.is_file() for f in files):
-        on_wait(sum(not f.is_file() for f in files))
+    def fresh(rank):
+        for f in _share_files(output, rank, world):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            if (f.name, st.st_ino, st.st_mtime_ns) not in seen and _is_share(f):
+                return json.loads(f.read_text())
+        return None
+
+    shares = {r: fresh(r) for r in range(world)}
+    if any(v is None for v in shares.values()):
+        on_wait(sum(v is None for v in shares.values()))
     deadline = time.time() + wait_s
-    while not all(f.is_file() for f in files) and time.time() < deadline:
+    while any(v is None for v in shares.values()) and time.time() < deadline:
         time.sleep(0.5)
-    merged = []
-    for f in files:
-        if f.is_file():
-            merged += [Outcome(Path(r["source"]), r["status"], r["detail"], Path(r["output"]) if r["output"] else None,
-                               r["faces"]) for r in json.loads(f.read_text())]
-    write_summary(summary_path(output)[0], merged)
-    return merged, [r for r, f in enumerate(files) if not f.is_file()]
+        shares.update({r: fresh(r) for r, v in shares.items() if v is None})
+    got = [v for v in shares.values() if v is not None]
+    merged = [_outcome(r) for share in got for r in share["rows"]]
+    path, note = summary_path(output)
+    write_summary(path, merged, merge=True)
+    notes = list(dict.fromkeys(n for share in got for n in share["notes"]))
+    return merged, [r for r, v in shares.items() if v is None], notes, {r: v["tally"] for r, v in shares.items() if v is not None}, note

@@ -82,11 +82,13 @@ def open_library(folder, helper, pipeline, output, max_megapixels: float):
     return library
 
 
-def run_batch(job, helper, restorer, upsampler=None, judge=None, library=None) -> int:
+def run_batch(job, helper, restorer, upsampler=None, judge=None, library=None, seen_shares=frozenset()) -> int:
+    """Restore ``job`` with a progress bar, then the summary; under a multi-process launch, process 0 merges the
+    shares written after ``seen_shares`` (:func:`~mgfr_cli.app.summary.shares_before`, taken at its start)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mgfr_cli.app.batch import BatchRestorer
-    from mgfr_cli.app.summary import merge_summaries, summary_path, write_summary
+    from mgfr_cli.app.summary import merge_summaries, summary_path, write_share, write_summary
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=False) as progress:
@@ -97,21 +99,27 @@ def run_batch(job, helper, restorer, upsampler=None, judge=None, library=None) -
 
         batch = BatchRestorer(helper, restorer, upsampler, judge, library)
         outcomes = batch.run(job, on_outcome, lambda n: progress.update(task, total=n))
-    notes(batch.notes)
-    if batch.reporter is not None and batch.reporter.note:
-        notes([f"review page: {batch.reporter.note}"])
     rank, world = job.shard
     if world == 1:
+        notes(batch.notes)
+        if batch.reporter is not None and batch.reporter.note:
+            notes([f"review page: {batch.reporter.note}"])
         path, note = summary_path(job.output)
         write_summary(path, outcomes, merge=True)
         notes([note] if note else [])
         return summary(outcomes, "mgfr restore")
-    # Several processes: each writes its share; the first merges them once all are there.
-    write_summary(job.output / f"mgfr-summary-{rank}-of-{world}.json", outcomes)
+    # Several processes: each writes its share (rows, notes, what its faces used); the first merges them once
+    # all are there, and speaks for the launch.
+    tally = restorer.tally() if hasattr(restorer, "tally") else {}
+    write_share(job.output, rank, world, outcomes, batch.notes, tally)
     if rank != 0:
         return 1 if any(o.status == "failed" for o in outcomes) else 0
-    merged, missing = merge_summaries(job.output, world, on_wait=lambda n: err.print(
+    merged, missing, said, tallies, note = merge_summaries(job.output, world, seen_shares, on_wait=lambda n: err.print(
         f"waiting up to 10 minutes for {n} other process(es) to finish their share..."))
+    for r, t in tallies.items():
+        if r != 0 and hasattr(restorer, "absorb"):
+            restorer.absorb(t)  # the launch's notes (references used, guidance idle) then speak for every face
+    notes(said + ([note] if note else []))
     if missing:
         err.print(f"[yellow]summary without processes {missing} (they did not finish)[/yellow]", markup=True)
     return summary(merged, f"mgfr restore ({world} processes)") or (1 if missing else 0)
@@ -160,5 +168,11 @@ def download_progress():
 
 
 def notes(lines) -> None:
+    """Said once per launch: under ``accelerate launch``/``torchrun`` by process 0 only (it says the other
+    processes' notes too, from their shares)."""
+    from mgfr_cli.app.options import shard
+
+    if shard()[0] != 0:
+        return
     for line in lines:
         err.print(f"[yellow]note:[/yellow] {line}", markup=True)

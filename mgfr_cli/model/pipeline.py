@@ -342,6 +342,17 @@ class DiffusionRestorer:
         self.guided += min(out.guided, n)
         return out.images[:n]
 
+    def tally(self) -> dict:
+        """What this run's faces used, as plain data (a process of a multi-GPU launch hands it to process 0)."""
+        return {"faces": self.faces, "negatives": self.negatives, "guided": self.guided, "ignored": sorted(self.ignored)}
+
+    def absorb(self, tally: dict) -> None:
+        """Count another process's faces in (its :meth:`tally`), so the launch's notes speak for all of them."""
+        self.faces += tally.get("faces", 0)
+        self.negatives += tally.get("negatives", 0)
+        self.guided += tally.get("guided", 0)
+        self.ignored.update(tally.get("ignored", ()))
+
     def idle(self) -> set[str]:
         """The guidance settings no face of this run could act on: identity guidance when no face had references,
         attribute guidance when no face had a negative prompt (whether the user set them is the caller's to say)."""
