@@ -20,7 +20,7 @@ from mgfr_cli.app.terminal import (announce_downloads, download_progress, err, n
                                    summary)
 from mgfr_cli.app.weights_cli import ManifestOpt, weights_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="MGFR: multi-modal guided diffusion face restoration (prompts, references, identity).")
 app.add_typer(weights_app, name="weights")
 

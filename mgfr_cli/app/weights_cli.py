@@ -10,7 +10,7 @@ import typer
 from mgfr_cli.app.options import ModelRootOpt
 from mgfr_cli.app.terminal import download_progress, out
 
-weights_app = typer.Typer(no_args_is_help=True, help="List, fetch, convert and verify weight files (weights/manifest.yaml).")
+weights_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="List, fetch, convert and verify weight files (weights/manifest.yaml).")
 
 ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="Manifest file [default: $MGFR_MANIFEST, else weights/manifest.yaml].")]
 
