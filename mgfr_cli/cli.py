@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from mgfr_cli.errors import ConfigError, MgfrError, UsageError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
@@ -266,7 +267,7 @@ def train(
             data, skipped = aligned, []
         if skipped:
             err.print(f"--align: {len(skipped)} image(s) without a detectable face were left out, e.g. {shown(skipped[0])}")
-    with Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
+    with Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}", markup=False),
                   TimeRemainingColumn(), console=err) as progress:
         task = progress.add_task("", total=cfg.max_steps)
 
@@ -328,12 +329,12 @@ def evaluate_cmd(
     for r in result.rows:
         table.add_row(r["name"], *(f"{r[m]:.4f}" if r[m] == r[m] else "-" for m in result.metrics))
     if result.rows:
-        table.add_row("[bold]mean[/bold]", *(f"[bold]{v:.4f}[/bold]" for v in result.mean().values()))
+        table.add_row(Text("mean", "bold"), *(Text(f"{v:.4f}", "bold") for v in result.mean().values()))
     out.print(table)
     for path, why in result.problems:
-        out.print(f"[yellow]skipped[/yellow] {shown(path)}: {shown(why)}")
+        out.print(Text.assemble(("skipped", "yellow"), f" {shown(path)}: {shown(why)}"))
     for path, why in result.notes:
-        out.print(f"[yellow]note[/yellow] {shown(path)}: {shown(why)}")
+        out.print(Text.assemble(("note", "yellow"), f" {shown(path)}: {shown(why)}"))
     if ref is not None and ident is None:
         skipped.append("ref_identity (needs ArcFace: mgfr weights fetch arcface)")
     if skipped:
@@ -351,21 +352,20 @@ def doctor(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
 
     report = diagnose(resolve_root(model_root), load_manifest(manifest))
     for section, rows in report.sections.items():
-        out.print(f"[bold]{section}[/bold]")
+        out.print(section, style="bold")
         for ok, label, detail in rows:
-            mark = "[green]ok[/green]  " if ok else "[red]no[/red]  "
-            out.print(f"  {mark}{label}" + (f": {detail}" if detail else ""))
+            out.print(Text.assemble("  ", ("ok", "green") if ok else ("no", "red"), f"  {label}"
+                                    + (f": {detail}" if detail else "")))
     raise typer.Exit(0 if report.healthy else 1)
 
 
 def main() -> None:
     """Entry point: a known error is one red line (exit 1, 2 for usage); anything else keeps its traceback."""
-    from rich.markup import escape
 
     try:
         code = app(standalone_mode=False)
     except MgfrError as exc:
-        err.print(f"[red]error:[/red] {escape(shown(exc))}", markup=True, highlight=False)
+        err.print(Text.assemble(("error:", "red"), f" {shown(exc)}"))
         usage = isinstance(exc, UsageError) or (isinstance(exc, ConfigError) and str(exc).startswith("--"))
         sys.exit(2 if usage else 1)
     except typer.Exit as exc:
@@ -378,11 +378,9 @@ def main() -> None:
     if code == 130:  # Ctrl-C (typer turns KeyboardInterrupt into exit code 130)
         if "train" in sys.argv[1:2]:
             again = " ".join(sys.argv[1:]) + ("" if "--resume" in sys.argv else " --resume")
-            err.print(f"[red]interrupted[/red]: the checkpoints written are kept; resume with: mgfr {escape(again)}",
-                      markup=True)
+            err.print(Text.assemble(("interrupted", "red"), f": the checkpoints written are kept; resume with: mgfr {again}"))
         else:
-            err.print("[red]interrupted[/red]: finished outputs are kept; run the same command again to resume",
-                      markup=True)
+            err.print(Text.assemble(("interrupted", "red"), ": finished outputs are kept; run the same command again to resume"))
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -321,3 +321,18 @@ def test_no_command_removes_or_changes_a_users_files(tiny_root, diffbir_src, sma
         before = _snapshot(folder)
         cli(*args, "-o", folder)
         _kept(folder, before)
+
+
+def test_file_names_with_brackets_are_printed_as_written(tiny_root, small, tmp_path, cli):
+    """Names are text, not markup: 'IMG [edited].jpg' is named whole (rich read '[edited]' as a style and
+    showed 'IMG .jpg'), and a folder 'a[/x]' neither stops the run nor loses its summary (a closing tag)."""
+    _png(tmp_path / "in" / "a[" / "x]" / "good [1].png", small)
+    bad = tmp_path / "in" / "a[" / "x]" / "IMG [edited].jpg"
+    bad.write_text("not an image")
+    code, out, err = cli("restore", tmp_path / "in", "-r", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
+    text = " ".join((out + err).split())
+    assert code == 1 and "Traceback" not in text and "MarkupError" not in text, text[-2000:]
+    assert "a[/x]/IMG [edited].jpg" in text and "not restored" in text
+    assert (tmp_path / "out" / "a[" / "x]" / "good [1].png").is_file()
+    rows = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())
+    assert sorted(Path(r["source"]).name for r in rows) == ["IMG [edited].jpg", "good [1].png"]

@@ -8,9 +8,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.text import Text
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+# markup off: file names, prompts and reasons are printed as written ('IMG [edited].jpg' is not a style tag, and a
+# folder 'a[/b]' never stops a run); colour is asked for with Text styles.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+out = Console(highlight=False, markup=False)
 
 
 def shown(path) -> str:
@@ -74,7 +77,7 @@ def open_library(folder, helper, pipeline, output, max_megapixels: float):
         return pipeline.recogniser.embed_crops(crops).cpu().numpy()
 
     library = ReferenceLibrary(folder, helper, embed, output / "_library-cache", max_megapixels)
-    with err.status(f"reference library {shown(folder)}: finding and embedding faces..."):
+    with err.status(Text(f"reference library {shown(folder)}: finding and embedding faces...")):
         update = library.refresh()
     notes([f"reference library {shown(folder)}: {len(library.rows)} face(s) in {len(library.files)} photo(s); "
            f"{update.embedded} embedded now, the rest from the cache in {shown(library.cache)}"])
@@ -90,7 +93,7 @@ def run_batch(job, helper, restorer, upsampler=None, judge=None, library=None, s
     from mgfr_cli.app.batch import BatchRestorer
     from mgfr_cli.app.summary import merge_summaries, summary_path, write_share, write_summary
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=False) as progress:
         task = progress.add_task("photos", total=None)
 
@@ -121,7 +124,7 @@ def run_batch(job, helper, restorer, upsampler=None, judge=None, library=None, s
             restorer.absorb(t)  # the launch's notes (references used, guidance idle) then speak for every face
     notes(said + ([note] if note else []))
     if missing:
-        err.print(f"[yellow]summary without processes {missing} (they did not finish)[/yellow]", markup=True)
+        err.print(f"summary without processes {missing} (they did not finish)", style="yellow")
     return summary(merged, f"mgfr restore ({world} processes)") or (1 if missing else 0)
 
 
@@ -141,13 +144,15 @@ def announce_downloads(rows) -> None:
 def download_progress():
     """A ``progress(path, done, total)`` callback for downloads, drawn on stderr; stopped on leaving, also
     when a server gave no size (such a bar never reads as finished)."""
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn,
+                                TransferSpeedColumn)
 
     tasks, holder = {}, {}
 
     def on_bytes(path, done, total):
         if "p" not in holder:
-            holder["p"] = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err)
+            holder["p"] = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
+                                   TimeRemainingColumn(), DownloadColumn(), TransferSpeedColumn(), console=err)
             holder["p"].start()
         p = holder["p"]
         if path not in tasks:
@@ -175,4 +180,4 @@ def notes(lines) -> None:
     if shard()[0] != 0:
         return
     for line in lines:
-        err.print(f"[yellow]note:[/yellow] {line}", markup=True)
+        err.print(Text.assemble(("note:", "yellow"), f" {line}"))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from mgfr_cli.app.options import ModelRootOpt
 from mgfr_cli.app.terminal import download_progress, out
@@ -94,7 +95,7 @@ def weights_check(names: Annotated[Optional[list[str]], typer.Argument()] = None
     for e in [m.get(n) for n in names] if names else m.entries:
         for st in check_entry(e, root):
             colour = {"verified": "green", "missing": "yellow", "corrupt": "red"}.get(st.state, "cyan")
-            out.print(f"[{colour}]{st.state:>18}[/{colour}]  {st.path}" + (f"  ({st.detail})" if st.detail else ""))
+            out.print(Text.assemble((f"{st.state:>18}", colour), f"  {st.path}" + (f"  ({st.detail})" if st.detail else "")))
             bad += st.state == "corrupt"
     raise typer.Exit(1 if bad else 0)
 
