@@ -134,13 +134,13 @@ def test_a_second_request_waits_in_the_queue(server, photo):
 
 
 def test_missing_weights_the_page_starts_and_says_so(tmp_path):
-    from mgfr_cli.app.ui import build_app, load_models
+    from mgfr_cli.app.ui import build_app, load_models, plain
 
     models = load_models(tmp_path, detector="retinaface_resnet50", base=None, checkpoint=None, cleaner="auto",
                          bg_upsampler="none", device="cpu", precision="auto", max_megapixels=100)
     assert "missing weights" in models.missing and "detection_Resnet50_Final.pth" in models.missing
     demo = build_app(models)  # builds: the page shows the message instead of a traceback
-    assert any(models.missing in str(getattr(b, "value", "")) for b in demo.blocks.values())
+    assert any(plain(models.missing) in str(getattr(b, "value", "")) for b in demo.blocks.values())  # Markdown
 
 
 def _browser():
@@ -275,3 +275,23 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not workdir.exists(), "SIGTERM left the user's files in the temporary folder"
+
+
+def test_file_names_in_the_status_are_shown_as_written():
+    """The status is Markdown: a library photo named with Markdown's characters is named whole, not made
+    emphasis, a link or HTML."""
+    from markdown_it import MarkdownIt
+
+    from mgfr_cli.app.ui import library_found
+    from mgfr_cli.faces.inputs import Outcome
+
+    names = ["IMG_*1*_[a](b).jpg", "<b>x<i> #1 ~~s~~.png", "a\\_b `c`.jpg"]
+    outcome = Outcome(Path("p.png"), "restored", library=({"face": 0, "matches": [
+        {"file": f"lib/{n}", "similarity": 0.5} for n in names]},))
+    html = MarkdownIt("commonmark").enable("strikethrough").render(library_found(outcome))
+    html = html.split("</strong>", 1)[1]  # after the page's own bold label
+    assert not any(tag in html for tag in ("<em>", "<strong>", "<a ", "<b>", "<i>", "<s>", "<code>")), html
+    import html as h
+
+    text = h.unescape(html)
+    assert all(n in text for n in names), text

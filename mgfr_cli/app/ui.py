@@ -11,6 +11,7 @@ Missing weights do not stop the page: it starts and says what is missing and the
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ def offline_environment() -> None:
 def describe(models: UiModels, ignored) -> str:
     p = models.pipeline
     prof = p.profile
-    parts = [f"Restored by the **{prof.source}** adapter (stages trained: {p.adapter.config.get('stages_trained') or 'not recorded'})",
+    parts = [f"Restored by the **{plain(prof.source)}** adapter (stages trained: {p.adapter.config.get('stages_trained') or 'not recorded'})",
              f"cleaner: {'SwinIR' if p.cleaner is not None else 'none'}",
              f"background: {'Real-ESRGAN' if models.upsampler is not None else 'Lanczos resize'}"]
     text = "; ".join(parts) + "."
@@ -55,9 +56,14 @@ def describe(models: UiModels, ignored) -> str:
     return text
 
 
+def plain(text) -> str:
+    """Text for the page's Markdown as written: a file named 'IMG_*1*_[a].jpg' is not emphasis or a link."""
+    return re.sub(r"([\\`*_\[\]<>~])", r"\\\1", str(text))
+
+
 def library_found(outcome) -> str:
     """What the reference library gave each face (faces with uploaded references do not ask it)."""
-    rows = [f"face {r['face']}: " + (", ".join(f"{Path(m['file']).name} ({m['similarity']:.2f})" for m in r["matches"])
+    rows = [f"face {r['face']}: " + (", ".join(f"{plain(Path(m['file']).name)} ({m['similarity']:.2f})" for m in r["matches"])
                                      or "no match") for r in outcome.library]
     return f" **Reference library:** {'; '.join(rows)}." if rows else ""
 
@@ -140,7 +146,7 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     if clip:
         flicker = "; ".join(f"track {t['track']}: {t['frames']} frames, flicker {t['flicker']['restored']:.1f} "
                             f"(input {t['flicker']['input']:.1f})" for t in outcome.tracks)
-        return None, str(outcome.output), [], f"{status} Clip: {outcome.detail}. {flicker}."
+        return None, str(outcome.output), [], f"{status} Clip: {plain(outcome.detail)}. {flicker}."
     before_png = workdir / "before.png"
     write_image(before_png, before.pixels)
     gallery = []
@@ -177,7 +183,7 @@ def build_app(models: UiModels, queue_size: int = 8):
     with gr.Blocks(title="mgfr: face restoration", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown("# mgfr: multi-modal guided face restoration")
         if models.missing:
-            gr.Markdown(f"**Cannot restore yet:** {models.missing}", elem_id="missing")
+            gr.Markdown(f"**Cannot restore yet:** {plain(models.missing)}", elem_id="missing")
         with gr.Row():
             with gr.Column(scale=1):
                 photo = gr.File(label="Photo or video clip", file_types=["image", *VIDEO_EXTENSIONS], type="filepath",
