@@ -79,14 +79,15 @@ def _share_files(output: Path, rank: int, world: int) -> list[Path]:
     return sorted(output.glob(f"mgfr-summary-{rank}-of-{world}*.json"))
 
 
-def _is_share(path: Path) -> bool:
+def _read_share(path: Path) -> dict | None:
+    """A process's share (mgfr's marked JSON object), or None for anything else."""
     import json
 
     try:
         data = json.loads(path.read_text()) if path.stat().st_size < 512 << 20 else None
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("mgfr") == SHARE_MARK
+        return None
+    return data if isinstance(data, dict) and data.get("mgfr") == SHARE_MARK else None
 
 
 def shares_before(output: Path, world: int) -> set[tuple]:
@@ -112,7 +113,7 @@ def write_share(output: Path, rank: int, world: int, outcomes, notes=(), tally=N
     from mgfr_cli.ownership import is_json_rows, own_or_free
 
     path, _ = own_or_free(output / f"mgfr-summary-{rank}-of-{world}.json",  # also an earlier version's (rows)
-                          lambda p: _is_share(p) or is_json_rows(p, ROW_KEYS))
+                          lambda p: _read_share(p) is not None or is_json_rows(p, ROW_KEYS))
     data = {"mgfr": SHARE_MARK, "rows": [_row(o) for o in outcomes], "notes": list(notes), "tally": tally or {}}
     atomic_write_bytes(path, json.dumps(data, indent=1).encode())
 
@@ -123,7 +124,6 @@ def merge_summaries(output: Path, world: int, seen: set = frozenset(), wait_s: f
 
     Returns the merged outcomes, the ranks missing, the shares' notes (each once, in order), their tallies by rank
     and the summary's own note. ``on_wait(n)`` is told once how many processes are still running."""
-    import json
     import time
 
     def fresh(rank):
@@ -132,8 +132,8 @@ def merge_summaries(output: Path, world: int, seen: set = frozenset(), wait_s: f
                 st = f.stat()
             except OSError:
                 continue
-            if (f.name, st.st_ino, st.st_mtime_ns) not in seen and _is_share(f):
-                return json.loads(f.read_text())
+            if (f.name, st.st_ino, st.st_mtime_ns) not in seen and (share := _read_share(f)) is not None:
+                return share
         return None
 
     shares = {r: fresh(r) for r in range(world)}
@@ -148,4 +148,5 @@ def merge_summaries(output: Path, world: int, seen: set = frozenset(), wait_s: f
     path, note = summary_path(output)
     write_summary(path, merged, merge=True)
     notes = list(dict.fromkeys(n for share in got for n in share["notes"]))
-    return merged, [r for r, v in shares.items() if v is None], notes, {r: v["tally"] for r, v in shares.items() if v is not None}, note
+    tallies = {r: v["tally"] for r, v in shares.items() if v is not None}
+    return merged, [r for r, v in shares.items() if v is None], notes, tallies, note
