@@ -24,3 +24,29 @@ def test_review_page_after_image_is_the_written_output(tiny_root, astronaut, tmp
         assert after.shape == written.shape
         # the output through a JPEG thumbnail (~4 of 255 here), far closer to it than to the input (~16)
         assert np.abs(after - written).mean() < np.abs(after - before).mean() / 2
+
+
+def test_a_clips_link_reaches_its_file_whatever_its_name(tmp_path):
+    """The page links each clip to its output by a URL: '#', '%', '?' and spaces in the name are encoded
+    (a bare 'clip #1.mp4' linked to 'clip ' with a fragment)."""
+    import html
+    import re
+    from urllib.parse import unquote, urljoin, urlparse
+
+    from mgfr_cli.app.report import Report
+    from mgfr_cli.faces.inputs import RESTORED, Outcome
+
+    out = tmp_path / "out"
+    names = ["clip #1.mp4", "50% off?.mp4", "a&b 'q'.mp4"]
+    report = Report(out)
+    for n in names:
+        (out / "v").mkdir(parents=True, exist_ok=True)
+        (out / "v" / n).write_bytes(b"")
+        track = {"track": 0, "frames": 3, "flicker": {"input": 1.0, "restored": 0.5, "pairs": 2}}
+        report.add(Outcome(tmp_path / n, RESTORED, "3 frames", out / "v" / n, 1, tracks=(track,)))
+    page = (out / "index.html").read_text()
+    hrefs = [html.unescape(h) for h in re.findall(r"<a href='([^']*)'", page)]
+    assert len(hrefs) == len(names)
+    base = (out / "index.html").as_uri()
+    reached = sorted(unquote(urlparse(urljoin(base, h)).path) for h in hrefs)
+    assert reached == sorted(str(out / "v" / n) for n in names)

@@ -82,9 +82,10 @@ class Report:
                  "output": str(outcome.output) if outcome.output else None}
         if getattr(outcome, "tracks", ()):
             import os
+            from urllib.parse import quote
 
-            entry["tracks"] = list(outcome.tracks)
-            entry["href"] = os.path.relpath(outcome.output, self.output) if outcome.output else ""
+            entry["tracks"] = list(outcome.tracks)  # the link is a URL: 'clip #1.mp4' is not a fragment
+            entry["href"] = quote(os.path.relpath(outcome.output, self.output)) if outcome.output else ""
         old = self.entries.get(key)
         if outcome.status == "skipped" and old and old.get("before"):
             entry = {**old, "status": "restored", "detail": old.get("detail", "")}  # done by an earlier run
