@@ -240,7 +240,7 @@ def train(
     from mgfr_cli.faces.identity import ARCFACE_FILE
     from mgfr_cli.training.run_folder import check_run_folder, check_writable
     from mgfr_cli.training.train import train as run_training
-    from mgfr_cli.training.train_config import load_train_config
+    from mgfr_cli.training.train_config import load_train_config, resume_config
     from mgfr_cli.weights.files import resolve_root
 
     notes(unused_flags(ctx, library=True, aligned_data=not align))
@@ -248,6 +248,9 @@ def train(
                      mixed_precision=mixed_precision, model=model, checkpoint_every=checkpoint_every,
                      num_workers=num_workers, seed=seed, cache_latents=cache_latents, max_megapixels=max_megapixels)
     cfg = load_train_config(config, overrides)
+    if resume and (output / "config.yaml").is_file():  # the run's own config, with what this command changes
+        cfg, changed = resume_config(output / "config.yaml", config, overrides)
+        notes(changed + (["--init: not used with --resume (the run's checkpoint holds every weight)"] if init else []))
     check_run_folder(output)  # before --align writes into it
     check_writable(output)
     root = resolve_root(model_root)
@@ -290,7 +293,7 @@ def degrade(
 ):
     """Write synthetic low-quality copies of images (to build test sets), with params.json."""
     from mgfr_cli.training.degrade import degrade_inputs
-    from mgfr_cli.training.train_config import load_train_config
+    from mgfr_cli.training.train_config import load_train_config, resume_config
 
     outcomes = degrade_inputs(inputs, output, load_train_config(config, {}).degradation, seed, recursive,
                               lambda n: notes([n]), max_megapixels)

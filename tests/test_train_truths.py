@@ -239,3 +239,38 @@ def test_words_of_ctrl_c_and_of_a_resume_of_another_stage(world, tmp_path, cli, 
                        "--detector", "retinaface_mobile0.25")
     assert code == 130 and "resume with: mgfr train --stage 1" in " ".join(err.split()) and "--resume" in err
     assert " ".join(err.split()).count("--detector: not used without --align") == 1  # said, not dropped
+
+
+def test_a_resume_continues_the_run_as_configured(tmp_path, cli, monkeypatch):
+    """--resume takes the run's own config (not the defaults, nor a config file left out); knobs of how far or how
+    often may change (said); a change to what the run learns is refused, naming it; --init is said unused."""
+    import yaml
+
+    from mgfr_cli.training.train_config import resume_config, save_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(_cfg(stage=1, batch_size=3, learning_rate=2e-4, max_steps=10), run / "config.yaml")
+    cfg, said = resume_config(run / "config.yaml", None, {"stage": 1, "max_steps": 20})
+    assert (cfg.batch_size, cfg.learning_rate, cfg.max_steps, cfg.model) == (3, 2e-4, 20, "mgfr-tiny")
+    assert said == ["--resume: max_steps is now 20 (the run had 10)"]
+    with pytest.raises(Exception, match=r"changes learning_rate 0\.1 \(the run has 0\.0002\)"):
+        resume_config(run / "config.yaml", None, {"stage": 1, "learning_rate": 0.1})
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"batch_size": 8, "max_steps": 10}))
+    with pytest.raises(Exception, match="batch_size 8 .the run has 3."):
+        resume_config(run / "config.yaml", tmp_path / "other.yaml", {"stage": 1})
+
+    seen = {}
+
+    def fake_train(cfg, **kw):  # stands in for the training loop: what it was handed is what is checked
+        seen["cfg"] = cfg
+        return run / "adapter"
+
+    monkeypatch.setattr("mgfr_cli.training.train.train", fake_train)
+    args = ["train", "--stage", "1", "--data", tmp_path, "-o", run, "--resume"]
+    code, _, err = cli(*args, "--learning-rate", "0.1")
+    assert code == 1 and "learning_rate 0.1 (the run has 0.0002)" in " ".join(err.split()) and "cfg" not in seen
+    code, _, err = cli(*args, "--max-steps", "30", "--init", tmp_path)
+    text = " ".join(err.split())
+    assert code == 0 and seen["cfg"].batch_size == 3 and seen["cfg"].max_steps == 30, err
+    assert "max_steps is now 30 (the run had 10)" in text and "--init: not used with --resume" in text

@@ -119,3 +119,28 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
     for k in _NESTED:
         data[k] = {kk: list(v) if isinstance(v, tuple) else v for kk, v in data[k].items()}
     atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
+
+
+# Knobs that change how far, how often or how fast a run goes, not what it learns: a resume may change them.
+RESUMABLE = ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "sample_every", "sample_steps",
+             "num_workers", "cache_latents", "max_megapixels")
+
+
+def resume_config(saved: Path, path: Path | None, overrides: dict) -> tuple[TrainConfig, list[str]]:
+    """The config a ``--resume`` continues with: the run's own (``RUN_DIR/config.yaml``), not the defaults, with
+    what this command sets in it (``path``'s keys, flags given). Changes to :data:`RESUMABLE` knobs are applied
+    and returned as notes; any other change would make the resumed run a different run than the one stopped,
+    and is refused with one line naming each. A different stage is left to the trainer's own message."""
+    run = load_train_config(saved, {})
+    asked = load_train_config(path, overrides)
+    if asked.stage != run.stage:
+        return asked, []
+    given = set(read_yaml(path)) if path is not None else set()
+    given |= {k for k, v in overrides.items() if v is not None}
+    changed = {k: (getattr(run, k), getattr(asked, k)) for k in sorted(given) if getattr(asked, k) != getattr(run, k)}
+    refused = [f"{k} {new!r} (the run has {old!r})" for k, (old, new) in changed.items() if k not in RESUMABLE]
+    if refused:
+        raise ConfigError(f"{saved.parent}: --resume continues the run as it was configured, and this changes "
+                          f"{'; '.join(refused)}: resume without the change, or start a new run folder")
+    cfg = replace(run, **{k: new for k, (_, new) in changed.items()})
+    return cfg, [f"--resume: {k} is now {new!r} (the run had {old!r})" for k, (old, new) in changed.items()]
