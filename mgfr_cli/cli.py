@@ -293,7 +293,7 @@ def degrade(
 ):
     """Write synthetic low-quality copies of images (to build test sets), with params.json."""
     from mgfr_cli.training.degrade import degrade_inputs
-    from mgfr_cli.training.train_config import load_train_config, resume_config
+    from mgfr_cli.training.train_config import load_train_config
 
     outcomes = degrade_inputs(inputs, output, load_train_config(config, {}).degradation, seed, recursive,
                               lambda n: notes([n]), max_megapixels)
