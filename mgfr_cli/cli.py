@@ -249,7 +249,9 @@ def train(
                      num_workers=num_workers, seed=seed, cache_latents=cache_latents, max_megapixels=max_megapixels)
     cfg = load_train_config(config, overrides)
     if resume and (output / "config.yaml").is_file():  # the run's own config, with what this command changes
-        cfg, changed = resume_config(output / "config.yaml", config, overrides)
+        from mgfr_cli.training.checkpoints import run_processes
+
+        cfg, changed = resume_config(output / "config.yaml", config, overrides, shard()[1], run_processes(output))
         notes(changed + (["--init: not used with --resume (the run's checkpoint holds every weight)"] if init else []))
     check_run_folder(output)  # before --align writes into it
     check_writable(output)

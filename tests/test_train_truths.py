@@ -228,6 +228,9 @@ def test_run_folders_are_never_walked_as_data(world, tmp_path):
 def test_words_of_ctrl_c_and_of_a_resume_of_another_stage(world, tmp_path, cli, monkeypatch):
     run = tmp_path / "run"
     train(_cfg(stage=1, max_steps=1, checkpoint_every=1), base_path=world["base"], data_dir=world["s1"], run_dir=run)
+    from mgfr_cli.training.checkpoints import run_processes
+
+    assert run_processes(run) == 1  # the checkpoint says how many processes wrote it (a resume checks the batch)
     code, _, err = cli("train", "--stage", "2", "--data", world["s2"], "-o", run, "--base", world["base"], "--resume")
     assert code == 1 and "is a stage-1 run and this is stage 2" in err and f"--init {run}" in " ".join(err.split())
 
@@ -257,7 +260,7 @@ def test_a_resume_continues_the_run_as_configured(tmp_path, cli, monkeypatch):
     with pytest.raises(Exception, match=r"changes learning_rate 0\.1 \(the run has 0\.0002\)"):
         resume_config(run / "config.yaml", None, {"stage": 1, "learning_rate": 0.1})
     (tmp_path / "other.yaml").write_text(yaml.safe_dump({"batch_size": 8, "max_steps": 10}))
-    with pytest.raises(Exception, match="batch_size 8 .the run has 3."):
+    with pytest.raises(Exception, match="samples of a step to 8 .* so give --batch-size 3"):
         resume_config(run / "config.yaml", tmp_path / "other.yaml", {"stage": 1})
 
     seen = {}
@@ -274,3 +277,26 @@ def test_a_resume_continues_the_run_as_configured(tmp_path, cli, monkeypatch):
     text = " ".join(err.split())
     assert code == 0 and seen["cfg"].batch_size == 3 and seen["cfg"].max_steps == 30, err
     assert "max_steps is now 30 (the run had 10)" in text and "--init: not used with --resume" in text
+
+
+def test_a_resume_keeps_the_samples_of_a_step(tmp_path):
+    """Batch size x gradient accumulation x processes is what a step learns from: two GPUs with batch 4 may resume
+    as one with batch 8; as one with batch 4 (half the batch, other samples per step) is refused, saying what to
+    give."""
+    import json
+
+    from mgfr_cli.training.checkpoints import run_processes
+    from mgfr_cli.training.train_config import resume_config, save_config
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-4" / "state").mkdir(parents=True)
+    (run / "checkpoints" / "step-4" / "step.json").write_text(json.dumps({"step": 4, "processes": 2}))
+    assert run_processes(run) == 2
+    save_config(_cfg(stage=1, batch_size=4), run / "config.yaml")
+    cfg, said = resume_config(run / "config.yaml", None, {"stage": 1, "batch_size": 8}, world=1, run_world=2)
+    assert cfg.batch_size == 8 and said == ["--resume: batch_size is now 8 (the run had 4)"]
+    with pytest.raises(Exception, match=r"the run took 8 = 4 x 1 x 2, so give --batch-size 8"):
+        resume_config(run / "config.yaml", None, {"stage": 1}, world=1, run_world=2)
+    with pytest.raises(Exception, match="to 16 .batch_size 8 x grad_accum 1 x 2 process"):
+        resume_config(run / "config.yaml", None, {"stage": 1, "batch_size": 8}, world=2, run_world=2)
+    assert resume_config(run / "config.yaml", None, {"stage": 1}, world=2, run_world=2)[0].batch_size == 4

@@ -66,7 +66,7 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
             save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, tmp / "state" / "adapter.safetensors")
             save_file({str(i): p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}, tmp / "state" / "ema.safetensors")
             torch.save(optimizer.state_dict(), tmp / "state" / "optimizer.pt")
-            meta = {"step": step, "lr_scheduler": lr_scheduler.state_dict(),
+            meta = {"step": step, "processes": accelerator.num_processes, "lr_scheduler": lr_scheduler.state_dict(),
                     "ema": {"optimization_step": ema.optimization_step, "decay": ema.decay},
                     # fp16's loss scale: without it a resumed run restarts at 65536 and skips steps finding it again
                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
@@ -83,6 +83,16 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
             raise
         replace_folder(tmp, final, is_checkpoint, "a checkpoint")
     accelerator.wait_for_everyone()
+
+
+def run_processes(run_dir: Path) -> int | None:
+    """How many processes wrote the run's latest checkpoint (None when it does not say: an older checkpoint)."""
+    ckpt = latest_checkpoint(run_dir)
+    try:
+        n = json.loads((ckpt / "step.json").read_text()).get("processes") if ckpt is not None else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and n >= 1 else None
 
 
 def resume_latest(run_dir: Path, adapter, optimizer, lr_scheduler, ema, accelerator) -> int:

@@ -126,11 +126,16 @@ RESUMABLE = ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "
              "num_workers", "cache_latents", "max_megapixels")
 
 
-def resume_config(saved: Path, path: Path | None, overrides: dict) -> tuple[TrainConfig, list[str]]:
+def resume_config(saved: Path, path: Path | None, overrides: dict, world: int = 1,
+                  run_world: int | None = None) -> tuple[TrainConfig, list[str]]:
     """The config a ``--resume`` continues with: the run's own (``RUN_DIR/config.yaml``), not the defaults, with
     what this command sets in it (``path``'s keys, flags given). Changes to :data:`RESUMABLE` knobs are applied
     and returned as notes; any other change would make the resumed run a different run than the one stopped,
-    and is refused with one line naming each. A different stage is left to the trainer's own message."""
+    and is refused with one line naming each. A different stage is left to the trainer's own message.
+
+    The batch is judged whole: ``batch_size`` x ``grad_accum`` x processes (``world`` now, ``run_world`` when the
+    run's last checkpoint was written; None: as now) must stay what it was, since each step takes the samples
+    of its positions (so 2 GPUs with batch 4 may resume as 1 with batch 8, and not as 1 with batch 4)."""
     run = load_train_config(saved, {})
     asked = load_train_config(path, overrides)
     if asked.stage != run.stage:
@@ -138,9 +143,16 @@ def resume_config(saved: Path, path: Path | None, overrides: dict) -> tuple[Trai
     given = set(read_yaml(path)) if path is not None else set()
     given |= {k for k, v in overrides.items() if v is not None}
     changed = {k: (getattr(run, k), getattr(asked, k)) for k in sorted(given) if getattr(asked, k) != getattr(run, k)}
-    refused = [f"{k} {new!r} (the run has {old!r})" for k, (old, new) in changed.items() if k not in RESUMABLE]
+    refused = [f"{k} {new!r} (the run has {old!r})" for k, (old, new) in changed.items()
+               if k not in RESUMABLE + ("batch_size", "grad_accum")]
+    bs, ga = (changed.get(k, (None, getattr(run, k)))[1] for k in ("batch_size", "grad_accum"))
+    before, now = run.batch_size * run.grad_accum * (run_world or world), bs * ga * world
+    if now != before:
+        fix = f", so give --batch-size {before // (ga * world)}" if before % (ga * world) == 0 else ""
+        refused.append(f"the samples of a step to {now} (batch_size {bs} x grad_accum {ga} x {world} process(es); "
+                       f"the run took {before} = {run.batch_size} x {run.grad_accum} x {run_world or world}{fix})")
     if refused:
         raise ConfigError(f"{saved.parent}: --resume continues the run as it was configured, and this changes "
-                          f"{'; '.join(refused)}: resume without the change, or start a new run folder")
+                          f"{'; '.join(refused)}. Resume without the change, or start a new run folder")
     cfg = replace(run, **{k: new for k, (_, new) in changed.items()})
     return cfg, [f"--resume: {k} is now {new!r} (the run had {old!r})" for k, (old, new) in changed.items()]
