@@ -7,6 +7,7 @@
     result.image.save("restored.png")               # a PIL image in, a PIL image out; arrays give arrays
     for face in result.faces:
         print(face.index, face.box, face.identity)
+    restorer.restore_files(["photos/", "clip.mp4"], "out/")   # what `mgfr restore photos/ clip.mp4 -o out/` does
 
 ``Restorer.load`` fetches what is missing on first use (unless ``offline``), exactly as ``mgfr restore`` does;
 the CLI and the web page load their models through it. Errors are the exceptions the CLI turns into one-line
@@ -30,6 +31,7 @@ class FaceResult:
     restored: np.ndarray  # the restored 512 crop (has_aligned: at the square input's own size)
     references: list[str] = field(default_factory=list)  # where each reference came from
     identity: dict | None = None  # the judge's similarity to the references: {"before", "after"} (w600k present)
+    library: list[dict] = field(default_factory=list)  # what a reference library matched: {"file", "similarity"}
 
 
 @dataclass
@@ -37,6 +39,13 @@ class RestoreResult:
     image: Any  # the restored image, of the input's kind (numpy array or PIL image)
     faces: list[FaceResult]
     notes: list[str] = field(default_factory=list)  # what the caller should know (references not used, ...)
+
+
+@dataclass
+class FilesResult:
+    outcomes: list  # per input file, as mgfr-summary.json's rows: source, status, detail, output, faces, tracks...
+    notes: list[str] = field(default_factory=list)  # what `mgfr restore` would have said (options not used, ...)
+    summary: Path | None = None  # the summary written into the output folder
 
 
 class Restorer:
@@ -86,21 +95,23 @@ class Restorer:
         return settings
 
     def restore(self, image, *, prompt: str | None = None, negative_prompt: str | None = None, refs: Sequence = (),
+                library=None, ref_k: int | None = None, ref_threshold: float | None = None,
                 seed: int = 0, upscale: float = 1.0, has_aligned: bool = False, face_index: int | None = None,
                 largest_face: bool = False, only_center_face: bool = False, **sampling) -> RestoreResult:
         """Restore every face of ``image`` (a path, a numpy array or a PIL image) and paste them back.
-        ``refs``: paths (files or folders), arrays or PIL images of the same person; ``sampling``: the keyword
-        arguments of :meth:`settings` (steps, scheduler, guidance_quality, identity_guidance, ...)."""
+        ``refs``: paths (files or folders), arrays or PIL images of the same person; without them, each face
+        asks ``library`` (:meth:`open_library`) for its ``ref_k`` (3) best matches of at least ``ref_threshold``
+        (0.3); ``sampling``: the keyword arguments of :meth:`settings` (steps, scheduler, identity_guidance, ...)."""
         from mgfr_cli.app.batch import paste_back
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.conditions import FaceConditions
         from mgfr_cli.faces.helper import FaceSelection, aligned_output
 
+        notes = _library_options(library, ref_k, ref_threshold)
         rgb, kind = _as_rgb(image)
         settings = self.settings(seed=seed, **sampling)
         if not 0 < upscale < float("inf"):
             raise InputError(f"upscale must be a finite number above 0, got {upscale}")
-        notes = []
         if has_aligned:
             unused = [k for k, v in (("face_index", face_index is not None), ("largest_face", largest_face),
                                      ("only_center_face", only_center_face)) if v]
@@ -113,29 +124,100 @@ class Restorer:
         if not faces:
             return RestoreResult(_like(rgb, kind), [], notes + ["no face detected"])
         references = tuple(self._reference(r, has_aligned) for r in _expand(refs))
-        conditions = [FaceConditions(prompt, negative_prompt, references) for _ in faces]
+        conditions = [FaceConditions(prompt, negative_prompt, references) if references or library is None else
+                      FaceConditions(prompt, negative_prompt, *library.find(f.crop, ref_k or 3, 0.3 if ref_threshold
+                                                                           is None else ref_threshold))
+                      for f in faces]
         out = self.pipeline.restore([f.to_restore for f in faces], conditions, settings, seeds=[seed + f.index for f in faces])
         if has_aligned:  # the face is the image: at its size times upscale
             pixels = aligned_output(out.images[0], rgb.shape[1], rgb.shape[0], upscale)
         else:
             pixels = paste_back(self.helper, self.upsampler, rgb, faces, out.images, upscale)
         judged = {}
-        if self.judge is not None and references:
+        if self.judge is not None and any(c.references for c in conditions):
             from mgfr_cli.faces.identity import similarity_report
 
             judged = {r["face"]: r for r in similarity_report(self.judge, faces, conditions, out.images)}
-        if sampling.get("identity_guidance") and not references:
-            notes.append("identity_guidance: not used (no references to steer toward: give refs)")
+        if sampling.get("identity_guidance") and not any(c.references for c in conditions):
+            notes.append("identity_guidance: not used (no references to steer toward: give refs or a library)")
         if "guidance_attribute" in sampling and not negative_prompt:
             notes.append("guidance_attribute: not used (it steers away from a negative_prompt, and none was given)")
         if out.ignored:
             notes.append(f"references not used: the {self.pipeline.profile.source} adapter has no trained reference "
                          f"branch and identity guidance is off")
         results = [FaceResult(f.index, tuple(float(v) for v in (f.box or (0, 0, 0, 0))), f.crop, r,
-                              [str(x.source) if x.source is not None else "(array)" for x in references],
-                              {k: judged[f.index][k] for k in ("before", "after")} if f.index in judged else None)
-                   for f, r in zip(faces, out.images)]
+                              [str(x.source) if x.source is not None else "(array)" for x in c.references],
+                              {k: judged[f.index][k] for k in ("before", "after")} if f.index in judged else None,
+                              [{"file": str(m.file), "similarity": round(m.similarity, 4)} for m in c.library])
+                   for f, r, c in zip(faces, out.images, conditions)]
         return RestoreResult(_like(pixels, kind), results, notes)
+
+    def open_library(self, folder: str | Path, cache: str | Path | None = None, max_megapixels: float = 100.0):
+        """A reference library (``--ref-library``): every face of the photos in ``folder`` (any layout) found and
+        embedded once, cached beside them in ``.mgfr-library/`` (in ``cache`` when the folder is read-only;
+        default: a folder of the system's temporary directory). Load with ``library=True`` (the recogniser)."""
+        import hashlib
+        import tempfile
+
+        from mgfr_cli.errors import ConfigError, WeightsError
+        from mgfr_cli.faces.reference_library import ReferenceLibrary
+
+        if self.helper.detector is None:
+            raise ConfigError("a reference library finds faces in whole photos: load the Restorer with a detector")
+        if self.pipeline.recogniser is None:
+            raise WeightsError("a reference library needs the recogniser: Restorer.load(library=True) fetches it "
+                               "(mgfr weights fetch arcface-irse50)")
+        tag = hashlib.sha1(str(Path(folder).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        library = ReferenceLibrary(Path(folder), self.helper,
+                                   lambda crops: self.pipeline.recogniser.embed_crops(crops).cpu().numpy(),
+                                   Path(cache) if cache else Path(tempfile.gettempdir()) / f"mgfr-library-{tag}",
+                                   max_megapixels)
+        library.refresh()
+        return library
+
+    def restore_files(self, inputs: Sequence[str | Path], output: str | Path, *, prompt: str | None = None,
+                      negative_prompt: str | None = None, refs: Sequence[str | Path] = (), library=None,
+                      ref_k: int | None = None, ref_threshold: float | None = None, seed: int = 0,
+                      on_outcome=None, **options) -> FilesResult:
+        """What ``mgfr restore INPUTS -o OUTPUT`` does, photos and clips: the input tree mirrored into ``output``,
+        inputs never overwritten, finished outputs skipped (a stopped run resumes), sidecar YAMLs read, faces of
+        several photos batched, ``mgfr-summary.json`` merged. ``options``: :class:`~mgfr_cli.app.batch.RestoreJob`'s
+        fields (upscale, recursive, overwrite, suffix, ext, save_faces, batch_size, report, crf, video_noise, ...)
+        and :meth:`settings`' (steps, identity_guidance, ...). ``on_outcome(outcome)`` hears each file as it ends."""
+        import inspect
+        from dataclasses import fields
+
+        from mgfr_cli.app.batch import BatchRestorer, RestoreJob
+        from mgfr_cli.app.summary import summary_path, write_summary
+        from mgfr_cli.faces.conditions import ConditionSpec
+        from mgfr_cli.faces.helper import FaceSelection
+        from mgfr_cli.model.pipeline import DiffusionRestorer
+
+        job_keys = {f.name for f in fields(RestoreJob)} - {"inputs", "output", "flags", "seed", "shard", "ref_k",
+                                                           "ref_threshold", "clip_flags", "selection"}
+        picks = {f.name for f in fields(FaceSelection)}  # face_index, largest_face, ...: as restore() takes them
+        unknown = set(options) - job_keys - picks - set(inspect.signature(self.settings).parameters)
+        if unknown:
+            raise TypeError(f"restore_files() got unknown options: {', '.join(sorted(unknown))}")
+        notes = _library_options(library, ref_k, ref_threshold)
+        sampling = {k: v for k, v in options.items() if k not in job_keys | picks}
+        flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(Path(r) for r in refs) or None)
+        job = RestoreJob(inputs=tuple(str(i) for i in inputs), output=Path(output), flags=flags, seed=seed,
+                         ref_k=ref_k or 3, ref_threshold=0.3 if ref_threshold is None else ref_threshold,
+                         clip_flags=tuple(k for k in ("crf", "video_noise") if k in options),
+                         selection=FaceSelection(**{k: v for k, v in options.items() if k in picks}),
+                         **{k: v for k, v in options.items() if k in job_keys})
+        restorer = DiffusionRestorer(self.pipeline, self.settings(seed=seed, **sampling))
+        batch = BatchRestorer(self.helper, restorer, self.upsampler, self.judge, library)
+        outcomes = batch.run(job, on_outcome or (lambda o: None))
+        path, note = summary_path(job.output)
+        write_summary(path, outcomes, merge=True)
+        idle = restorer.idle()
+        notes += batch.notes + ([note] if note else [])
+        notes += [f"{k}: not used (no face had {what})" for k, what in (
+            ("identity_guidance", "references to steer toward"), ("guidance_attribute", "a negative_prompt"))
+            if k in sampling and k in idle]
+        return FilesResult(outcomes, notes, path)
 
     def _reference(self, ref, aligned: bool):
         from mgfr_cli.errors import InputError
@@ -149,6 +231,11 @@ class Restorer:
         if not found:
             raise InputError(f"reference {source or '(array)'}: no face detected")
         return self.helper.align(rgb, found[0], 0, source)
+
+
+def _library_options(library, ref_k, ref_threshold) -> list[str]:
+    named = [k for k, v in (("ref_k", ref_k), ("ref_threshold", ref_threshold)) if v is not None]
+    return [f"{', '.join(named)}: not used without a library"] if named and library is None else []
 
 
 def _expand(refs) -> list:

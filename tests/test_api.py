@@ -11,9 +11,9 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _readme_example() -> str:
+def _readme_example(mark: str = "<!-- api-example:") -> str:
     text = README.read_text()
-    start = text.index("<!-- api-example")
+    start = text.index(mark)
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
 
@@ -37,6 +37,17 @@ def test_the_readme_example_runs_as_written(api_root, tmp_path, monkeypatch, cap
     out = Image.open(tmp_path / "astronaut-restored.png")
     assert out.size == Image.open(tmp_path / "examples" / "astronaut.jpg").size
     assert re.match(r"0 \[\d+, \d+, \d+, \d+\] \(512, 512, 3\) None", capsys.readouterr().out)
+
+
+def test_the_readme_files_example_runs_as_written(api_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "astronaut.jpg").write_bytes((README.parent / "examples" / "astronaut.jpg").read_bytes())
+    code = _readme_example("<!-- api-example-files:").replace("steps=20", "steps=1")  # the tiny models: one step
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.startswith("restored astronaut.jpg -> restored/astronaut.jpg") and (tmp_path / "restored" / "astronaut.jpg").is_file()
+    assert (tmp_path / "restored" / "mgfr-summary.json").is_file()
 
 
 def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):

@@ -242,3 +242,32 @@ def test_a_clip_asks_the_library_once_per_track(world, astronaut, tmp_path, cli)
     assert row["status"] == "restored" and len(row["tracks"]) == 1
     assert row["library"][0]["face"] == 0 and len(row["library"][0]["matches"]) == 2, row  # (from the conditions
     # the track was restored with: the summary lists what restoring was given)
+
+
+def test_the_python_api_restores_with_a_library_as_the_cli_does(world, tmp_path, cli):
+    """Restorer.open_library / restore(library=...) / restore_files(library=...) against `mgfr restore
+    --ref-library` on the same photo and seed: the same matches and the same pixels."""
+    from mgfr_cli import Restorer
+    from mgfr_cli.faces.io import read_image
+
+    root, lib, photo = world
+    code, out, err = cli("restore", photo, "-o", tmp_path / "cli", "--ref-library", lib, "--ref-k", "2",
+                         "--ref-threshold", "-1", "--model-root", root, "--steps", "1",
+                         "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    assert code == 0, out + err
+    cli_row = json.loads((tmp_path / "cli" / "mgfr-summary.json").read_text())[0]
+    written = read_image(tmp_path / "cli" / "p.png").pixels
+    restorer = Restorer.load(root, detector="retinaface_mobile0.25", device="cpu", library=True)
+    library = restorer.open_library(lib)
+    result = restorer.restore(photo, library=library, ref_k=2, ref_threshold=-1, steps=1)
+    assert result.faces[0].library == cli_row["library"][0]["matches"] and len(result.faces[0].references) == 2
+    assert np.array_equal(result.image, written)
+    files = restorer.restore_files([photo], tmp_path / "api", library=library, ref_k=2, ref_threshold=-1, steps=1)
+    assert [o.status for o in files.outcomes] == ["restored"] and files.summary == tmp_path / "api" / "mgfr-summary.json"
+    assert np.array_equal(read_image(tmp_path / "api" / "p.png").pixels, written)
+    assert json.loads(files.summary.read_text())[0]["library"] == cli_row["library"]
+    again = restorer.restore_files([photo], tmp_path / "api", steps=1, ref_k=4, crf=20)
+    assert [o.status for o in again.outcomes] == ["skipped"]  # finished: a rerun resumes, nothing rewritten
+    assert "ref_k: not used without a library" in again.notes and any(n.startswith("crf: not used") for n in again.notes)
+    with pytest.raises(TypeError, match="stepz"):
+        restorer.restore_files([photo], tmp_path / "api", stepz=1)
