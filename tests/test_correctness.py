@@ -336,7 +336,7 @@ def test_loss_scaler_state_is_checkpointed(tmp_path):
         def save_pretrained(self, folder, safe_serialization=True):
             folder.mkdir(parents=True, exist_ok=True)  # as diffusers' save_pretrained
 
-    acc = SimpleNamespace(is_main_process=True, scaler=scaler, wait_for_everyone=lambda: None)
+    acc = SimpleNamespace(is_main_process=True, num_processes=1, scaler=scaler, wait_for_everyone=lambda: None)
     (tmp_path / "config.yaml").write_text("{}")
     write_checkpoint(acc, Adapter(), opt, sched, ema, tmp_path, 5)
     meta = json.loads((tmp_path / "checkpoints/step-5/step.json").read_text())
