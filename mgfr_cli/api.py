@@ -51,9 +51,11 @@ class FilesResult:
 class Restorer:
     """The models of a restore (detector, base + adapter, cleaner, upsampler, recogniser, judge), loaded once."""
 
-    def __init__(self, helper, pipeline, upsampler=None, judge=None, notes: Sequence[str] = ()):
+    def __init__(self, helper, pipeline, upsampler=None, judge=None, notes: Sequence[str] = (),
+                 bg_upsampler: str = "auto"):
         self.helper, self.pipeline, self.upsampler, self.judge = helper, pipeline, upsampler, judge
         self.notes = list(notes)
+        self.bg_upsampler = bg_upsampler  # what load() was asked for: "none" means Lanczos by choice
 
     @classmethod
     def load(cls, model_root: str | Path | None = None, *, checkpoint=None, base=None, cleaner: str = "auto",
@@ -78,7 +80,7 @@ class Restorer:
         provide(plan, manifest, offline=offline, announce=announce or (lambda rows: None), progress=progress)
         helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
         judge = IdentityEncoder(root / ARCFACE_FILE, dev) if (root / ARCFACE_FILE).is_file() else None
-        return cls(helper, pipeline, upsampler, judge, plan.notes + pipeline.notes)
+        return cls(helper, pipeline, upsampler, judge, plan.notes + pipeline.notes, bg_upsampler)
 
     def settings(self, *, steps=None, scheduler=None, guidance_quality=None, guidance_attribute: float = 2.0,
                  identity_guidance=None, color_fix: str = "wavelet", seed: int = 0, start_from: str = "noise"):
@@ -107,7 +109,7 @@ class Restorer:
         from mgfr_cli.faces.conditions import FaceConditions
         from mgfr_cli.faces.helper import FaceSelection, aligned_output
 
-        notes = _library_options(library, ref_k, ref_threshold)
+        notes = _library_options(library, ref_k, ref_threshold) + self._background(upscale, has_aligned)
         rgb, kind = _as_rgb(image)
         settings = self.settings(seed=seed, **sampling)
         if not 0 < upscale < float("inf"):
@@ -199,7 +201,8 @@ class Restorer:
         unknown = set(options) - job_keys - picks - set(inspect.signature(self.settings).parameters)
         if unknown:
             raise TypeError(f"restore_files() got unknown options: {', '.join(sorted(unknown))}")
-        notes = _library_options(library, ref_k, ref_threshold)
+        notes = _library_options(library, ref_k, ref_threshold) + self._background(options.get("upscale", 1.0),
+                                                                                   options.get("has_aligned", False))
         sampling = {k: v for k, v in options.items() if k not in job_keys | picks}
         flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(Path(r) for r in refs) or None)
         job = RestoreJob(inputs=tuple(str(i) for i in inputs), output=Path(output), flags=flags, seed=seed,
@@ -218,6 +221,14 @@ class Restorer:
             ("identity_guidance", "references to steer toward"), ("guidance_attribute", "a negative_prompt"))
             if k in sampling and k in idle]
         return FilesResult(outcomes, notes, path)
+
+    def _background(self, upscale, has_aligned: bool) -> list[str]:
+        """Said when ``upscale`` asks for an upsampled background that this Restorer did not load."""
+        if isinstance(upscale, (int, float)) and upscale > 1 and not has_aligned and self.upsampler is None \
+                and self.bg_upsampler != "none":
+            return [f"upscale {upscale:g}: the background was resized with Lanczos, not upsampled (Real-ESRGAN is "
+                    f"loaded by Restorer.load(upscale={upscale:g}), as mgfr restore --upscale does)"]
+        return []
 
     def _reference(self, ref, aligned: bool):
         from mgfr_cli.errors import InputError

@@ -81,3 +81,18 @@ def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):
 def test_importing_the_package_loads_no_torch():
     code = "import sys, mgfr_cli; mgfr_cli.Restorer; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_an_upscale_the_loaded_restorer_cannot_upsample_is_said(api_root, astronaut):
+    """restore(upscale=2) on a Restorer loaded without Real-ESRGAN: the background is resized (Lanczos) and the
+    result says so; with bg_upsampler='none' that is what was asked, and nothing is said."""
+    from mgfr_cli import Restorer
+
+    small = np.ascontiguousarray(astronaut[:256, 100:356])
+    restorer = Restorer.load(detector="retinaface_mobile0.25", device="cpu")
+    result = restorer.restore(small, steps=1, upscale=2)
+    assert result.image.shape == (512, 512, 3)
+    assert any(n.startswith("upscale 2: the background was resized with Lanczos") for n in result.notes), result.notes
+    assert restorer.restore(small, steps=1).notes == []
+    plain = Restorer.load(detector="retinaface_mobile0.25", device="cpu", bg_upsampler="none")
+    assert plain.restore(small, steps=1, upscale=2).notes == []

@@ -266,8 +266,9 @@ def test_the_python_api_restores_with_a_library_as_the_cli_does(world, tmp_path,
     assert [o.status for o in files.outcomes] == ["restored"] and files.summary == tmp_path / "api" / "mgfr-summary.json"
     assert np.array_equal(read_image(tmp_path / "api" / "p.png").pixels, written)
     assert json.loads(files.summary.read_text())[0]["library"] == cli_row["library"]
-    again = restorer.restore_files([photo], tmp_path / "api", steps=1, ref_k=4, crf=20)
+    again = restorer.restore_files([photo], tmp_path / "api", steps=1, ref_k=4, crf=20, upscale=2)
     assert [o.status for o in again.outcomes] == ["skipped"]  # finished: a rerun resumes, nothing rewritten
     assert "ref_k: not used without a library" in again.notes and any(n.startswith("crf: not used") for n in again.notes)
+    assert any(n.startswith("upscale 2: the background was resized with Lanczos") for n in again.notes)
     with pytest.raises(TypeError, match="stepz"):
         restorer.restore_files([photo], tmp_path / "api", stepz=1)
