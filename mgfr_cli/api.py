@@ -187,9 +187,10 @@ class Restorer:
         fields (upscale, recursive, overwrite, suffix, ext, save_faces, batch_size, report, crf, video_noise, ...)
         and :meth:`settings`' (steps, identity_guidance, ...). ``on_outcome(outcome)`` hears each file as it ends."""
         import inspect
-        from dataclasses import fields
+        from dataclasses import fields, replace
 
         from mgfr_cli.app.batch import BatchRestorer, RestoreJob
+        from mgfr_cli.app.outputs import recipe_text
         from mgfr_cli.app.summary import summary_path, write_summary
         from mgfr_cli.faces.conditions import ConditionSpec
         from mgfr_cli.faces.helper import FaceSelection
@@ -205,12 +206,16 @@ class Restorer:
                                                                                    options.get("has_aligned", False))
         sampling = {k: v for k, v in options.items() if k not in job_keys | picks}
         flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(Path(r) for r in refs) or None)
+        settings = self.settings(seed=seed, **sampling)
+        selection = FaceSelection(**{k: v for k, v in options.items() if k in picks})
         job = RestoreJob(inputs=tuple(str(i) for i in inputs), output=Path(output), flags=flags, seed=seed,
                          ref_k=ref_k or 3, ref_threshold=0.3 if ref_threshold is None else ref_threshold,
-                         clip_flags=tuple(k for k in ("crf", "video_noise") if k in options),
-                         selection=FaceSelection(**{k: v for k, v in options.items() if k in picks}),
+                         clip_flags=tuple(k for k in ("crf", "video_noise") if k in options), selection=selection,
                          **{k: v for k, v in options.items() if k in job_keys})
-        restorer = DiffusionRestorer(self.pipeline, self.settings(seed=seed, **sampling))
+        job = replace(job, recipe=recipe_text(settings, self.pipeline.profile.source, flags, job.upscale, selection,
+                                              job.has_aligned, library.folder if library else None, job.ref_k,
+                                              job.ref_threshold))
+        restorer = DiffusionRestorer(self.pipeline, settings)
         batch = BatchRestorer(self.helper, restorer, self.upsampler, self.judge, library)
         outcomes = batch.run(job, on_outcome or (lambda o: None))
         path, note = summary_path(job.output)

@@ -74,6 +74,7 @@ def restore(
 ):
     """Restore every face in photos and paste them back (prompts, references and identity optional)."""
     from mgfr_cli.app.batch import RestoreJob
+    from mgfr_cli.app.outputs import recipe_text
     from mgfr_cli.faces.conditions import ConditionSpec
     from mgfr_cli.api import Restorer
     from mgfr_cli.app.summary import shares_before
@@ -118,7 +119,9 @@ def restore(
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
                      shard=(rank, world), report=report, ref_k=ref_k, ref_threshold=ref_threshold, crf=crf,
-                     video_noise=video_noise, clip_flags=tuple(given(ctx, ("crf", "video_noise"))))
+                     video_noise=video_noise, clip_flags=tuple(given(ctx, ("crf", "video_noise"))),
+                     recipe=recipe_text(settings, prof.source, flags, upscale, selection, has_aligned, ref_library,
+                                        ref_k, ref_threshold))
     if compile:
         notes([f"--compile: the first batch compiles the denoiser for {batch_size} faces (about 1.5 minutes on an "
                "H100); the steps after it run 1.6x (16 faces) to 4x (one face) faster"])

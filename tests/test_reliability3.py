@@ -336,3 +336,29 @@ def test_file_names_with_brackets_are_printed_as_written(tiny_root, small, tmp_p
     assert (tmp_path / "out" / "a[" / "x]" / "good [1].png").is_file()
     rows = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())
     assert sorted(Path(r["source"]).name for r in rows) == ["IMG [edited].jpg", "good [1].png"]
+
+
+def test_a_rerun_with_other_settings_says_which_outputs_were_made_otherwise(tiny_root, small, tmp_path, cli):
+    """A finished output is skipped (a resumed run); when this run's settings (a flag, a sidecar) differ from the
+    ones it was made with, the skip is listed with the way to redo it, instead of passing for this run's work."""
+    _png(tmp_path / "in" / "a.png", small)
+    _png(tmp_path / "in" / "b.png", np.roll(small, 30, axis=1))
+
+    def run(*extra):
+        code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST,
+                             *extra)
+        assert code == 0, out + err
+        return " ".join(out.split())
+
+    other = "made with other settings (--overwrite to redo it)"
+    run("--prompt", "brown eyes")
+    made = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.png")}
+    assert run("--prompt", "blue eyes").count(other) == 2
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.png")} == made  # nothing rewritten
+    assert other not in run("--prompt", "brown eyes")  # the same settings: a plain resume
+    assert other not in run("--prompt", "brown eyes", "--device", "cpu")  # what does not change an output
+    (tmp_path / "in" / "a.yaml").write_text("negative_prompt: eyeglasses\n")  # a's sidecar changed
+    text = run("--prompt", "brown eyes")
+    assert text.count(other) == 1 and "a.png" in text.split(other)[0].rsplit("│", 3)[-3]
+    run("--prompt", "blue eyes", "--overwrite")
+    assert other not in run("--prompt", "blue eyes")  # redone: the record follows

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -22,9 +22,9 @@ from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_sources, expand_refs, resolve_specs
 from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
-from mgfr_cli.faces.inputs import FAILED, NO_FACE, OUTPUT_EXISTS, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
-from mgfr_cli.app.outputs import (existing_output, output_path, refuse_outputs_onto_inputs,
-                                  remove_stale_temporaries, without_own_outputs)
+from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
+from mgfr_cli.app.outputs import (earlier_recipes, existing_output, output_path, recipe, refuse_outputs_onto_inputs,
+                                  remove_stale_temporaries, skipped_as_done, without_own_outputs)
 from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, is_video_file, read_image, write_image
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
@@ -62,6 +62,7 @@ class RestoreJob:
     crf: int = 18  # video: H.264 quality (lower is better)
     video_noise: str = "track"  # video: one start noise per track ("track") or per frame ("frame", to compare)
     clip_flags: tuple[str, ...] = ()  # the clip-only flags the user gave (said when there is no clip to use them)
+    recipe: str = ""  # the settings outputs depend on (app.outputs.recipe_text): a rerun with others says so
 
 
 @dataclass
@@ -103,6 +104,7 @@ class BatchRestorer:
                               f"as .mp4)")
         refuse_outputs_onto_inputs(job, items)
         check_output_folder(job.output)
+        self.recipes = earlier_recipes(job)  # what earlier runs' outputs were made with (the folder's summary)
         rank, world = job.shard
         items = items[rank::world]
         for o in outcomes if rank == 0 else []:
@@ -124,6 +126,7 @@ class BatchRestorer:
         ref_cache: dict[Path, AlignedFace] = {}  # one run's aligned references, by file
 
         def finish(o: Outcome):
+            o = replace(o, recipe=recipe(job, o.source)) if o.status == RESTORED else o
             outcomes.append(o)
             on_outcome(o)
             if self.reporter is not None and (o.status != RESTORED or o.tracks):  # photos add their pixels
@@ -157,7 +160,7 @@ class BatchRestorer:
     def _prepare(self, job: RestoreJob, item: InputItem, inputs: set[Path], ref_cache: dict) -> _Prepared:
         done = None if job.overwrite else existing_output(job, item)
         if done is not None:
-            return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, OUTPUT_EXISTS, done))
+            return _Prepared(item, done, outcome=skipped_as_done(job, item.path, done, self.recipes))
         try:
             photo = read_image(item.path, job.max_megapixels)
             out_mp = photo.width * photo.height * max(job.upscale, 1.0) ** 2 / 1e6
@@ -172,7 +175,7 @@ class BatchRestorer:
                 return _Prepared(item, target, outcome=Outcome(item.path, SKIPPED, holder))
             done = None if job.overwrite else existing_output(job, item)  # written since the first look
             if done is not None:
-                return _Prepared(item, done, outcome=Outcome(item.path, SKIPPED, OUTPUT_EXISTS, done))
+                return _Prepared(item, done, outcome=skipped_as_done(job, item.path, done, self.recipes))
             rgb = photo.rgb8()
             if job.has_aligned:
                 faces = [self.helper.as_aligned(rgb, item.path)]
@@ -246,8 +249,6 @@ class BatchRestorer:
 
     def _record_references(self, o: Outcome, p: _Prepared, restored: list[np.ndarray]) -> Outcome:
         """The outcome with what the library found per face and the judge's similarities before/after."""
-        from dataclasses import replace
-
         if o.status != RESTORED:
             return o
         library = library_rows((f.index for f in p.faces), p.conditions)

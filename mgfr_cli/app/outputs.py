@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mgfr_cli.errors import InputError, UsageError
-from mgfr_cli.faces.inputs import InputItem, inside
+from mgfr_cli.faces.inputs import InputItem, Outcome, inside
 from mgfr_cli.faces.io import Photo, output_format, plain_ext
 
 if TYPE_CHECKING:
@@ -69,3 +69,65 @@ def remove_stale_temporaries(target: Path) -> None:
     if target.parent.is_dir():
         for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
             stale.unlink(missing_ok=True)
+
+
+# -- what an output was made with: a rerun with other settings does not pass their outputs off as its own -----------
+OTHER_SETTINGS = "output exists, made with other settings (--overwrite to redo it)"
+
+
+def recipe_text(settings, adapter: str, flags, upscale: float, selection, has_aligned: bool, library, ref_k: int,
+                ref_threshold: float) -> str:
+    """The run's settings an output depends on (sampling, the adapter, prompts and references given as flags,
+    upscale, face selection, the library), as one canonical string: ``RestoreJob.recipe``. Paths are resolved
+    (the same files named from another folder are the same settings)."""
+    import json
+    from dataclasses import asdict
+
+    refs = sorted(str(Path(r).resolve()) for r in flags.refs) if flags.refs else None
+    what = {"settings": asdict(settings), "adapter": adapter, "prompt": flags.prompt, "negative": flags.negative_prompt,
+            "refs": refs, "upscale": upscale, "selection": asdict(selection), "has_aligned": has_aligned,
+            "library": [str(Path(library).resolve()), ref_k, ref_threshold] if library is not None else None}
+    return json.dumps(what, sort_keys=True, default=str)
+
+
+def recipe(job: RestoreJob, source: Path) -> str:
+    """What ``source``'s output is made with: the run's settings and the text of the photo's sidecar and folder
+    ``mgfr.yaml``; empty when the job states no settings (a test's job, the web page's one photo)."""
+    import hashlib
+
+    from mgfr_cli.faces.conditions import FOLDER_YAML, sidecar_path
+
+    if not job.recipe:
+        return ""
+    h = hashlib.sha1(job.recipe.encode("utf-8", "surrogateescape"))
+    for p in (sidecar_path(Path(source)), Path(source).parent / FOLDER_YAML):
+        try:
+            h.update(p.read_bytes()[: 1 << 20] if p is not None else b"")
+        except OSError:
+            pass
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def earlier_recipes(job: RestoreJob) -> dict[str, str]:
+    """Photo -> what its output was made with, as the folder's summary records it (rows of older runs have none)."""
+    import json
+
+    from mgfr_cli.app.summary import summary_path
+
+    try:
+        rows = json.loads(summary_path(job.output)[0].read_text())
+        return {r["source"]: r["recipe"] for r in rows if isinstance(r, dict) and r.get("recipe") and "source" in r}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def skipped_as_done(job: RestoreJob, source: Path, done: Path, recipes: dict) -> Outcome:
+    """The skip of a file whose output exists (a resumed run), said apart when that output was made with other
+    settings than this run's (another --prompt, --steps, sidecar...): listed with the way to redo it."""
+    from mgfr_cli.app.summary import source_key
+    from mgfr_cli.faces.inputs import OUTPUT_EXISTS, SKIPPED
+
+    made = recipes.get(source_key(source))
+    other = bool(made and job.recipe and made != recipe(job, source))
+    return Outcome(source, SKIPPED, OTHER_SETTINGS if other else OUTPUT_EXISTS, done)

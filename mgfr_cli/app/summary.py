@@ -33,12 +33,14 @@ def _row(o: Outcome) -> dict:
             "output": str(o.output) if o.output else None, "faces": o.faces,
             **({"identity": list(o.identity)} if o.identity else {}),
             **({"library": list(o.library)} if o.library else {}),
-            **({"tracks": list(o.tracks)} if o.tracks else {})}
+            **({"tracks": list(o.tracks)} if o.tracks else {}),
+            **({"recipe": o.recipe} if o.recipe else {})}
 
 
 def _outcome(r: dict) -> Outcome:
     return Outcome(Path(r["source"]), r["status"], r["detail"], Path(r["output"]) if r["output"] else None,
-                   r["faces"], tuple(r.get("identity", ())), tuple(r.get("library", ())), tuple(r.get("tracks", ())))
+                   r["faces"], tuple(r.get("identity", ())), tuple(r.get("library", ())), tuple(r.get("tracks", ())),
+                   r.get("recipe", ""))
 
 
 def write_summary(path: Path, outcomes, merge: bool = False) -> None:

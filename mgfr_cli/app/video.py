@@ -89,14 +89,15 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
     """One clip of a batch, whole; its output is ``OUT/<name>.mp4``, skipped when it exists (a resumed run)."""
     from mgfr_cli.errors import MgfrError
     from mgfr_cli.faces.conditions import FaceConditions, resolve_specs
-    from mgfr_cli.faces.inputs import FAILED, OUTPUT_EXISTS, SKIPPED
+    from mgfr_cli.app.outputs import skipped_as_done
+    from mgfr_cli.faces.inputs import FAILED
 
     rel = item.relative
     target = job.output / rel.parent / f"{rel.stem}{job.suffix}.mp4"
     if target.resolve() in inputs:
         return Outcome(item.path, FAILED, f"{item.path}: output {target} would overwrite an input")
     if target.exists() and not job.overwrite:
-        return Outcome(item.path, SKIPPED, OUTPUT_EXISTS, target)
+        return skipped_as_done(job, item.path, target, batch.recipes)
     if job.has_aligned:
         return Outcome(item.path, FAILED, f"{item.path}: a clip is not an aligned face (--has-aligned is for 512 "
                                           f"face crops): restore clips without it")

@@ -34,6 +34,7 @@ class Outcome:
     identity: tuple = ()  # per face with references: {"face", "before", "after", "references"} (the judge's cosines)
     library: tuple = ()  # per face that asked the reference library: {"face", "matches": [{"file", "similarity"}]}
     tracks: tuple = ()  # a video's tracks: {"track", "frames", "flicker": {"input", "restored", "pairs"}}
+    recipe: str = ""  # what the output was made with (app.outputs.recipe): a rerun with other settings says so
 
 
 def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None = None
