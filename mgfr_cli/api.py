@@ -212,7 +212,7 @@ class Restorer:
                          ref_k=ref_k or 3, ref_threshold=0.3 if ref_threshold is None else ref_threshold,
                          clip_flags=tuple(k for k in ("crf", "video_noise") if k in options), selection=selection,
                          **{k: v for k, v in options.items() if k in job_keys})
-        job = replace(job, recipe=recipe_text(settings, self.pipeline.profile.source, flags, job.upscale, selection,
+        job = replace(job, recipe=recipe_text(settings, self.pipeline.models(), flags, job.upscale, selection,
                                               job.has_aligned, library.folder if library else None, job.ref_k,
                                               job.ref_threshold))
         restorer = DiffusionRestorer(self.pipeline, settings)

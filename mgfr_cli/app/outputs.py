@@ -75,16 +75,16 @@ def remove_stale_temporaries(target: Path) -> None:
 OTHER_SETTINGS = "output exists, made with other settings (--overwrite to redo it)"
 
 
-def recipe_text(settings, adapter: str, flags, upscale: float, selection, has_aligned: bool, library, ref_k: int,
+def recipe_text(settings, models: str, flags, upscale: float, selection, has_aligned: bool, library, ref_k: int,
                 ref_threshold: float) -> str:
-    """The run's settings an output depends on (sampling, the adapter, prompts and references given as flags,
-    upscale, face selection, the library), as one canonical string: ``RestoreJob.recipe``. Paths are resolved
-    (the same files named from another folder are the same settings)."""
+    """The run's settings an output depends on (sampling, the models in words: ``MgfrPipeline.models()``, prompts
+    and references given as flags, upscale, face selection, the library), as one canonical string:
+    ``RestoreJob.recipe``. Paths are resolved (the same files named from another folder are the same settings)."""
     import json
     from dataclasses import asdict
 
     refs = sorted(str(Path(r).resolve()) for r in flags.refs) if flags.refs else None
-    what = {"settings": asdict(settings), "adapter": adapter, "prompt": flags.prompt, "negative": flags.negative_prompt,
+    what = {"settings": asdict(settings), "models": models, "prompt": flags.prompt, "negative": flags.negative_prompt,
             "refs": refs, "upscale": upscale, "selection": asdict(selection), "has_aligned": has_aligned,
             "library": [str(Path(library).resolve()), ref_k, ref_threshold] if library is not None else None}
     return json.dumps(what, sort_keys=True, default=str)

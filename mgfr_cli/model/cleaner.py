@@ -28,6 +28,7 @@ class Cleaner:
 
     def __init__(self, path: Path, device: str = "cpu"):
         self.model = SpandrelModel(path, device, half=False, expect_scale=1, expect_arch="SwinIR")
+        self.file = Path(path).name  # which cleaner (what a restored face was made with)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,10 @@ class MgfrPipeline:
         self._predict_fn = self._predict
         self.notes: list[str] = []  # what the user should hear about this pipeline (e.g. another base)
 
+    def models(self) -> str:
+        """Which models make the faces, in words: the adapter's kind and the cleaner's file."""
+        return f"{self.profile.source}, cleaner {getattr(self.cleaner, 'file', None)}"
+
     def optimize(self, compile: bool = False, channels_last: bool = False) -> "MgfrPipeline":
         """GPU speed-ups (docs/design.md §5). ``compile``: torch.compile with CUDA graphs ("reduce-overhead") of
         the guided denoiser call; shapes must then stay fixed, so callers pad batches (DiffusionRestorer does)."""
