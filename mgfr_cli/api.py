@@ -161,19 +161,11 @@ class Restorer:
         import hashlib
         import tempfile
 
-        from mgfr_cli.errors import ConfigError, WeightsError
-        from mgfr_cli.faces.reference_library import ReferenceLibrary
+        from mgfr_cli.faces.reference_library import library_of
 
-        if self.helper.detector is None:
-            raise ConfigError("a reference library finds faces in whole photos: load the Restorer with a detector")
-        if self.pipeline.recogniser is None:
-            raise WeightsError("a reference library needs the recogniser: Restorer.load(library=True) fetches it "
-                               "(mgfr weights fetch arcface-irse50)")
         tag = hashlib.sha1(str(Path(folder).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-        library = ReferenceLibrary(Path(folder), self.helper,
-                                   lambda crops: self.pipeline.recogniser.embed_crops(crops).cpu().numpy(),
-                                   Path(cache) if cache else Path(tempfile.gettempdir()) / f"mgfr-library-{tag}",
-                                   max_megapixels)
+        library = library_of(Path(folder), self.helper, self.pipeline.recogniser,
+                             Path(cache) if cache else Path(tempfile.gettempdir()) / f"mgfr-library-{tag}", max_megapixels)
         library.refresh()
         return library
 

@@ -147,6 +147,20 @@ class ReferenceLibrary:
         return self.helper.align(rgb, DetectedFace(box=(0, 0, 0, 0), score=1.0, landmarks=landmarks), 0, match.file)
 
 
+def library_of(folder: Path, helper, recogniser, fallback_cache: Path, max_megapixels: float = 100.0) -> ReferenceLibrary:
+    """A library whose faces are found by ``helper``'s detector and embedded by ``recogniser`` (identity guidance's
+    network): what ``--ref-library``, the page and :meth:`mgfr_cli.api.Restorer.open_library` open (not refreshed)."""
+    from mgfr_cli.errors import ConfigError, WeightsError
+
+    if helper.detector is None:
+        raise ConfigError("a reference library finds faces in whole photos: load the Restorer with a detector")
+    if recogniser is None:
+        raise WeightsError("a reference library needs the recogniser: Restorer.load(library=True) fetches it "
+                           "(mgfr weights fetch arcface-irse50)")
+    return ReferenceLibrary(folder, helper, lambda crops: recogniser.embed_crops(crops).cpu().numpy(), fallback_cache,
+                            max_megapixels)
+
+
 def _writable(folder: Path) -> bool:
     import tempfile
 
