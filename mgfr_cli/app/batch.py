@@ -23,8 +23,8 @@ from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_s
 from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
-from mgfr_cli.app.outputs import (earlier_recipes, existing_output, output_path, recipe, refuse_outputs_onto_inputs,
-                                  remove_stale_temporaries, skipped_as_done, without_own_outputs)
+from mgfr_cli.app.outputs import (earlier_recipes, earlier_rows, existing_output, output_path, recipe, skipped_as_done,
+                                  refuse_outputs_onto_inputs, remove_stale_temporaries, without_own_outputs)
 from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, is_video_file, read_image, write_image
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
@@ -93,7 +93,7 @@ class BatchRestorer:
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
         items, outcomes = collect_inputs(job.inputs, job.recursive, exclude=job.output)
-        items = without_own_outputs(job, items)
+        items = without_own_outputs(items, earlier := earlier_rows(job))  # the folder's summary, read once
         videos = [it for it in items if is_video_file(it.path)]
         items = [it for it in items if not is_video_file(it.path)]
         if job.clip_flags and not videos:
@@ -104,7 +104,7 @@ class BatchRestorer:
                               f"as .mp4)")
         refuse_outputs_onto_inputs(job, items)
         check_output_folder(job.output)
-        self.recipes = earlier_recipes(job)  # what earlier runs' outputs were made with (the folder's summary)
+        self.recipes = earlier_recipes(earlier)  # what earlier runs' outputs were made with
         rank, world = job.shard
         items = items[rank::world]
         for o in outcomes if rank == 0 else []:

@@ -32,18 +32,23 @@ def output_candidates(job: RestoreJob, item: InputItem) -> list[Path]:
     return [job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}" for ext in exts]
 
 
-def without_own_outputs(job: RestoreJob, items: list[InputItem]) -> list[InputItem]:
-    """Photos an earlier run wrote into ``-o`` (its summary lists them) are outputs, never inputs: ``restore site
-    -o site --suffix _r`` run twice does not restore ``a_r.jpg`` into ``a_r_r.jpg``."""
+def earlier_rows(job: RestoreJob) -> list[dict]:
+    """The rows of the output folder's summary (what earlier runs wrote, and with what), read once per run."""
     import json
 
     from mgfr_cli.app.summary import summary_path
 
     try:
         rows = json.loads(summary_path(job.output)[0].read_text())
-        written = {Path(r["output"]).resolve() for r in rows if isinstance(r, dict) and r.get("output")}
-    except (OSError, ValueError, TypeError, KeyError):
-        return items
+    except (OSError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("source"), str)] if isinstance(rows, list) else []
+
+
+def without_own_outputs(items: list[InputItem], earlier: list[dict]) -> list[InputItem]:
+    """Photos an earlier run wrote into ``-o`` (its summary lists them: ``earlier``) are outputs, never inputs:
+    ``restore site -o site --suffix _r`` run twice does not restore ``a_r.jpg`` into ``a_r_r.jpg``."""
+    written = {Path(r["output"]).resolve() for r in earlier if isinstance(r.get("output"), str) and r["output"]}
     return [it for it in items if it.path.resolve() not in written]
 
 
@@ -109,17 +114,9 @@ def recipe(job: RestoreJob, source: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def earlier_recipes(job: RestoreJob) -> dict[str, str]:
+def earlier_recipes(earlier: list[dict]) -> dict[str, str]:
     """Photo -> what its output was made with, as the folder's summary records it (rows of older runs have none)."""
-    import json
-
-    from mgfr_cli.app.summary import summary_path
-
-    try:
-        rows = json.loads(summary_path(job.output)[0].read_text())
-        return {r["source"]: r["recipe"] for r in rows if isinstance(r, dict) and r.get("recipe") and "source" in r}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return {}
+    return {r["source"]: r["recipe"] for r in earlier if isinstance(r.get("recipe"), str) and r["recipe"]}
 
 
 def skipped_as_done(job: RestoreJob, source: Path, done: Path, recipes: dict) -> Outcome:
