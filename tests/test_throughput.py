@@ -142,3 +142,14 @@ def test_a_reference_file_is_encoded_once_per_run(astronaut):
     for _ in range(2):  # two batches that share the reference
         pipe.restore([crop, crop], [FaceConditions(references=(ref,))] * 2, FAST)
     assert sizes == [2, 1, 2]  # LQ faces, the reference once, LQ faces again
+
+
+def test_a_share_of_another_launch_size_is_not_taken(tmp_path):
+    """Process 1 of 2 and process 1 of 20 write different files: one is never read for the other."""
+    from mgfr_cli.app.summary import merge_summaries, write_share
+    from mgfr_cli.faces.inputs import Outcome
+
+    write_share(tmp_path, 0, 2, [Outcome(tmp_path / "a.png", RESTORED, "", None, 1)])
+    write_share(tmp_path, 1, 20, [Outcome(tmp_path / "z.png", RESTORED, "", None, 1)])
+    merged, missing, *_ = merge_summaries(tmp_path, 2, wait_s=0.5)
+    assert missing == [1] and [o.source.name for o in merged] == ["a.png"]

@@ -77,8 +77,10 @@ SHARE_MARK = "mgfr process share"
 
 
 def _share_files(output: Path, rank: int, world: int) -> list[Path]:
-    """Where process ``rank`` may have written its share: its name, or the free name beside a user's file."""
-    return sorted(output.glob(f"mgfr-summary-{rank}-of-{world}*.json"))
+    """Where process ``rank`` may have written its share: its name, or the free name beside a user's file
+    (``...-mgfr[-N].json``; never another launch size's: ``1-of-2`` is not ``1-of-20``)."""
+    name = f"mgfr-summary-{rank}-of-{world}"
+    return sorted(p for p in [output / f"{name}.json", *output.glob(f"{name}-mgfr*.json")] if p.is_file())
 
 
 def _read_share(path: Path) -> dict | None:
