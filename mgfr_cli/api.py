@@ -140,10 +140,10 @@ class Restorer:
             from mgfr_cli.faces.identity import similarity_report
 
             judged = {r["face"]: r for r in similarity_report(self.judge, faces, conditions, out.images)}
-        if sampling.get("identity_guidance") and not any(c.references for c in conditions):
-            notes.append("identity_guidance: not used (no references to steer toward: give refs or a library)")
-        if "guidance_attribute" in sampling and not negative_prompt:
-            notes.append("guidance_attribute: not used (it steers away from a negative_prompt, and none was given)")
+        idle = {k for k, on in (("identity_guidance", sampling.get("identity_guidance") and
+                                 not any(c.references for c in conditions)),
+                                ("guidance_attribute", not negative_prompt)) if on}
+        notes += _idle_notes(sampling, idle)
         if out.ignored:
             notes.append(f"references not used: the {self.pipeline.profile.source} adapter has no trained reference "
                          f"branch and identity guidance is off")
@@ -212,11 +212,7 @@ class Restorer:
         outcomes = batch.run(job, on_outcome or (lambda o: None))
         path, note = summary_path(job.output)
         write_summary(path, outcomes, merge=True)
-        idle = restorer.idle()
-        notes += batch.notes + ([note] if note else [])
-        notes += [f"{k}: not used (no face had {what})" for k, what in (
-            ("identity_guidance", "references to steer toward"), ("guidance_attribute", "a negative_prompt"))
-            if k in sampling and k in idle]
+        notes += batch.notes + ([note] if note else []) + _idle_notes(sampling, restorer.idle())
         return FilesResult(outcomes, notes, path)
 
     def _background(self, upscale, has_aligned: bool) -> list[str]:
@@ -239,6 +235,14 @@ class Restorer:
         if not found:
             raise InputError(f"reference {source or '(array)'}: no face detected")
         return self.helper.align(rgb, found[0], 0, source)
+
+
+def _idle_notes(sampling: dict, idle) -> list[str]:
+    """The guidance keywords given that no face could act on (``idle``: :meth:`DiffusionRestorer.idle`'s names)."""
+    said = {"identity_guidance": "identity_guidance: not used (no references to steer toward: give refs or a library)",
+            "guidance_attribute": "guidance_attribute: not used (it steers away from a negative_prompt, and none was "
+                                  "given)"}
+    return [said[k] for k in said if k in sampling and k in idle]
 
 
 def _library_options(library, ref_k, ref_threshold) -> list[str]:
