@@ -56,6 +56,7 @@ class Restorer:
         self.helper, self.pipeline, self.upsampler, self.judge = helper, pipeline, upsampler, judge
         self.notes = list(notes)
         self.bg_upsampler = bg_upsampler  # what load() was asked for: "none" means Lanczos by choice
+        self.weights = ""  # load(): a fingerprint of every weights file used (weights.files.fingerprint)
 
     @classmethod
     def load(cls, model_root: str | Path | None = None, *, checkpoint=None, base=None, cleaner: str = "auto",
@@ -66,7 +67,7 @@ class Restorer:
         aligned crops. ``references``/``library``: the run will use references (the recogniser is fetched)."""
         from mgfr_cli.app.options import Device, resolve_device
         from mgfr_cli.faces.identity import ARCFACE_FILE, IdentityEncoder
-        from mgfr_cli.weights.files import load_manifest, resolve_root
+        from mgfr_cli.weights.files import fingerprint, load_manifest, resolve_root
         from mgfr_cli.weights.provision import offline_requested, plan_restore, provide, restore_components
 
         dev, dtype = resolve_device(Device(device), precision)
@@ -80,7 +81,14 @@ class Restorer:
         provide(plan, manifest, offline=offline, announce=announce or (lambda rows: None), progress=progress)
         helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
         judge = IdentityEncoder(root / ARCFACE_FILE, dev) if (root / ARCFACE_FILE).is_file() else None
-        return cls(helper, pipeline, upsampler, judge, plan.notes + pipeline.notes, bg_upsampler)
+        restorer = cls(helper, pipeline, upsampler, judge, plan.notes + pipeline.notes, bg_upsampler)
+        restorer.weights = fingerprint(plan.files() + ([root / ARCFACE_FILE] if pipeline.identity else []))
+        return restorer
+
+    def models(self) -> str:
+        """What makes this Restorer's outputs: the adapter's kind and cleaner in words, and the weights used (a
+        run's recipe: another checkpoint, detector or upsampler is another recipe)."""
+        return f"{self.pipeline.models()}; weights {self.weights or 'as built'}"
 
     def settings(self, *, steps=None, scheduler=None, guidance_quality=None, guidance_attribute: float = 2.0,
                  identity_guidance=None, color_fix: str = "wavelet", seed: int = 0, start_from: str = "noise"):
@@ -204,7 +212,7 @@ class Restorer:
                          ref_k=ref_k or 3, ref_threshold=0.3 if ref_threshold is None else ref_threshold,
                          clip_flags=tuple(k for k in ("crf", "video_noise") if k in options), selection=selection,
                          **{k: v for k, v in options.items() if k in job_keys})
-        job = replace(job, recipe=recipe_text(settings, self.pipeline.models(), flags, job.upscale, selection,
+        job = replace(job, recipe=recipe_text(settings, self.models(), flags, job.upscale, selection,
                                               job.has_aligned, library.folder if library else None, job.ref_k,
                                               job.ref_threshold))
         restorer = DiffusionRestorer(self.pipeline, settings)

@@ -120,7 +120,7 @@ def restore(
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
                      shard=(rank, world), report=report, ref_k=ref_k, ref_threshold=ref_threshold, crf=crf,
                      video_noise=video_noise, clip_flags=tuple(given(ctx, ("crf", "video_noise"))),
-                     recipe=recipe_text(settings, pipeline.models(), flags, upscale, selection, has_aligned, ref_library,
+                     recipe=recipe_text(settings, loaded.models(), flags, upscale, selection, has_aligned, ref_library,
                                         ref_k, ref_threshold))
     if compile:
         notes([f"--compile: the first batch compiles the denoiser for {batch_size} faces (about 1.5 minutes on an "

@@ -62,6 +62,23 @@ def tiny_adapter(base, seed: int = 0):
     return MgfrAdapter.from_unet(base.unet, **load_model_config("mgfr-tiny").adapter)
 
 
+def copied_adapter(src: Path, dest: Path, moved: float = 0.0) -> Path:
+    """A copy of the adapter folder ``src``; ``moved``: every tensor shifted by it, as a later training step."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    dest.mkdir(parents=True)
+    for f in Path(src).iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    if moved:
+        weights = dest / "diffusion_pytorch_model.safetensors"
+        with safe_open(weights, "pt") as fh:
+            metadata = fh.metadata()
+        save_file({k: v + moved for k, v in load_file(weights).items()}, weights, metadata=metadata)
+        assert weights.stat().st_size == (Path(src) / weights.name).stat().st_size  # only the values moved
+    return dest
+
+
 def arcface_onnx(path: Path, seed: int = 0) -> Path:
     """Export a small random network shaped like ArcFace (1x3x112x112 in, 512 out) to ONNX."""
     import torch

@@ -362,3 +362,22 @@ def test_a_rerun_with_other_settings_says_which_outputs_were_made_otherwise(tiny
     assert text.count(other) == 1 and "a.png" in text.split(other)[0].rsplit("│", 3)[-3]
     run("--prompt", "blue eyes", "--overwrite")
     assert other not in run("--prompt", "blue eyes")  # redone: the record follows
+
+
+def test_a_rerun_with_other_weights_says_so_and_a_copy_of_the_same_does_not(tiny_root, small, tmp_path, cli):
+    """The weights are settings too: another checkpoint of the same kind (a training run's later step: every
+    tensor moved) lists the outputs as made otherwise; the same checkpoint copied elsewhere is a plain resume."""
+    from helpers import copied_adapter
+
+    _png(tmp_path / "in" / "a.png", small)
+
+    def run(checkpoint):
+        code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root,
+                             "--checkpoint", checkpoint, *FAST)
+        assert code == 0, out + err
+        return " ".join(out.split())
+
+    other = "made with other settings (--overwrite to redo it)"
+    run(tiny_root / "mgfr-adapter")
+    assert other not in run(copied_adapter(tiny_root / "mgfr-adapter", tmp_path / "same"))
+    assert other in run(copied_adapter(tiny_root / "mgfr-adapter", tmp_path / "later", moved=1e-3))

@@ -191,8 +191,12 @@ def test_a_stopped_clip_continues_after_its_last_whole_piece(tiny_root, astronau
     assert not (tmp_path / "out" / ".c.mp4.segments").exists()
 
 
-def test_a_stopped_clip_is_not_continued_toward_another_prompt(tiny_root, astronaut, tmp_path, cli, monkeypatch):
-    """Pieces restored toward one prompt are not joined to pieces restored toward another: the clip starts again."""
+@pytest.mark.parametrize("change", ["prompt", "checkpoint"])
+def test_a_stopped_clip_is_not_continued_toward_another_prompt(tiny_root, astronaut, tmp_path, cli, monkeypatch,
+                                                               change):
+    """Pieces restored toward one prompt (with one checkpoint) are not joined to pieces restored toward another
+    (another checkpoint of the same kind: a training run's later step): the clip starts again."""
+    from helpers import copied_adapter
     import mgfr_cli.app.video as video
     from mgfr_cli.model.pipeline import DiffusionRestorer
 
@@ -212,8 +216,9 @@ def test_a_stopped_clip_is_not_continued_toward_another_prompt(tiny_root, astron
     assert (tmp_path / "out" / ".c.mp4.segments" / "seg-00000.mp4").is_file()
     calls.clear()
     stop = False
-    code, out, err = cli("restore", clip, "-o", tmp_path / "out", "--prompt", "brown eyes", "--model-root", tiny_root,
-                         *FAST)
+    other = (["--prompt", "brown eyes"] if change == "prompt" else
+             ["--checkpoint", copied_adapter(tiny_root / "mgfr-adapter", tmp_path / "later", moved=1e-3)])
+    code, out, err = cli("restore", clip, "-o", tmp_path / "out", *other, "--model-root", tiny_root, *FAST)
     assert code == 0 and sum(calls) == 20, (calls, out + err)  # every frame again, toward the new prompt
 
 
@@ -227,3 +232,27 @@ def test_flags_that_do_not_apply_to_clips_are_said_not_dropped(tiny_root, clip, 
                          *FAST)
     assert code == 1 and "a clip is not an aligned face" in " ".join((out + err).split())
     assert not (tmp_path / "aligned" / "clip.mp4").exists()
+
+
+def test_a_rerun_with_another_crf_or_noise_says_so_for_clips_not_photos(tiny_root, astronaut, tmp_path, cli):
+    """A finished clip rerun with another --crf or --video-noise is listed as made otherwise (its output would
+    differ); a photo beside it is a plain resume (those flags do not touch photos)."""
+    (tmp_path / "in").mkdir()
+    make_clip(tmp_path / "in" / "c.mp4", astronaut, frames=4, audio=False)
+    cv2.imwrite(str(tmp_path / "in" / "p.png"), np.ascontiguousarray(astronaut[:256, 96:352, ::-1]))
+    other = "made with other settings (--overwrite to redo it)"
+
+    def run(*extra):
+        code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST,
+                             *extra)
+        assert code == 0, out + err
+        return [line for line in out.splitlines() if other in line]
+
+    run()
+    rows = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())
+    assert sorted((os.path.basename(r["source"]), r["status"]) for r in rows) == [("c.mp4", "restored"),
+                                                                                  ("p.png", "restored")]
+    assert run() == []
+    for extra in (["--crf", "30"], ["--video-noise", "frame"]):
+        listed = run(*extra)
+        assert len(listed) == 1 and "c.mp4" in listed[0], listed

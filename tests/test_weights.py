@@ -2,6 +2,7 @@
 
 import hashlib
 import http.server
+import shutil
 import socket
 import threading
 
@@ -168,3 +169,28 @@ def test_doctor_is_truthful_here(cli, tmp_path, detector_root):
     assert code == 1
     assert "retinaface_mobile0.25: unpinned" in text and "sd21-base: missing" in text and "diffbir-v2: missing" in text
     assert "ok mgfr align" in text and "no mgfr restore" in text
+
+
+def test_what_outputs_are_made_with_covers_every_weights_file_a_restore_reads(tiny_root, tmp_path):
+    """The recipe's weights (a rerun with others lists the outputs as made otherwise) are the detector, base,
+    adapter, cleaner and background upsampler the plan names: each choice gives another fingerprint."""
+    from mgfr_cli.model.cleaner import CLEANERS
+    from mgfr_cli.model.upsampler import UPSAMPLERS
+    from mgfr_cli.weights.files import fingerprint
+    from mgfr_cli.weights.provision import plan_restore
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    for i, file in enumerate((CLEANERS["swinir-face"][1], UPSAMPLERS["realesrgan-x2"][1],
+                              UPSAMPLERS["realesrgan-x4"][1])):
+        (root / file).write_bytes(bytes([i]) * 1000)  # what each holds is all a fingerprint reads
+
+    def plan(**kw):
+        args = dict(detector="retinaface_mobile0.25", base=None, checkpoint=None, cleaner="none", bg_upsampler="none",
+                    upscale=1.0, offline=True, identity_guidance=0)
+        return plan_restore(root, load_manifest(), **{**args, **kw})
+
+    assert plan().files() == [root / "detection_mobilenet0.25_Final.pth", root / "sd21-base", root / "mgfr-adapter"]
+    choices = ({}, {"detector": None}, {"cleaner": "swinir-face"}, {"upscale": 2.0, "bg_upsampler": "realesrgan-x2"},
+               {"upscale": 2.0, "bg_upsampler": "realesrgan-x4"})
+    assert len({fingerprint(plan(**kw).files()) for kw in choices}) == len(choices)

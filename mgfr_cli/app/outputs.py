@@ -82,7 +82,7 @@ OTHER_SETTINGS = "output exists, made with other settings (--overwrite to redo i
 
 def recipe_text(settings, models: str, flags, upscale: float, selection, has_aligned: bool, library, ref_k: int,
                 ref_threshold: float) -> str:
-    """The run's settings an output depends on (sampling, the models in words: ``MgfrPipeline.models()``, prompts
+    """The run's settings an output depends on (sampling, the models and their weights: ``Restorer.models()``, prompts
     and references given as flags, upscale, face selection, the library), as one canonical string:
     ``RestoreJob.recipe``. Paths are resolved (the same files named from another folder are the same settings)."""
     import json
@@ -96,15 +96,19 @@ def recipe_text(settings, models: str, flags, upscale: float, selection, has_ali
 
 
 def recipe(job: RestoreJob, source: Path) -> str:
-    """What ``source``'s output is made with: the run's settings and the text of the photo's sidecar and folder
-    ``mgfr.yaml``; empty when the job states no settings (a test's job, the web page's one photo)."""
+    """What ``source``'s output is made with: the run's settings, a clip's ``--crf`` and ``--video-noise``, and the
+    text of the photo's sidecar and folder ``mgfr.yaml``; empty when the job states no settings (a test's job, the
+    web page's one photo)."""
     import hashlib
 
     from mgfr_cli.faces.conditions import FOLDER_YAML, sidecar_path
+    from mgfr_cli.faces.io import is_video_file
 
     if not job.recipe:
         return ""
     h = hashlib.sha1(job.recipe.encode("utf-8", "surrogateescape"))
+    if is_video_file(source):
+        h.update(f"clip crf={job.crf} noise={job.video_noise}".encode())
     for p in (sidecar_path(Path(source)), Path(source).parent / FOLDER_YAML):
         try:
             h.update(p.read_bytes()[: 1 << 20] if p is not None else b"")

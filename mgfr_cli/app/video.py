@@ -150,7 +150,7 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     st = path.stat()
     segments = Segments(target, "|".join(map(str, (path.resolve(), st.st_size, st.st_mtime_ns, job.seed, job.crf,
                                                    job.upscale, seed_per, getattr(batch.restorer, "settings", None),
-                                                   _conditions_key(conds)))))
+                                                   _conditions_key(conds), job.recipe))))
     try:
         writer = SegmentWriter(segments, rate, job.crf, flicker)
         window: list = []

@@ -144,6 +144,35 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+SAMPLES, SAMPLE = 16, 1 << 16  # a fingerprint reads 16 blocks of 64 KiB per file: head, tail and between
+
+
+def fingerprint(paths) -> str:
+    """What these weights are, cheaply: each file's size and 16 blocks sampled from its head to its tail (a
+    folder: each of its files, by name inside it). Two checkpoints of one training run differ in it and a copy of
+    one does not; not a full hash, which would read a 5 GB base on every run. What a run's outputs are made with
+    (``app.outputs.recipe_text``)."""
+    h = hashlib.sha1()
+    for path in map(Path, paths):
+        files = [path]
+        if path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.is_file()
+                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        for f in files:
+            h.update(f"{f.relative_to(path).as_posix() if f != path else ''}\0".encode("utf-8", "surrogateescape"))
+            try:
+                with open(f, "rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    h.update(str(size).encode())
+                    for k in range(SAMPLES):
+                        fh.seek(max(0, size - SAMPLE) * k // (SAMPLES - 1))
+                        h.update(fh.read(SAMPLE))
+            except OSError:
+                h.update(b"unreadable")
+        h.update(b"\1")
+    return h.hexdigest()[:16]
+
+
 def read_pins(root: Path) -> dict:
     p = root / PINS
     return {str(k): str(v) for k, v in read_yaml(p).items()} if p.is_file() else {}

@@ -45,6 +45,14 @@ class RestorePlan:
     convert: list = field(default_factory=list)  # entry names whose fetched file becomes an adapter folder
     notes: list = field(default_factory=list)  # choices the user should hear about
 
+    def files(self) -> list[Path]:
+        """The weights a provided plan restores with: detector, base, the adapter folder (a training run's newest
+        checkpoint), cleaner, background upsampler, recogniser (what an output is made with)."""
+        from mgfr_cli.model.loading import find_adapter_dir
+
+        return [p for p in (self.detector_file, self.base, find_adapter_dir(self.checkpoint), self.cleaner,
+                            self.upsampler, self.recogniser) if p is not None]
+
 
 def _adapter_config(checkpoint: Path) -> dict | None:
     """The adapter's config.json (what profiles read) without loading the adapter; None when not there yet."""
