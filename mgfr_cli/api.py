@@ -116,6 +116,7 @@ class Restorer:
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.conditions import FaceConditions
         from mgfr_cli.faces.helper import FaceSelection, aligned_output
+        from mgfr_cli.model.pipeline import DiffusionRestorer
 
         notes = _library_options(library, ref_k, ref_threshold) + self._background(upscale, has_aligned)
         rgb, kind = _as_rgb(image)
@@ -138,28 +139,26 @@ class Restorer:
                       FaceConditions(prompt, negative_prompt, *library.find(f.crop, ref_k or 3, 0.3 if ref_threshold
                                                                            is None else ref_threshold))
                       for f in faces]
-        out = self.pipeline.restore([f.to_restore for f in faces], conditions, settings, seeds=[seed + f.index for f in faces])
+        restorer = DiffusionRestorer(self.pipeline, settings)  # what the faces used: the CLI's tally
+        images = restorer.restore([f.to_restore for f in faces], conditions, [seed + f.index for f in faces])
         if has_aligned:  # the face is the image: at its size times upscale
-            pixels = aligned_output(out.images[0], rgb.shape[1], rgb.shape[0], upscale)
+            pixels = aligned_output(images[0], rgb.shape[1], rgb.shape[0], upscale)
         else:
-            pixels = paste_back(self.helper, self.upsampler, rgb, faces, out.images, upscale)
+            pixels = paste_back(self.helper, self.upsampler, rgb, faces, images, upscale)
         judged = {}
         if self.judge is not None and any(c.references for c in conditions):
             from mgfr_cli.faces.identity import similarity_report
 
-            judged = {r["face"]: r for r in similarity_report(self.judge, faces, conditions, out.images)}
-        idle = {k for k, on in (("identity_guidance", sampling.get("identity_guidance") and
-                                 not any(c.references for c in conditions)),
-                                ("guidance_attribute", not negative_prompt)) if on}
-        notes += _idle_notes(sampling, idle)
-        if out.ignored:
+            judged = {r["face"]: r for r in similarity_report(self.judge, faces, conditions, images)}
+        notes += _idle_notes(sampling, restorer)
+        if restorer.ignored:
             notes.append(f"references not used: the {self.pipeline.profile.source} adapter has no trained reference "
                          f"branch and identity guidance is off")
         results = [FaceResult(f.index, tuple(float(v) for v in (f.box or (0, 0, 0, 0))), f.crop, r,
                               [str(x.source) if x.source is not None else "(array)" for x in c.references],
                               {k: judged[f.index][k] for k in ("before", "after")} if f.index in judged else None,
                               [{"file": str(m.file), "similarity": round(m.similarity, 4)} for m in c.library])
-                   for f, r, c in zip(faces, out.images, conditions)]
+                   for f, r, c in zip(faces, images, conditions)]
         return RestoreResult(_like(pixels, kind), results, notes)
 
     def open_library(self, folder: str | Path, cache: str | Path | None = None, max_megapixels: float = 100.0):
@@ -220,7 +219,7 @@ class Restorer:
         outcomes = batch.run(job, on_outcome or (lambda o: None))
         path, note = summary_path(job.output)
         write_summary(path, outcomes, merge=True)
-        notes += batch.notes + ([note] if note else []) + _idle_notes(sampling, restorer.idle())
+        notes += batch.notes + ([note] if note else []) + _idle_notes(sampling, restorer)
         return FilesResult(outcomes, notes, path)
 
     def _background(self, upscale, has_aligned: bool) -> list[str]:
@@ -245,9 +244,11 @@ class Restorer:
         return self.helper.align(rgb, found[0], 0, source)
 
 
-def _idle_notes(sampling: dict, idle) -> list[str]:
-    """The guidance keywords given that no face could act on (``idle``: :meth:`DiffusionRestorer.idle`'s names)."""
-    said = {"identity_guidance": "identity_guidance: not used (no references to steer toward: give refs or a library)",
+def _idle_notes(sampling: dict, restorer) -> list[str]:
+    """The guidance keywords given that no face could act on (:meth:`DiffusionRestorer.idle`), with why."""
+    idle = restorer.idle()
+    said = {"identity_guidance": f"identity_guidance: not used ({idle.get('identity_guidance')}"
+                                 + (": give refs or a library)" if not restorer.referenced else ")"),
             "guidance_attribute": "guidance_attribute: not used (it steers away from a negative_prompt, and none was "
                                   "given)"}
     return [said[k] for k in said if k in sampling and k in idle]

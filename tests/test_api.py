@@ -74,6 +74,8 @@ def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):
     unused = restorer.restore(small, steps=1, identity_guidance=0.1, guidance_attribute=4.0).notes
     assert [n.split(":")[0] for n in unused] == ["identity_guidance", "guidance_attribute"], unused
     assert restorer.restore(small, steps=1, guidance_attribute=4.0, negative_prompt="eyeglasses").notes == []
+    referenced = restorer.restore(small, steps=1, identity_guidance=0.1, refs=[small]).notes  # used by the RCA
+    assert referenced == ["identity_guidance: not used (no recogniser was loaded: mgfr weights fetch arcface-irse50)"]
     with pytest.raises(InputError, match="upscale"):
         restorer.restore(small, steps=1, upscale=float("nan"))
 

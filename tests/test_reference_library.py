@@ -189,6 +189,10 @@ def test_flags_without_what_they_act_on_are_named_once(world, tmp_path, cli):
                          "--negative-prompt", "eyeglasses", *common)
     assert code == 0 and "not used" not in err, out + err
     assert "identity guidance (strength 0.1" in " ".join(err.split())
+    code, out, err = cli("restore", photo, "-o", tmp_path / "out3", "--ref-library", lib, "--ref-threshold", "-1",
+                         "--identity-guidance", "0.1", *common[:2], "--steps", "1", *common[4:])
+    said = " ".join(err.split())  # references the adapter used, but one step is outside guidance's window
+    assert code == 0 and said.count("--identity-guidance: not used (no step of 1 fell in its window") == 1, said
 
 
 def test_the_web_page_names_library_flags_without_a_library(tmp_path, cli, monkeypatch):

@@ -153,3 +153,20 @@ def test_a_share_of_another_launch_size_is_not_taken(tmp_path):
     write_share(tmp_path, 1, 20, [Outcome(tmp_path / "z.png", RESTORED, "", None, 1)])
     merged, missing, *_ = merge_summaries(tmp_path, 2, wait_s=0.5)
     assert missing == [1] and [o.source.name for o in merged] == ["a.png"]
+
+
+def test_a_process_tally_carries_every_count_to_process_0():
+    """Process 0 speaks for the launch from the other processes' tallies: every count survives the trip (a face
+    with references on process 1 only must not make process 0 say no face had any)."""
+    from types import SimpleNamespace
+
+    from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
+
+    def restorer():
+        return DiffusionRestorer(SimpleNamespace(recogniser=None), RestoreSettings(identity_guidance=0.1))
+
+    other, first = restorer(), restorer()
+    other.faces, other.negatives, other.referenced, other.guided = 3, 1, 2, 0
+    first.absorb(other.tally())
+    assert first.tally() == other.tally() and first.idle() == other.idle()
+    assert first.idle()["identity_guidance"].startswith("no recogniser") and "guidance_attribute" not in first.idle()

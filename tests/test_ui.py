@@ -223,7 +223,7 @@ def test_sliders_no_face_could_use_are_said(server, photo, tmp_path):
     _, models = server
     common = (4.0, 5.0, 1, 0, "every face", "wavelet", 1, True)
     *_, status = restore_one(models, str(photo[0]), None, "", "", *common, tmp_path / "a", identity_guidance=0.3)
-    assert "**Not used:** attribute guidance" in status and "identity guidance (no face had a reference" in status
+    assert "**Not used:** attribute guidance" in status and "identity guidance (no face had references" in status
     *_, status = restore_one(models, str(photo[0]), None, "", "eyeglasses", *common, tmp_path / "b")
     assert "Not used" not in status, status
 

@@ -119,8 +119,8 @@ def unused_after(ctx: typer.Context, restorer) -> list[str]:
     """After a run: the flags given that no face turned out to use (``restorer``: the run's DiffusionRestorer)."""
     lines, idle = [], restorer.idle()
     if given(ctx, ("identity_guidance",)) and "identity_guidance" in idle:
-        lines.append("--identity-guidance: not used (no face had references to steer toward: give --ref, "
-                     "--ref-library or a sidecar's refs)")
+        lines.append(f"--identity-guidance: not used ({idle['identity_guidance']}" + (
+            ": give --ref, --ref-library or a sidecar's refs)" if not restorer.referenced else ")"))
     if given(ctx, ("guidance_attribute",)) and "guidance_attribute" in idle:
         lines.append("--guidance-attribute: not used (it steers away from a negative prompt, and no face had one: "
                      "give --negative-prompt or a sidecar's negative_prompt)")

@@ -76,7 +76,8 @@ def unused_sliders(restorer, settings, profile) -> str:
     if settings.guidance_attribute != RestoreSettings.guidance_attribute and "guidance_attribute" in idle:
         unused.append("attribute guidance (it steers away from the attributes to avoid, and none were given)")
     if settings.identity_guidance != profile.default_identity_guidance and "identity_guidance" in idle:
-        unused.append("identity guidance (no face had a reference to steer toward: upload one)")
+        unused.append(f"identity guidance ({idle['identity_guidance']}" + (": upload one)" if not restorer.referenced
+                                                                            else ")"))
     return f" **Not used:** {'; '.join(unused)}." if unused else ""
 
 

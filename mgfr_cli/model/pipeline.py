@@ -334,12 +334,14 @@ class DiffusionRestorer:
         self.ignored: set[str] = set()  # inputs the adapter could not use, for the run's summary
         self.guided = 0  # faces steered by identity guidance in this run
         self.faces = self.negatives = 0  # faces restored in this run, and those with a negative-attribute prompt
+        self.referenced = 0  # faces restored with references
         self.callback = None  # callback(step, t, latents) per denoising step (the web page's progress bar)
 
     def restore(self, crops, conditions, seeds):
         n = len(crops)
         self.faces += n
         self.negatives += sum(bool(c.negative_prompt) for c in conditions)
+        self.referenced += sum(bool(c.references) for c in conditions)
         if self.pad_to and n < self.pad_to:
             extra = self.pad_to - n
             crops, conditions, seeds = crops + crops[-1:] * extra, conditions + conditions[-1:] * extra, seeds + seeds[-1:] * extra
@@ -350,21 +352,29 @@ class DiffusionRestorer:
 
     def tally(self) -> dict:
         """What this run's faces used, as plain data (a process of a multi-GPU launch hands it to process 0)."""
-        return {"faces": self.faces, "negatives": self.negatives, "guided": self.guided, "ignored": sorted(self.ignored)}
+        return {"faces": self.faces, "negatives": self.negatives, "referenced": self.referenced, "guided": self.guided,
+                "ignored": sorted(self.ignored)}
 
     def absorb(self, tally: dict) -> None:
         """Count another process's faces in (its :meth:`tally`), so the launch's notes speak for all of them."""
         self.faces += tally.get("faces", 0)
         self.negatives += tally.get("negatives", 0)
+        self.referenced += tally.get("referenced", 0)
         self.guided += tally.get("guided", 0)
         self.ignored.update(tally.get("ignored", ()))
 
-    def idle(self) -> set[str]:
-        """The guidance settings no face of this run could act on: identity guidance when no face had references,
-        attribute guidance when no face had a negative prompt (whether the user set them is the caller's to say)."""
-        idle = set()
+    def idle(self) -> dict[str, str]:
+        """The guidance settings no face of this run could act on, each with why: identity guidance when no face
+        had references (or, with references an adapter's reference branch used, no step was guided), attribute
+        guidance when no face had a negative prompt (whether the user set them is the caller's to say)."""
+        from mgfr_cli.model.identity_guidance import WINDOW
+
+        idle = {}
         if self.settings.identity_guidance > 0 and not self.guided and "references" not in self.ignored:
-            idle.add("identity_guidance")
+            idle["identity_guidance"] = (
+                "no face had references to steer toward" if not self.referenced else
+                "no recogniser was loaded: mgfr weights fetch arcface-irse50" if self.pipeline.recogniser is None else
+                f"no step of {self.settings.steps} fell in its window t/T {WINDOW[0]:g}..{WINDOW[1]:g}: use more steps")
         if self.faces and not self.negatives:
-            idle.add("guidance_attribute")
+            idle["guidance_attribute"] = "no face had a negative prompt to steer away from"
         return idle
