@@ -193,6 +193,9 @@ def test_flags_without_what_they_act_on_are_named_once(world, tmp_path, cli):
                          "--identity-guidance", "0.1", *common[:2], "--steps", "1", *common[4:])
     said = " ".join(err.split())  # references the adapter used, but one step is outside guidance's window
     assert code == 0 and said.count("--identity-guidance: not used (no step of 1 fell in its window") == 1, said
+    code, out, err = cli("restore", photo, "-o", tmp_path / "out", "--identity-guidance", "0.1",
+                         "--guidance-attribute", "4", *common)
+    assert code == 0 and "not used" not in err, out + err  # every output done: no face to say anything of
 
 
 def test_the_web_page_names_library_flags_without_a_library(tmp_path, cli, monkeypatch):

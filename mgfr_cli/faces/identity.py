@@ -16,6 +16,17 @@ from mgfr_cli.faces.helper import FFHQ_TEMPLATE_512
 ARCFACE_FILE = "arcface_w600k_r50.onnx"
 
 
+def insightface_align():
+    """insightface's ``face_align`` module, without the FutureWarning it prints on every run through scikit-image's
+    deprecated ``SimilarityTransform.estimate`` (insightface's to update; nothing a user can act on)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`estimate` is deprecated", category=FutureWarning)
+    from insightface.utils import face_align
+
+    return face_align
+
+
 def providers_for(device) -> list:
     """onnxruntime providers for a torch device string: ``cuda:K`` runs on GPU K (each process of a
     multi-GPU run on its own GPU, not all on GPU 0), anything else on the CPU."""
@@ -47,10 +58,8 @@ class IdentityEncoder:
 
     def crop(self, aligned: np.ndarray) -> np.ndarray:
         """The ArcFace crop (BGR, as insightface expects) of an aligned RGB face of any size."""
-        from insightface.utils.face_align import norm_crop
-
         kps = FFHQ_TEMPLATE_512 * (aligned.shape[0] / 512.0)
-        return norm_crop(np.ascontiguousarray(aligned[:, :, ::-1]), kps, self.size)
+        return insightface_align().norm_crop(np.ascontiguousarray(aligned[:, :, ::-1]), kps, self.size)
 
     def embed(self, aligned: list[np.ndarray]) -> np.ndarray:
         if not aligned:

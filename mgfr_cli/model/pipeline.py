@@ -366,11 +366,12 @@ class DiffusionRestorer:
     def idle(self) -> dict[str, str]:
         """The guidance settings no face of this run could act on, each with why: identity guidance when no face
         had references (or, with references an adapter's reference branch used, no step was guided), attribute
-        guidance when no face had a negative prompt (whether the user set them is the caller's to say)."""
+        guidance when no face had a negative prompt; none when no face was restored (a resumed run with every output
+        done). Whether the user set them is the caller's to say."""
         from mgfr_cli.model.identity_guidance import WINDOW
 
         idle = {}
-        if self.settings.identity_guidance > 0 and not self.guided and "references" not in self.ignored:
+        if self.faces and self.settings.identity_guidance > 0 and not self.guided and "references" not in self.ignored:
             idle["identity_guidance"] = (
                 "no face had references to steer toward" if not self.referenced else
                 "no recogniser was loaded: mgfr weights fetch arcface-irse50" if self.pipeline.recogniser is None else

@@ -28,11 +28,10 @@ ARCFACE_SIZE = 112
 def arcface_matrix(face_size: int = 512) -> np.ndarray:
     """The 2x3 similarity from an aligned ``face_size`` crop (FFHQ template) to ArcFace's 112 crop (estimated once
     per size: it is fixed, and the warp runs at every guided step). Read-only."""
-    from insightface.utils.face_align import estimate_norm
-
     from mgfr_cli.faces.helper import FFHQ_TEMPLATE_512
+    from mgfr_cli.faces.identity import insightface_align
 
-    m = estimate_norm(FFHQ_TEMPLATE_512 * (face_size / 512.0), ARCFACE_SIZE).astype(np.float64)
+    m = insightface_align().estimate_norm(FFHQ_TEMPLATE_512 * (face_size / 512.0), ARCFACE_SIZE).astype(np.float64)
     m.setflags(write=False)
     return m
 
