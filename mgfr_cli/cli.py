@@ -31,7 +31,7 @@ def restore(
     ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder; the input tree is mirrored in it.")],
-    ref: Annotated[Optional[list[Path]], typer.Option("--ref", help="Reference image or folder (repeatable).")] = None,
+    ref: Annotated[Optional[list[Path]], typer.Option("--ref", metavar="<path>", help="Reference image or folder (repeatable).")] = None,
     ref_library: RefLibraryOpt = None,
     ref_k: RefKOpt = 3,
     ref_threshold: RefThresholdOpt = 0.3,
