@@ -275,15 +275,19 @@ def train(
             data, skipped = aligned, []
         if skipped:
             err.print(f"--align: {len(skipped)} image(s) without a detectable face were left out, e.g. {shown(skipped[0])}")
-    with Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}", markup=False),
-                  TimeRemainingColumn(), console=err) as progress:
-        task = progress.add_task("", total=cfg.max_steps)
+    progress = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}", markup=False),
+                        TimeRemainingColumn(), console=err)
+    task = progress.add_task("", total=cfg.max_steps)
 
-        def on_step(step, loss, rate):
-            progress.update(task, completed=step, description=f"loss {loss:.4f}  {rate:.1f} samples/s")
+    def on_step(step, loss, rate):
+        progress.start()  # shown from the first step: a run refused before it (a used -o...) shows no bar
+        progress.update(task, completed=step, description=f"loss {loss:.4f}  {rate:.1f} samples/s")
 
+    try:
         final = run_training(cfg, base_path=base or root / "sd21-base", data_dir=data, run_dir=output, init=init,
                              resume=resume, identity_path=root / ARCFACE_FILE, on_step=on_step)
+    finally:
+        progress.stop()
     out.print(f"adapter written to {final} (use: mgfr restore ... --checkpoint {output})")
 
 

@@ -237,7 +237,9 @@ def test_killed_training_resumes_to_the_same_weights(world, tmp_path, cli):
     proc.communicate(timeout=60)
     assert not (run / "adapter").exists(), "killed before the end"
     code, out, err = cli(*args, "--resume")
-    assert code == 0, err
+    assert code == 0 and "step 8/8" in err, err  # the bar, to the end
+    code, _, err = cli(*args)  # the run folder is used: refused before a step, with no bar at "step 0/8"
+    assert code == 1 and "holds checkpoints already" in err and "step " not in err, err
     a, b = _weights(tmp_path / "straight" / "adapter"), _weights(run / "adapter")
     # The killed run computed its first steps in another process, whose float rounding can differ by an ulp
     # from this one's; Adam turns such differences on near-zero gradients into full steps on a few elements
