@@ -72,6 +72,14 @@ def test_the_recogniser_as_loaded_is_facexlibs_module(recogniser_file, aligned):
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
 
 
+def test_the_recogniser_knows_its_weights(recogniser_file):
+    """What a library cache is keyed by (with the detector): the loaded file's fingerprint."""
+    from mgfr_cli.model.recogniser import Recogniser
+    from mgfr_cli.weights.files import fingerprint
+
+    assert Recogniser.load(recogniser_file).weights == fingerprint([recogniser_file]) != fingerprint([])
+
+
 def test_the_warp_takes_the_region_insightface_crops(aligned):
     from insightface.utils.face_align import norm_crop
 

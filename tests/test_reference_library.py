@@ -91,6 +91,25 @@ def test_each_degraded_face_finds_its_own_person_first(helper, people, astronaut
     assert not any(rel.startswith("person1/b") for rel, _ in third.rows)
 
 
+def test_a_cache_made_with_another_detector_or_recogniser_is_rebuilt(helper, people, tmp_path):
+    """Embeddings of two recognisers do not compare: a cache made with other weights (another --detector, a new
+    recogniser file) is embedded again, not searched with this run's faces (it matched them to strangers)."""
+    from types import SimpleNamespace
+
+    from mgfr_cli.faces.reference_library import library_of
+
+    lib = tmp_path / "lib"
+    _save(lib / "p.png", cv2.resize(people[0], None, fx=2.0, fy=2.0))
+
+    def embedded(made_with):
+        return ReferenceLibrary(lib, helper, CountingEmbed(), tmp_path / "x", made_with=made_with).refresh().embedded
+
+    assert (embedded("mobile; w1"), embedded("mobile; w1"), embedded("mobile; w2"), embedded("mobile; w2")) == (1, 0, 1, 0)
+    keys = {library_of(lib, h, SimpleNamespace(weights=w), tmp_path / "x").made_with
+            for h, w in ((helper, "w1"), (helper, "w2"), (SimpleNamespace(detector=1, detector_name="other"), "w1"))}
+    assert len(keys) == 3  # keyed by both the detector and the recogniser's weights
+
+
 def test_a_read_only_library_keeps_its_cache_under_the_output(helper, people, astronaut, tmp_path, monkeypatch):
     import mgfr_cli.faces.reference_library as rl
 

@@ -111,6 +111,7 @@ class FaceHelper:
         self.face_size = face_size
         self.template = FFHQ_TEMPLATE_512 * (face_size / 512.0)
         self.detector = self._load_detector(Path(model_root), detector) if detector is not None else None
+        self.detector_name = detector
         self.model_root = Path(model_root)
         self.use_parse = use_parse
         self._parser = None  # built on first paste that needs it

@@ -4,7 +4,8 @@ Every face of every photo in the folder (any layout, whole photos) is detected a
 lives beside the library, in ``DIR/.mgfr-library/`` (``index.json``: per file its size, modification time
 and faces with their landmarks; ``embeddings.npy``: one row per face), so every run and every output folder
 shares it; when the library folder is read-only it goes to ``OUT/_library-cache/`` instead. A later run
-embeds only the files that are new or changed and drops the ones that are gone. A search is one matrix
+embeds only the files that are new or changed and drops the ones that are gone; a cache made with another
+detector or recogniser (their weights) is rebuilt, as embeddings of two networks do not compare. A search is one matrix
 product over the unit embeddings (numpy): 100 000 faces take milliseconds.
 """
 
@@ -43,8 +44,9 @@ class ReferenceLibrary:
     """``embed(list of aligned uint8 crops) -> (N, D) unit rows``; ``helper``: a FaceHelper with a detector."""
 
     def __init__(self, folder: Path, helper, embed: Callable[[list[np.ndarray]], np.ndarray], fallback_cache: Path,
-                 max_megapixels: float = 100.0):
+                 max_megapixels: float = 100.0, made_with: str = ""):
         self.folder = Path(folder)
+        self.made_with = made_with  # the detector and recogniser weights: a cache made with others is rebuilt
         if not self.folder.is_dir():
             raise InputError(f"--ref-library {folder}: not a folder")
         self.helper = helper
@@ -110,6 +112,8 @@ class ReferenceLibrary:
             rows = sorted(r for info in index["files"].values() for r in info["rows"])
             if index.get("version") != VERSION or matrix.ndim != 2 or rows != list(range(len(matrix))):
                 return {}, np.zeros((0, 0), np.float32)  # not one cache (another tool's, or a torn copy): rebuilt
+            if index.get("made_with", "") != self.made_with:  # another recogniser's embeddings do not compare
+                return {}, np.zeros((0, 0), np.float32)
             return index["files"], matrix
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}, np.zeros((0, 0), np.float32)
@@ -120,7 +124,8 @@ class ReferenceLibrary:
         buf = io.BytesIO()
         np.save(buf, self.matrix, allow_pickle=False)
         atomic_write_bytes(self.cache / "embeddings.npy", buf.getvalue())
-        atomic_write_bytes(self.cache / "index.json", json.dumps({"version": VERSION, "files": self.files}).encode())
+        atomic_write_bytes(self.cache / "index.json", json.dumps({"version": VERSION, "made_with": self.made_with,
+                                                                  "files": self.files}).encode())
 
     # -- searching -----------------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int, threshold: float) -> list[Match]:
@@ -158,7 +163,7 @@ def library_of(folder: Path, helper, recogniser, fallback_cache: Path, max_megap
         raise WeightsError("a reference library needs the recogniser: Restorer.load(library=True) fetches it "
                            "(mgfr weights fetch arcface-irse50)")
     return ReferenceLibrary(folder, helper, lambda crops: recogniser.embed_crops(crops).cpu().numpy(), fallback_cache,
-                            max_megapixels)
+                            max_megapixels, f"{helper.detector_name}; {getattr(recogniser, 'weights', '')}")
 
 
 def _writable(folder: Path) -> bool:

@@ -66,6 +66,7 @@ class Recogniser(torch.nn.Module):
         self.backbone = backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
+        self.weights = ""  # load(): the weights file's fingerprint (a library cache made with others is rebuilt)
 
     @classmethod
     def load(cls, path: Path, device="cpu", dtype=torch.float32) -> "Recogniser":
@@ -79,7 +80,11 @@ class Recogniser(torch.nn.Module):
             net.load_state_dict(load_checkpoint(path), strict=True)
         except RuntimeError as exc:
             raise WeightsError(f"{path}: not facexlib's IR-SE50 ArcFace ({str(exc).splitlines()[0]})") from None
-        return cls(net).to(device, dtype)
+        from mgfr_cli.weights.files import fingerprint
+
+        recogniser = cls(net).to(device, dtype)
+        recogniser.weights = fingerprint([path])
+        return recogniser
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         x = warp_to_arcface(faces.to(next(self.backbone.parameters()).dtype))
