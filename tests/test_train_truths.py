@@ -244,6 +244,49 @@ def test_words_of_ctrl_c_and_of_a_resume_of_another_stage(world, tmp_path, cli, 
     assert " ".join(err.split()).count("--detector: not used without --align") == 1  # said, not dropped
 
 
+def test_a_resume_on_other_base_weights_is_refused(world, tmp_path, monkeypatch):
+    """A run resumes on the base it started with (a copy of it elsewhere is that base); other weights of the same
+    shapes are refused before a step, naming the run's base (the adapter went on learning against another UNet,
+    and cached latents of another VAE were reused)."""
+    import re
+    import shutil
+    from dataclasses import replace
+
+    import mgfr_cli.training.train as training
+    from helpers import tiny_base
+    from mgfr_cli.weights.files import fingerprint
+
+    marks, cache = [], training.latent_cache
+    monkeypatch.setattr(training, "latent_cache", lambda *a: marks.append(a[-1]) or cache(*a))
+    run = tmp_path / "run"
+    cfg = _cfg(stage=1, max_steps=1, checkpoint_every=1, cache_latents=True)
+    train(cfg, base_path=world["base"], data_dir=world["s1"], run_dir=run)
+    assert marks == [fingerprint([world["base"]])]  # the latents are keyed by the base's weights
+    other = tmp_path / "other"
+    tiny_base(seed=1).save(other)
+    with pytest.raises(InputError, match=re.escape(f"trained on ({Path(world['base']).resolve()})")):
+        train(replace(cfg, max_steps=2), base_path=other, data_dir=world["s1"], run_dir=run, resume=True)
+    shutil.copytree(world["base"], tmp_path / "copy")
+    train(replace(cfg, max_steps=2), base_path=tmp_path / "copy", data_dir=world["s1"], run_dir=run, resume=True)
+    assert (run / "checkpoints" / "step-2").is_dir()
+
+
+def test_a_latent_cache_of_another_base_is_encoded_again(world, tmp_path):
+    from mgfr_cli.model.base import load_base
+    from mgfr_cli.training.caches import latent_cache
+    from mgfr_cli.training.data import FaceDataset, PromptConfig
+    from mgfr_cli.training.degrade import DegradeConfig
+
+    base = load_base(world["base"])
+    acc = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    ds = FaceDataset(world["s1"], 1, 64, DegradeConfig(), PromptConfig())
+    said = []
+    for mark in ("base A", "base A", "base B"):
+        latent_cache(ds, base, 1.0, tmp_path / "run", torch.float32, "cpu", acc, said.append, mark)
+    n = len(ds.images)
+    assert said == [f"latent cache: {n} of {n} image(s) new or changed since it was made; encoding those again"]
+
+
 def test_a_resume_continues_the_run_as_configured(tmp_path, cli, monkeypatch):
     """--resume takes the run's own config (not the defaults, nor a config file left out); knobs of how far or how
     often may change (said); a change to what the run learns is refused, naming it; --init is said unused."""

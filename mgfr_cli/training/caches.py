@@ -28,10 +28,12 @@ def identity_cache(dataset, identity_path: Path, device, run_dir: Path, accelera
         dataset.id_embeddings = {int(k): v.numpy() for k, v in load_file(path).items()}
 
 
-def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerator, say=print) -> torch.Tensor:
+def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerator, say=print,
+                 base_mark: str = "") -> torch.Tensor:
     """``(2N, 4, h, w)`` VAE latents of every dataset image, then of every image flipped (``index + N``),
     computed by the main process into ``RUN_DIR/latent-cache.safetensors`` and read by the others. Each image's
-    rows are keyed by its path, size and modification time (and the resolution and scaling): a later run
+    rows are keyed by its path, size and modification time (and the resolution, scaling and the base's weights,
+    ``base_mark``: another VAE's latents are not this one's): a later run
     reuses the rows of unchanged images and encodes again only the images that changed, saying how many."""
     import json
 
@@ -39,7 +41,7 @@ def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerat
     from safetensors.torch import load_file, save_file
 
     path = run_dir / "latent-cache.safetensors"
-    keys = [_image_key(p, dataset.resolution, scaling) for p in dataset.images]
+    keys = [_image_key(p, dataset.resolution, scaling) + base_mark for p in dataset.images]
     n = len(keys)
     if accelerator.is_main_process:
         old, old_keys = None, []

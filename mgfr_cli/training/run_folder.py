@@ -17,8 +17,9 @@ from pathlib import Path
 from mgfr_cli.errors import InputError, OutputError
 
 LOCK = ".mgfr-train.lock"
-RUN_ENTRIES = {"config.yaml", "checkpoints", "adapter", "logs", "aligned-data", "identity-cache.safetensors",
-               "latent-cache.safetensors"}
+BASE_RECORD = "base.json"  # the base a run trains against: its path and weights fingerprint
+RUN_ENTRIES = {"config.yaml", BASE_RECORD, "checkpoints", "adapter", "logs", "aligned-data",
+               "identity-cache.safetensors", "latent-cache.safetensors"}
 
 
 def check_run_folder(run_dir: Path) -> None:
@@ -34,6 +35,31 @@ def check_run_folder(run_dir: Path) -> None:
         raise InputError(f"-o {run_dir}: holds files that are not an mgfr run's (e.g. {other[0]}); nothing was changed: "
                          f"give a new or empty folder for the run")
 
+
+
+def check_base(run_dir: Path, base_path: Path, resume: bool) -> str:
+    """The fingerprint of the base weights this run trains against; a ``--resume`` on other weights than the run
+    started with (``RUN_DIR/base.json``) is refused, naming the run's base: the adapter would go on learning
+    against another UNet and VAE (and the latent cache hold another VAE's latents). Runs that recorded none
+    resume as before."""
+    from mgfr_cli.weights.files import fingerprint
+
+    mark = fingerprint([base_path])
+    try:
+        was = json.loads((Path(run_dir) / BASE_RECORD).read_text()) if resume else None
+    except (OSError, ValueError):
+        was = None
+    if isinstance(was, dict) and was.get("fingerprint") not in (None, mark):
+        raise InputError(f"{run_dir}: --resume continues the run on the base it was trained on ({was.get('path')}); "
+                         f"{base_path} holds other weights: give --base {was.get('path')}, or start a new run folder")
+    return mark
+
+
+def record_base(run_dir: Path, base_path: Path, mark: str) -> None:
+    from mgfr_cli.faces.io import atomic_write_bytes
+
+    record = {"path": str(Path(base_path).resolve()), "fingerprint": mark}
+    atomic_write_bytes(Path(run_dir) / BASE_RECORD, json.dumps(record).encode())
 
 
 class RunLock:

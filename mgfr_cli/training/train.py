@@ -29,7 +29,8 @@ from mgfr_cli.training.data import FaceDataset, PositionSampler
 from mgfr_cli.errors import InputError, WeightsError
 from mgfr_cli.training.caches import encode_latents, identity_cache, latent_cache
 from mgfr_cli.training.checkpoints import latest_checkpoint, resume_latest, save_ema_adapter, write_checkpoint
-from mgfr_cli.training.run_folder import RunLock, check_run_folder, check_writable, prune_checkpoints
+from mgfr_cli.training.run_folder import (RunLock, check_base, check_run_folder, check_writable, prune_checkpoints,
+                                         record_base)
 from mgfr_cli.training.train_config import TrainConfig, save_config
 
 
@@ -83,6 +84,7 @@ def _train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, 
         raise InputError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
     if not resume and latest_checkpoint(run_dir) is not None:
         raise InputError(f"{run_dir}: holds checkpoints already; use --resume to continue it, or another -o")
+    base_mark = check_base(run_dir, base_path, start_ckpt is not None)
     if cfg.stage == 2 and init is None and start_ckpt is None:
         raise InputError("stage 2 starts from a stage-1 checkpoint: give --init RUN_DIR_OF_STAGE_1")
     if cfg.stage == 2 and cfg.use_identity and (identity_path is None or not Path(identity_path).is_file()):
@@ -140,8 +142,8 @@ def _train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, 
                           hflip=cfg.hflip, max_megapixels=cfg.max_megapixels)
     if cfg.stage == 2 and cfg.use_identity:
         identity_cache(dataset, identity_path, device, run_dir, accelerator)
-    cache = (latent_cache(dataset, base, scaling, run_dir, weight_dtype, device, accelerator, accelerator.print)
-             if cfg.cache_latents else None)
+    cache = (latent_cache(dataset, base, scaling, run_dir, weight_dtype, device, accelerator, accelerator.print,
+                          base_mark) if cfg.cache_latents else None)
     step = 0
     if start_ckpt is not None:
         step = resume_latest(run_dir, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, ema, accelerator)
@@ -152,6 +154,7 @@ def _train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, 
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        record_base(run_dir, base_path, base_mark)
         accelerator.init_trackers("mgfr", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
         if dataset.skipped_identities:
             accelerator.print(f"skipped {len(dataset.skipped_identities)} identities with a single image: "
