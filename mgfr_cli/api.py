@@ -107,12 +107,14 @@ class Restorer:
     def restore(self, image, *, prompt: str | None = None, negative_prompt: str | None = None, refs: Sequence = (),
                 library=None, ref_k: int | None = None, ref_threshold: float | None = None,
                 seed: int = 0, upscale: float = 1.0, has_aligned: bool = False, face_index: int | None = None,
-                largest_face: bool = False, only_center_face: bool = False, **sampling) -> RestoreResult:
+                largest_face: bool = False, only_center_face: bool = False, batch_size: int = 8,
+                **sampling) -> RestoreResult:
         """Restore every face of ``image`` (a path, a numpy array or a PIL image) and paste them back.
         ``refs``: paths (files or folders), arrays or PIL images of the same person; without them, each face
         asks ``library`` (:meth:`open_library`) for its ``ref_k`` (3) best matches of at least ``ref_threshold``
-        (0.3); ``sampling``: the keyword arguments of :meth:`settings` (steps, scheduler, identity_guidance, ...)."""
-        from mgfr_cli.app.batch import paste_back
+        (0.3); ``batch_size`` faces at a time (halved on out-of-memory, as ``mgfr restore`` does); ``sampling``: the
+        keyword arguments of :meth:`settings` (steps, scheduler, identity_guidance, ...)."""
+        from mgfr_cli.app.batch import paste_back, restore_in_batches
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.conditions import FaceConditions
         from mgfr_cli.faces.helper import FaceSelection, aligned_output
@@ -140,7 +142,8 @@ class Restorer:
                                                                            is None else ref_threshold))
                       for f in faces]
         restorer = DiffusionRestorer(self.pipeline, settings)  # what the faces used: the CLI's tally
-        images = restorer.restore([f.to_restore for f in faces], conditions, [seed + f.index for f in faces])
+        images = restore_in_batches(restorer, [f.to_restore for f in faces], conditions, [seed + f.index for f in faces],
+                                    batch_size)
         if has_aligned:  # the face is the image: at its size times upscale
             pixels = aligned_output(images[0], rgb.shape[1], rgb.shape[0], upscale)
         else:

@@ -98,3 +98,28 @@ def test_an_upscale_the_loaded_restorer_cannot_upsample_is_said(api_root, astron
     assert restorer.restore(small, steps=1).notes == []
     plain = Restorer.load(detector="retinaface_mobile0.25", device="cpu", bg_upsampler="none")
     assert plain.restore(small, steps=1, upscale=2).notes == []
+
+
+def test_restore_batches_faces_and_halves_on_out_of_memory(api_root, group_photo, monkeypatch):
+    """A group photo through restore(): faces go batch_size at a time, halved on out-of-memory as `mgfr restore`
+    does (it was one batch of every face, and an out-of-memory ended it); each face restores as in any batch."""
+    import torch
+
+    from mgfr_cli import Restorer
+    from mgfr_cli.model.pipeline import DiffusionRestorer
+
+    restorer = Restorer.load(detector="retinaface_mobile0.25", device="cpu")
+    photo = np.ascontiguousarray(group_photo[:, :, ::-1])
+    whole = restorer.restore(photo, steps=1, batch_size=64)
+    real, sizes = DiffusionRestorer.restore, []
+
+    def small_memory(self, crops, conditions, seeds):
+        sizes.append(len(crops))
+        if len(crops) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, crops, conditions, seeds)
+
+    monkeypatch.setattr(DiffusionRestorer, "restore", small_memory)
+    halved = restorer.restore(photo, steps=1, batch_size=4)
+    assert len(whole.faces) >= 5 and sizes[:2] == [4, 2] and max(sizes[1:]) <= 2
+    assert np.array_equal(halved.image, whole.image)
