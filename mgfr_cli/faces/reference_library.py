@@ -5,8 +5,8 @@ lives beside the library, in ``DIR/.mgfr-library/`` (``index.json``: per file it
 and faces with their landmarks; ``embeddings.npy``: one row per face), so every run and every output folder
 shares it; when the library folder is read-only it goes to ``OUT/_library-cache/`` instead. A later run
 embeds only the files that are new or changed and drops the ones that are gone; a cache made with another
-detector or recogniser (their weights) is rebuilt, as embeddings of two networks do not compare. A search is one matrix
-product over the unit embeddings (numpy): 100 000 faces take milliseconds.
+detector or recogniser (their weights) is rebuilt, as embeddings of two networks do not compare. A search is
+one matrix product over the unit embeddings (numpy): 100 000 faces take milliseconds.
 """
 
 from __future__ import annotations

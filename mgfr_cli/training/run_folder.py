@@ -36,7 +36,6 @@ def check_run_folder(run_dir: Path) -> None:
                          f"give a new or empty folder for the run")
 
 
-
 def check_base(run_dir: Path, base_path: Path, resume: bool) -> str:
     """The fingerprint of the base weights this run trains against; a ``--resume`` on other weights than the run
     started with (``RUN_DIR/base.json``) is refused, naming the run's base: the adapter would go on learning
