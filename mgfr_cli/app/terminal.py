@@ -26,11 +26,13 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
     from rich.table import Table
 
     from mgfr_cli.faces.inputs import FAILED, NO_FACE, OUTPUT_EXISTS, RESTORED, SKIPPED
+    from mgfr_cli.faces.io import is_video_file
 
     counts = {s: sum(o.status == s for o in outcomes) for s in (RESTORED, SKIPPED, NO_FACE, FAILED)}
     table = Table(title=title, show_lines=False)
     table.add_column("outcome")
-    table.add_column("photos", justify="right")
+    clips = any(is_video_file(o.source) for o in outcomes)
+    table.add_column("photos and clips" if clips else "photos", justify="right")
     for status, n in counts.items():
         table.add_row(done if status == RESTORED else status, str(n))
     out.print(table)
