@@ -243,7 +243,7 @@ def train(
     from mgfr_cli.faces.identity import ARCFACE_FILE
     from mgfr_cli.training.run_folder import check_run_folder, check_writable
     from mgfr_cli.training.train import train as run_training
-    from mgfr_cli.training.train_config import load_train_config, resume_config
+    from mgfr_cli.training.train_config import load_train_config, resume_config, run_config_path
     from mgfr_cli.weights.files import resolve_root
 
     notes(unused_flags(ctx, library=True, aligned_data=not align))
@@ -251,10 +251,10 @@ def train(
                      mixed_precision=mixed_precision, model=model, checkpoint_every=checkpoint_every,
                      num_workers=num_workers, seed=seed, cache_latents=cache_latents, max_megapixels=max_megapixels)
     cfg = load_train_config(config, overrides)
-    if resume and (output / "config.yaml").is_file():  # the run's own config, with what this command changes
+    if resume and (saved := run_config_path(output)[0]).is_file():  # the run's own config, with this command's changes
         from mgfr_cli.training.checkpoints import run_processes
 
-        cfg, changed = resume_config(output / "config.yaml", config, overrides, shard()[1], run_processes(output))
+        cfg, changed = resume_config(saved, config, overrides, shard()[1], run_processes(output))
         notes(changed + (["--init: not used with --resume (the run's checkpoint holds every weight)"] if init else []))
     check_run_folder(output)  # before --align writes into it
     check_writable(output)

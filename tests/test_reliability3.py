@@ -293,6 +293,31 @@ def test_a_claim_skip_never_replaces_another_runs_result(tmp_path):
     assert [r["status"] for r in json.loads(summary.read_text())] == ["restored"]
 
 
+def test_a_run_folder_keeps_the_users_config_and_aligned_data(tiny_root, small, tmp_path, cli):
+    """train -o may hold the user's config.yaml (often the very --config): it is kept, the run's own config goes to
+    config-mgfr.yaml (said) and a resume continues with that one; an aligned-data folder of the user's is not
+    written into by --align (refused, one line). Both were overwritten."""
+    _png(tmp_path / "in" / "a.png", small)
+    run = tmp_path / "run"
+    run.mkdir()
+    mine = "# my experiment: small steps\nmodel: mgfr-tiny\nmax_steps: 1\nbatch_size: 1\nnum_workers: 0\n"
+    (run / "config.yaml").write_text(mine)
+    args = ["train", "--stage", "1", "--data", tmp_path / "in", "--base", tiny_root / "sd21-base"]
+    code, out, err = cli(*args, "-o", run, "--config", run / "config.yaml", "--batch-size", "2")
+    assert code == 0 and "kept, and this one written to config-mgfr.yaml" in " ".join((out + err).split()), out + err
+    code, out, err = cli(*args, "-o", run, "--resume", "--max-steps", "2")  # no --config: the run's own is read
+    assert code == 0 and "max_steps is now 2 (the run had 1)" in " ".join(err.split()), out + err
+    assert (run / "config.yaml").read_text() == mine and (run / "checkpoints" / "step-2").is_dir()
+    assert yaml.safe_load((run / "config-mgfr.yaml").read_text())["batch_size"] == 2  # the run's, not the file's
+    user = tmp_path / "run2" / "aligned-data"
+    user.mkdir(parents=True)
+    (user / "a.png").write_bytes(b"mine")
+    code, out, err = cli(*args, "-o", user.parent, "--align", "--detector", "retinaface_mobile0.25", "--model-root",
+                         tiny_root, "--max-steps", "1")
+    assert code == 1 and "holds files mgfr did not write" in err and (user / "a.png").read_bytes() == b"mine"
+    assert sorted(p.name for p in user.iterdir()) == ["a.png"]
+
+
 def test_a_face_index_past_the_faces_found_says_so(tiny_root, group_photo, tmp_path, cli):
     _png(tmp_path / "group.png", group_photo[:, :, ::-1])
     code, out, _ = cli("restore", tmp_path / "group.png", "-o", tmp_path / "out", "--face-index", "99",

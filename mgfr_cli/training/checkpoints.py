@@ -58,6 +58,8 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
     temporary folder and renamed; processes hold identical copies under DDP, so the main one writes."""
     from safetensors.torch import save_file
 
+    from mgfr_cli.training.train_config import run_config_path
+
     if accelerator.is_main_process:
         final = run_dir / "checkpoints" / f"step-{step}"
         tmp = temp_folder_beside(final)
@@ -72,7 +74,7 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
             (tmp / "step.json").write_text(json.dumps(meta, default=str))
             save_ema_adapter(adapter, ema, tmp / "adapter")
-            shutil.copy(run_dir / "config.yaml", tmp / "config.yaml")
+            shutil.copy(run_config_path(run_dir)[0], tmp / "config.yaml")
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             # a full disk (safetensors reports it as its own error): no partial checkpoint left, one line

@@ -19,7 +19,7 @@ from pydantic.dataclasses import dataclass
 
 import mgfr_cli.model.prompts as prompts
 from mgfr_cli.training.degrade import DegradeConfig, degrade, negative_target
-from mgfr_cli.errors import ConfigError, InputError
+from mgfr_cli.errors import ConfigError, InputError, OutputError
 from mgfr_cli.faces.io import is_image_file, read_image
 
 
@@ -39,8 +39,9 @@ class PromptConfig:
 def is_mgfr_folder(folder: Path) -> bool:
     """A folder mgfr made (a training run, the aligned copy ``--align`` caches, a restore's output): never data."""
     folder = Path(folder)
-    return ((folder / "config.yaml").is_file() and ((folder / "checkpoints").is_dir() or (folder / "adapter").is_dir())) \
-        or (folder / ".mgfr-aligned.json").is_file() or (folder / "mgfr-summary.json").is_file() \
+    return (any((folder / n).is_file() for n in ("config.yaml", "config-mgfr.yaml"))
+            and ((folder / "checkpoints").is_dir() or (folder / "adapter").is_dir())) \
+        or any((folder / n).is_file() for n in (".mgfr-aligned.json", ".mgfr-aligning", "mgfr-summary.json")) \
         or (folder / ".mgfr-train.lock").is_file()
 
 
@@ -238,9 +239,14 @@ def align_dataset(helper, src: Path, dst: Path) -> tuple[Path, list[Path]]:
     from mgfr_cli.faces.helper import FaceSelection
     from mgfr_cli.faces.io import write_image
 
-    marker = dst / ".mgfr-aligned.json"
+    marker, started = dst / ".mgfr-aligned.json", dst / ".mgfr-aligning"
     if marker.is_file():
         return dst, [Path(p) for p in json.loads(marker.read_text())["skipped"]]
+    if dst.is_dir() and any(dst.iterdir()) and not started.is_file():  # a folder of the user's at that name
+        raise OutputError(f"{dst}: holds files mgfr did not write (it is where --align keeps its aligned copy); "
+                          f"nothing was changed: move them, or give another -o")
+    dst.mkdir(parents=True, exist_ok=True)
+    started.touch()  # an alignment stopped half-way is mgfr's own, continued by the next run
     skipped = []
     for p in list_images(src):
         try:

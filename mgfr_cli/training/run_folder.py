@@ -17,8 +17,8 @@ from pathlib import Path
 from mgfr_cli.errors import InputError, OutputError
 
 LOCK = ".mgfr-train.lock"
-BASE_RECORD = "base.json"  # the base a run trains against: its path and weights fingerprint
-RUN_ENTRIES = {"config.yaml", BASE_RECORD, "checkpoints", "adapter", "logs", "aligned-data",
+BASE_RECORD = ".mgfr-base.json"  # the base a run trains against: its path and weights fingerprint
+RUN_ENTRIES = {"config.yaml", "config-mgfr.yaml", "checkpoints", "adapter", "logs", "aligned-data",
                "identity-cache.safetensors", "latent-cache.safetensors"}
 
 
@@ -38,7 +38,7 @@ def check_run_folder(run_dir: Path) -> None:
 
 def check_base(run_dir: Path, base_path: Path, resume: bool) -> str:
     """The fingerprint of the base weights this run trains against; a ``--resume`` on other weights than the run
-    started with (``RUN_DIR/base.json``) is refused, naming the run's base: the adapter would go on learning
+    started with (``RUN_DIR/.mgfr-base.json``) is refused, naming the run's base: the adapter would go on learning
     against another UNet and VAE (and the latent cache hold another VAE's latents). Runs that recorded none
     resume as before."""
     from mgfr_cli.weights.files import fingerprint

@@ -5,7 +5,8 @@ stage 2 trains RLF, RCA, the exchange convs and the identity projector on identi
 starting from a stage-1 checkpoint. The base model (UNet, VAE, text encoder) stays frozen, in half
 precision on GPU. Run folder layout::
 
-    RUN_DIR/config.yaml                      the config used (flags applied)
+    RUN_DIR/config.yaml                      the config used (flags applied; config-mgfr.yaml beside a config.yaml
+                                             of the user's, which is never replaced)
     RUN_DIR/checkpoints/step-N/state/        adapter, EMA and optimiser tensors; step.json: counters, LR
                                              scheduler and fp16 loss-scaler state (no RNG: every random draw
                                              is seeded by the sample's position, so none needs saving)
@@ -31,7 +32,7 @@ from mgfr_cli.training.caches import encode_latents, identity_cache, latent_cach
 from mgfr_cli.training.checkpoints import latest_checkpoint, resume_latest, save_ema_adapter, write_checkpoint
 from mgfr_cli.training.run_folder import (RunLock, check_base, check_run_folder, check_writable, prune_checkpoints,
                                          record_base)
-from mgfr_cli.training.train_config import TrainConfig, save_config
+from mgfr_cli.training.train_config import TrainConfig, run_config_path, save_config
 
 
 def train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, init: Path | None = None,
@@ -55,7 +56,7 @@ def _check_resume(cfg: TrainConfig, run_dir: Path, resume: bool) -> None:
     """A resume of another stage's run is not a damaged checkpoint: say what it is and what to run."""
     import yaml
 
-    saved = run_dir / "config.yaml"
+    saved = run_config_path(run_dir)[0]
     if resume and saved.is_file():
         try:
             stage = (yaml.safe_load(saved.read_text()) or {}).get("stage")
@@ -153,7 +154,10 @@ def _train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, 
                                          num_workers=cfg.num_workers, persistent_workers=False)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        saved, note = run_config_path(run_dir)
+        if note:
+            accelerator.print(f"note: {note}")
+        save_config(cfg, saved)
         record_base(run_dir, base_path, base_mark)
         accelerator.init_trackers("mgfr", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
         if dataset.skipped_identities:

@@ -110,6 +110,9 @@ def load_train_config(path: Path | None, overrides: dict) -> TrainConfig:
     return cfg
 
 
+RUN_CONFIG_MARK = "# mgfr train: this run's config, flags applied (--resume continues with it)\n"
+
+
 def save_config(cfg: TrainConfig, path: Path) -> None:
     import yaml
 
@@ -118,7 +121,29 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
     data = asdict(cfg)
     for k in _NESTED:
         data[k] = {kk: list(v) if isinstance(v, tuple) else v for kk, v in data[k].items()}
-    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
+    atomic_write_bytes(path, (RUN_CONFIG_MARK + yaml.safe_dump(data, sort_keys=False)).encode())
+
+
+def is_run_config(path: Path) -> bool:
+    """A run's record of its config, as :func:`save_config` writes it (marked; before the mark: every key)."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(errors="replace")[: 1 << 20]
+        if text.startswith(RUN_CONFIG_MARK):
+            return True
+        data = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and set(data) == {f.name for f in fields(TrainConfig)}
+
+
+def run_config_path(run_dir: Path) -> tuple[Path, str]:
+    """Where a run keeps its config: ``RUN_DIR/config.yaml``, unless that is the user's own file (a config kept
+    beside the run, maybe the one given to --config: never replaced), then ``config-mgfr.yaml``; with a note."""
+    from mgfr_cli.ownership import own_or_free
+
+    return own_or_free(Path(run_dir) / "config.yaml", is_run_config)
 
 
 # Knobs that change how far, how often or how fast a run goes, not what it learns: a resume may change them.
