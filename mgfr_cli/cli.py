@@ -352,7 +352,7 @@ def evaluate_cmd(
     if skipped:
         out.print("not computed: " + "; ".join(skipped))
     if report is not None:
-        write_csv(result, report)
+        notes([write_csv(result, report)])  # a note when a file of the user's had that name (kept)
     raise typer.Exit(0 if result.rows else 1)
 
 

@@ -67,3 +67,10 @@ def test_eval_pairs_by_name_and_reports_the_rest(tmp_path, face, cli):
     assert code == 0 and "lpips (mgfr weights fetch lpips-alex)" in " ".join(out.split())
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0] == "name,psnr,ssim" and lines[-1].startswith("MEAN,")
+    again = ("eval", "--pred", pred, "--gt", gt, "-o", tmp_path / "r.csv", "--model-root", tmp_path, "--device", "cpu")
+    assert cli(*again)[0] == 0 and not (tmp_path / "r-mgfr.csv").exists()  # its own table: replaced
+    (tmp_path / "r.csv").write_text("my,spreadsheet\n1,2\n")
+    code, _, err = cli(*again)  # a file of the user's at that name: kept, the table beside it (said)
+    assert code == 0 and "kept, and this one written to r-mgfr.csv" in " ".join(err.split()), err
+    assert (tmp_path / "r.csv").read_text() == "my,spreadsheet\n1,2\n"
+    assert (tmp_path / "r-mgfr.csv").read_text().splitlines()[0] == "name,psnr,ssim"

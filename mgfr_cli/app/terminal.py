@@ -177,5 +177,5 @@ def notes(lines) -> None:
 
     if shard()[0] != 0:
         return
-    for line in lines:
+    for line in filter(None, lines):
         err.print(Text.assemble(("note:", "yellow"), f" {line}"))

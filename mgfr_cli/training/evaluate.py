@@ -164,11 +164,26 @@ def evaluate(pred_dir: Path, gt_dir: Path, *, lpips_model: Lpips | None = None, 
     return report
 
 
-def write_csv(report: EvalReport, path: Path) -> None:
+def is_eval_csv(path: Path) -> bool:
+    """A table ``mgfr eval`` wrote (its header: ``name`` and metric names), which a later eval may replace."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            header = fh.readline().strip().split(",")
+    except OSError:
+        return False
+    return header[:1] == ["name"] and set(header[1:]) <= {"psnr", "ssim", "lpips", "identity", "ref_identity"}
+
+
+def write_csv(report: EvalReport, path: Path) -> str:
+    """Write the table to ``path``, or beside it when a file there is not one eval wrote (kept); returns the note
+    saying so, else ''."""
     import csv
     import io
 
     from mgfr_cli.faces.io import atomic_write_bytes
+    from mgfr_cli.ownership import own_or_free
+
+    path, note = own_or_free(Path(path), is_eval_csv)
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["name", *report.metrics])
@@ -178,7 +193,8 @@ def write_csv(report: EvalReport, path: Path) -> None:
                     for k, v in r.items()})
     if report.rows:
         w.writerow({"name": "MEAN", **{k: f"{v:.6f}" for k, v in report.mean().items()}})
-    atomic_write_bytes(Path(path), buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return note
 
 
 def check_eval_paths(pred: Path, gt: Path, ref: Path | None, report: Path | None) -> None:
