@@ -318,6 +318,21 @@ def test_a_run_folder_keeps_the_users_config_and_aligned_data(tiny_root, small, 
     assert sorted(p.name for p in user.iterdir()) == ["a.png"]
 
 
+def test_save_faces_keeps_a_users_file_at_a_crop_name(tiny_root, small, tmp_path, cli):
+    """--save-faces wrote OUT/_faces/<photo>_NN_*.png over whatever was there; a file at such a name when the photo
+    is restored now is not mgfr's: kept (said, the photo still restored); --overwrite replaces it, as asked."""
+    _png(tmp_path / "in" / "a.png", small)
+    mine = tmp_path / "out" / "_faces" / "a_00_aligned.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"my own file")
+    args = ["restore", tmp_path / "in", "-o", tmp_path / "out", "--save-faces", "--model-root", tiny_root, *FAST]
+    code, out, err = cli(*args)
+    assert code == 0 and "a_00_aligned.png: not written, a file is there" in " ".join(out.split()), out + err
+    assert mine.read_bytes() == b"my own file" and (mine.parent / "a_00_restored.png").is_file()
+    assert (tmp_path / "out" / "a.png").is_file()
+    assert cli(*args, "--overwrite")[0] == 0 and cv2.imread(str(mine)).shape == (512, 512, 3)
+
+
 def test_a_face_index_past_the_faces_found_says_so(tiny_root, group_photo, tmp_path, cli):
     _png(tmp_path / "group.png", group_photo[:, :, ::-1])
     code, out, _ = cli("restore", tmp_path / "group.png", "-o", tmp_path / "out", "--face-index", "99",

@@ -23,13 +23,13 @@ from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_s
 from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
-from mgfr_cli.app.outputs import (earlier_recipes, earlier_rows, existing_output, output_path, recipe, skipped_as_done,
-                                  refuse_outputs_onto_inputs, remove_stale_temporaries, without_own_outputs)
+from mgfr_cli.app.outputs import (earlier_recipes, earlier_rows, existing_output, output_path, recipe, save_face_crops,
+                                  skipped_as_done, refuse_outputs_onto_inputs, remove_stale_temporaries,
+                                  without_own_outputs)
 from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, is_video_file, read_image, write_image
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
 FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-FACES_DIR = "_faces"
 
 
 class Restorer(Protocol):
@@ -273,12 +273,7 @@ class BatchRestorer:
                 pixels = as_gray_alpha(pixels)
             write_image(p.target, pixels, icc=p.photo.icc)
             p.written = pixels if self.reporter is not None else None  # held only for the page
-            if job.save_faces:
-                rel = p.item.relative
-                for f, r in zip(p.faces, restored):
-                    stem = job.output / FACES_DIR / rel.parent / f"{rel.stem}_{f.index:02d}"
-                    write_image(stem.with_name(stem.name + "_aligned.png"), f.crop)
-                    write_image(stem.with_name(stem.name + "_restored.png"), r)
+            kept = save_face_crops(job, p.item, p.faces, restored) if job.save_faces else ""
         except OSError as exc:
             if exc.errno in FATAL_WRITE_ERRORS:
                 raise OutputError(f"{job.output}: cannot write outputs ({exc.strerror}); stopped, inputs untouched, "
@@ -292,7 +287,7 @@ class BatchRestorer:
             if "memory" not in str(exc).lower():
                 raise
             return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
-        return Outcome(p.item.path, RESTORED, p.photo.note, p.target, len(p.faces))
+        return Outcome(p.item.path, RESTORED, "; ".join(filter(None, (p.photo.note, kept))), p.target, len(p.faces))
 
 
 def library_rows(indices, conditions) -> tuple:

@@ -69,6 +69,27 @@ def existing_output(job: RestoreJob, item: InputItem) -> Path | None:
     return next((p for p in output_candidates(job, item) if p.is_file()), None)
 
 
+FACES_DIR = "_faces"
+
+
+def save_face_crops(job: RestoreJob, item: InputItem, faces, restored) -> str:
+    """``--save-faces``: ``OUT/_faces/<photo>_NN_aligned.png`` and ``_restored.png``. A file already at such a name
+    is replaced only under ``--overwrite`` (a photo restored now has no crops of mgfr's yet: it is the user's);
+    otherwise kept, and the note returned says so."""
+    from mgfr_cli.faces.io import write_image
+
+    rel, kept = item.relative, []
+    for f, r in zip(faces, restored):
+        stem = job.output / FACES_DIR / rel.parent / f"{rel.stem}_{f.index:02d}"
+        for path, pixels in ((stem.with_name(stem.name + "_aligned.png"), f.crop),
+                             (stem.with_name(stem.name + "_restored.png"), r)):
+            if (path.exists() or path.is_symlink()) and not job.overwrite:
+                kept.append(path.name)
+            else:
+                write_image(path, pixels)
+    return f"{', '.join(kept)}: not written, a file is there ({FACES_DIR}/; --overwrite replaces it)" if kept else ""
+
+
 def remove_stale_temporaries(target: Path) -> None:
     """Temporary files of ``target`` left by a run that was killed mid-write (``atomic_write_bytes``)."""
     if target.parent.is_dir():
