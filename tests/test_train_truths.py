@@ -266,6 +266,8 @@ def test_a_resume_on_other_base_weights_is_refused(world, tmp_path, monkeypatch)
     tiny_base(seed=1).save(other)
     with pytest.raises(InputError, match=re.escape(f"trained on ({Path(world['base']).resolve()})")):
         train(replace(cfg, max_steps=2), base_path=other, data_dir=world["s1"], run_dir=run, resume=True)
+    with pytest.raises(WeightsError, match="base model not found"):  # missing is missing, not "other weights"
+        train(replace(cfg, max_steps=2), base_path=tmp_path / "gone", data_dir=world["s1"], run_dir=run, resume=True)
     shutil.copytree(world["base"], tmp_path / "copy")
     train(replace(cfg, max_steps=2), base_path=tmp_path / "copy", data_dir=world["s1"], run_dir=run, resume=True)
     assert (run / "checkpoints" / "step-2").is_dir()

@@ -43,6 +43,8 @@ def check_base(run_dir: Path, base_path: Path, resume: bool) -> str:
     resume as before."""
     from mgfr_cli.weights.files import fingerprint
 
+    if not Path(base_path).exists():
+        return ""  # loading it says what is missing
     mark = fingerprint([base_path])
     try:
         was = json.loads((Path(run_dir) / BASE_RECORD).read_text()) if resume else None
