@@ -404,6 +404,30 @@ def test_a_rerun_with_other_settings_says_which_outputs_were_made_otherwise(tiny
     assert other not in run("--prompt", "blue eyes")  # redone: the record follows
 
 
+def test_a_rerun_with_other_reference_images_under_the_same_names_says_so(tiny_root, small, tmp_path, cli):
+    """References are what the images are, not their names: another photo saved as the --ref file, or as the file
+    a sidecar names, lists the outputs as made otherwise; the same images again are a plain resume."""
+    _png(tmp_path / "in" / "a.png", small)
+    _png(tmp_path / "in" / "b.png", np.roll(small, 30, axis=1))
+    (tmp_path / "in" / "b.yaml").write_text("refs: ../refs/r.png\n")
+    _png(tmp_path / "refs" / "r.png", small)
+    _png(tmp_path / "flag.png", small)
+    other = "made with other settings (--overwrite to redo it)"
+
+    def run():
+        code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST,
+                             "--ref", tmp_path / "flag.png", "--identity-guidance", "0")
+        assert code == 0, out + err
+        return [line for line in out.splitlines() if other in line]
+
+    run()
+    assert run() == []
+    _png(tmp_path / "refs" / "r.png", small[::-1])  # b's sidecar reference: another image, the same name
+    assert [("b.png" in line) for line in run()] == [True]
+    _png(tmp_path / "flag.png", small[:, ::-1])  # the --ref image: every output
+    assert len(run()) == 2
+
+
 def test_a_rerun_with_other_weights_says_so_and_a_copy_of_the_same_does_not(tiny_root, small, tmp_path, cli):
     """The weights are settings too: another checkpoint of the same kind (a training run's later step: every
     tensor moved) lists the outputs as made otherwise; the same checkpoint copied elsewhere is a plain resume."""

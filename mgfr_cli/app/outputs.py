@@ -4,6 +4,7 @@ taken for inputs, and what an earlier run already wrote (a stopped run resumes).
 from __future__ import annotations
 
 import glob
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,15 +112,16 @@ def recipe_text(settings, models: str, flags, upscale: float, selection, has_ali
 
     refs = sorted(str(Path(r).resolve()) for r in flags.refs) if flags.refs else None
     what = {"settings": asdict(settings), "models": models, "prompt": flags.prompt, "negative": flags.negative_prompt,
-            "refs": refs, "upscale": upscale, "selection": asdict(selection), "has_aligned": has_aligned,
+            "refs": refs, "ref_images": refs_mark(refs) if refs else None,  # another photo under the same name
+            "upscale": upscale, "selection": asdict(selection), "has_aligned": has_aligned,
             "library": [str(Path(library).resolve()), ref_k, ref_threshold] if library is not None else None}
     return json.dumps(what, sort_keys=True, default=str)
 
 
 def recipe(job: RestoreJob, source: Path) -> str:
-    """What ``source``'s output is made with: the run's settings, a clip's ``--crf`` and ``--video-noise``, and the
-    text of the photo's sidecar and folder ``mgfr.yaml``; empty when the job states no settings (a test's job, the
-    web page's one photo)."""
+    """What ``source``'s output is made with: the run's settings, a clip's ``--crf`` and ``--video-noise``, the
+    text of the photo's sidecar and folder ``mgfr.yaml`` and the reference images they name; empty when the job
+    states no settings (a test's job, the web page's one photo)."""
     import hashlib
 
     from mgfr_cli.faces.conditions import FOLDER_YAML, sidecar_path
@@ -133,10 +135,50 @@ def recipe(job: RestoreJob, source: Path) -> str:
     for p in (sidecar_path(Path(source)), Path(source).parent / FOLDER_YAML):
         try:
             h.update(p.read_bytes()[: 1 << 20] if p is not None else b"")
+            st = p.stat() if p is not None else None
         except OSError:
-            pass
-        h.update(b"\0")
+            st = None
+        h.update(b"\0" + (refs_mark(_sidecar_refs(p, st.st_size, st.st_mtime_ns)).encode() if st is not None else b""))
     return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=4096)
+def _sidecar_refs(path: Path, size: int, mtime_ns: int) -> tuple:
+    """The references a sidecar or folder YAML names (parsed once per version of the file: a folder's mgfr.yaml
+    serves every photo in it); none when it cannot be read (its photos say why)."""
+    from mgfr_cli.errors import MgfrError
+    from mgfr_cli.faces.conditions import FOLDER_YAML, read_sidecar
+
+    try:
+        side = read_sidecar(path, allow_faces=path.name != FOLDER_YAML)
+    except MgfrError:
+        return ()
+    return tuple(r for spec in (side.top, *side.faces.values()) for r in (spec.refs or ()))
+
+
+def refs_mark(refs) -> str:
+    """What reference images are (files, and the images in folders): a content fingerprint, computed once per
+    version of the files in a process (keyed by their size and time); '' for none."""
+    from mgfr_cli.faces.io import is_image_file
+
+    key = []
+    for r in map(Path, refs):
+        files = [r] if not r.is_dir() else sorted(
+            f for f in r.rglob("*") if is_image_file(f) and not any(x.startswith(".") for x in f.relative_to(r).parts))
+        for f in files:
+            try:
+                st = f.stat()
+                key.append((str(f), st.st_size, st.st_mtime_ns))
+            except OSError:
+                key.append((str(f), -1, -1))
+    return _files_mark(tuple(key)) if key else ""
+
+
+@lru_cache(maxsize=4096)
+def _files_mark(key: tuple) -> str:
+    from mgfr_cli.weights.files import fingerprint
+
+    return fingerprint([k[0] for k in key])
 
 
 def earlier_recipes(earlier: list[dict]) -> dict[str, str]:
