@@ -171,7 +171,7 @@ def is_eval_csv(path: Path) -> bool:
             header = fh.readline().strip().split(",")
     except OSError:
         return False
-    return header[:1] == ["name"] and set(header[1:]) <= {"psnr", "ssim", "lpips", "identity", "ref_identity"}
+    return header[:3] == ["name", "psnr", "ssim"] and set(header[3:]) <= {"lpips", "identity", "ref_identity"}
 
 
 def write_csv(report: EvalReport, path: Path) -> str:
