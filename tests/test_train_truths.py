@@ -273,6 +273,21 @@ def test_a_resume_on_other_base_weights_is_refused(world, tmp_path, monkeypatch)
     assert (run / "checkpoints" / "step-2").is_dir()
 
 
+def test_a_run_config_written_before_the_mark_is_still_the_runs(tmp_path):
+    """Runs made before configs were marked as mgfr's: their config.yaml (an older version's keys) is the copy their
+    checkpoints hold, so it is the run's and a resume reads it; a file of the user's there is not."""
+    from mgfr_cli.training.train_config import run_config_path
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-2").mkdir(parents=True)
+    old = "stage: 1\nbatch_size: 3\n"
+    (run / "config.yaml").write_text(old)
+    (run / "checkpoints" / "step-2" / "config.yaml").write_text(old)
+    assert run_config_path(run) == (run / "config.yaml", "")
+    (run / "config.yaml").write_text("# mine\nbatch_size: 3\n")
+    assert run_config_path(run)[0] == run / "config-mgfr.yaml"
+
+
 def test_a_latent_cache_of_another_base_is_encoded_again(world, tmp_path):
     from mgfr_cli.model.base import load_base
     from mgfr_cli.training.caches import latent_cache

@@ -74,7 +74,8 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
             (tmp / "step.json").write_text(json.dumps(meta, default=str))
             save_ema_adapter(adapter, ema, tmp / "adapter")
-            shutil.copy(run_config_path(run_dir)[0], tmp / "config.yaml")
+            if (saved := run_config_path(run_dir)[0]).is_file():
+                shutil.copy(saved, tmp / "config.yaml")
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             # a full disk (safetensors reports it as its own error): no partial checkpoint left, one line

@@ -125,12 +125,16 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 
 
 def is_run_config(path: Path) -> bool:
-    """A run's record of its config, as :func:`save_config` writes it (marked; before the mark: every key)."""
+    """A run's record of its config, as :func:`save_config` writes it: marked; written before the mark, the copy
+    its checkpoints hold, or every key."""
     import yaml
 
     try:
         text = Path(path).read_text(errors="replace")[: 1 << 20]
         if text.startswith(RUN_CONFIG_MARK):
+            return True
+        if any(c.read_text(errors="replace")[: 1 << 20] == text
+               for c in Path(path).parent.glob("checkpoints/step-*/config.yaml")):
             return True
         data = yaml.safe_load(text)
     except (OSError, yaml.YAMLError):
