@@ -123,3 +123,20 @@ def test_restore_batches_faces_and_halves_on_out_of_memory(api_root, group_photo
     halved = restorer.restore(photo, steps=1, batch_size=4)
     assert len(whole.faces) >= 5 and sizes[:2] == [4, 2] and max(sizes[1:]) <= 2
     assert np.array_equal(halved.image, whole.image)
+
+
+def test_restore_files_says_what_the_cli_says_of_the_review_page(api_root, astronaut, tmp_path):
+    """A page that could not go where it goes (a file or folder of the user's there) is said in the result's notes,
+    as the CLI says it (the API said nothing)."""
+    from PIL import Image
+
+    from mgfr_cli import Restorer
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.ascontiguousarray(astronaut[:256, 100:356])).save(tmp_path / "in" / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "index.html").write_text("my page")
+    restorer = Restorer.load(detector="retinaface_mobile0.25", device="cpu")
+    result = restorer.restore_files([tmp_path / "in"], tmp_path / "out", steps=1, report=True)
+    assert any(n.startswith("review page: ") and "index-mgfr.html" in n for n in result.notes), result.notes
+    assert (tmp_path / "out" / "index.html").read_text() == "my page"

@@ -50,3 +50,19 @@ def test_a_clips_link_reaches_its_file_whatever_its_name(tmp_path):
     base = (out / "index.html").as_uri()
     reached = sorted(unquote(urlparse(urljoin(base, h)).path) for h in hrefs)
     assert reached == sorted(str(out / "v" / n) for n in names)
+
+
+def test_a_users_report_folder_is_kept_and_where_the_images_went_is_said(tiny_root, astronaut, tmp_path, cli):
+    """OUT/_report holding files of the user's: kept; the page's images go to _report-mgfr-2, and the run says so
+    (it did so silently)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    cv2.imwrite(str(inp / "a.png"), np.ascontiguousarray(astronaut[:256, 100:356, ::-1]))
+    mine = tmp_path / "out" / "_report" / "a.jpg"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"mine")
+    code, _, err = cli("restore", inp, "-o", tmp_path / "out", "--report", "--model-root", tiny_root, "--steps", "1",
+                       "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    assert code == 0 and mine.read_bytes() == b"mine" and sorted(p.name for p in mine.parent.iterdir()) == ["a.jpg"]
+    assert "page's images written to _report-mgfr-2" in " ".join(err.split()), err
+    assert (tmp_path / "out" / "_report-mgfr-2" / "entries.json").is_file()

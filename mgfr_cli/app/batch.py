@@ -120,6 +120,7 @@ class BatchRestorer:
             from mgfr_cli.app.report import Report
 
             self.reporter = Report(job.output)
+            self.notes += [f"review page: {self.reporter.note}"] if self.reporter.note else []
             for o in outcomes:
                 self.reporter.add(o)
         inputs = {it.path.resolve() for it in items + videos}

@@ -59,6 +59,9 @@ class Report:
         self.output = Path(output)
         self.folder = _report_folder(self.output)
         self.page, self.note = own_or_free(self.output / "index.html", is_mgfr_page)
+        if self.folder.name != FOLDER:  # a folder of the user's at _report: kept, and said where the images went
+            self.note = "; ".join(filter(None, (self.note, f"{self.output / FOLDER} holds files mgfr did not write: "
+                                                             f"kept, and the page's images written to {self.folder.name}")))
         self.title = title
         self.entries: dict[str, dict] = self._saved()
         self.mine: set[str] = set()

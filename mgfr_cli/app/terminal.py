@@ -103,8 +103,6 @@ def run_batch(job, helper, restorer, upsampler=None, judge=None, library=None, s
     rank, world = job.shard
     if world == 1:
         notes(batch.notes)
-        if batch.reporter is not None and batch.reporter.note:
-            notes([f"review page: {batch.reporter.note}"])
         path, note = summary_path(job.output)
         write_summary(path, outcomes, merge=True)
         notes([note] if note else [])
