@@ -56,7 +56,8 @@ class Restorer:
         self.helper, self.pipeline, self.upsampler, self.judge = helper, pipeline, upsampler, judge
         self.notes = list(notes)
         self.bg_upsampler = bg_upsampler  # what load() was asked for: "none" means Lanczos by choice
-        self.weights = ""  # load(): a fingerprint of every weights file used (weights.files.fingerprint)
+        self.weight_files: list[Path] = []  # load(): every weights file used (what ``models()`` names)
+        self._weights = ""  # their fingerprint, read on first use
 
     @classmethod
     def load(cls, model_root: str | Path | None = None, *, checkpoint=None, base=None, cleaner: str = "auto",
@@ -67,7 +68,7 @@ class Restorer:
         aligned crops. ``references``/``library``: the run will use references (the recogniser is fetched)."""
         from mgfr_cli.app.options import Device, resolve_device
         from mgfr_cli.faces.identity import ARCFACE_FILE, IdentityEncoder
-        from mgfr_cli.weights.files import fingerprint, load_manifest, resolve_root
+        from mgfr_cli.weights.files import load_manifest, resolve_root
         from mgfr_cli.weights.provision import offline_requested, plan_restore, provide, restore_components
 
         dev, dtype = resolve_device(Device(device), precision)
@@ -82,13 +83,18 @@ class Restorer:
         helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
         judge = IdentityEncoder(root / ARCFACE_FILE, dev) if (root / ARCFACE_FILE).is_file() else None
         restorer = cls(helper, pipeline, upsampler, judge, plan.notes + pipeline.notes, bg_upsampler)
-        restorer.weights = fingerprint(plan.files() + ([root / ARCFACE_FILE] if pipeline.identity else []))
+        restorer.weight_files = plan.files() + ([root / ARCFACE_FILE] if pipeline.identity else [])
         return restorer
 
     def models(self) -> str:
         """What makes this Restorer's outputs: the adapter's kind and cleaner in words, and the weights used (a
-        run's recipe: another checkpoint, detector or upsampler is another recipe)."""
-        return f"{self.pipeline.models()}; weights {self.weights or 'as built'}"
+        run's recipe: another checkpoint, detector or upsampler is another recipe). Read when first asked for, not
+        at load: only runs that record their outputs need it."""
+        from mgfr_cli.weights.files import fingerprint
+
+        if self.weight_files and not self._weights:
+            self._weights = fingerprint(self.weight_files)
+        return f"{self.pipeline.models()}; weights {self._weights or 'as built'}"
 
     def settings(self, *, steps=None, scheduler=None, guidance_quality=None, guidance_attribute: float = 2.0,
                  identity_guidance=None, color_fix: str = "wavelet", seed: int = 0, start_from: str = "noise"):

@@ -157,20 +157,22 @@ def _sidecar_refs(path: Path, size: int, mtime_ns: int) -> tuple:
 
 
 def refs_mark(refs) -> str:
-    """What reference images are (files, and the images in folders): a content fingerprint, computed once per
-    version of the files in a process (keyed by their size and time); '' for none."""
-    from mgfr_cli.faces.io import is_image_file
+    """What reference images are (the files a restore takes from them: ``expand_refs``): a content fingerprint,
+    computed once per version of the files in a process (keyed by their size and time); '' for none."""
+    from mgfr_cli.errors import MgfrError
+    from mgfr_cli.faces.conditions import expand_refs
 
+    try:
+        files = expand_refs(tuple(map(Path, refs)))
+    except MgfrError:  # missing or empty: the photo fails with that, whatever its recipe
+        files = tuple(map(Path, refs))
     key = []
-    for r in map(Path, refs):
-        files = [r] if not r.is_dir() else sorted(
-            f for f in r.rglob("*") if is_image_file(f) and not any(x.startswith(".") for x in f.relative_to(r).parts))
-        for f in files:
-            try:
-                st = f.stat()
-                key.append((str(f), st.st_size, st.st_mtime_ns))
-            except OSError:
-                key.append((str(f), -1, -1))
+    for f in files:
+        try:
+            st = f.stat()
+            key.append((str(f), st.st_size, st.st_mtime_ns))
+        except OSError:
+            key.append((str(f), -1, -1))
     return _files_mark(tuple(key)) if key else ""
 
 
