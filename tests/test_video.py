@@ -191,17 +191,21 @@ def test_a_stopped_clip_continues_after_its_last_whole_piece(tiny_root, astronau
     assert not (tmp_path / "out" / ".c.mp4.segments").exists()
 
 
-@pytest.mark.parametrize("change", ["prompt", "checkpoint"])
+@pytest.mark.parametrize("change", ["prompt", "checkpoint", "reference", "reference_touched"])
 def test_a_stopped_clip_is_not_continued_toward_another_prompt(tiny_root, astronaut, tmp_path, cli, monkeypatch,
                                                                change):
-    """Pieces restored toward one prompt (with one checkpoint) are not joined to pieces restored toward another
-    (another checkpoint of the same kind: a training run's later step): the clip starts again."""
+    """Pieces restored toward one prompt (with one checkpoint, one reference photo) are not joined to pieces
+    restored toward another (another checkpoint of the same kind: a training run's later step; another photo saved
+    under the reference's name): the clip starts again. The same reference saved again (a new time) continues."""
     from helpers import copied_adapter
     import mgfr_cli.app.video as video
     from mgfr_cli.model.pipeline import DiffusionRestorer
 
     monkeypatch.setattr(video, "SEGMENT_FRAMES", 8)
     clip = make_clip(tmp_path / "c.mp4", astronaut, frames=20, audio=False)
+    ref = tmp_path / "ref.png"
+    cv2.imwrite(str(ref), cv2.resize(astronaut[:, :, ::-1], (256, 256)))
+    (tmp_path / "c.yaml").write_text(f"refs: [{ref}]\n")
     real, calls = DiffusionRestorer.restore, []
 
     def counting(self, crops, conditions, seeds):
@@ -216,10 +220,17 @@ def test_a_stopped_clip_is_not_continued_toward_another_prompt(tiny_root, astron
     assert (tmp_path / "out" / ".c.mp4.segments" / "seg-00000.mp4").is_file()
     calls.clear()
     stop = False
-    other = (["--prompt", "brown eyes"] if change == "prompt" else
-             ["--checkpoint", copied_adapter(tiny_root / "mgfr-adapter", tmp_path / "later", moved=1e-3)])
+    other = {"prompt": ["--prompt", "brown eyes"],
+             "checkpoint": ["--checkpoint", copied_adapter(tiny_root / "mgfr-adapter", tmp_path / "later", moved=1e-3)]
+             }.get(change, [])
+    if change.startswith("reference"):
+        data = ref.read_bytes() if change == "reference_touched" else cv2.imencode(".png", cv2.flip(
+            cv2.imread(str(ref)), 1))[1].tobytes()
+        ref.write_bytes(data)
+        os.utime(ref, ns=(ref.stat().st_atime_ns, ref.stat().st_mtime_ns + 10**9))
     code, out, err = cli("restore", clip, "-o", tmp_path / "out", *other, "--model-root", tiny_root, *FAST)
-    assert code == 0 and sum(calls) == 20, (calls, out + err)  # every frame again, toward the new prompt
+    # every frame again, toward the new prompt; only the frames after the whole piece for the same reference
+    assert code == 0 and sum(calls) == (12 if change == "reference_touched" else 20), (calls, out + err)
 
 
 def test_flags_that_do_not_apply_to_clips_are_said_not_dropped(tiny_root, clip, tmp_path, cli):

@@ -200,15 +200,13 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
 
 
 def _conditions_key(conds: list) -> str:
-    """What each track is restored toward (prompts, references by file, size and time): pieces restored toward
-    something else are not continued."""
+    """What each track is restored toward (prompts, references by content as a photo's outputs key them:
+    ``outputs.refs_mark``): pieces restored toward something else are not continued."""
+    from mgfr_cli.app.outputs import refs_mark
+
     def ref(face) -> str:
         src = getattr(face, "source", None)
-        try:
-            st = Path(src).stat()
-            return f"{Path(src).resolve()}:{st.st_size}:{st.st_mtime_ns}"
-        except (OSError, TypeError):
-            return str(src)
+        return refs_mark([src]) if src is not None else ""
 
     return repr([(c.prompt, c.negative_prompt, [ref(r) for r in c.references]) for c in conds])
 
