@@ -28,15 +28,16 @@ def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelect
     check_output_folder(output)  # a file, a read-only mount: one line before any work
     items, outcomes = collect_inputs(inputs, recursive, exclude=output)
     tables = _table_paths(output)
-    written = _crops_listed(tables[1])  # crops an earlier align wrote here: those may be written again
+    earlier = _rows_listed(tables[1])  # crops an earlier align wrote here: those may be written again
+    written = {_crop_key(r["crop"]) for r in earlier}
     rows = []
     try:
         for item in items:
             _align_one(helper, item, output, selection, max_megapixels, rows, outcomes, written)
-        _write_tables(tables, rows)
+        _write_tables(tables, _merged(earlier, rows))
     except OSError as exc:  # a full disk mid-run: stop with one line; the table lists what was written
         try:
-            _write_tables(tables, rows)
+            _write_tables(tables, _merged(earlier, rows))
         except OSError:
             pass
         raise OutputError(f"{output}: cannot write ({exc.strerror or exc}); stopped after {len(rows)} crop(s)") from None
@@ -55,11 +56,25 @@ def _table_paths(output: Path) -> tuple[Path, Path]:
     return csv_path, json_path
 
 
-def _crops_listed(table: Path) -> set[str]:
+def _rows_listed(table: Path) -> list[dict]:
     try:
-        return {str(r["crop"]) for r in json.loads(table.read_text())}
-    except (OSError, ValueError, TypeError, KeyError):
-        return set()
+        rows = json.loads(table.read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("crop"), str)] if isinstance(rows, list) else []
+
+
+def _crop_key(crop) -> str:
+    """A crop named from another spelling of the same folder (``-o out`` then ``-o ./out/``) is the same crop."""
+    return str(Path(crop).resolve())
+
+
+def _merged(earlier: list[dict], rows: list[dict]) -> list[dict]:
+    """The tables after a run: the crops earlier runs wrote here that are still there and were not written again
+    (a run over other photos into the same folder keeps them listed: a later run may write them again), then
+    this run's."""
+    now = {_crop_key(r["crop"]) for r in rows}
+    return [r for r in earlier if _crop_key(r["crop"]) not in now and Path(r["crop"]).is_file()] + rows
 
 
 def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list, outcomes: list,
@@ -79,7 +94,7 @@ def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list
         return
     rel = item.relative
     crops = [output / rel.parent / f"{rel.stem}_{f.index:02d}.png" for f in faces]
-    mine = next((c for c in crops if c.exists() and str(c) not in written), None)
+    mine = next((c for c in crops if c.exists() and _crop_key(c) not in written), None)
     if mine is not None:
         outcomes.append(Outcome(item.path, FAILED, f"{mine} exists and was not written by mgfr align; not replaced"))
         return
@@ -115,7 +130,7 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
     rel = item.relative
     for t in tracker.tracks:
         crop_path = output / rel.parent / f"{rel.stem}_track_{t.index:02d}.png"
-        if crop_path.exists() and str(crop_path) not in written:
+        if crop_path.exists() and _crop_key(crop_path) not in written:
             outcomes.append(Outcome(item.path, FAILED, f"{crop_path} exists and was not written by mgfr align; not replaced"))
             return
         write_image(crop_path, firsts[t.index].crop)
@@ -129,7 +144,7 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
 
 def _write_tables(tables: tuple[Path, Path], rows: list) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     tables[0].parent.mkdir(parents=True, exist_ok=True)

@@ -140,8 +140,11 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
     items, outcomes = collect_inputs(inputs, recursive, exclude=output)
     sources = {it.path.resolve() for it in items}
     record, note = own_or_free(output / "params.json", _is_params)
-    written = set(json.loads(record.read_text())) if record.is_file() else set()  # mgfr's own earlier copies
-    params = {}
+    # mgfr's own earlier copies: still listed after this run (a run over other photos into the same folder keeps
+    # their parameters, and a later run may write them again)
+    params = json.loads(record.read_text()) if record.is_file() else {}
+    params = {k: v for k, v in params.items() if (output / Path(k).with_suffix(".png")).is_file()}  # still there
+    written = set(params)
     for i, item in enumerate(items):
         target = output / item.relative.with_suffix(".png")
         try:

@@ -1,0 +1,62 @@
+"""A command run again into a folder it wrote: what earlier runs wrote there stays listed as mgfr's (a run over
+other photos does not forget them), so a later run may write them again instead of calling them the user's."""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ALIGN = ["--detector", "retinaface_mobile0.25", "--device", "cpu"]
+
+
+def _png(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))
+    return path
+
+
+@pytest.fixture
+def photos(astronaut, tmp_path):
+    face = np.ascontiguousarray(astronaut[:256, 100:356])
+    return _png(tmp_path / "in" / "a.png", face), _png(tmp_path / "in" / "b.png", np.ascontiguousarray(face[:, ::-1]))
+
+
+def test_align_into_its_own_folder_keeps_earlier_crops_listed(tiny_root, photos, tmp_path, cli, monkeypatch):
+    a, b = photos
+    out = tmp_path / "faces"
+    for photo in (a, b):
+        code, text, err = cli("align", photo, "-o", out, "--model-root", tiny_root, *ALIGN)
+        assert code == 0, text + err
+    rows = json.loads((out / "faces.json").read_text())
+    assert sorted(Path(r["crop"]).name for r in rows) == ["a_00.png", "b_00.png"]  # b's run kept a's row
+    assert (out / "faces.csv").read_text().count("\n") == 3
+    # a again, with -o spelled from another folder: its crop is mgfr's, written again (not "not written by")
+    monkeypatch.chdir(tmp_path)
+    code, text, err = cli("align", a, "-o", Path("faces/"), "--model-root", tiny_root, *ALIGN)
+    assert code == 0 and "not written by" not in " ".join(text.split()), text + err
+    assert sorted(Path(r["crop"]).name for r in json.loads((out / "faces.json").read_text())) == ["a_00.png",
+                                                                                                 "b_00.png"]
+    # a file of the user's at an unlisted crop name is still the user's
+    mine = _png(out / "c_00.png", np.zeros((8, 8, 3), np.uint8))
+    c = _png(tmp_path / "in" / "c.png", cv2.imread(str(a))[:, :, ::-1])
+    code, text, _ = cli("align", c, "-o", out, "--model-root", tiny_root, *ALIGN)
+    assert code == 1 and "not written by mgfr align" in " ".join(text.split())
+    assert cv2.imread(str(mine)).shape == (8, 8, 3)
+
+
+def test_degrade_into_its_own_folder_keeps_earlier_parameters(photos, tmp_path, cli):
+    a, b = photos
+    out = tmp_path / "lq"
+    for photo in (a, b):
+        code, text, err = cli("degrade", photo, "-o", out)
+        assert code == 0, text + err
+    first = (out / "a.png").read_bytes()
+    assert sorted(json.loads((out / "params.json").read_text())) == ["a.png", "b.png"]  # b's run kept a's
+    code, text, err = cli("degrade", a, "-o", out)  # a again: mgfr's own copy, written again (the same seed)
+    assert code == 0 and "not written by" not in " ".join(text.split()), text + err
+    assert (out / "a.png").read_bytes() == first
+    (out / "b.png").unlink()  # a copy the user removed is no longer listed
+    assert cli("degrade", a, "-o", out)[0] == 0
+    assert sorted(json.loads((out / "params.json").read_text())) == ["a.png"]
