@@ -1,6 +1,6 @@
 """YAML as plain data: one strict loader, and the model architecture configs in ``models/``.
 
-Every YAML file mgfr reads goes through :func:`read_yaml` (``yaml.safe_load``) and every mapping
+Every YAML file mgfr reads goes through :func:`read_yaml` (``yaml.safe_load``, a key given twice refused) and every mapping
 through :func:`check_keys`, so a typo in a key is an error naming the file and the key, never a
 silently ignored setting.
 """
@@ -50,7 +50,26 @@ def _loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            """A key given twice in one mapping is an error (YAML would keep the last, silently dropping the
+            first: two ``prompt:`` lines in a sidecar restored with one of them). Merges (``<<:``) may override."""
+            if isinstance(node, yaml.MappingNode):
+                seen = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.get(key)
+                    except TypeError:  # an unhashable key: the base constructor says so
+                        continue
+                    seen[key] = key_node.start_mark.line
+                    if first is not None:
+                        line = key_node.start_mark.line
+                        where = f"lines {first + 1} and {line + 1}" if first != line else f"line {line + 1}"
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} given twice ({where}): keep one", key_node.start_mark)
+            return super().construct_mapping(node, deep)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
                                  list("-+0123456789."))

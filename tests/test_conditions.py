@@ -39,6 +39,10 @@ def test_no_yaml_means_defaults(tmp_path):
     ("faces:\n  0: {prompt: a}\ntracks:\n  0: {prompt: b}\n", "'faces' and 'tracks' name the same people"),
     ("prompt: 'unterminated\n", "malformed YAML"),
     ("- just\n- a list\n", "expected a mapping"),
+    # a key twice: YAML keeps the last, the first was dropped without a word
+    ("prompt: brown eyes\nprompt: blue eyes\n", r"key 'prompt' given twice \(lines 1 and 2\)"),
+    ("faces:\n  0: {prompt: a}\n  0: {prompt: b}\n", r"line 3 .*key 0 given twice"),
+    ("{prompt: a, prompt: b}\n", r"key 'prompt' given twice \(line 1\)"),
 ])
 def test_invalid_sidecars_name_file_and_key(tmp_path, text, message):
     photo = _photo(tmp_path)
@@ -46,6 +50,13 @@ def test_invalid_sidecars_name_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as info:
         resolve_specs(photo, ConditionSpec(), 1)
     assert "photo.yaml" in str(info.value)
+
+
+def test_a_yaml_merge_may_override_a_key(tmp_path):
+    from mgfr_cli.configs import read_yaml
+
+    (tmp_path / "c.yaml").write_text("base: &b {lr: 1, bs: 2}\nrun:\n  <<: *b\n  lr: 3\n")
+    assert read_yaml(tmp_path / "c.yaml")["run"] == {"lr": 3, "bs": 2}
 
 
 def test_face_override_for_a_face_that_does_not_exist(tmp_path):
