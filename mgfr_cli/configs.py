@@ -1,8 +1,8 @@
 """YAML as plain data: one strict loader, and the model architecture configs in ``models/``.
 
-Every YAML file mgfr reads goes through :func:`read_yaml` (``yaml.safe_load``, a key given twice refused) and every mapping
-through :func:`check_keys`, so a typo in a key is an error naming the file and the key, never a
-silently ignored setting.
+Every YAML file mgfr reads goes through :func:`read_yaml` (``yaml.safe_load``; a key given twice is
+refused) and every mapping through :func:`check_keys`, so a typo in a key is an error naming the file and
+the key, never a silently ignored setting.
 """
 
 from __future__ import annotations
