@@ -15,7 +15,7 @@ from rich.text import Text
 
 from mgfr_cli.errors import ConfigError, MgfrError, UsageError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
-                      OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, finite, given, quiet_libraries, unused_after, unused_flags, resolve_device, selection as face_selection,
+                      OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, finite, given, quiet_libraries, repeated_options, unused_after, unused_flags, resolve_device, selection as face_selection,
                       shard)
 from mgfr_cli.app.terminal import (announce_downloads, download_progress, err, notes, open_library, out, run_batch, shown,
                                    summary)
@@ -375,6 +375,7 @@ def main() -> None:
     """Entry point: a known error is one red line (exit 1, 2 for usage); anything else keeps its traceback."""
 
     try:
+        notes(repeated_options(typer.main.get_command(app), sys.argv[1:]))
         code = app(standalone_mode=False)
     except MgfrError as exc:
         err.print(Text.assemble(("error:", "red"), f" {shown(exc)}"))

@@ -122,6 +122,25 @@ def test_missing_weights_one_message_naming_each_file(tmp_path, cli, astronaut):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_option_given_twice_with_other_values_is_said(cli, tmp_path):
+    """The command line keeps the last value of an option (click's rule); the first is named, not dropped unsaid.
+    Repeatable options, the same value twice and an option's value that looks like an option are not noted."""
+    import typer
+
+    from mgfr_cli.app.options import repeated_options
+    from mgfr_cli.cli import app
+
+    argv = ["restore", "a.jpg", "-o", "x", "-ox", "--prompt", "brown eyes", "--prompt=beard", "--ref", "r1",
+            "--ref", "r2", "--report", "--no-report", "--overwrite", "--overwrite", "--negative-prompt", "--seed",
+            "--seed", "3", "--", "--steps", "--steps"]
+    assert repeated_options(typer.main.get_command(app), argv) == [
+        "--prompt given 2 times ('brown eyes', 'beard'): the last, 'beard', is used",
+        "--report given 2 times (--report, --no-report): the last, --no-report, is used"]
+    code, _, err = cli("weights", "path", "nothing", "--model-root", tmp_path / "a", "--model-root", tmp_path / "b")
+    assert code == 1 and f"note: --model-root given 2 times ('{tmp_path / 'a'}', '{tmp_path / 'b'}')" in " ".join(
+        err.split())
+
+
 def test_usage_errors_exit_2(cli, tmp_path):
     code, _, err = cli("restore", tmp_path, "-o", tmp_path / "o", "--largest-face", "--face-index", "1")
     assert code == 2 and "choose at most one" in err

@@ -145,3 +145,41 @@ def shard() -> tuple[int, int]:
 
 
 
+
+def repeated_options(group, argv: list[str]) -> list[str]:
+    """Notes for options that take one value and were given several different ones (``--prompt 'brown eyes'
+    --prompt beard``): the command line keeps the last, as every click program does, and the others would be
+    dropped without a word. Repeatable options (``--ref``) and a flag given twice the same way are not noted."""
+    cmd, i = group, 0
+    while hasattr(cmd, "commands"):  # a group (typer carries its own click): mgfr weights fetch ... to the command
+        if i >= len(argv) or (cmd := cmd.commands.get(argv[i])) is None:
+            return []
+        i += 1
+    opts = {o: p for p in cmd.params if p.param_type_name == "option" and not p.multiple
+            for o in p.opts + p.secondary_opts}
+    seen: dict[str, list] = {}
+    tokens = argv[i:]
+    k = 0
+    while k < len(tokens):
+        tok, value = tokens[k], None
+        k += 1
+        if tok == "--":
+            break
+        name = tok.split("=", 1)[0] if tok.startswith("--") else tok[:2] if tok.startswith("-") else None
+        param = opts.get(name)
+        if param is None:
+            continue
+        if param.is_flag:
+            value = name in param.opts
+        elif tok != name:  # --steps=20, -oout
+            value = tok[len(name) + (tok[len(name):].startswith("=")):]
+        elif k < len(tokens):
+            value, k = tokens[k], k + 1
+        seen.setdefault(param.opts[0], []).append((name, value))
+    lines = []
+    for opt, given_ in seen.items():
+        if len({v for _, v in given_}) > 1:
+            said = ", ".join(n if isinstance(v, bool) else repr(v) for n, v in given_)
+            last = given_[-1][0] if isinstance(given_[-1][1], bool) else repr(given_[-1][1])
+            lines.append(f"{opt} given {len(given_)} times ({said}): the last, {last}, is used")
+    return lines
