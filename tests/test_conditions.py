@@ -80,3 +80,24 @@ def test_expand_refs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no images"):
         expand_refs((tmp_path / "empty",))
+
+
+def test_yaml_settings_the_flags_replace_are_said_after_the_run(tiny_root, astronaut, tmp_path, cli):
+    """Flags win over sidecars (the precedence above); the sidecar's settings they replace are named once."""
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        cv2.imwrite(str(folder / f"{name}.png"), np.ascontiguousarray(astronaut[:256, 100:356, ::-1]))
+    (folder / "a.yaml").write_text("prompt: blue eyes\n")
+    (folder / "b.yaml").write_text("faces: {0: {prompt: green eyes}}\nnegative_prompt: glasses\n")
+    (folder / "mgfr.yaml").write_text("refs: []\n")
+    code, out, err = cli("restore", folder, "-o", tmp_path / "out", "--prompt", "brown eyes", "--model-root",
+                         tiny_root, "--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    text = " ".join(err.split())
+    assert code == 0, out + err
+    assert (f"note: --prompt: used instead of the prompt in 2 YAML file(s) ({folder / 'a.yaml'}, {folder / 'b.yaml'})"
+            in text), text
+    assert text.count("used instead of") == 1  # negative_prompt and refs: no flag replaced them

@@ -19,7 +19,8 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from mgfr_cli.app.claims import Claims
-from mgfr_cli.faces.conditions import ConditionSpec, FaceConditions, condition_sources, expand_refs, resolve_specs
+from mgfr_cli.faces.conditions import (ConditionSpec, FaceConditions, FlagOverrides, condition_sources, expand_refs,
+                                       resolve_specs)
 from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
@@ -125,9 +126,12 @@ class BatchRestorer:
                 self.reporter.add(o)
         inputs = {it.path.resolve() for it in items + videos}
         ref_cache: dict[Path, AlignedFace] = {}  # one run's aligned references, by file
+        overrides = FlagOverrides(job.flags)  # sidecar settings the flags replaced: said after the run
 
         def finish(o: Outcome):
-            o = replace(o, recipe=recipe(job, o.source)) if o.status == RESTORED else o
+            if o.status == RESTORED:
+                o = replace(o, recipe=recipe(job, o.source))
+                overrides.add(o.source)
             outcomes.append(o)
             on_outcome(o)
             if self.reporter is not None and (o.status != RESTORED or o.tracks):  # photos add their pixels
@@ -155,6 +159,7 @@ class BatchRestorer:
                 finish(restore_clip(self, job, it, inputs))
         finally:  # also on Ctrl-C and a fatal write error: no claim outlives the run
             self.claims.release_all()
+        self.notes += overrides.notes()
         return outcomes
 
     # -- CPU side: read, detect, align, resolve conditions -------------------------------------

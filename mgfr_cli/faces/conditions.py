@@ -138,6 +138,38 @@ def resolve_specs(photo: Path, flags: ConditionSpec, num_faces: int) -> list[Con
     return [flags.over(side.faces.get(i, ConditionSpec()).over(photo_level)) for i in range(num_faces)]
 
 
+class FlagOverrides:
+    """The YAML settings a run's flags replace (flags win, by the precedence above), gathered per photo and said
+    once after the run, naming the files: a sidecar's prompt is the user's setting too, not dropped unsaid."""
+
+    FLAGS = {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "refs": "--ref"}
+
+    def __init__(self, flags: ConditionSpec):
+        self.keys = [k for k in self.FLAGS if getattr(flags, k) is not None]
+        self.files: dict[str, set] = {}
+
+    def add(self, photo: Path) -> None:
+        for path in (sidecar_path(photo), photo.parent / FOLDER_YAML) if self.keys else ():
+            if path is None or not path.is_file():
+                continue
+            try:
+                side = read_sidecar(path, allow_faces=path.name != FOLDER_YAML)
+            except ConfigError:  # the photo fails, saying why
+                continue
+            for k in self.keys:
+                if any(getattr(spec, k) is not None for spec in (side.top, *side.faces.values())):
+                    self.files.setdefault(k, set()).add(path)
+
+    def notes(self) -> list[str]:
+        lines = []
+        for k, paths in self.files.items():
+            names = sorted(map(str, paths))
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            lines.append(f"{self.FLAGS[k]}: used instead of the {k} in {len(names)} YAML file(s) ({shown}): flags win "
+                         f"over sidecars and mgfr.yaml")
+        return lines
+
+
 def expand_refs(refs: tuple[Path, ...] | None) -> tuple[Path, ...]:
     """Reference files: given files as they are, folders as the images directly in them (sorted)."""
     out: list[Path] = []
