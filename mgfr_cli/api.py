@@ -126,7 +126,7 @@ class Restorer:
         from mgfr_cli.faces.helper import FaceSelection, aligned_output
         from mgfr_cli.model.pipeline import DiffusionRestorer
 
-        notes = _library_options(library, ref_k, ref_threshold) + self._background(upscale, has_aligned)
+        notes = _library_options(library, ref_k, ref_threshold, refs) + self._background(upscale, has_aligned)
         rgb, kind = _as_rgb(image)
         settings = self.settings(seed=seed, **sampling)
         if not 0 < upscale < float("inf"):
@@ -210,7 +210,7 @@ class Restorer:
         unknown = set(options) - job_keys - picks - set(inspect.signature(self.settings).parameters)
         if unknown:
             raise TypeError(f"restore_files() got unknown options: {', '.join(sorted(unknown))}")
-        notes = _library_options(library, ref_k, ref_threshold) + self._background(options.get("upscale", 1.0),
+        notes = _library_options(library, ref_k, ref_threshold, refs) + self._background(options.get("upscale", 1.0),
                                                                                    options.get("has_aligned", False))
         sampling = {k: v for k, v in options.items() if k not in job_keys | picks}
         flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(Path(r) for r in refs) or None)
@@ -263,8 +263,11 @@ def _idle_notes(sampling: dict, restorer) -> list[str]:
     return [said[k] for k in said if k in sampling and k in idle]
 
 
-def _library_options(library, ref_k, ref_threshold) -> list[str]:
+def _library_options(library, ref_k, ref_threshold, refs) -> list[str]:
     named = [k for k, v in (("ref_k", ref_k), ("ref_threshold", ref_threshold)) if v is not None]
+    if library is not None and refs is not None and len(refs):  # refs win for every face: the library is never asked
+        return [f"{', '.join(['library'] + named)}: not used with refs (they give every face its references; a "
+                f"library serves faces that have none)"]
     return [f"{', '.join(named)}: not used without a library"] if named and library is None else []
 
 

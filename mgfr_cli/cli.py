@@ -98,7 +98,8 @@ def restore(
     quiet_libraries()
     rank, world = shard()
     seen_shares = shares_before(output, world) if rank == 0 and world > 1 else set()  # an earlier launch's
-    notes(unused_flags(ctx, has_aligned=has_aligned, library=ref_library is not None))
+    notes(unused_flags(ctx, has_aligned=has_aligned, library=ref_library is not None, refs=bool(ref)))
+    ref_library = None if ref else ref_library  # --ref wins for every face: the library is not opened
     with download_progress() as progress:
         loaded = Restorer.load(model_root, checkpoint=checkpoint, base=base, cleaner=cleaner,
                                bg_upsampler="none" if has_aligned else bg_upsampler,

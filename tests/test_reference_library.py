@@ -215,6 +215,13 @@ def test_flags_without_what_they_act_on_are_named_once(world, tmp_path, cli):
     code, out, err = cli("restore", photo, "-o", tmp_path / "out", "--identity-guidance", "0.1",
                          "--guidance-attribute", "4", *common)
     assert code == 0 and "not used" not in err, out + err  # every output done: no face to say anything of
+    shutil.rmtree(lib / ".mgfr-library")
+    code, out, err = cli("restore", photo, "-o", tmp_path / "out4", "--ref", photo, "--ref-library", lib,
+                         "--ref-k", "2", *common[:2], "--steps", "1", *common[4:])
+    said = " ".join(err.split())  # --ref wins for every face: the library is never asked, nor embedded
+    assert code == 0 and said.count("--ref-library, --ref-k: not used with --ref") == 1, said
+    assert not (lib / ".mgfr-library").exists() and "reference library" not in said
+    assert "library" not in json.loads((tmp_path / "out4" / "mgfr-summary.json").read_text())[0]
 
 
 def test_the_web_page_names_library_flags_without_a_library(tmp_path, cli, monkeypatch):
@@ -296,5 +303,8 @@ def test_the_python_api_restores_with_a_library_as_the_cli_does(world, tmp_path,
     assert [o.status for o in again.outcomes] == ["skipped"]  # finished: a rerun resumes, nothing rewritten
     assert "ref_k: not used without a library" in again.notes and any(n.startswith("crf: not used") for n in again.notes)
     assert any(n.startswith("upscale 2: the background was resized with Lanczos") for n in again.notes)
+    with_refs = restorer.restore(photo, refs=[photo], library=library, ref_k=2, steps=1)
+    assert with_refs.notes[:1] == ["library, ref_k: not used with refs (they give every face its references; a "
+                                   "library serves faces that have none)"] and not with_refs.faces[0].library
     with pytest.raises(TypeError, match="stepz"):
         restorer.restore_files([photo], tmp_path / "api", stepz=1)

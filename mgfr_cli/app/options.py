@@ -101,10 +101,14 @@ NOT_FOR_ALIGNED = ("detector", "only_center_face", "largest_face", "face_index",
 
 
 def unused_flags(ctx: typer.Context, *, has_aligned: bool = False, library: bool = False,
-                 aligned_data: bool = False) -> list[str]:
+                 aligned_data: bool = False, refs: bool = False) -> list[str]:
     """Notes, said once before any work, naming the flags given that this run cannot use (never dropped silently).
-    ``aligned_data``: `mgfr train` without --align (nothing is detected)."""
+    ``aligned_data``: `mgfr train` without --align (nothing is detected); ``refs``: --ref given (it wins for every
+    face, so a library is never asked)."""
     lines = []
+    if refs and library:
+        lines.append(f"{', '.join(given(ctx, ('ref_library', 'ref_k', 'ref_threshold')))}: not used with --ref (it "
+                     f"gives every face its references; a library serves faces that have none)")
     if aligned_data and (names := given(ctx, ("detector",))):
         lines.append(f"{', '.join(names)}: not used without --align (the data are taken as aligned faces)")
     if has_aligned and (names := given(ctx, NOT_FOR_ALIGNED)):
