@@ -81,6 +81,8 @@ class Restorer:
                             identity_guidance=identity_guidance, library=library)
         provide(plan, manifest, offline=offline, announce=announce or (lambda rows: None), progress=progress)
         helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
+        if upsampler is not None:
+            upsampler.chosen = bg_upsampler != "auto"  # by name: it cleans the background at every upscale
         judge = IdentityEncoder(root / ARCFACE_FILE, dev) if (root / ARCFACE_FILE).is_file() else None
         restorer = cls(helper, pipeline, upsampler, judge, plan.notes + pipeline.notes, bg_upsampler)
         restorer.weight_files = plan.files() + ([root / ARCFACE_FILE] if pipeline.identity else [])

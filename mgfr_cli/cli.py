@@ -48,7 +48,7 @@ def restore(
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed (face K of a photo uses seed + K).")] = 0,
     start_from: Annotated[str, typer.Option(help="noise, or cond: start from the condition latent noised to the first step (DiffBIR's option).")] = "noise",
     cleaner: Annotated[str, typer.Option(help="Clean the face before encoding it: auto (swinir-face for DiffBIR adapters: DiffBIR's face pipeline, non-commercial provenance; none for MGFR adapters), swinir-face, swinir-codeformer (Apache-2.0) or none.")] = "auto",
-    bg_upsampler: Annotated[str, typer.Option(help="Background upsampler when --upscale > 1: auto (realesrgan-x2 up to x2, realesrgan-x4 above), realesrgan-x2, realesrgan-x4 or none.")] = "auto",
+    bg_upsampler: Annotated[str, typer.Option(help="Background upsampler: auto (when --upscale > 1: realesrgan-x2 up to x2, realesrgan-x4 above), realesrgan-x2 or realesrgan-x4 (at every --upscale, 1 too: it cleans the background) or none.")] = "auto",
     offline: Annotated[bool, typer.Option("--offline", help="Never download missing weights (also MGFR_OFFLINE=1 or HF_HUB_OFFLINE=1).")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per GPU batch (halved automatically on out-of-memory).")] = 8,
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.")] = "auto",

@@ -310,13 +310,11 @@ def paste_back(helper: FaceHelper, upsampler, photo, faces: list[AlignedFace], r
     import cv2
 
     photo = photo if isinstance(photo, Photo) else Photo(photo)
-    bg = photo.pixels
-    if upscale != 1.0:
-        size = (round(photo.width * upscale), round(photo.height * upscale))
-        if upsampler is not None and upscale > 1:
-            bg = _upscaled_like(photo, upsampler(photo.rgb8(), size), size)
-        else:
-            bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
+    bg, size = photo.pixels, (round(photo.width * upscale), round(photo.height * upscale))
+    if upsampler is not None and upsampler.applies(upscale):  # by name: at every scale (GFPGAN's, CodeFormer's)
+        bg = _upscaled_like(photo, upsampler(photo.rgb8(), size), size)
+    elif upscale != 1.0:
+        bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
     return helper.paste(bg, faces, restored, upscale)
 
 

@@ -120,12 +120,18 @@ def _ramp(n: int, overlap: int, fade_in: bool, fade_out: bool, scale: int) -> to
 
 
 class BackgroundUpsampler:
-    """Real-ESRGAN on the whole photo (8-bit RGB), then resized to exactly the ``--upscale`` size."""
+    """Real-ESRGAN on the whole photo (8-bit RGB), then resized to exactly the ``--upscale`` size. ``chosen``: asked
+    for by name (``--bg-upsampler realesrgan-x4``), so it cleans the background at every ``--upscale``, 1 included,
+    as GFPGAN's and CodeFormer's do; chosen by ``auto`` it runs only where the photo is enlarged."""
 
     def __init__(self, path: Path, scale: int, device: str = "cpu", tile: int = 400, overlap: int = 16,
-                 context: int = 32):
+                 context: int = 32, chosen: bool = False):
         self.model = SpandrelModel(path, device, expect_scale=scale, expect_arch="ESRGAN")
         self.tile, self.overlap, self.context = tile, overlap, context
+        self.chosen = chosen
+
+    def applies(self, upscale: float) -> bool:
+        return upscale > 1 or self.chosen
 
     def __call__(self, rgb8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """``rgb8``: ``(H, W, 3)`` uint8; ``size``: the output ``(width, height)``."""
