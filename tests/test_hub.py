@@ -74,7 +74,10 @@ def test_an_offline_restore_finds_the_base_in_the_hub_cache(hub_world, astronaut
     assert code == 0 and "HF cache" in " ".join(out.split())
 
 
-def test_a_missing_hub_file_is_fetched_through_hf_endpoint(hub_world, cli, monkeypatch):
+@pytest.mark.parametrize("server", ["good", "endless"])
+def test_a_missing_hub_file_is_fetched_through_hf_endpoint(hub_world, cli, monkeypatch, server):
+    """A file the cache lacks comes through HF_ENDPOINT into the cache; a mirror whose body never ends (after a
+    HEAD that gave the size) is cut there: huggingface_hub alone reads to the end before checking the size."""
     w = hub_world
     name = "scheduler/scheduler_config.json"
     body = (w["repo"] / "snapshots" / COMMIT / name).read_bytes()
@@ -93,10 +96,16 @@ def test_a_missing_hub_file_is_fetched_through_hf_endpoint(hub_world, cli, monke
             self.send_response(200)
             self.send_header("X-Repo-Commit", COMMIT)
             self.send_header("ETag", f'"{hashlib.sha1(body).hexdigest()}"')
-            self.send_header("Content-Length", str(len(body)))
+            if server == "good" or not send_body:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if send_body:
                 self.wfile.write(body)
+            for _ in range(4800 if send_body and server == "endless" else 0):  # until the client hangs up (300 MB:
+                try:                                                            # without the cut, the test fails)
+                    self.wfile.write(b"\0" * 65536)
+                except OSError:
+                    break
 
         def do_HEAD(self):
             self._answer(False)
@@ -111,6 +120,13 @@ def test_a_missing_hub_file_is_fetched_through_hf_endpoint(hub_world, cli, monke
         code, out, err = cli("weights", "fetch", "sd21-base", "--model-root", w["root"])
     finally:
         httpd.shutdown()
+    if server == "endless":
+        text = " ".join(err.split())
+        assert code == 1 and f"the server sent more than the {len(body):,} bytes the file has; stopped" in text, text
+        held = sum(p.stat().st_size for p in w["cache"].rglob("*") if p.is_file() and not p.is_symlink())
+        assert held < 200 << 20  # what was read before the cut: bounded (one read of the library's chunk)
+        assert not (w["root"] / "sd21-base" / name).exists()
+        return
     assert code == 0, out + err
     assert ("GET", f"/{REPO}/resolve/main/{name}") in requests and all(name in p for _, p in requests)
     linked = w["root"] / "sd21-base" / name

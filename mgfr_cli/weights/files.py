@@ -267,7 +267,7 @@ def fetch_entry(entry: Entry, root: Path, *, allow_unpinned: bool = False, timeo
             for prefix in [] if cached is not None or offline else entry.sources:
                 try:
                     if hub.hub_repo(prefix):
-                        cached = hub.download(prefix, remote, timeout)
+                        cached = hub.download(prefix, remote, timeout, f.size, MAX_UNSIZED)
                         break
                     digest = download(prefix.rstrip("/") + "/" + remote, dest, expected, f.size, timeout=timeout,
                                       progress=(lambda n, t, p=f.path: progress(p, n, t)) if progress else None)

@@ -52,15 +52,45 @@ def find_cached(sources, remote: str) -> Path | None:
     return None
 
 
-def download(source: str, remote: str, timeout: float = 30.0) -> Path:
-    """``hf_hub_download`` of one file into the Hub cache (through ``HF_ENDPOINT``, with ``HF_TOKEN``)."""
+class TooLarge(ConnectionError):
+    """The server sent more than the file can have: the download was stopped."""
+
+
+def _bounded_bar(size: int | None, limit: int):
+    """huggingface_hub's progress bar, counting what is read: past the manifest's ``size`` (else the size the
+    server announced, else ``limit``) it stops the download (huggingface_hub reads a body to its end, however
+    long, and checks the size only then: a mirror that never stops would fill the disk)."""
+    from huggingface_hub.utils import tqdm
+
+    class Bounded(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.mgfr_read = kwargs.get("initial") or 0
+            self.mgfr_limit = size if size is not None else kwargs.get("total") or limit
+
+        def update(self, n=1):
+            self.mgfr_read += n or 0
+            if self.mgfr_read > self.mgfr_limit:
+                raise TooLarge(f"the server sent more than the {self.mgfr_limit:,} bytes the file has; stopped")
+            return super().update(n)
+
+    return Bounded
+
+
+def download(source: str, remote: str, timeout: float = 30.0, size: int | None = None,
+             limit: int = 16 << 30) -> Path:
+    """``hf_hub_download`` of one file into the Hub cache (through ``HF_ENDPOINT``, with ``HF_TOKEN``), read at most
+    to ``size`` bytes (the manifest's; else the server's, else ``limit``)."""
     from huggingface_hub import hf_hub_download
 
     repo_id, revision, sub = hub_repo(source)
     try:
         return Path(hf_hub_download(repo_id, _filename(sub, remote), revision=revision, cache_dir=str(cache_dir()),
                                     endpoint=os.environ.get("HF_ENDPOINT") or None,
-                                    token=os.environ.get("HF_TOKEN") or None, etag_timeout=timeout))
+                                    token=os.environ.get("HF_TOKEN") or None, etag_timeout=timeout,
+                                    tqdm_class=_bounded_bar(size, limit)))
+    except TooLarge as exc:
+        raise TooLarge(f"{source}/{remote}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - huggingface_hub and httpx raise many kinds; each is one line here
         raise ConnectionError(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}") from None
 
