@@ -148,8 +148,6 @@ def shard() -> tuple[int, int]:
     return rank, world
 
 
-
-
 def repeated_options(group, argv: list[str]) -> list[str]:
     """Notes for options that take one value and were given several different ones (``--prompt 'brown eyes'
     --prompt beard``): the command line keeps the last, as every click program does, and the others would be
