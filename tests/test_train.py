@@ -267,6 +267,13 @@ def test_unaligned_data_is_aligned_once_with_labels_kept(helper, astronaut, tmp_
     assert ds[0]["prompt"] == "a high-quality photo of a woman who has a smile"
     again, _ = align_dataset(helper, src, tmp_path / "aligned")  # cached: nothing redone
     assert (again / "astro.png").stat().st_mtime_ns == (dst / "astro.png").stat().st_mtime_ns
+    import shutil
+
+    shutil.copytree(src, tmp_path / "copy")  # the same images elsewhere: the same data
+    assert align_dataset(helper, tmp_path / "copy", tmp_path / "aligned")[0] == dst
+    cv2.imwrite(str(src / "more.jpg"), astronaut[::2, ::2, ::-1])  # other data: said, not trained on the old copy
+    with pytest.raises(ConfigError, match=f"--align: {tmp_path / 'aligned'} holds the faces of .*raw"):
+        align_dataset(helper, src, tmp_path / "aligned")
 
 
 def test_cached_latents_train_the_same_weights(world, tmp_path):

@@ -240,8 +240,14 @@ def align_dataset(helper, src: Path, dst: Path) -> tuple[Path, list[Path]]:
     from mgfr_cli.faces.io import write_image
 
     marker, started = dst / ".mgfr-aligned.json", dst / ".mgfr-aligning"
+    made_from = {"source": str(src.resolve()), "images": _listing(src)}  # what the copy is of
     if marker.is_file():
-        return dst, [Path(p) for p in json.loads(marker.read_text())["skipped"]]
+        made = json.loads(marker.read_text())
+        if made.get("images", made_from["images"]) != made_from["images"]:  # (a copy made before this record: taken)
+            raise ConfigError(f"--align: {dst} holds the faces of {made['source']} as its images were then, and "
+                              f"--data {src} is other images: give the data it was made from, or delete {dst} "
+                              f"(mgfr's aligned copy) to align these")
+        return dst, [Path(p) for p in made["skipped"]]
     if dst.is_dir() and any(dst.iterdir()) and not started.is_file():  # a folder of the user's at that name
         raise OutputError(f"{dst}: holds files mgfr did not write (it is where --align keeps its aligned copy); "
                           f"nothing was changed: move them, or give another -o")
@@ -266,8 +272,18 @@ def align_dataset(helper, src: Path, dst: Path) -> tuple[Path, list[Path]]:
         if (src / name).is_file():
             shutil.copy(src / name, dst / name)
     dst.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"skipped": [str(p) for p in skipped]}))
+    marker.write_text(json.dumps({"skipped": [str(p) for p in skipped], **made_from}))
     return dst, skipped
+
+
+def _listing(src: Path) -> str:
+    """The images of ``src`` by name and size (not time: a copied folder is the same data)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for p in list_images(src):
+        h.update(f"{p.relative_to(src)}\0{p.stat().st_size}\0".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
 
 
 class PositionSampler(torch.utils.data.Sampler):
