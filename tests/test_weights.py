@@ -163,6 +163,20 @@ def test_repository_manifest_is_valid():
     assert "NON-COMMERCIAL" in m.get("swinir-face").license and m.get("diffbir-v2").convert == "diffbir"
 
 
+@pytest.mark.parametrize("second, message", [
+    ({"name": "thing", "files": [{"path": "other.bin"}]}, "entry 'thing' is given twice"),
+    ({"name": "mirror", "files": [{"path": "thing.bin", "sha256": "0" * 64}]}, "file 'thing.bin' is also listed by entry 'thing'"),
+])
+def test_a_manifest_naming_an_entry_or_a_file_twice_is_refused(tmp_path, second, message):
+    """The first would win and the second (a mirror's other hash, say) be dropped without a word."""
+    from mgfr_cli.errors import ConfigError
+
+    first = {"name": "thing", "sources": ["http://127.0.0.1:9"], "files": [{"path": "thing.bin"}]}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({"entries": [first, {"sources": ["http://127.0.0.1:9"], **second}]}))
+    with pytest.raises(ConfigError, match=rf"m.yaml: entries\[1\]: {message}"):
+        load_manifest(tmp_path / "m.yaml")
+
+
 def test_doctor_is_truthful_here(cli, tmp_path, detector_root):
     code, out, _ = cli("doctor", "--model-root", detector_root)
     text = " ".join(out.split())

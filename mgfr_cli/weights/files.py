@@ -101,6 +101,12 @@ def load_manifest(path: Path | None = None) -> Manifest:
             if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
                 raise ConfigError(f"{where}.files[{j}]: size must be a whole number of bytes, got {size!r}")
             files.append(WeightFile(path=str(f["path"]), sha256=f.get("sha256"), size=size, remote=f.get("remote")))
+        for earlier in entries:  # the first would win and the second be dropped without a word
+            if earlier.name == str(raw["name"]):
+                raise ConfigError(f"{where}: entry {raw['name']!r} is given twice in the manifest: keep one")
+            if twice := {f.path for f in earlier.files} & {f.path for f in files}:
+                raise ConfigError(f"{where}: file {sorted(twice)[0]!r} is also listed by entry {earlier.name!r}: a file "
+                                  f"belongs to one entry")
         entries.append(Entry(name=str(raw["name"]), sources=tuple(raw.get("sources", [])), files=tuple(files),
                              license=str(raw.get("license", "")), used_by=str(raw.get("used_by", "")),
                              optional=bool(raw.get("optional", False)), note=str(raw.get("note", "")),
