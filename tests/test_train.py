@@ -100,6 +100,32 @@ def test_prompts_from_labels_with_dropout_and_negative_samples(world):
     assert {ds[p]["prompt"] for p in range(6)} == {"a high-quality photo of a person"}  # what restore says unprompted
 
 
+def test_label_files_that_do_not_fit_the_data_are_said_or_refused(world, tmp_path, capsys):
+    """Labels naming no image (a typo, another naming) are said before training with how many images have labels;
+    a file named twice, in the CSV or the JSON, is refused naming the lines; a CSV beside a JSON is said unread."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world["s1"], data)
+    prompts = PromptConfig(0.0, 0.0, 0.0, 0.0)
+    assert FaceDataset(data, 1, 128, MILD, prompts).label_notes() == []  # every label fits an image
+    (data / "attributes.csv").write_text("file,Male\nface0.png,1\nface1.jpg,1\nimg_7.png,-1\nimg_8.png,1\n")
+    notes = FaceDataset(data, 1, 128, MILD, prompts).label_notes()
+    assert notes == ["2 of 4 labelled file name(s) match no image of the data (e.g. img_7.png, img_8.png): 2 of 6 "
+                     "image(s) have labels"]  # face1.jpg labels face1.png (a name --align changed)
+    train(_cfg(stage=1, max_steps=1), base_path=world["base"], data_dir=data, run_dir=tmp_path / "run")
+    assert f"note: {notes[0]}" in capsys.readouterr().out  # said by the run, before its first step
+    (data / "attributes.csv").write_text("file,Male\nface0.png,1\nface2.png,1\nface0.png,-1\n")
+    with pytest.raises(ConfigError, match=r"attributes.csv: line 4 names 'face0.png' again \(line 2\)"):
+        FaceDataset(data, 1, 128, MILD, prompts)
+    (data / "attributes.json").write_text('{"face0.png": ["Male"], "face0.png": []}')
+    with pytest.raises(ConfigError, match=r"attributes.json: 'face0.png' is given twice"):
+        FaceDataset(data, 1, 128, MILD, prompts)
+    (data / "attributes.json").write_text('{"face0.png": ["Male"]}')
+    assert FaceDataset(data, 1, 128, MILD, prompts).label_notes() == [f"{data / 'attributes.csv'}: not read "
+                                                                        "(attributes.json beside it is)"]
+
+
 def test_stage2_references_are_other_images_of_the_same_identity(world):
     ds = FaceDataset(world["s2"], 2, 128, MILD, PromptConfig())
     assert ds.skipped_identities == ["solo"] and len(ds) == 5

@@ -63,9 +63,18 @@ def read_attributes(data_dir: Path) -> dict[str, list[str]]:
     are file names relative to ``data_dir``. A ``.txt`` caption beside an image is read per sample."""
     out: dict[str, list[str]] = {}
     js, cs = data_dir / "attributes.json", data_dir / "attributes.csv"
+
+    def once(pairs):  # a file named twice: which labels it has would be the last's, the first dropped unsaid
+        seen = {}
+        for k, v in pairs:
+            if k in seen:
+                raise ConfigError(f"{js}: {k!r} is given twice: keep one")
+            seen[k] = v
+        return seen
+
     if js.is_file():
         try:
-            raw = json.loads(js.read_text())
+            raw = json.loads(js.read_text(), object_pairs_hook=once)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{js}: malformed JSON ({exc})") from None
         out = {str(k): [str(a) for a in v] for k, v in raw.items()}
@@ -73,10 +82,13 @@ def read_attributes(data_dir: Path) -> dict[str, list[str]]:
         with open(cs, newline="") as fh:
             rows = list(csv.reader(fh))
         if rows:
-            head = rows[0]
-            for row in rows[1:]:
+            head, line = rows[0], {}
+            for n, row in enumerate(rows[1:], start=2):
                 if not row:
                     continue
+                if row[0] in line:
+                    raise ConfigError(f"{cs}: line {n} names {row[0]!r} again (line {line[row[0]]}): keep one")
+                line[row[0]] = n
                 if len(head) == 2 and head[1].lower() in ("attributes", "attrs"):
                     out[row[0]] = [a for a in row[1].split(";") if a.strip()]
                 else:
@@ -157,6 +169,26 @@ class FaceDataset(torch.utils.data.Dataset):
             raise InputError(f"{data_dir}: {len(bad)} unreadable image(s): " + "; ".join(bad[:5])
                              + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "") + " (fix or remove them)")
         self.id_embeddings: dict[int, np.ndarray] | None = None  # filled by prepare_identity
+
+    def label_notes(self) -> list[str]:
+        """What of the label files this run does not use, said before the first step (a label file whose names
+        match no image trains every face without its attributes)."""
+        lines = []
+        if (self.data_dir / "attributes.json").is_file() and (self.data_dir / "attributes.csv").is_file():
+            lines.append(f"{self.data_dir / 'attributes.csv'}: not read (attributes.json beside it is)")
+        by_stem: dict[str, list[str]] = {}
+        for k in self.attributes:
+            by_stem.setdefault(Path(k).stem, []).append(k)
+        used, labelled = set(), 0
+        for p in self.images:
+            keys = {k for k in (str(p.relative_to(self.data_dir)), p.name) if k in self.attributes}
+            keys.update(by_stem.get(p.stem, ()))
+            used |= keys
+            labelled += bool(keys)
+        if unused := sorted(set(self.attributes) - used):
+            lines.append(f"{len(unused)} of {len(self.attributes)} labelled file name(s) match no image of the data "
+                         f"(e.g. {', '.join(unused[:3])}): {labelled} of {len(self.images)} image(s) have labels")
+        return lines
 
     def __len__(self) -> int:  # one pass over the images; positions beyond wrap around
         return len(self.images)
