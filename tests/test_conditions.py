@@ -93,6 +93,7 @@ def test_yaml_settings_the_flags_replace_are_said_after_the_run(tiny_root, astro
         cv2.imwrite(str(folder / f"{name}.png"), np.ascontiguousarray(astronaut[:256, 100:356, ::-1]))
     (folder / "a.yaml").write_text("prompt: blue eyes\n")
     (folder / "b.yaml").write_text("faces: {0: {prompt: green eyes}}\nnegative_prompt: glasses\n")
+    (folder / "c.yaml").write_text("prompt: brown eyes\n")  # what the flag says: nothing lost, nothing said
     (folder / "mgfr.yaml").write_text("refs: []\n")
     code, out, err = cli("restore", folder, "-o", tmp_path / "out", "--prompt", "brown eyes", "--model-root",
                          tiny_root, "--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")

@@ -145,7 +145,8 @@ class FlagOverrides:
     FLAGS = {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "refs": "--ref"}
 
     def __init__(self, flags: ConditionSpec):
-        self.keys = [k for k in self.FLAGS if getattr(flags, k) is not None]
+        self.flags = {k: _same(getattr(flags, k)) for k in self.FLAGS if getattr(flags, k) is not None}
+        self.keys = list(self.flags)
         self.files: dict[str, set] = {}
 
     def add(self, photo: Path) -> None:
@@ -156,8 +157,9 @@ class FlagOverrides:
                 side = read_sidecar(path, allow_faces=path.name != FOLDER_YAML)
             except ConfigError:  # the photo fails, saying why
                 continue
-            for k in self.keys:
-                if any(getattr(spec, k) is not None for spec in (side.top, *side.faces.values())):
+            for k in self.keys:  # a YAML that says what the flag says loses nothing
+                if any(getattr(spec, k) is not None and _same(getattr(spec, k)) != self.flags[k]
+                       for spec in (side.top, *side.faces.values())):
                     self.files.setdefault(k, set()).add(path)
 
     def notes(self) -> list[str]:
@@ -168,6 +170,11 @@ class FlagOverrides:
             lines.append(f"{self.FLAGS[k]}: used instead of the {k} in {len(names)} YAML file(s) ({shown}): flags win "
                          f"over sidecars and mgfr.yaml")
         return lines
+
+
+def _same(value):
+    """A setting as compared: references by the files they are (from the command line or a YAML's folder)."""
+    return tuple(Path(r).resolve() for r in value) if isinstance(value, tuple) else value
 
 
 def expand_refs(refs: tuple[Path, ...] | None) -> tuple[Path, ...]:
