@@ -220,9 +220,9 @@ def test_a_stopped_clip_is_not_continued_toward_another_prompt(tiny_root, astron
     assert (tmp_path / "out" / ".c.mp4.segments" / "seg-00000.mp4").is_file()
     calls.clear()
     stop = False
-    other = {"prompt": ["--prompt", "brown eyes"],
-             "checkpoint": ["--checkpoint", copied_adapter(tiny_root / "mgfr-adapter", tmp_path / "later", moved=1e-3)]
-             }.get(change, [])
+    other = (["--prompt", "brown eyes"] if change == "prompt" else
+             ["--checkpoint", copied_adapter(tiny_root / "mgfr-adapter", tmp_path / "later", moved=1e-3)]
+             if change == "checkpoint" else [])
     if change.startswith("reference"):
         data = ref.read_bytes() if change == "reference_touched" else cv2.imencode(".png", cv2.flip(
             cv2.imread(str(ref)), 1))[1].tobytes()
