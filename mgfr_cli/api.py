@@ -129,6 +129,7 @@ class Restorer:
         from mgfr_cli.model.pipeline import DiffusionRestorer
 
         notes = _library_options(library, ref_k, ref_threshold, refs) + self._background(upscale, has_aligned)
+        notes += _yaml_beside(image)
         rgb, kind = _as_rgb(image)
         settings = self.settings(seed=seed, **sampling)
         if not 0 < upscale < float("inf"):
@@ -263,6 +264,18 @@ def _idle_notes(sampling: dict, restorer) -> list[str]:
             "guidance_attribute": "guidance_attribute: not used (it steers away from a negative_prompt, and none was "
                                   "given)"}
     return [said[k] for k in said if k in sampling and k in idle]
+
+
+def _yaml_beside(image) -> list[str]:
+    """A photo given by path with a sidecar or folder ``mgfr.yaml``: restore() takes its conditions from its
+    arguments only (``restore_files`` reads YAMLs, as ``mgfr restore`` does): said, not passed over."""
+    from mgfr_cli.faces.conditions import FOLDER_YAML, sidecar_path
+
+    if not isinstance(image, (str, Path)) or not Path(image).is_file():
+        return []
+    found = [p for p in (sidecar_path(Path(image)), Path(image).parent / FOLDER_YAML) if p is not None and p.is_file()]
+    return [f"{', '.join(map(str, found))}: not read by restore(), which takes prompts and references from its "
+            f"arguments (restore_files() reads YAMLs, as mgfr restore does)"] if found else []
 
 
 def _library_options(library, ref_k, ref_threshold, refs) -> list[str]:

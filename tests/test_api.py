@@ -80,6 +80,22 @@ def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):
         restorer.restore(small, steps=1, upscale=float("nan"))
 
 
+def test_a_photo_given_by_path_with_a_sidecar_says_restore_does_not_read_it(api_root, astronaut, tmp_path):
+    """restore() takes conditions from its arguments; a sidecar beside the path is named, not passed over."""
+    import cv2
+
+    from mgfr_cli import Restorer
+
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.ascontiguousarray(astronaut[:256, 100:356, ::-1]))
+    restorer = Restorer.load(detector="retinaface_mobile0.25", device="cpu")
+    assert restorer.restore(photo, steps=1).notes == []
+    (tmp_path / "p.yaml").write_text("prompt: blue eyes\n")
+    assert restorer.restore(photo, steps=1).notes == [
+        f"{tmp_path / 'p.yaml'}: not read by restore(), which takes prompts and references from its arguments "
+        "(restore_files() reads YAMLs, as mgfr restore does)"]
+
+
 def test_importing_the_package_loads_no_torch():
     code = "import sys, mgfr_cli; mgfr_cli.Restorer; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
