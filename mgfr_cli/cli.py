@@ -376,8 +376,9 @@ def main() -> None:
     """Entry point: a known error is one red line (exit 1, 2 for usage); anything else keeps its traceback."""
 
     try:
-        notes(repeated_options(typer.main.get_command(app), sys.argv[1:]))
-        code = app(standalone_mode=False)
+        command = typer.main.get_command(app)  # built once: the check of repeated options and the run share it
+        notes(repeated_options(command, sys.argv[1:]))
+        code = command(standalone_mode=False)
     except MgfrError as exc:
         err.print(Text.assemble(("error:", "red"), f" {shown(exc)}"))
         usage = isinstance(exc, UsageError) or (isinstance(exc, ConfigError) and str(exc).startswith("--"))

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Container
 
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, Outcome, collect_inputs
 from mgfr_cli.errors import MgfrError, OutputError
@@ -28,12 +28,12 @@ def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelect
     check_output_folder(output)  # a file, a read-only mount: one line before any work
     items, outcomes = collect_inputs(inputs, recursive, exclude=output)
     tables = _table_paths(output)
-    earlier = _rows_listed(tables[1])  # crops an earlier align wrote here: those may be written again
-    written = {_crop_key(r["crop"]) for r in earlier}
+    # the crops an earlier align wrote here (by resolved path): those may be written again
+    earlier = {_crop_key(r["crop"]): r for r in _rows_listed(tables[1])}
     rows = []
     try:
         for item in items:
-            _align_one(helper, item, output, selection, max_megapixels, rows, outcomes, written)
+            _align_one(helper, item, output, selection, max_megapixels, rows, outcomes, earlier)
         _write_tables(tables, _merged(earlier, rows))
     except OSError as exc:  # a full disk mid-run: stop with one line; the table lists what was written
         try:
@@ -69,16 +69,16 @@ def _crop_key(crop) -> str:
     return str(Path(crop).resolve())
 
 
-def _merged(earlier: list[dict], rows: list[dict]) -> list[dict]:
-    """The tables after a run: the crops earlier runs wrote here that are still there and were not written again
-    (a run over other photos into the same folder keeps them listed: a later run may write them again), then
-    this run's."""
+def _merged(earlier: dict[str, dict], rows: list[dict]) -> list[dict]:
+    """The tables after a run: the crops earlier runs wrote here (by resolved path) that are still there and were
+    not written again (a run over other photos into the same folder keeps them listed: a later run may write them
+    again), then this run's."""
     now = {_crop_key(r["crop"]) for r in rows}
-    return [r for r in earlier if _crop_key(r["crop"]) not in now and Path(r["crop"]).is_file()] + rows
+    return [r for key, r in earlier.items() if key not in now and Path(key).is_file()] + rows
 
 
 def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list, outcomes: list,
-               written: set[str] = frozenset()) -> None:
+               written: Container[str] = frozenset()) -> None:
     from mgfr_cli.faces.io import is_video_file
 
     if is_video_file(item.path):

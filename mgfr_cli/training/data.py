@@ -176,16 +176,12 @@ class FaceDataset(torch.utils.data.Dataset):
         lines = []
         if (self.data_dir / "attributes.json").is_file() and (self.data_dir / "attributes.csv").is_file():
             lines.append(f"{self.data_dir / 'attributes.csv'}: not read (attributes.json beside it is)")
-        by_stem: dict[str, list[str]] = {}
-        for k in self.attributes:
-            by_stem.setdefault(Path(k).stem, []).append(k)
-        used, labelled = set(), 0
-        for p in self.images:
-            keys = {k for k in (str(p.relative_to(self.data_dir)), p.name) if k in self.attributes}
-            keys.update(by_stem.get(p.stem, ()))
-            used |= keys
-            labelled += bool(keys)
-        if unused := sorted(set(self.attributes) - used):
+        # an image takes a label by its path, its name or its stem (as _prompt looks them up)
+        keys = [(str(p.relative_to(self.data_dir)), p.name, p.stem) for p in self.images]
+        paths, stems = {k for rel, name, _ in keys for k in (rel, name)}, {stem for *_, stem in keys}
+        labelled = sum(1 for rel, name, stem in keys
+                       if rel in self.attributes or name in self.attributes or stem in self.attributes_by_stem)
+        if unused := sorted(k for k in self.attributes if k not in paths and Path(k).stem not in stems):
             lines.append(f"{len(unused)} of {len(self.attributes)} labelled file name(s) match no image of the data "
                          f"(e.g. {', '.join(unused[:3])}): {labelled} of {len(self.images)} image(s) have labels")
         return lines
@@ -272,7 +268,8 @@ def align_dataset(helper, src: Path, dst: Path) -> tuple[Path, list[Path]]:
     from mgfr_cli.faces.io import write_image
 
     marker, started = dst / ".mgfr-aligned.json", dst / ".mgfr-aligning"
-    made_from = {"source": str(src.resolve()), "images": _listing(src)}  # what the copy is of
+    images = list_images(src)
+    made_from = {"source": str(src.resolve()), "images": _listing(src, images)}  # what the copy is of
     if marker.is_file():
         made = json.loads(marker.read_text())
         if made.get("images", made_from["images"]) != made_from["images"]:  # (a copy made before this record: taken)
@@ -286,7 +283,7 @@ def align_dataset(helper, src: Path, dst: Path) -> tuple[Path, list[Path]]:
     dst.mkdir(parents=True, exist_ok=True)
     started.touch()  # an alignment stopped half-way is mgfr's own, continued by the next run
     skipped = []
-    for p in list_images(src):
+    for p in images:
         try:
             rgb = read_image(p).rgb8()
         except InputError:
@@ -308,12 +305,12 @@ def align_dataset(helper, src: Path, dst: Path) -> tuple[Path, list[Path]]:
     return dst, skipped
 
 
-def _listing(src: Path) -> str:
+def _listing(src: Path, images: list[Path]) -> str:
     """The images of ``src`` by name and size (not time: a copied folder is the same data)."""
     import hashlib
 
     h = hashlib.sha1()
-    for p in list_images(src):
+    for p in images:
         h.update(f"{p.relative_to(src)}\0{p.stat().st_size}\0".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 

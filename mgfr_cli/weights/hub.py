@@ -77,8 +77,7 @@ def _bounded_bar(size: int | None, limit: int):
     return Bounded
 
 
-def download(source: str, remote: str, timeout: float = 30.0, size: int | None = None,
-             limit: int = 16 << 30) -> Path:
+def download(source: str, remote: str, timeout: float, size: int | None, limit: int) -> Path:
     """``hf_hub_download`` of one file into the Hub cache (through ``HF_ENDPOINT``, with ``HF_TOKEN``), read at most
     to ``size`` bytes (the manifest's; else the server's, else ``limit``)."""
     from huggingface_hub import hf_hub_download
