@@ -136,6 +136,32 @@ def test_unpinned_needs_consent_and_records_the_hash(tmp_path, server):
     assert [s.state for s in check_entry(entry, root)] == ["corrupt"]
 
 
+
+def test_two_fetches_pinning_at_once_keep_both_pins(tmp_path, monkeypatch):
+    """Two unpinned files fetched at the same instant (two commands, or the web page beside a shell) each record
+    their SHA-256 in pins.yaml: the second read waits for the first write, so neither pin is lost."""
+    from mgfr_cli.weights import files
+
+    (root := tmp_path / "root").mkdir()
+    real_read, first_read, second_read = files.read_pins, threading.Event(), threading.Event()
+
+    def slow_read(r):  # the first writer holds its read until the second has read too, or 2 s have passed
+        pins = real_read(r)
+        if not first_read.is_set():
+            first_read.set()
+            second_read.wait(2)
+        else:
+            second_read.set()
+        return pins
+
+    monkeypatch.setattr(files, "read_pins", slow_read)
+    one = threading.Thread(target=files.write_pin, args=(root, "a.bin", "1" * 64))
+    one.start()
+    assert first_read.wait(30)
+    files.write_pin(root, "b.bin", "2" * 64)
+    one.join(30)
+    assert yaml.safe_load((root / "pins.yaml").read_text()) == {"a.bin": "1" * 64, "b.bin": "2" * 64}
+
 def test_cli_weights_commands(tmp_path, server, cli):
     url, _ = server
     _manifest(tmp_path, url)

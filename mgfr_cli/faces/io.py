@@ -293,6 +293,21 @@ def folder_lock(folder: Path):
         os.close(fd)  # closing releases the lock
 
 
+@contextmanager
+def file_lock(path: Path):
+    """:func:`folder_lock` on a lock file of its own (made empty where missing, and left in place): for a file
+    replaced whole on each write (its inode changes, so a lock on it guards nothing), in a folder whose own lock
+    another step already holds."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def check_output_folder(output: Path) -> None:
     """Fail before any work when the output folder cannot take a file (a real probe: permission bits say
     nothing to root, and a read-only mount only shows on writing)."""

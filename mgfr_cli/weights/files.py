@@ -187,11 +187,12 @@ def read_pins(root: Path) -> dict:
 def write_pin(root: Path, rel: str, digest: str) -> None:
     import yaml
 
-    from mgfr_cli.faces.io import atomic_write_bytes
+    from mgfr_cli.faces.io import atomic_write_bytes, file_lock
 
-    pins = read_pins(root)
-    pins[rel] = digest
-    atomic_write_bytes(root / PINS, yaml.safe_dump(pins, sort_keys=True).encode())
+    with file_lock(root / f".{PINS}.lock"):  # two fetches pinning at once: each reads the other's pin
+        pins = read_pins(root)
+        pins[rel] = digest
+        atomic_write_bytes(root / PINS, yaml.safe_dump(pins, sort_keys=True).encode())
 
 
 @dataclass(frozen=True)
