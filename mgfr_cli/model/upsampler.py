@@ -125,10 +125,10 @@ class BackgroundUpsampler:
     as GFPGAN's and CodeFormer's do; chosen by ``auto`` it runs only where the photo is enlarged."""
 
     def __init__(self, path: Path, scale: int, device: str = "cpu", tile: int = 400, overlap: int = 16,
-                 context: int = 32, chosen: bool = False):
+                 context: int = 32):
         self.model = SpandrelModel(path, device, expect_scale=scale, expect_arch="ESRGAN")
         self.tile, self.overlap, self.context = tile, overlap, context
-        self.chosen = chosen
+        self.chosen = False  # set by whoever loads it for a named --bg-upsampler (``api.Restorer.load``)
 
     def applies(self, upscale: float) -> bool:
         return upscale > 1 or self.chosen
