@@ -313,29 +313,25 @@ def degrade(
 @app.command("eval")
 def evaluate_cmd(
     pred: Annotated[Path, typer.Option(help="Folder of restored images.")],
-    gt: Annotated[Path, typer.Option(help="Folder of ground-truth images (paired by file name).")],
+    gt: Annotated[Optional[Path], typer.Option(help="Folder of ground-truth images (paired by file name); without it, the no-reference metric (CLIP-IQA) only.")] = None,
     ref: Annotated[Optional[Path], typer.Option(help="Folder of references: adds identity cosine pred vs reference.")] = None,
     report: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write per-image values and the mean as CSV.")] = None,
     device: DeviceOpt = Device.auto,
     model_root: ModelRootOpt = None,
 ):
-    """PSNR, SSIM, LPIPS and ArcFace identity cosine per image and averaged (metrics whose weights are missing are skipped, and said so)."""
+    """PSNR, SSIM, LPIPS, ArcFace identity cosine and CLIP-IQA per image and averaged (metrics whose weights are missing are skipped, and said so)."""
     from rich.table import Table
 
-    from mgfr_cli.training.evaluate import LPIPS_TRUNK, Lpips, evaluate, write_csv
-    from mgfr_cli.faces.identity import ARCFACE_FILE, IdentityEncoder
+    from mgfr_cli.training.evaluate import check_eval_paths, evaluate, load_metrics, write_csv
     from mgfr_cli.weights.files import resolve_root
 
-    from mgfr_cli.training.evaluate import check_eval_paths
-
     check_eval_paths(pred, gt, ref, report)
-    root = resolve_root(model_root)
-    dev, _ = resolve_device(device)
-    skipped = []
-    lp = Lpips(root / LPIPS_TRUNK, dev) if (root / LPIPS_TRUNK).is_file() else skipped.append("lpips (mgfr weights fetch lpips-alex)")
-    ident = IdentityEncoder(root / ARCFACE_FILE, dev) if (root / ARCFACE_FILE).is_file() else skipped.append("identity (mgfr weights fetch arcface)")
-    result = evaluate(pred, gt, lpips_model=lp, identity=ident, ref_dir=ref)
-    table = Table(title=f"mgfr eval: {len(result.rows)} pairs")
+    models, skipped = load_metrics(resolve_root(model_root), resolve_device(device)[0], gt=gt is not None, ref=ref is not None)
+    if gt is None and not models:
+        raise MgfrError(f"--pred {pred}: without --gt only CLIP-IQA (mgfr weights fetch clip-rn50) and, with --ref, "
+                        f"ref_identity (mgfr weights fetch arcface) can be computed, and neither is in the model root")
+    result = evaluate(pred, gt, ref_dir=ref, **models)
+    table = Table(title=f"mgfr eval: {len(result.rows)} " + ("pairs" if gt is not None else "images"))
     table.add_column("image", overflow="fold")
     for m in result.metrics:
         table.add_column(m, justify="right")
@@ -348,8 +344,6 @@ def evaluate_cmd(
         out.print(Text.assemble(("skipped", "yellow"), f" {shown(path)}: {shown(why)}"))
     for path, why in result.notes:
         out.print(Text.assemble(("note", "yellow"), f" {shown(path)}: {shown(why)}"))
-    if ref is not None and ident is None:
-        skipped.append("ref_identity (needs ArcFace: mgfr weights fetch arcface)")
     if skipped:
         out.print("not computed: " + "; ".join(skipped))
     if report is not None:

@@ -142,3 +142,24 @@ def random_recogniser(root: Path) -> Path:
     if not dst.exists():
         dst.symlink_to(src)
     return dst
+
+
+def tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A small CLIP with OpenAI's ResNet image tower and text transformer (random weights), saved as open_clip
+    saves a model for the Hub (``open_clip_config.json`` + ``open_clip_model.safetensors``): CLIP-IQA's layout.
+    The text tower is 64 wide (one head of 64), as OpenAI's and piq's builders infer heads from widths."""
+    import open_clip
+    import torch
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    cfg = {"embed_dim": 32, "quick_gelu": True,
+           "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    torch.manual_seed(seed)
+    model = CLIP(**cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {
+        "mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return folder

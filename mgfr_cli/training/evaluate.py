@@ -1,9 +1,12 @@
-"""``mgfr eval``: the paper's full-reference metrics on restored faces, from maintained libraries.
+"""``mgfr eval``: the paper's full-reference metrics on restored faces, from maintained libraries, and a
+no-reference one for photos without ground truth.
 
 PSNR and SSIM come from torchmetrics, LPIPS from the ``lpips`` package (its linear heads ship inside
 it; the AlexNet trunk is a manifest entry, loaded from the model root), identity cosine from ArcFace
-(insightface, pred vs GT). Files are paired by relative path (extension aside: ``id07/a.png`` with
-``id07/a.jpg``, never with ``id08/a.png``); unmatched, ambiguous or unreadable files are reported, not fatal. Images are compared at the GT's size, in RGB, as [0, 1] floats.
+(insightface, pred vs GT), CLIP-IQA from :mod:`training.quality` (on the prediction as it is). Files are paired
+by relative path (extension aside: ``id07/a.png`` with ``id07/a.jpg``, never with ``id08/a.png``); unmatched,
+ambiguous or unreadable files are reported, not fatal. Images are compared at the GT's size, in RGB, as [0, 1]
+floats. Without ground truth, each prediction gets the no-reference metric (and ``ref_identity``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mgfr_cli.faces.io import read_image
 LPIPS_TRUNK = "alexnet-owt-7be5be79.pth"
 OWN_FOLDERS = ("_faces", "_report", "_library-cache")  # what mgfr restore puts beside its outputs: not predictions
 PSNR_CAP = 100.0  # identical images: PSNR is infinite; report this cap instead
+METRICS = ("psnr", "ssim", "lpips", "identity", "ref_identity", "clipiqa")  # the CSV's columns, in this order
 
 
 @dataclass
@@ -110,30 +114,47 @@ def pair_files(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path
     return pairs, problems
 
 
-def evaluate(pred_dir: Path, gt_dir: Path, *, lpips_model: Lpips | None = None, identity=None,
-             ref_dir: Path | None = None) -> EvalReport:
+def evaluate(pred_dir: Path, gt_dir: Path | None = None, *, lpips_model: Lpips | None = None, identity=None,
+             ref_dir: Path | None = None, quality=None) -> EvalReport:
     """Per-image metrics; ``ref_identity`` (pred vs the reference at the same relative path) when ``ref_dir``
-    and ArcFace. A prediction of another size than its ground truth is resized to it when the aspect ratio is
-    the same (and said so), refused when it is not; a missing reference leaves only ``ref_identity`` empty."""
+    and ArcFace; ``clipiqa`` when ``quality`` (a :class:`training.quality.ClipIqa`). A prediction of another
+    size than its ground truth is resized to it when the aspect ratio is the same (and said so), refused when it
+    is not; a missing reference leaves only ``ref_identity`` empty. ``gt_dir`` None: every prediction, with the
+    metrics that need no ground truth."""
     import cv2
 
-    report = EvalReport(metrics=["psnr", "ssim"])
-    if lpips_model is not None:
-        report.metrics.append("lpips")
-    if identity is not None:
-        report.metrics.append("identity")
+    full = {"psnr": True, "ssim": True, "lpips": lpips_model is not None, "identity": identity is not None}
+    given = {**{k: v and gt_dir is not None for k, v in full.items()},
+             "ref_identity": identity is not None and ref_dir is not None, "clipiqa": quality is not None}
+    report = EvalReport(metrics=[m for m in METRICS if given[m]])
     refs = {}
-    if identity is not None and ref_dir is not None:
-        report.metrics.append("ref_identity")
+    if given["ref_identity"]:
         refs, bad = index_images(Path(ref_dir))
         report.problems += bad
-    pairs, problems = pair_files(Path(pred_dir), Path(gt_dir))
+    if gt_dir is None:
+        preds, problems = index_images(Path(pred_dir))
+        pairs = [(name, preds[name], None) for name in sorted(preds)]
+    else:
+        pairs, problems = pair_files(Path(pred_dir), Path(gt_dir))
     report.problems += problems
     for name, p, g in pairs:
         try:
-            pred, gt = read_image(p).rgb8(), read_image(g).rgb8()
+            pred = read_image(p).rgb8()
+            gt = read_image(g).rgb8() if g is not None else None
         except MgfrError as exc:
             report.problems.append((p, str(exc)))
+            continue
+        row = {"name": name}
+        if quality is not None:  # on the prediction as it is: no resize to a ground truth
+            small = min(pred.shape[:2]) < quality.min_size
+            row["clipiqa"] = float("nan") if small else quality(pred)
+            if small:
+                report.notes.append((p, f"{pred.shape[1]}x{pred.shape[0]} is smaller than CLIP-IQA's "
+                                        f"{quality.min_size} px: clipiqa left empty"))
+        if gt is None:
+            if given["ref_identity"]:
+                _ref_identity(row, pred, p, name, refs, identity, report)
+            report.rows.append(row)
             continue
         if min(gt.shape[:2]) < 11:  # SSIM's 11x11 window: listed, not fatal to the whole evaluation
             report.problems.append((g, f"{gt.shape[1]}x{gt.shape[0]} is smaller than SSIM's 11-pixel window"))
@@ -146,22 +167,55 @@ def evaluate(pred_dir: Path, gt_dir: Path, *, lpips_model: Lpips | None = None, 
                 continue
             report.notes.append((p, f"{pw}x{ph} resized to its ground truth's {gw}x{gh} before scoring"))
             pred = cv2.resize(pred, (gw, gh), interpolation=cv2.INTER_AREA if pw > gw else cv2.INTER_CUBIC)
-        row = {"name": name, "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
+        row.update(psnr=psnr(pred, gt), ssim=ssim(pred, gt))
         if lpips_model is not None:
             row["lpips"] = lpips_model(pred, gt)
         if identity is not None:
             e = identity.embed([pred, gt])
             row["identity"] = float(e[0] @ e[1])
-        if identity is not None and ref_dir is not None:
-            row["ref_identity"] = float("nan")
-            if name in refs:
-                ref = read_image(refs[name]).rgb8()
-                e = identity.embed([pred, cv2.resize(ref, (pred.shape[1], pred.shape[0]))])
-                row["ref_identity"] = float(e[0] @ e[1])
-            else:
-                report.notes.append((p, "no reference at this path: ref_identity left empty"))
+        if given["ref_identity"]:
+            _ref_identity(row, pred, p, name, refs, identity, report)
         report.rows.append(row)
     return report
+
+
+def _ref_identity(row: dict, pred: np.ndarray, path: Path, name: str, refs: dict, identity,
+                  report: EvalReport) -> None:
+    """``row["ref_identity"]``: ArcFace cosine of the prediction and the reference of the same name (resized to
+    it); left empty, and said, where there is none."""
+    import cv2
+
+    row["ref_identity"] = float("nan")
+    if name not in refs:
+        report.notes.append((path, "no reference at this path: ref_identity left empty"))
+        return
+    ref = read_image(refs[name]).rgb8()
+    e = identity.embed([pred, cv2.resize(ref, (pred.shape[1], pred.shape[0]))])
+    row["ref_identity"] = float(e[0] @ e[1])
+
+
+def load_metrics(root: Path, device: str, *, gt: bool, ref: bool) -> tuple[dict, list[str]]:
+    """The metric models whose weights are in the model root, as :func:`evaluate`'s keywords, and for each one
+    left out the line that says how to get it. ``gt``/``ref``: whether a ground truth and references are given
+    (LPIPS needs a ground truth; ArcFace a ground truth or references)."""
+    from mgfr_cli.faces.identity import ARCFACE_FILE, IdentityEncoder
+    from mgfr_cli.training.quality import CLIP_RN50, ClipIqa
+
+    kwargs, skipped = {}, []
+    if gt and (root / LPIPS_TRUNK).is_file():
+        kwargs["lpips_model"] = Lpips(root / LPIPS_TRUNK, device)
+    elif gt:
+        skipped.append("lpips (mgfr weights fetch lpips-alex)")
+    if (gt or ref) and (root / ARCFACE_FILE).is_file():
+        kwargs["identity"] = IdentityEncoder(root / ARCFACE_FILE, device)
+    elif gt or ref:
+        skipped += ["identity (mgfr weights fetch arcface)"] * gt + ["ref_identity (needs ArcFace: mgfr weights "
+                                                                     "fetch arcface)"] * ref
+    if (root / CLIP_RN50).is_dir():
+        kwargs["quality"] = ClipIqa(root / CLIP_RN50, device)
+    else:
+        skipped.append(f"clipiqa (mgfr weights fetch {CLIP_RN50})")
+    return kwargs, skipped
 
 
 def is_eval_csv(path: Path) -> bool:
@@ -171,7 +225,7 @@ def is_eval_csv(path: Path) -> bool:
             header = fh.readline().strip().split(",")
     except OSError:
         return False
-    return header[:3] == ["name", "psnr", "ssim"] and set(header[3:]) <= {"lpips", "identity", "ref_identity"}
+    return header[0] == "name" and len(header) > 1 and set(header[1:]) <= set(METRICS)
 
 
 def write_csv(report: EvalReport, path: Path) -> str:

@@ -12,7 +12,8 @@ from mgfr_cli.weights.files import Manifest, entry_state
 from mgfr_cli.weights.hub import where
 
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "safetensors", "facexlib",
-            "insightface", "onnxruntime", "opencv-python", "typer", "rich", "PyYAML", "torchmetrics", "lpips", "spandrel")
+            "insightface", "onnxruntime", "opencv-python", "typer", "rich", "PyYAML", "torchmetrics", "lpips", "spandrel",
+            "open_clip_torch")
 
 
 @dataclass
@@ -54,6 +55,7 @@ def diagnose(root: Path, manifest: Manifest) -> Report:
         (have("sd21-base"), "mgfr train", "" if have("sd21-base") else "needs sd21-base"),
         (have("arcface"), "identity embeddings (references, eval identity)", "" if have("arcface") else "needs arcface"),
         (have("parsenet"), "parsing mask for paste-back", "" if have("parsenet") else "feathered square used instead"),
+        (have("clip-rn50"), "eval without ground truth (CLIP-IQA)", "" if have("clip-rn50") else "needs clip-rn50"),
     ]
     r.sections["what works now"] = works
     r.healthy = works[0][0] and works[2][0]
