@@ -313,7 +313,7 @@ def degrade(
 @app.command("eval")
 def evaluate_cmd(
     pred: Annotated[Path, typer.Option(help="Folder of restored images.")],
-    gt: Annotated[Optional[Path], typer.Option(help="Folder of ground-truth images (paired by file name); without it, the no-reference metric (CLIP-IQA) only.")] = None,
+    gt: Annotated[Optional[Path], typer.Option(help="Folder of ground-truth images (paired by file name); without it, CLIP-IQA (and with --ref, ref_identity) only.")] = None,
     ref: Annotated[Optional[Path], typer.Option(help="Folder of references: adds identity cosine pred vs reference.")] = None,
     report: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write per-image values and the mean as CSV.")] = None,
     device: DeviceOpt = Device.auto,

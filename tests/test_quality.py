@@ -87,3 +87,25 @@ def test_a_folder_that_is_not_clip_says_so(tmp_path):
 
     with pytest.raises(WeightsError, match="mgfr weights fetch clip-rn50"):
         ClipIqa(tmp_path)
+
+
+def test_eval_without_ground_truth_compares_with_references(tmp_path, astronaut, cli):
+    from helpers import arcface_onnx
+    from mgfr_cli.faces.identity import ARCFACE_FILE
+
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    ref.mkdir()
+    face = np.ascontiguousarray(astronaut[20:276, 120:376, ::-1])
+    cv2.imwrite(str(pred / "a.png"), face)
+    cv2.imwrite(str(pred / "b.png"), face)
+    cv2.imwrite(str(ref / "a.png"), face)  # b has no reference
+    arcface_onnx(tmp_path / ARCFACE_FILE)
+    code, out, _ = cli("eval", "--pred", pred, "--ref", ref, "-o", tmp_path / "r.csv", "--model-root", tmp_path,
+                       "--device", "cpu")
+    assert code == 0, out
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0] == "name,ref_identity" and lines[2] == "b,"
+    assert float(lines[1].split(",")[1]) == pytest.approx(1.0, abs=1e-4)  # the same face
+    text = " ".join(out.split())
+    assert "no reference at this path" in text and "clipiqa (mgfr weights fetch clip-rn50)" in text
