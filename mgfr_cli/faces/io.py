@@ -282,15 +282,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def folder_lock(folder: Path):
     """An exclusive lock held on ``folder`` itself (``flock`` on its descriptor: no lock file left behind), across
     processes and across threads; released when the block ends, or when the process dies."""
-    import fcntl
-
     Path(folder).mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with _flocked(os.open(folder, os.O_RDONLY)):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 @contextmanager
@@ -298,14 +292,19 @@ def file_lock(path: Path):
     """:func:`folder_lock` on a lock file of its own (made empty where missing, and left in place): for a file
     replaced whole on each write (its inode changes, so a lock on it guards nothing), in a folder whose own lock
     another step already holds."""
+    with _flocked(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)):
+        yield
+
+
+@contextmanager
+def _flocked(fd: int):
     import fcntl
 
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        os.close(fd)  # closing releases the lock
 
 
 def check_output_folder(output: Path) -> None:

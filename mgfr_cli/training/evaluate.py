@@ -211,7 +211,7 @@ def load_metrics(root: Path, device: str, *, gt: bool, ref: bool) -> tuple[dict,
     elif gt or ref:
         skipped += ["identity (mgfr weights fetch arcface)"] * gt + ["ref_identity (needs ArcFace: mgfr weights "
                                                                      "fetch arcface)"] * ref
-    if (root / CLIP_RN50).is_dir():
+    if (root / CLIP_RN50 / "open_clip_model.safetensors").is_file():
         kwargs["quality"] = ClipIqa(root / CLIP_RN50, device)
     else:
         skipped.append(f"clipiqa (mgfr weights fetch {CLIP_RN50})")
