@@ -63,6 +63,8 @@ def test_eval_without_ground_truth(tmp_path, clip_dir, astronaut, cli):
     assert lines[3] == "tiny," and float(lines[4].split(",")[1]) == pytest.approx((a + b) / 2, abs=1e-5)
     assert cli(*args)[0] == 0 and not (tmp_path / "q-mgfr.csv").exists()  # its own table: replaced on a rerun
 
+    (tmp_path / "empty/clip-rn50").mkdir(parents=True)  # a fetch stopped before the weights file: not there
+    (tmp_path / "empty/clip-rn50/open_clip_config.json").write_text("{}")
     code, _, err = cli("eval", "--pred", pred, "--model-root", tmp_path / "empty", "--device", "cpu")
     assert code == 1 and "without --gt" in err and "mgfr weights fetch clip-rn50" in " ".join(err.split())
 
