@@ -114,9 +114,14 @@ def is_json_rows(path: Path, keys: set[str]) -> bool:
     return isinstance(rows, list) and all(isinstance(r, dict) and keys <= set(r) for r in rows)
 
 
-def is_csv_with_header(path: Path, header: list[str]) -> bool:
+def csv_header(path: Path) -> list[str]:
+    """The first line of ``path`` split at commas ([] when it cannot be read)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.readline().strip() == ",".join(header)
+            return fh.readline().strip().split(",")
     except OSError:
-        return False
+        return []
+
+
+def is_csv_with_header(path: Path, header: list[str]) -> bool:
+    return csv_header(path) == list(header)

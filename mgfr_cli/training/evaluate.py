@@ -220,12 +220,10 @@ def load_metrics(root: Path, device: str, *, gt: bool, ref: bool) -> tuple[dict,
 
 def is_eval_csv(path: Path) -> bool:
     """A table ``mgfr eval`` wrote (its header: ``name`` and metric names), which a later eval may replace."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            header = fh.readline().strip().split(",")
-    except OSError:
-        return False
-    return header[0] == "name" and len(header) > 1 and set(header[1:]) <= set(METRICS)
+    from mgfr_cli.ownership import csv_header
+
+    header = csv_header(path)
+    return header[:1] == ["name"] and len(header) > 1 and set(header[1:]) <= set(METRICS)
 
 
 def write_csv(report: EvalReport, path: Path) -> str:
