@@ -153,7 +153,7 @@ def tiny_clip(folder: Path, seed: int = 0) -> Path:
     from open_clip.model import CLIP
     from safetensors.torch import save_file
 
-    cfg = {"embed_dim": 32, "quick_gelu": True,
+    cfg = {"embed_dim": 32,  # no quick_gelu: OpenAI's CLIP (and piq's) use QuickGELU, the loader must too
            "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
     torch.manual_seed(seed)

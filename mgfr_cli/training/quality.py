@@ -37,7 +37,8 @@ class ClipIqa:
             raise WeightsError(f"{folder}: needs open_clip_config.json and open_clip_model.safetensors "
                                f"(mgfr weights fetch {CLIP_RN50})")
         try:
-            model = open_clip.create_model(f"local-dir:{folder}", device=device)
+            # QuickGELU, as OpenAI's CLIP was trained with (a Hub config may leave it to the pretrained tag)
+            model = open_clip.create_model(f"local-dir:{folder}", device=device, force_quick_gelu=True)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             raise WeightsError(f"{folder}: not a CLIP model open_clip can load ({exc})") from None
         if model.visual.__class__.__name__ != "ModifiedResNet":
