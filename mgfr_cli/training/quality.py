@@ -48,7 +48,7 @@ class ClipIqa:
         cfg = getattr(model.visual, "preprocess_cfg", {})
         self.mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD), device=device).view(1, 3, 1, 1)
-        tokens = open_clip.get_tokenizer(f"local-dir:{folder}")(list(PROMPTS)).to(device)
+        tokens = open_clip.tokenize(list(PROMPTS), context_length=model.context_length).to(device)  # CLIP's BPE
         with torch.no_grad():
             anchors = model.encode_text(tokens).float()
             self.scale = float(model.logit_scale.exp())
