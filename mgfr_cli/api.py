@@ -99,7 +99,8 @@ class Restorer:
         return f"{self.pipeline.models()}; weights {self._weights or 'as built'}"
 
     def settings(self, *, steps=None, scheduler=None, guidance_quality=None, guidance_attribute: float = 2.0,
-                 identity_guidance=None, color_fix: str = "wavelet", seed: int = 0, start_from: str = "noise"):
+                 identity_guidance=None, color_fix: str = "wavelet", seed: int = 0, start_from: str = "noise",
+                 control_strength: float = 1.0):
         """:class:`RestoreSettings` with this adapter's defaults for whatever is left ``None``."""
         from mgfr_cli.model.pipeline import RestoreSettings
 
@@ -108,7 +109,7 @@ class Restorer:
             steps=steps or prof.default_steps, scheduler=scheduler or prof.default_scheduler,
             guidance_quality=prof.default_guidance if guidance_quality is None else guidance_quality,
             guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed, start_from=start_from,
-            identity_guidance=prof.default_identity_guidance if identity_guidance is None else identity_guidance)
+            control_strength=control_strength, identity_guidance=prof.default_identity_guidance if identity_guidance is None else identity_guidance)
         settings.check()
         return settings
 

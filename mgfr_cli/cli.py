@@ -44,6 +44,7 @@ def restore(
     scheduler: Annotated[Optional[str], typer.Option(help="ddpm (DiffBIR's ancestral 'spaced' sampler: its published results), dpmpp or ddim (deterministic ODE solvers: a different sample) [default: ddpm for a DiffBIR adapter, dpmpp for MGFR adapters].")] = None,
     guidance_quality: Annotated[Optional[float], typer.Option(callback=finite, help="Weight l_nq of the negative-quality direction [default: 4; 3 for a DiffBIR adapter, its scale s = 1 + l_nq].")] = None,
     guidance_attribute: Annotated[float, typer.Option(callback=finite, help="Weight l_na of the negative-attribute direction.")] = 2.0,
+    control_strength: Annotated[float, typer.Option(min=0, max=2, help="How strongly the low-quality face steers the sample (DiffBIR's --strength): below 1 the prior invents more, above 1 it follows the input more.")] = 1.0,
     color_fix: Annotated[str, typer.Option(help="Colour correction toward the input: wavelet, adain or none.")] = "wavelet",
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed (face K of a photo uses seed + K).")] = 0,
     start_from: Annotated[str, typer.Option(help="noise, or cond: start from the condition latent noised to the first step (DiffBIR's option).")] = "noise",
@@ -115,7 +116,7 @@ def restore(
                f"scale {1 + prof.default_guidance:g}, face SwinIR cleaner, wavelet colour fix)"])
     settings = loaded.settings(steps=steps, scheduler=scheduler, guidance_quality=guidance_quality,
                                guidance_attribute=guidance_attribute, identity_guidance=identity_guidance,
-                               color_fix=color_fix, seed=seed, start_from=start_from)
+                               color_fix=color_fix, seed=seed, start_from=start_from, control_strength=control_strength)
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,

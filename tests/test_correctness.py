@@ -74,6 +74,65 @@ def test_guided_prediction_is_each_branch_with_its_own_text(trained_pipe, faces)
     assert (c - nq).abs().max() > 1e-3  # the branches do differ, so the check above means something
 
 
+
+def test_control_strength_scales_what_the_adapter_gives_the_unet(trained_pipe, faces):
+    """``--control-strength s`` (DiffBIR's ``--strength``) is an adapter whose convs into the UNet give s times
+    their residuals; 0 is the base UNet alone, with the same guidance; ``restore`` samples with it."""
+    import copy
+    from dataclasses import replace
+
+    pipe = trained_pipe
+    crop, ref, _ = faces
+    z_lq = pipe.encode_images(pipe.to_tensor([crop]))
+    texts = [pipe.encode_prompts([t]) for t in ("a photo of a man", "a bad photo")]
+    refs_all = pipe.prepare_references(z_lq, [FaceConditions(references=(ref,))], texts)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    t, w_na = torch.tensor(500), torch.zeros(1, 1, 1, 1)
+
+    def predict(strength, adapter=None):
+        own = pipe.adapter
+        pipe.adapter = adapter or own
+        try:
+            with torch.no_grad():
+                return pipe._predict(x, t, torch.cat(texts), z_lq.repeat(2, 1, 1, 1), refs_all, 2.0, w_na, strength)
+        finally:
+            pipe.adapter = own
+
+    scaled = copy.deepcopy(pipe.adapter)
+    with torch.no_grad():
+        for conv in (*scaled.lca_down_zero, scaled.lca_mid_zero):
+            conv.weight.mul_(0.5)
+            conv.bias.mul_(0.5)
+    full, half = predict(1.0), predict(0.5)
+    assert (half - predict(1.0, scaled)).abs().max() < 1e-4
+    assert (half - full).abs().max() > 1e-3
+    with torch.no_grad():
+        c, nq = (pipe.base.unet(x, t, encoder_hidden_states=text).sample for text in texts)
+    assert (predict(0.0) - (c + 2.0 * (c - nq))).abs().max() < 1e-4
+    weak = replace(FAST, control_strength=0.5)
+    restored = _out(pipe, crop, FaceConditions(), weak)
+    own, pipe.adapter = pipe.adapter, scaled
+    try:
+        assert np.abs(restored - _out(pipe, crop, FaceConditions())).max() <= 1
+    finally:
+        pipe.adapter = own
+    assert np.abs(restored - _out(pipe, crop, FaceConditions())).mean() > 0.5
+
+
+def test_control_strength_at_its_default_leaves_the_recipe_of_earlier_outputs():
+    """Outputs made before the setting existed stay recognised (a resume is not a redo); another value is not."""
+    from mgfr_cli.app.outputs import recipe_text
+    from mgfr_cli.faces.conditions import ConditionSpec
+    from mgfr_cli.faces.helper import FaceSelection
+
+    def text(**kw):
+        return recipe_text(RestoreSettings(**kw), "m", ConditionSpec(), 1.0, FaceSelection(), False, None, 3, 0.3)
+
+    assert "control_strength" not in text() and "control_strength" not in text(control_strength=1.0)
+    assert '"control_strength": 0.5' in text(control_strength=0.5)
+    with pytest.raises(Exception, match="--control-strength"):
+        RestoreSettings(control_strength=2.5).check()
+
 def test_quality_guidance_direction(trained_pipe, faces):
     """More quality guidance moves the result away from what the negative-quality prompt alone gives."""
     crop = faces[0]

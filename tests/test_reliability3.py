@@ -402,6 +402,8 @@ def test_a_rerun_with_other_settings_says_which_outputs_were_made_otherwise(tiny
     assert text.count(other) == 1 and "a.png" in text.split(other)[0].rsplit("│", 3)[-3]
     run("--prompt", "blue eyes", "--overwrite")
     assert other not in run("--prompt", "blue eyes")  # redone: the record follows
+    assert run("--prompt", "blue eyes", "--control-strength", "0.5").count(other) == 2
+    assert other not in run("--prompt", "blue eyes", "--control-strength", "1")  # the default, said or not
 
 
 def test_a_rerun_with_other_reference_images_under_the_same_names_says_so(tiny_root, small, tmp_path, cli):

@@ -102,6 +102,9 @@ def remove_stale_temporaries(target: Path) -> None:
 OTHER_SETTINGS = "output exists, made with other settings (--overwrite to redo it)"
 
 
+LATER_DEFAULTS = {"control_strength": 1.0}  # settings added after outputs were made: at their default, not written
+
+
 def recipe_text(settings, models: str, flags, upscale: float, selection, has_aligned: bool, library, ref_k: int,
                 ref_threshold: float) -> str:
     """The run's settings an output depends on (sampling, the models and their weights: ``Restorer.models()``, prompts
@@ -111,7 +114,8 @@ def recipe_text(settings, models: str, flags, upscale: float, selection, has_ali
     from dataclasses import asdict
 
     refs = sorted(str(Path(r).resolve()) for r in flags.refs) if flags.refs else None
-    what = {"settings": asdict(settings), "models": models, "prompt": flags.prompt, "negative": flags.negative_prompt,
+    sampling = {k: v for k, v in asdict(settings).items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+    what = {"settings": sampling, "models": models, "prompt": flags.prompt, "negative": flags.negative_prompt,
             "refs": refs, "ref_images": refs_mark(refs) if refs else None,  # another photo under the same name
             "upscale": upscale, "selection": asdict(selection), "has_aligned": has_aligned,
             "library": [str(Path(library).resolve()), ref_k, ref_threshold] if library is not None else None}

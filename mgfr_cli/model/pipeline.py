@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mgfr_cli.model.adapter import MgfrAdapter, ReferenceState
+from mgfr_cli.model.adapter import AdapterOutput, MgfrAdapter, ReferenceState
 from mgfr_cli.model.base import BaseModel
 from mgfr_cli.model.colorfix import METHODS as COLOR_METHODS, color_fix, to_uint8
 from mgfr_cli.faces.conditions import FaceConditions
@@ -39,6 +39,7 @@ class RestoreSettings:
     seed: int = 0
     start_from: str = "noise"  # "cond": the condition latent noised to the first timestep (DiffBIR's option)
     identity_guidance: float = 0.0  # strength of identity guidance toward the references (0: off)
+    control_strength: float = 1.0  # the adapter's residuals into the UNet times this (DiffBIR's --strength)
 
     def check(self) -> None:
         import math
@@ -47,6 +48,8 @@ class RestoreSettings:
             raise ConfigError(f"--start-from {self.start_from!r}: choose noise or cond")
         if not math.isfinite(self.identity_guidance) or not 0 <= self.identity_guidance <= 10:
             raise ConfigError(f"--identity-guidance must be a number from 0 to 10, got {self.identity_guidance}")
+        if not math.isfinite(self.control_strength) or not 0 <= self.control_strength <= 2:
+            raise ConfigError(f"--control-strength must be a number from 0 to 2, got {self.control_strength}")
         for name in ("guidance_quality", "guidance_attribute"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
@@ -108,23 +111,26 @@ class MgfrPipeline:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             compiled = torch.compile(self._predict, mode=mode, dynamic=False)
 
-            def predict(x, t, text_all, z_lq_all, ref_all, w_nq, w_na):
+            def predict(x, t, text_all, z_lq_all, ref_all, w_nq, w_na, strength=1.0):
                 # One memory layout whatever produced the inputs (an NHWC photo, the cleaner, channels_last
                 # convolutions): the compiled graph is guarded on strides, and another layout recompiles it.
                 if ref_all is not None:
                     ref_all = ReferenceState(*(v.contiguous() for v in (ref_all.z_ref, ref_all.context, ref_all.weights)))
                 return compiled(x.contiguous(), t, text_all.contiguous(), z_lq_all.contiguous(), ref_all, w_nq,
-                                w_na.contiguous())
+                                w_na.contiguous(), strength)
 
             self._predict_fn = predict
         return self
 
     def _predict(self, x: torch.Tensor, t: torch.Tensor, text_all: torch.Tensor, z_lq_all: torch.Tensor,
-                 ref_all: ReferenceState | None, w_nq: float, w_na: torch.Tensor) -> torch.Tensor:
-        """One guided prediction: every condition in one batched adapter + UNet call, then the guidance sum."""
+                 ref_all: ReferenceState | None, w_nq: float, w_na: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        """One guided prediction: every condition in one batched adapter + UNet call, then the guidance sum.
+        ``strength``: the adapter's residuals are scaled by it (1: as trained; less: the prior's own face)."""
         k = text_all.shape[0] // x.shape[0]
         x_all = x.repeat(k, 1, 1, 1)
         res = self.adapter(x_all, t, text_all, z_lq_all, ref_all)
+        if strength != 1.0:
+            res = AdapterOutput(down=tuple(d * strength for d in res.down), mid=res.mid * strength)
         out = self.base.unet(x_all, t, encoder_hidden_states=text_all, down_block_additional_residuals=res.down,
                              mid_block_additional_residual=res.mid).sample
         parts = out.chunk(k)
@@ -237,7 +243,8 @@ class MgfrPipeline:
         z_lq_all = z_lq.repeat(k, 1, 1, 1)
 
         def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = self._predict_fn(x, t, text_all, z_lq_all, ref_all, settings.guidance_quality, w_na)
+            out = self._predict_fn(x, t, text_all, z_lq_all, ref_all, settings.guidance_quality, w_na,
+                                   settings.control_strength)
             return guide.adjust(x, t, out, target) if guide is not None else out
 
         latents = denoise(step, latents, scheduler, generator=generators, callback=callback)
