@@ -22,7 +22,7 @@ def _args(photo, refs=None, prompt="", steps=2):
     from gradio_client import handle_file
 
     return (handle_file(str(photo)), [handle_file(str(r)) for r in refs] if refs else None, prompt, "", 4.0, 2.0,
-            steps, 0, "every face", "wavelet", 1, True, 0.05)
+            steps, 0, "every face", "wavelet", 1, True, 0.05, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +227,24 @@ def test_sliders_no_face_could_use_are_said(server, photo, tmp_path):
     *_, status = restore_one(models, str(photo[0]), None, "", "eyeglasses", *common, tmp_path / "b")
     assert "Not used" not in status, status
 
+
+
+def test_the_control_strength_slider_reaches_the_sampler(server, photo, monkeypatch):
+    """The page's control strength is what every denoising step is given (through the page's own API)."""
+    from gradio_client import Client
+
+    url, models = server
+    seen, real = [], models.pipeline._predict_fn
+
+    def spy(*args):
+        seen.append(args[7] if len(args) > 7 else 1.0)
+        return real(*args)
+
+    monkeypatch.setattr(models.pipeline, "_predict_fn", spy)
+    args = list(_args(photo[0]))
+    args[-1] = 0.25
+    Client(url, verbose=False).predict(*args, **API)
+    assert seen and set(seen) == {0.25}
 
 def test_a_seed_past_what_a_generator_takes_is_the_clis_error(server, photo):
     from gradio_client import Client

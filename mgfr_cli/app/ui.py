@@ -99,7 +99,7 @@ def _whole(value, name: str) -> int:
 def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, prompt: str, negative: str,
                 guidance_quality: float, guidance_attribute: float, steps: int, seed: int, faces: str,
                 color_fix: str, upscale: float, use_cleaner: bool, workdir: Path, progress=None,
-                identity_guidance: float | None = None):
+                identity_guidance: float | None = None, control_strength: float | None = None):
     """One photo through the batch machinery; returns (before PNG, after PNG, [(crop, label)], status)."""
     from mgfr_cli.app.batch import RESTORED, BatchRestorer, RestoreJob
     from mgfr_cli.faces.conditions import ConditionSpec
@@ -122,7 +122,8 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
                                guidance_attribute=float(guidance_attribute), color_fix=color_fix,
                                seed=_whole(seed, "seed"),
                                identity_guidance=prof.default_identity_guidance if identity_guidance is None
-                               else float(identity_guidance))
+                               else float(identity_guidance),
+                               control_strength=1.0 if control_strength is None else float(control_strength))
     settings.check()  # the CLI's checks: the same ranges, the same messages
     restorer = DiffusionRestorer(models.pipeline, settings)
     if progress is not None:
@@ -166,14 +167,14 @@ def build_app(models: UiModels, queue_size: int = 8):
     root = Path(tempfile.mkdtemp(prefix="mgfr-ui-"))
     counter = {"n": 0}
 
-    def run(photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, ig=None,
+    def run(photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, ig=None, cs=None,
             progress=gr.Progress()):
         counter["n"] += 1
         work = root / f"job-{counter['n']}"
         shutil.rmtree(root / f"job-{counter['n'] - 2}", ignore_errors=True)  # keep the last two jobs' files only
         try:
             before, after, gallery, status = restore_one(models, photo, refs, prompt, negative, gq, ga, steps, seed,
-                                                         faces, color, upscale, cleaner, work, progress, ig)
+                                                         faces, color, upscale, cleaner, work, progress, ig, cs)
         except MgfrError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         if before is None:  # a clip: the player shows it, the slider is for photos
@@ -205,6 +206,8 @@ def build_app(models: UiModels, queue_size: int = 8):
                                         + ("Real-ESRGAN" if models.upsampler is not None else "Lanczos") + ")")
                     ig = gr.Slider(0, 1, value=prof.default_identity_guidance if prof else 0.05, step=0.01,
                                    label="Identity guidance toward the references (0: off)")
+                    cs = gr.Slider(0, 2, value=RestoreSettings.control_strength, step=0.05,
+                                   label="Control strength (lower: the prior invents more; higher: closer to the photo)")
                     cleaner = gr.Checkbox(value=True, label="Clean the face first (SwinIR)",
                                           interactive=models.pipeline is not None and models.pipeline.cleaner is not None)
                 button = gr.Button("Restore", variant="primary", elem_id="restore")
@@ -214,7 +217,7 @@ def build_app(models: UiModels, queue_size: int = 8):
                 status = gr.Markdown(elem_id="status")
                 gallery = gr.Gallery(label="Faces: aligned / restored", columns=4, format="png", elem_id="faces")
                 download = gr.File(label="Full-resolution PNG", elem_id="download")
-        button.click(run, [photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, ig],
+        button.click(run, [photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, ig, cs],
                      [slider, gallery, download, status, clip], api_name="restore", concurrency_limit=1)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     demo.mgfr_tmp = root  # removed by serve() at exit
