@@ -315,7 +315,7 @@ def paste_back(helper: FaceHelper, upsampler, photo, faces: list[AlignedFace], r
         bg = _upscaled_like(photo, upsampler(photo.rgb8(), size), size)
     elif upscale != 1.0:
         bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
-    return helper.paste(bg, faces, restored, upscale)
+    return helper.paste(bg, faces, restored, (size[0] / photo.width, size[1] / photo.height))
 
 
 def _like(photo: Photo, rgb8: np.ndarray) -> np.ndarray:

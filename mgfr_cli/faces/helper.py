@@ -208,11 +208,14 @@ class FaceHelper:
         return self._parse_mask(parser, crop)
 
     def paste(self, background: np.ndarray, faces: list[AlignedFace], restored: list[np.ndarray],
-              upscale: float = 1.0) -> np.ndarray:
-        """Blend ``restored`` crops into ``background`` (the photo resized by ``upscale``).
+              upscale: float | tuple[float, float] = 1.0) -> np.ndarray:
+        """Blend ``restored`` crops into ``background`` (the photo resized by ``upscale``, or ``(sx, sy)``: its
+        width's and height's factors, as the rounded size gives them).
 
         ``background`` is ``(H, W)`` or ``(H, W, C)`` of any dtype; the result has the same shape and dtype.
-        Outside every mask the pixels are exactly the background's.
+        Outside every mask the pixels are exactly the background's. The crop lands where the resize put the
+        photo: ``cv2.resize`` and Real-ESRGAN both centre photo pixel p at ``s * p + (s - 1) / 2`` (facexlib's
+        paste adds ``s / 2``, half an output pixel off; none at all is ``(s - 1) / 2`` off).
         """
         import cv2
 
@@ -220,9 +223,10 @@ class FaceHelper:
         out = background.astype(np.float32)
         gray = out.ndim == 2
         scale = (65535.0 if background.dtype == np.uint16 else 255.0) / 255.0
+        sx, sy = upscale if isinstance(upscale, tuple) else (upscale, upscale)
         for face, img in zip(faces, restored):
-            inverse = cv2.invertAffineTransform(face.affine)
-            inverse[:, :] *= upscale  # crop -> upscaled photo
+            inverse = np.diag([sx, sy]) @ cv2.invertAffineTransform(face.affine)  # crop -> resized photo
+            inverse[:, 2] += (0.5 * (sx - 1), 0.5 * (sy - 1))
             warped = cv2.warpAffine(img.astype(np.float32) * scale, inverse, (w, h), flags=cv2.INTER_LINEAR)
             mask = cv2.warpAffine(self.face_mask(img), inverse, (w, h), flags=cv2.INTER_LINEAR)
             mask = np.clip(mask, 0.0, 1.0)
