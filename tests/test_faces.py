@@ -79,6 +79,36 @@ def test_an_unchanged_face_pasted_at_an_upscale_lines_up_with_the_upscaled_photo
     inner = np.abs(out.astype(float) - plain)[int(cy - ry):int(cy + ry), int(cx - rx):int(cx + rx)]
     assert inner.mean() < 2.4, inner.mean()  # 2.0 here; 2.7 to 5.7 with either offset half a pixel off
 
+
+def test_faces_found_on_a_smaller_copy_are_placed_where_they_are_in_the_photo(helper, monkeypatch):
+    """A large photo is searched on a smaller copy; its landmarks come back to the photo's own pixels (the copy
+    centres pixel p at s*p + (s-1)/2). A stand-in detector measures five bright dots, at known sub-pixel places,
+    in whatever image it is given: their places in the photo must come back to within a tenth of a pixel."""
+    h, w = 600, 800
+    dots = np.array([[300.3, 250.7], [420.6, 255.2], [361.1, 320.5], [318.8, 390.4], [410.2, 385.9]])  # (x, y)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    light = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 4.0**2)) for x, y in dots)
+    photo = np.repeat(np.clip(np.rint(light * 250), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+    class Dots:  # where each dot's light is centred, in the image it is given
+        def detect_faces(self, bgr, conf_threshold=0.0):
+            gray = bgr[:, :, 0].astype(np.float64)
+            s = gray.shape[1] / w
+            found = []
+            for x, y in dots * s + 0.5 * (s - 1):
+                y0, x0 = int(round(y)) - 12, int(round(x)) - 12
+                win = gray[y0:y0 + 25, x0:x0 + 25]
+                gy, gx = np.mgrid[y0:y0 + 25, x0:x0 + 25]
+                found.append(((gx * win).sum() / win.sum(), (gy * win).sum() / win.sum()))
+            pts = np.array(found)
+            return [[*pts.min(0) - 20, *pts.max(0) + 20, 0.99, *pts.ravel()]]
+
+    monkeypatch.setattr(helper, "detector", Dots())
+    for limit in (h * w, h * w // 4):  # the photo itself, then a copy at half the size
+        monkeypatch.setattr(helper, "MAX_DETECT_PIXELS", limit)
+        (face,) = helper.detect(photo)
+        assert np.abs(face.landmarks - dots).max() < 0.1, (limit, face.landmarks - dots)
+
 def test_paste_keeps_dtype_and_gray(helper, astronaut):
     faces = helper.detect_and_align(astronaut)
     gray16 = (astronaut.mean(axis=2) * 257).astype(np.uint16)

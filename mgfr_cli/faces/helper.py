@@ -151,9 +151,10 @@ class FaceHelper:
         with torch.no_grad():
             dets = self.detector.detect_faces(bgr, conf_threshold=selection.confidence)
         dets = np.asarray(dets, np.float32).reshape(-1, 15)
-        if scale != 1.0:
-            dets[:, :4] /= scale
-            dets[:, 5:15] /= scale
+        if scale != 1.0:  # back to the photo: the copy centres pixel p at s*p + (s-1)/2, per axis (cv2.resize)
+            sx, sy = small.shape[1] / rgb.shape[1], small.shape[0] / rgb.shape[0]
+            dets[:, 0:4:2], dets[:, 5:15:2] = (dets[:, 0:4:2] + 0.5) / sx - 0.5, (dets[:, 5:15:2] + 0.5) / sx - 0.5
+            dets[:, 1:4:2], dets[:, 6:15:2] = (dets[:, 1:4:2] + 0.5) / sy - 0.5, (dets[:, 6:15:2] + 0.5) / sy - 0.5
         faces = [
             DetectedFace(box=tuple(float(v) for v in d[:4]), score=float(d[4]),
                          landmarks=np.asarray(d[5:15], np.float32).reshape(5, 2))
