@@ -109,7 +109,8 @@ class Restorer:
             steps=steps or prof.default_steps, scheduler=scheduler or prof.default_scheduler,
             guidance_quality=prof.default_guidance if guidance_quality is None else guidance_quality,
             guidance_attribute=guidance_attribute, color_fix=color_fix, seed=seed, start_from=start_from,
-            control_strength=control_strength, identity_guidance=prof.default_identity_guidance if identity_guidance is None else identity_guidance)
+            control_strength=control_strength,
+            identity_guidance=prof.default_identity_guidance if identity_guidance is None else identity_guidance)
         settings.check()
         return settings
 

@@ -208,9 +208,11 @@ def load_metrics(root: Path, device: str, *, gt: bool, ref: bool) -> tuple[dict,
         skipped.append("lpips (mgfr weights fetch lpips-alex)")
     if (gt or ref) and (root / ARCFACE_FILE).is_file():
         kwargs["identity"] = IdentityEncoder(root / ARCFACE_FILE, device)
-    elif gt or ref:
-        skipped += ["identity (mgfr weights fetch arcface)"] * gt + ["ref_identity (needs ArcFace: mgfr weights "
-                                                                     "fetch arcface)"] * ref
+    else:
+        if gt:
+            skipped.append("identity (mgfr weights fetch arcface)")
+        if ref:
+            skipped.append("ref_identity (needs ArcFace: mgfr weights fetch arcface)")
     if (root / CLIP_RN50 / "open_clip_model.safetensors").is_file():
         kwargs["quality"] = ClipIqa(root / CLIP_RN50, device)
     else:
