@@ -156,3 +156,19 @@ def test_restore_files_says_what_the_cli_says_of_the_review_page(api_root, astro
     result = restorer.restore_files([tmp_path / "in"], tmp_path / "out", steps=1, report=True)
     assert any(n.startswith("review page: ") and "index-mgfr.html" in n for n in result.notes), result.notes
     assert (tmp_path / "out" / "index.html").read_text() == "my page"
+
+
+def test_control_strength_reaches_every_step_from_restore_and_restore_files(api_root, astronaut, tmp_path):
+    import cv2
+
+    from mgfr_cli import Restorer
+
+    restorer = Restorer.load(device="cpu")
+    seen, real = [], restorer.pipeline._predict_fn
+    restorer.pipeline._predict_fn = lambda *a: (seen.append(a[7] if len(a) > 7 else 1.0), real(*a))[1]
+    restorer.restore(astronaut, steps=2, control_strength=0.4)
+    assert seen and set(seen) == {0.4}
+    seen.clear()
+    cv2.imwrite(str(tmp_path / "a.png"), np.ascontiguousarray(astronaut[:, :, ::-1]))
+    restorer.restore_files([tmp_path / "a.png"], tmp_path / "out", steps=2, control_strength=1.5)
+    assert seen and set(seen) == {1.5}
