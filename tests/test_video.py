@@ -267,3 +267,38 @@ def test_a_rerun_with_another_crf_or_noise_says_so_for_clips_not_photos(tiny_roo
     for extra in (["--crf", "30"], ["--video-noise", "frame"]):
         listed = run(*extra)
         assert len(listed) == 1 and "c.mp4" in listed[0], listed
+
+
+def test_frames_without_a_face_get_the_same_background_as_frames_with_one(tiny_root, astronaut, tmp_path, cli):
+    """At --upscale 2 with Real-ESRGAN, a face that leaves the clip halfway must not change how the background is
+    made: every frame's comes from the upsampler (frames without a face were only Lanczos-resized: the background
+    jumped when the face left)."""
+    import shutil
+
+    import torch
+    from spandrel.architectures.ESRGAN.__arch.RRDB import RRDBNet
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    torch.manual_seed(0)
+    torch.save(RRDBNet(num_filters=16, num_blocks=1, scale=2, shuffle_factor=2).state_dict(),
+               root / "RealESRGAN_x2plus.pth")
+    face = np.ascontiguousarray(astronaut[10:250, 110:350])
+    out = av.open(str(tmp_path / "leaves.mp4"), "w")
+    v = out.add_stream("libx264", rate=FPS)
+    v.width, v.height, v.pix_fmt = 384, 320, "yuv420p"
+    for i in range(12):
+        canvas = np.full((320, 384, 3), 110, np.uint8)
+        if i < 6:  # the face, then none
+            canvas[30:270, 20:260] = face
+        out.mux(v.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")))
+    out.mux(v.encode(None))
+    out.close()
+    code, text, err = cli("restore", tmp_path / "leaves.mp4", "-o", tmp_path / "out", "--model-root", root,
+                          "--upscale", "2", "--bg-upsampler", "realesrgan-x2", *FAST)
+    assert code == 0, text + err
+    info, frames, _ = probe(tmp_path / "out" / "leaves.mp4")
+    assert info["frames"] == 12 and info["size"] == (768, 640)
+    corner = [f[:, 560:, :].astype(float).mean() for _, f in frames]  # far from the face in every frame
+    assert abs(corner[0] - 110) > 3  # the upsampler's own grey, not the input's
+    assert max(corner) - min(corner) < 1.0, corner

@@ -169,8 +169,9 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
                 flicker[t.index].add(index, f.crop, r)
             for index, pts, tb, rgb in window:
                 mine = [(f, r) for f, r, (i, _) in zip(faces, restored, owners) if i == index]
+                # every frame's background the same way, with faces or without (Real-ESRGAN, else Lanczos)
                 pixels = paste_back(batch.helper, batch.upsampler, rgb, [f for f, _ in mine], [r for _, r in mine],
-                                    job.upscale) if mine else _resized(rgb, job.upscale)
+                                    job.upscale)
                 writer.write(index, pts, tb, pixels)
             window.clear()
 
@@ -326,11 +327,3 @@ class SegmentWriter:
                      f.restored_sum - self.at_start[t][2]] for t, f in self.flicker.items()}
         path.with_suffix(".json").write_text(json.dumps({"earlier": delta}))
         self.out = None
-
-
-def _resized(rgb: np.ndarray, upscale: float) -> np.ndarray:
-    if upscale == 1.0:
-        return rgb
-    import cv2
-
-    return cv2.resize(rgb, (round(rgb.shape[1] * upscale), round(rgb.shape[0] * upscale)), interpolation=cv2.INTER_LANCZOS4)

@@ -220,6 +220,8 @@ class FaceHelper:
         """
         import cv2
 
+        if not faces:
+            return background
         h, w = background.shape[:2]
         out = background.astype(np.float32)
         gray = out.ndim == 2
