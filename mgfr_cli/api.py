@@ -145,8 +145,9 @@ class Restorer:
         else:
             faces = self.helper.detect_and_align(rgb, FaceSelection(only_center_face=only_center_face,
                                                                     largest_face=largest_face, face_index=face_index))
-        if not faces:
-            return RestoreResult(_like(rgb, kind), [], notes + ["no face detected"])
+        if not faces:  # the image as a restored one would be around its faces: at its size times upscale
+            return RestoreResult(_like(paste_back(self.helper, self.upsampler, rgb, [], [], upscale), kind), [],
+                                 notes + ["no face detected"])
         references = tuple(self._reference(r, has_aligned) for r in _expand(refs))
         conditions = [FaceConditions(prompt, negative_prompt, references) if references or library is None else
                       FaceConditions(prompt, negative_prompt, *library.find(f.crop, ref_k or 3, 0.3 if ref_threshold

@@ -51,6 +51,8 @@ def test_the_readme_files_example_runs_as_written(api_root, tmp_path, monkeypatc
 
 
 def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):
+    import cv2
+
     from mgfr_cli import Restorer
     from mgfr_cli.errors import ConfigError, InputError
 
@@ -67,6 +69,10 @@ def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):
         restorer.restore(small, steps=1, face_index=5)
     blank = restorer.restore(np.full((64, 64, 3), 127, np.uint8), steps=1)
     assert blank.faces == [] and blank.notes == ["no face detected"]
+    gradient = np.repeat(np.arange(0, 192, 3, dtype=np.uint8)[None, :, None], 48, axis=0).repeat(3, axis=2)
+    larger = restorer.restore(gradient, steps=1, upscale=2).image  # no face: still the size asked for
+    assert larger.shape == (96, 128, 3)
+    assert np.array_equal(larger, cv2.resize(gradient, (128, 96), interpolation=cv2.INTER_LANCZOS4))
     aligned = restorer.restore(result.faces[0].aligned[::2, ::2], steps=1, has_aligned=True, upscale=2,
                                largest_face=True)
     assert aligned.image.shape == (512, 512, 3) and aligned.faces[0].restored.shape == (256, 256, 3)
