@@ -302,3 +302,49 @@ def test_frames_without_a_face_get_the_same_background_as_frames_with_one(tiny_r
     corner = [f[:, 560:, :].astype(float).mean() for _, f in frames]  # far from the face in every frame
     assert abs(corner[0] - 110) > 3  # the upsampler's own grey, not the input's
     assert max(corner) - min(corner) < 1.0, corner
+
+
+def _two_people(path, astronaut, frames=12, leaves=4):
+    """One face on the left for the whole clip; another, larger and nearer the centre, on the right for the first
+    ``leaves`` frames only (picked per frame, --largest-face and --only-center-face would take it while there)."""
+    face = np.ascontiguousarray(astronaut[10:250, 110:350])
+    a, b = cv2.resize(face, (200, 200)), cv2.resize(np.ascontiguousarray(face[:, ::-1]), (230, 230))
+    out = av.open(str(path), "w")
+    v = out.add_stream("libx264", rate=FPS)
+    v.width, v.height, v.pix_fmt = 512, 320, "yuv420p"
+    for i in range(frames):
+        canvas = np.full((320, 512, 3), 110, np.uint8)
+        canvas[60:260, 10:210] = a
+        if i < leaves:
+            canvas[45:275, 255:485] = b
+        out.mux(v.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")))
+    out.mux(v.encode(None))
+    out.close()
+    return path
+
+
+@pytest.mark.parametrize("flag", [("--face-index", "1"), ("--largest-face",), ("--only-center-face",)])
+def test_face_selection_in_a_clip_picks_whole_tracks(tiny_root, astronaut, tmp_path, cli, flag):
+    """Per frame, --face-index 1 failed the clip on the frames where one face was left (and --largest-face or
+    --only-center-face could hop between people): a clip's selection keeps whole tracks."""
+    clip = _two_people(tmp_path / "two.mp4", astronaut)
+    code, text, err = cli("restore", clip, "-o", tmp_path / "out", "--model-root", tiny_root, *flag, *FAST)
+    row = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())[0]
+    assert code == 0 and row["status"] == "restored" and len(row["tracks"]) == 1, text + err
+    _, frames_in, _ = probe(clip)
+    _, frames_out, _ = probe(tmp_path / "out" / "two.mp4")
+    left = [np.abs(a[110:210, 60:160].astype(int) - b[110:210, 60:160]).mean() for (_, a), (_, b) in
+            zip(frames_in, frames_out)]
+    right = [np.abs(a[110:210, 320:420].astype(int) - b[110:210, 320:420]).mean() for (_, a), (_, b) in
+             zip(frames_in, frames_out)]
+    if flag[0] == "--face-index":  # track 1: the face on the right, while it is there
+        assert max(left) < 3 and min(right[:4]) > 5 and max(right[4:]) < 3, (left, right)
+    else:  # the large face on the left, the whole clip; the other never
+        assert min(left) > 5 and max(right) < 3, (left, right)
+    code, _, _ = cli("align", clip, "-o", tmp_path / "faces", "--model-root", tiny_root, *flag, *FAST[2:])
+    rows = json.loads((tmp_path / "faces" / "faces.json").read_text())  # align picks and numbers them alike
+    assert code == 0 and [(r["face_index"], r["frame"], r["frames"]) for r in rows] == [
+        (0, 0, 4) if flag[0] == "--face-index" else (0, 0, 12)]
+    code, _, _ = cli("restore", clip, "-o", tmp_path / "none", "--model-root", tiny_root, "--face-index", "2", *FAST)
+    row = json.loads((tmp_path / "none" / "mgfr-summary.json").read_text())[0]
+    assert code == 1 and row["status"] == "failed" and "track 2 does not exist (2 tracks found" in row["detail"]

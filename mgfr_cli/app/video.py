@@ -119,16 +119,18 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     """Restore one clip into ``target``; ``conditions``: a callable giving each track's FaceConditions."""
     from mgfr_cli.app.batch import library_rows, paste_back, restore_in_batches
     from mgfr_cli.faces.helper import DetectedFace
-    from mgfr_cli.faces.tracking import Tracker
+    from mgfr_cli.faces.tracking import Tracker, per_frame, select_tracks
 
     path = item.path
     broke: list[str] = []
     tracker = Tracker()
     count = 0
     largest: dict[int, tuple] = {}  # track -> (box area, its face aligned): what the library is asked with
+    height = width = 0
     for index, _, _, rgb in frames(path, job.max_megapixels, broke):
-        found = batch.helper.detect(rgb, job.selection)
+        found = batch.helper.detect(rgb, per_frame(job.selection))  # which faces: whole tracks, below
         tracker.update(index, found)
+        height, width = rgb.shape[:2]
         if batch.library is not None:
             _keep_largest(largest, tracker, index, found, rgb, batch.helper, path)
         count = index + 1
@@ -137,6 +139,8 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     tracks = tracker.finish()
     if not tracks:
         return Outcome(path, NO_FACE, f"no face in any of {count} frames")
+    tracks, before = select_tracks(tracks, job.selection, width, height)
+    largest = {new: largest[old] for new, old in enumerate(before) if old in largest}
     conds = conditions(tracks, {k: crop for k, (_, crop) in largest.items()})
     flicker = {t.index: Flicker() for t in tracks}
     by_frame: dict[int, list] = {}

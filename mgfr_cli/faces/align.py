@@ -112,23 +112,26 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
     """A clip's tracks, numbered as ``restore`` numbers them (the order they first appear): one crop per track
     from its first frame, so a user can write ``tracks: {K: ...}`` in the clip's sidecar."""
     from mgfr_cli.faces.helper import DetectedFace
-    from mgfr_cli.faces.tracking import Tracker
+    from mgfr_cli.faces.tracking import Tracker, per_frame, select_tracks
     from mgfr_cli.faces.video_io import frames
 
-    tracker, firsts, broke = Tracker(), {}, []
+    tracker, firsts, broke, size = Tracker(), {}, [], (0, 0)
     try:
         for index, _, _, rgb in frames(item.path, max_megapixels, broke):
-            tracker.update(index, helper.detect(rgb, selection))
+            tracker.update(index, helper.detect(rgb, per_frame(selection)))  # which faces: whole tracks, below
+            size = rgb.shape[1::-1]
             for t in tracker.tracks[len(firsts):]:
                 firsts[t.index] = helper.align(rgb, DetectedFace(t.boxes[0], 1.0, t.landmarks[0]), t.index, item.path)
+        tracks, before = select_tracks(tracker.tracks, selection, *size)
     except MgfrError as exc:
         outcomes.append(Outcome(item.path, FAILED, str(exc)))
         return
-    if not tracker.tracks:
+    if not tracks:
         outcomes.append(Outcome(item.path, NO_FACE, "no face in any frame"))
         return
+    firsts = {new: firsts[old] for new, old in enumerate(before)}
     rel = item.relative
-    for t in tracker.tracks:
+    for t in tracks:
         crop_path = output / rel.parent / f"{rel.stem}_track_{t.index:02d}.png"
         if crop_path.exists() and _crop_key(crop_path) not in written:
             outcomes.append(Outcome(item.path, FAILED, f"{crop_path} exists and was not written by mgfr align; not replaced"))
@@ -139,7 +142,7 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
                "frame": t.frames[0], "frames": len(t.frames)}
         row.update(dict(zip(FIELDS[8:18], (round(float(v), 2) for v in t.landmarks[0].reshape(-1)))))
         rows.append(row)
-    outcomes.append(Outcome(item.path, RESTORED, "; ".join(broke), output, len(tracker.tracks)))
+    outcomes.append(Outcome(item.path, RESTORED, "; ".join(broke), output, len(tracks)))
 
 
 def _write_tables(tables: tuple[Path, Path], rows: list) -> None:

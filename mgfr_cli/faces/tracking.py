@@ -4,14 +4,17 @@ A face in frame t joins the track whose box in its last frame overlaps it most (
 each track taking at most one face per frame, best overlaps first); a face that joins none starts a new
 track. Tracks are numbered in the order they first appear. A track's landmarks are then smoothed with a
 Gaussian over neighbouring frames of the same track, so the aligned crop does not jitter from frame to frame
-and the paste-back does not wobble.
+and the paste-back does not wobble. Face selection (``--face-index``, ``--largest-face``, ``--only-center-face``)
+picks whole tracks (:func:`select_tracks`): picked per frame it would hop from one person to another.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from mgfr_cli.errors import InputError
 
 MIN_IOU = 0.3
 MAX_GAP = 5  # frames a track may miss its face and still take it back
@@ -80,3 +83,36 @@ def smooth(landmarks: np.ndarray, frames: np.ndarray, sigma: float) -> np.ndarra
     w = np.exp(-0.5 * (d / sigma) ** 2)
     w /= w.sum(1, keepdims=True)
     return np.einsum("ij,jkl->ikl", w, landmarks.astype(np.float64)).astype(np.float32)
+
+
+def per_frame(selection):
+    """What of a :class:`FaceSelection` applies to each frame of a clip: the size and confidence floors; which
+    faces to keep is decided on whole tracks (:func:`select_tracks`)."""
+    return replace(selection, only_center_face=False, largest_face=False, face_index=None)
+
+
+def select_tracks(tracks: list[Track], selection, width: int, height: int) -> tuple[list[Track], list[int]]:
+    """The tracks ``selection`` keeps, as ``--face-index``/``--largest-face``/``--only-center-face`` keep faces of
+    a photo (in that order of precedence), numbered again from 0; with each one's number before. K counts a
+    clip's tracks in the order they first appear (as ``mgfr align`` lists them). The largest (or centre) track
+    is the one that is the largest (nearest the centre) face in the most frames: the main person, not one who is
+    larger for a moment (ties: the earlier track)."""
+    kept = tracks
+    if selection.face_index is not None:
+        if selection.face_index >= len(tracks):
+            raise InputError(f"track {selection.face_index} does not exist ({len(tracks)} track"
+                             f"{'s' if len(tracks) > 1 else ''} found; in a clip --face-index counts tracks from 0, "
+                             f"in the order they first appear: mgfr align lists them)")
+        kept = [tracks[selection.face_index]]
+    elif (selection.largest_face or selection.only_center_face) and tracks:
+        def rank(b):  # higher is better
+            if selection.largest_face:
+                return (b[2] - b[0]) * (b[3] - b[1])
+            return -(((b[0] + b[2]) / 2 - width / 2) ** 2 + ((b[1] + b[3]) / 2 - height / 2) ** 2)
+
+        votes = [0] * len(tracks)
+        for frame in sorted({f for t in tracks for f in t.frames}):
+            present = [(rank(t.box_at(frame)), -i) for i, t in enumerate(tracks) if frame in t.frames]
+            votes[-max(present)[1]] += 1
+        kept = [tracks[max(range(len(tracks)), key=lambda i: (votes[i], -i))]]
+    return [replace(t, index=i) for i, t in enumerate(kept)], [t.index for t in kept]
