@@ -447,3 +447,25 @@ def test_a_rerun_with_other_weights_says_so_and_a_copy_of_the_same_does_not(tiny
     run(tiny_root / "mgfr-adapter")
     assert other not in run(copied_adapter(tiny_root / "mgfr-adapter", tmp_path / "same"))
     assert other in run(copied_adapter(tiny_root / "mgfr-adapter", tmp_path / "later", moved=1e-3))
+
+
+@pytest.mark.parametrize("flag", [("--largest-face",), ("--face-index", "K")])
+def test_a_picked_face_keeps_its_own_number_for_its_sidecar_and_seed(tiny_root, group_photo, helper, tmp_path, cli,
+                                                                     flag):
+    """A sidecar's ``faces: {K: ...}`` and seed + K count every face of the photo, left to right: a face picked by
+    --largest-face or --face-index K is still face K (it was renumbered 0: face 0's settings went to it, and its
+    own entry failed the photo as a face that does not exist)."""
+    faces = helper.detect(group_photo)
+    k = max(range(len(faces)), key=lambda i: (faces[i].box[2] - faces[i].box[0]) * (faces[i].box[3] - faces[i].box[1]))
+    assert 0 < k < len(faces) - 1  # neither end: face 0's entry must not reach it
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "g.jpg"), np.ascontiguousarray(group_photo[:, :, ::-1]))
+    (tmp_path / "in" / "g.yaml").write_text(f"faces:\n  0: {{prompt: leftmost}}\n  {k}: {{prompt: picked}}\n")
+    args = [a.replace("K", str(k)) for a in flag]
+    code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, *args,
+                         "--report", "--save-faces", *FAST)
+    assert code == 0, out + err
+    entry = json.loads((tmp_path / "out" / "_report" / "entries.json").read_text())[0]
+    assert [(f["index"], f["prompt"]) for f in entry["faces"]] == [(k, "picked")]
+    saved = sorted(p.name for p in (tmp_path / "out" / "_faces").rglob("*.png"))
+    assert len(saved) == 2 and all(f"_{k:02d}" in name for name in saved), saved

@@ -328,9 +328,11 @@ def test_face_selection_in_a_clip_picks_whole_tracks(tiny_root, astronaut, tmp_p
     """Per frame, --face-index 1 failed the clip on the frames where one face was left (and --largest-face or
     --only-center-face could hop between people): a clip's selection keeps whole tracks."""
     clip = _two_people(tmp_path / "two.mp4", astronaut)
+    own = 1 if flag[0] == "--face-index" else 0  # a picked track keeps its own number (its sidecar entry, its seed)
+    (tmp_path / "two.yaml").write_text(f"tracks:\n  {own}: {{prompt: picked}}\n")
     code, text, err = cli("restore", clip, "-o", tmp_path / "out", "--model-root", tiny_root, *flag, *FAST)
     row = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())[0]
-    assert code == 0 and row["status"] == "restored" and len(row["tracks"]) == 1, text + err
+    assert code == 0 and row["status"] == "restored" and [t["track"] for t in row["tracks"]] == [own], text + err
     _, frames_in, _ = probe(clip)
     _, frames_out, _ = probe(tmp_path / "out" / "two.mp4")
     left = [np.abs(a[110:210, 60:160].astype(int) - b[110:210, 60:160]).mean() for (_, a), (_, b) in
@@ -344,7 +346,7 @@ def test_face_selection_in_a_clip_picks_whole_tracks(tiny_root, astronaut, tmp_p
     code, _, _ = cli("align", clip, "-o", tmp_path / "faces", "--model-root", tiny_root, *flag, *FAST[2:])
     rows = json.loads((tmp_path / "faces" / "faces.json").read_text())  # align picks and numbers them alike
     assert code == 0 and [(r["face_index"], r["frame"], r["frames"]) for r in rows] == [
-        (0, 0, 4) if flag[0] == "--face-index" else (0, 0, 12)]
+        (1, 0, 4) if flag[0] == "--face-index" else (0, 0, 12)]
     code, _, _ = cli("restore", clip, "-o", tmp_path / "none", "--model-root", tiny_root, "--face-index", "2", *FAST)
     row = json.loads((tmp_path / "none" / "mgfr-summary.json").read_text())[0]
     assert code == 1 and row["status"] == "failed" and "track 2 does not exist (2 tracks found" in row["detail"]

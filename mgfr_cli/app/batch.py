@@ -184,13 +184,13 @@ class BatchRestorer:
                 return _Prepared(item, done, outcome=skipped_as_done(job, item.path, done, self.recipes))
             rgb = photo.rgb8()
             if job.has_aligned:
-                faces = [self.helper.as_aligned(rgb, item.path)]
+                faces, total = [self.helper.as_aligned(rgb, item.path)], 1
             else:
-                faces = self.helper.detect_and_align(rgb, job.selection, item.path)
+                faces, total = self.helper.align_faces(rgb, job.selection, item.path)
             if not faces:
                 return _Prepared(item, target, outcome=Outcome(item.path, NO_FACE, "no face detected"))
-            specs = resolve_specs(item.path, job.flags, len(faces))
-            conditions = [self._conditions(f, s, job, ref_cache) for f, s in zip(faces, specs)]
+            specs = resolve_specs(item.path, job.flags, total)  # by each face's own number (kept or not)
+            conditions = [self._conditions(f, specs[f.index], job, ref_cache) for f in faces]
             return _Prepared(item, target, photo, faces, conditions, condition_sources(item.path, job.flags))
         except MgfrError as exc:
             return _Prepared(item, item.path, outcome=Outcome(item.path, FAILED, str(exc)))

@@ -102,12 +102,14 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
         return Outcome(item.path, FAILED, f"{item.path}: a clip is not an aligned face (--has-aligned is for 512 "
                                           f"face crops): restore clips without it")
 
-    def conditions(tracks: list, crops: dict) -> list:
-        """Each track's conditions; a track without references asks the library (if any) with its largest face."""
+    def conditions(tracks: list, crops: dict, total: int) -> dict:
+        """Each track's conditions, by its number among the clip's ``total`` tracks (kept or not); a track without
+        references asks the library (if any) with its largest face."""
         cache: dict = {}
-        return [batch._conditions(crops[t.index], s, job, cache) if t.index in crops
-                else FaceConditions(s.prompt, s.negative_prompt, batch._references(s, job, cache))
-                for t, s in zip(tracks, resolve_specs(item.path, job.flags, len(tracks)))]
+        specs = resolve_specs(item.path, job.flags, total)
+        return {t.index: batch._conditions(crops[t.index], specs[t.index], job, cache) if t.index in crops
+                else FaceConditions(specs[t.index].prompt, specs[t.index].negative_prompt,
+                                    batch._references(specs[t.index], job, cache)) for t in tracks}
 
     try:
         return restore_video(batch, job, item, target, conditions, job.video_noise)
@@ -139,9 +141,8 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     tracks = tracker.finish()
     if not tracks:
         return Outcome(path, NO_FACE, f"no face in any of {count} frames")
-    tracks, before = select_tracks(tracks, job.selection, width, height)
-    largest = {new: largest[old] for new, old in enumerate(before) if old in largest}
-    conds = conditions(tracks, {k: crop for k, (_, crop) in largest.items()})
+    total, tracks = len(tracks), select_tracks(tracks, job.selection, width, height)
+    conds = conditions(tracks, {k: crop for k, (_, crop) in largest.items()}, total)
     flicker = {t.index: Flicker() for t in tracks}
     by_frame: dict[int, list] = {}
     for t in tracks:
@@ -200,11 +201,12 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     segments.remove()
     figures = {t.index: flicker[t.index].figures() for t in tracks}
     note = "; ".join([f"{count} frames, {len(tracks)} track(s)"] + broke)
-    return Outcome(path, RESTORED, note, target, len(tracks), library=library_rows((t.index for t in tracks), conds),
-                   tracks=tuple({"track": k, "frames": len(tracks[k].frames), "flicker": v} for k, v in figures.items()))
+    frames_of = {t.index: len(t.frames) for t in tracks}
+    return Outcome(path, RESTORED, note, target, len(tracks), library=library_rows(conds, conds.values()),
+                   tracks=tuple({"track": k, "frames": frames_of[k], "flicker": v} for k, v in figures.items()))
 
 
-def _conditions_key(conds: list) -> str:
+def _conditions_key(conds: dict) -> str:
     """What each track is restored toward (prompts, references by content as a photo's outputs key them:
     ``outputs.refs_mark``): pieces restored toward something else are not continued."""
     from mgfr_cli.app.outputs import refs_mark
@@ -213,7 +215,7 @@ def _conditions_key(conds: list) -> str:
         src = getattr(face, "source", None)
         return refs_mark([src]) if src is not None else ""
 
-    return repr([(c.prompt, c.negative_prompt, [ref(r) for r in c.references]) for c in conds])
+    return repr([(c.prompt, c.negative_prompt, [ref(r) for r in c.references]) for c in conds.values()])
 
 
 def _keep_largest(largest: dict, tracker, index: int, found: list, rgb, helper, path) -> None:

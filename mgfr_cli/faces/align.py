@@ -122,14 +122,13 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
             size = rgb.shape[1::-1]
             for t in tracker.tracks[len(firsts):]:
                 firsts[t.index] = helper.align(rgb, DetectedFace(t.boxes[0], 1.0, t.landmarks[0]), t.index, item.path)
-        tracks, before = select_tracks(tracker.tracks, selection, *size)
+        tracks = select_tracks(tracker.tracks, selection, *size)  # each keeps its own number
     except MgfrError as exc:
         outcomes.append(Outcome(item.path, FAILED, str(exc)))
         return
     if not tracks:
         outcomes.append(Outcome(item.path, NO_FACE, "no face in any frame"))
         return
-    firsts = {new: firsts[old] for new, old in enumerate(before)}
     rel = item.relative
     for t in tracks:
         crop_path = output / rel.parent / f"{rel.stem}_track_{t.index:02d}.png"

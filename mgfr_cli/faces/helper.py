@@ -137,10 +137,16 @@ class FaceHelper:
 
     def detect(self, rgb: np.ndarray, selection: FaceSelection = FaceSelection()) -> list[DetectedFace]:
         """Faces in an ``(H, W, 3)`` uint8 RGB image, filtered by ``selection``, ordered left to right."""
+        return [f for _, f in self.detect_numbered(rgb, selection)[0]]
+
+    def detect_numbered(self, rgb: np.ndarray, selection: FaceSelection = FaceSelection()
+                        ) -> tuple[list[tuple[int, DetectedFace]], int]:
+        """The faces ``selection`` keeps, each with its number among all the faces found (0 = leftmost, the number
+        sidecars and ``mgfr align`` use, whichever are kept), and how many were found."""
         import torch
 
         if min(rgb.shape[:2]) < 16:
-            return []  # too small to hold a face, and too small for RetinaFace's anchor grid
+            return [], 0  # too small to hold a face, and too small for RetinaFace's anchor grid
         if self.detector is None:
             raise ConfigError("this FaceHelper was built without a detector (for --has-aligned inputs only)")
         # Detect on a copy of at most ~4 MP: RetinaFace's memory grows with the pixel count (a 100 MP photo took
@@ -162,17 +168,19 @@ class FaceHelper:
         ]
         faces = [f for f in faces if f.eye_distance >= selection.min_face_size]
         faces.sort(key=lambda f: (f.box[0] + f.box[2]) / 2)
+        numbered = list(enumerate(faces))
         if selection.face_index is not None:
             if faces and selection.face_index >= len(faces):
                 raise InputError(f"face {selection.face_index} does not exist ({len(faces)} face"
                                  f"{'s' if len(faces) > 1 else ''} found; --face-index counts from 0, left to right)")
-            return faces[selection.face_index : selection.face_index + 1]
+            return numbered[selection.face_index : selection.face_index + 1], len(faces)
         if selection.largest_face and faces:
-            return [max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))]
+            return [max(numbered, key=lambda n: (n[1].box[2] - n[1].box[0]) * (n[1].box[3] - n[1].box[1]))], len(faces)
         if selection.only_center_face and faces:
             h, w = rgb.shape[:2]
-            return [min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - w / 2) ** 2 + ((f.box[1] + f.box[3]) / 2 - h / 2) ** 2)]
-        return faces
+            return [min(numbered, key=lambda n: ((n[1].box[0] + n[1].box[2]) / 2 - w / 2) ** 2
+                        + ((n[1].box[1] + n[1].box[3]) / 2 - h / 2) ** 2)], len(faces)
+        return numbered, len(faces)
 
     # -- alignment -------------------------------------------------------------------------
     def align(self, rgb: np.ndarray, face: DetectedFace, index: int, source: Path | None = None) -> AlignedFace:
@@ -189,7 +197,14 @@ class FaceHelper:
 
     def detect_and_align(self, rgb: np.ndarray, selection: FaceSelection = FaceSelection(),
                          source: Path | None = None) -> list[AlignedFace]:
-        return [self.align(rgb, f, i, source) for i, f in enumerate(self.detect(rgb, selection))]
+        return self.align_faces(rgb, selection, source)[0]
+
+    def align_faces(self, rgb: np.ndarray, selection: FaceSelection = FaceSelection(),
+                    source: Path | None = None) -> tuple[list[AlignedFace], int]:
+        """:meth:`detect_and_align`, and how many faces the photo has: each kept face keeps its own number (a
+        sidecar's ``faces: {2: ...}`` is face 2 whether or not ``--face-index 2`` picked it)."""
+        numbered, total = self.detect_numbered(rgb, selection)
+        return [self.align(rgb, f, i, source) for i, f in numbered], total
 
     def as_aligned(self, rgb: np.ndarray, source: Path | None = None) -> AlignedFace:
         """An already aligned face (``--has-aligned``): resized to the face size as DiffBIR resizes it

@@ -91,10 +91,11 @@ def per_frame(selection):
     return replace(selection, only_center_face=False, largest_face=False, face_index=None)
 
 
-def select_tracks(tracks: list[Track], selection, width: int, height: int) -> tuple[list[Track], list[int]]:
+def select_tracks(tracks: list[Track], selection, width: int, height: int) -> list[Track]:
     """The tracks ``selection`` keeps, as ``--face-index``/``--largest-face``/``--only-center-face`` keep faces of
-    a photo (in that order of precedence), numbered again from 0; with each one's number before. K counts a
-    clip's tracks in the order they first appear (as ``mgfr align`` lists them). The largest (or centre) track
+    a photo (in that order of precedence), each with its own number (a sidecar's ``tracks: {K: ...}`` and the
+    seed count every track). K counts a clip's tracks in the order they first appear (as ``mgfr align`` lists
+    them). The largest (or centre) track
     is the one that is the largest (nearest the centre) face in the most frames: the main person, not one who is
     larger for a moment (ties: the earlier track)."""
     kept = tracks
@@ -115,4 +116,4 @@ def select_tracks(tracks: list[Track], selection, width: int, height: int) -> tu
             present = [(rank(t.box_at(frame)), -i) for i, t in enumerate(tracks) if frame in t.frames]
             votes[-max(present)[1]] += 1
         kept = [tracks[max(range(len(tracks)), key=lambda i: (votes[i], -i))]]
-    return [replace(t, index=i) for i, t in enumerate(kept)], [t.index for t in kept]
+    return kept
