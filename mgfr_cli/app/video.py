@@ -202,7 +202,7 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     figures = {t.index: flicker[t.index].figures() for t in tracks}
     note = "; ".join([f"{count} frames, {len(tracks)} track(s)"] + broke)
     frames_of = {t.index: len(t.frames) for t in tracks}
-    return Outcome(path, RESTORED, note, target, len(tracks), library=library_rows(conds, conds.values()),
+    return Outcome(path, RESTORED, note, target, len(tracks), library=library_rows(conds.keys(), conds.values()),
                    tracks=tuple({"track": k, "frames": frames_of[k], "flicker": v} for k, v in figures.items()))
 
 

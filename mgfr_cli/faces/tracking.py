@@ -95,9 +95,8 @@ def select_tracks(tracks: list[Track], selection, width: int, height: int) -> li
     """The tracks ``selection`` keeps, as ``--face-index``/``--largest-face``/``--only-center-face`` keep faces of
     a photo (in that order of precedence), each with its own number (a sidecar's ``tracks: {K: ...}`` and the
     seed count every track). K counts a clip's tracks in the order they first appear (as ``mgfr align`` lists
-    them). The largest (or centre) track
-    is the one that is the largest (nearest the centre) face in the most frames: the main person, not one who is
-    larger for a moment (ties: the earlier track)."""
+    them). The largest (or centre) track is the one that is the largest (nearest the centre) face in the most
+    frames: the main person, not one who is larger for a moment (ties: the earlier track)."""
     kept = tracks
     if selection.face_index is not None:
         if selection.face_index >= len(tracks):
