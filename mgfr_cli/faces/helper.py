@@ -72,6 +72,14 @@ class FaceSelection:
     min_face_size: float = 0.0  # minimum eye distance in pixels
     confidence: float = 0.8
 
+    def rank(self, box, width: int, height: int) -> float:
+        """How well a face's box fits --largest-face (its area), else --only-center-face (minus its centre's
+        squared distance to the image's): the higher, the better; for photos and for a clip's tracks alike."""
+        x1, y1, x2, y2 = box
+        if self.largest_face:
+            return (x2 - x1) * (y2 - y1)
+        return -(((x1 + x2) / 2 - width / 2) ** 2 + ((y1 + y2) / 2 - height / 2) ** 2)
+
 
 def load_torch_weights(path: Path) -> dict:
     """Load a ``.pth`` state dict without unpickling code (``weights_only=True``)."""
@@ -174,12 +182,9 @@ class FaceHelper:
                 raise InputError(f"face {selection.face_index} does not exist ({len(faces)} face"
                                  f"{'s' if len(faces) > 1 else ''} found; --face-index counts from 0, left to right)")
             return numbered[selection.face_index : selection.face_index + 1], len(faces)
-        if selection.largest_face and faces:
-            return [max(numbered, key=lambda n: (n[1].box[2] - n[1].box[0]) * (n[1].box[3] - n[1].box[1]))], len(faces)
-        if selection.only_center_face and faces:
+        if (selection.largest_face or selection.only_center_face) and faces:
             h, w = rgb.shape[:2]
-            return [min(numbered, key=lambda n: ((n[1].box[0] + n[1].box[2]) / 2 - w / 2) ** 2
-                        + ((n[1].box[1] + n[1].box[3]) / 2 - h / 2) ** 2)], len(faces)
+            return [max(numbered, key=lambda n: selection.rank(n[1].box, w, h))], len(faces)
         return numbered, len(faces)
 
     # -- alignment -------------------------------------------------------------------------

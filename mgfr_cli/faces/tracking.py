@@ -10,6 +10,7 @@ picks whole tracks (:func:`select_tracks`): picked per frame it would hop from o
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -30,7 +31,7 @@ class Track:
     smoothed: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> (5, 2) landmarks to align with
 
     def box_at(self, frame: int) -> tuple:
-        return self.boxes[self.frames.index(frame)]
+        return self.boxes[bisect_left(self.frames, frame)]  # frames are in order: no scan of a long track
 
 
 def iou(a, b) -> float:
@@ -105,14 +106,12 @@ def select_tracks(tracks: list[Track], selection, width: int, height: int) -> li
                              f"in the order they first appear: mgfr align lists them)")
         kept = [tracks[selection.face_index]]
     elif (selection.largest_face or selection.only_center_face) and tracks:
-        def rank(b):  # higher is better
-            if selection.largest_face:
-                return (b[2] - b[0]) * (b[3] - b[1])
-            return -(((b[0] + b[2]) / 2 - width / 2) ** 2 + ((b[1] + b[3]) / 2 - height / 2) ** 2)
-
+        best: dict[int, tuple] = {}  # frame -> (rank, -track) of the best face there
+        for i, t in enumerate(tracks):
+            for frame, box in zip(t.frames, t.boxes):
+                best[frame] = max(best.get(frame, (float("-inf"), 0)), (selection.rank(box, width, height), -i))
         votes = [0] * len(tracks)
-        for frame in sorted({f for t in tracks for f in t.frames}):
-            present = [(rank(t.box_at(frame)), -i) for i, t in enumerate(tracks) if frame in t.frames]
-            votes[-max(present)[1]] += 1
+        for _, i in best.values():
+            votes[-i] += 1
         kept = [tracks[max(range(len(tracks)), key=lambda i: (votes[i], -i))]]
     return kept
