@@ -304,9 +304,10 @@ def test_frames_without_a_face_get_the_same_background_as_frames_with_one(tiny_r
     assert max(corner) - min(corner) < 1.0, corner
 
 
-def _two_people(path, astronaut, frames=12, leaves=4):
+def _two_people(path, astronaut, frames=12, leaves=4, mirror=False):
     """One face on the left for the whole clip; another, larger and nearer the centre, on the right for the first
-    ``leaves`` frames only (picked per frame, --largest-face and --only-center-face would take it while there)."""
+    ``leaves`` frames only (picked per frame, --largest-face and --only-center-face would take it while there).
+    ``mirror``: left and right swapped, so the brief face is track 0 and the lasting one track 1."""
     face = np.ascontiguousarray(astronaut[10:250, 110:350])
     a, b = cv2.resize(face, (200, 200)), cv2.resize(np.ascontiguousarray(face[:, ::-1]), (230, 230))
     out = av.open(str(path), "w")
@@ -317,6 +318,7 @@ def _two_people(path, astronaut, frames=12, leaves=4):
         canvas[60:260, 10:210] = a
         if i < leaves:
             canvas[45:275, 255:485] = b
+        canvas = np.ascontiguousarray(canvas[:, ::-1]) if mirror else canvas
         out.mux(v.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")))
     out.mux(v.encode(None))
     out.close()
@@ -350,3 +352,16 @@ def test_face_selection_in_a_clip_picks_whole_tracks(tiny_root, astronaut, tmp_p
     code, _, _ = cli("restore", clip, "-o", tmp_path / "none", "--model-root", tiny_root, "--face-index", "2", *FAST)
     row = json.loads((tmp_path / "none" / "mgfr-summary.json").read_text())[0]
     assert code == 1 and row["status"] == "failed" and "track 2 does not exist (2 tracks found" in row["detail"]
+
+
+@pytest.mark.parametrize("flag", ["--largest-face", "--only-center-face"])
+def test_the_lasting_track_is_picked_whatever_its_number(tiny_root, astronaut, tmp_path, cli, flag):
+    """The same two people with left and right swapped: the brief face is now track 0, and the track picked is
+    still the lasting one (track 1), in restore and in align."""
+    clip = _two_people(tmp_path / "two.mp4", astronaut, mirror=True)
+    code, text, err = cli("restore", clip, "-o", tmp_path / "out", "--model-root", tiny_root, flag, *FAST)
+    row = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())[0]
+    assert code == 0 and [(t["track"], t["frames"]) for t in row["tracks"]] == [(1, 12)], text + err
+    code, _, _ = cli("align", clip, "-o", tmp_path / "faces", "--model-root", tiny_root, flag, *FAST[2:])
+    rows = json.loads((tmp_path / "faces" / "faces.json").read_text())
+    assert code == 0 and [(r["face_index"], r["frames"]) for r in rows] == [(1, 12)]
