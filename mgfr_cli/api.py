@@ -124,7 +124,8 @@ class Restorer:
         asks ``library`` (:meth:`open_library`) for its ``ref_k`` (3) best matches of at least ``ref_threshold``
         (0.3); ``batch_size`` faces at a time (halved on out-of-memory, as ``mgfr restore`` does); ``sampling``: the
         keyword arguments of :meth:`settings` (steps, scheduler, identity_guidance, ...)."""
-        from mgfr_cli.app.batch import paste_back, restore_in_batches
+        from mgfr_cli.app.batch import restore_in_batches
+        from mgfr_cli.app.paste import paste_back
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.conditions import FaceConditions
         from mgfr_cli.faces.helper import FaceSelection, aligned_output

@@ -94,12 +94,15 @@ def test_claims_within_one_process_and_half_written_ones(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_photo_without_a_face_leaves_no_folder_behind(two_photos, tiny_root, cli):
+def test_a_photo_that_fails_after_its_claim_leaves_no_folder_behind(two_photos, tiny_root, cli):
+    """The photo is claimed (its output folder made), then fails: its sidecar names a reference without a face."""
     inp, out = two_photos
     (inp / "sub").mkdir()
-    cv2.imwrite(str(inp / "sub" / "blank.png"), np.full((128, 128, 3), 127, np.uint8))
-    code, _, _ = cli("restore", inp, "-o", out, "--recursive", "--model-root", tiny_root, *FAST)
-    assert code == 0 and (out / "a.png").is_file()
+    (inp / "sub" / "a.png").write_bytes((inp / "a.png").read_bytes())
+    cv2.imwrite(str(inp / "blank.png"), np.full((128, 128, 3), 127, np.uint8))
+    (inp / "sub" / "a.yaml").write_text("refs: [../blank.png]\n")
+    code, text, _ = cli("restore", inp, "-o", out, "--recursive", "--model-root", tiny_root, *FAST)
+    assert code == 1 and (out / "a.png").is_file() and "blank.png: no face detected" in text, text
     assert not (out / "sub").exists()  # the claim's folder is removed again when nothing was written into it
 
 

@@ -66,7 +66,7 @@ def test_an_unchanged_face_pasted_at_an_upscale_lines_up_with_the_upscaled_photo
     rounded size gives them."""
     import cv2
 
-    from mgfr_cli.app.batch import paste_back
+    from mgfr_cli.app.paste import paste_back
 
     photo = np.ascontiguousarray(astronaut[:301, 60:393])  # odd sizes: 1.5x rounds 451.5 and 499.5
     faces = helper.detect_and_align(photo)

@@ -60,3 +60,35 @@ def test_degrade_into_its_own_folder_keeps_earlier_parameters(photos, tmp_path, 
     (out / "b.png").unlink()  # a copy the user removed is no longer listed
     assert cli("degrade", a, "-o", out)[0] == 0
     assert sorted(json.loads((out / "params.json").read_text())) == ["a.png"]
+
+
+def test_a_photo_without_a_face_is_written_and_stays_done(tiny_root, photos, tmp_path, cli):
+    """A faceless photo is written as GFPGAN and CodeFormer write it (its background, resized by --upscale: Lanczos
+    here), listed as `no face`; a rerun skips it and the summary and the page still say `no face`, not `skipped`;
+    a rerun with other settings says so, as for restored photos."""
+    a, _ = photos
+    y, x = np.mgrid[0:45, 0:70]
+    scene = np.dstack([x * 3, y * 5, (x + y) * 2]).astype(np.uint8)  # no face, and not flat: the resize shows
+    _png(tmp_path / "in" / "scene.png", scene)
+    out = tmp_path / "out"
+    args = ("restore", a, tmp_path / "in" / "scene.png", "-o", out, "--model-root", tiny_root, "--upscale", "2",
+            "--steps", "1", *ALIGN)
+    code, text, err = cli(*args)
+    assert code == 0 and "no face detected (written without restoring)" in text, text + err
+    written = cv2.imread(str(out / "scene.png"))[..., ::-1]
+    expected = cv2.resize(scene, (140, 90), interpolation=cv2.INTER_LANCZOS4)  # the background path, computed here
+    assert written.shape == expected.shape and np.abs(written.astype(int) - expected).max() == 0
+    rows = {Path(r["source"]).name: r for r in json.loads((out / "mgfr-summary.json").read_text())}
+    assert rows["scene.png"]["status"] == "no face" and Path(rows["scene.png"]["output"]).name == "scene.png"
+    assert rows["scene.png"]["recipe"] == rows["a.png"]["recipe"] != ""
+    stamp = (out / "scene.png").stat().st_mtime_ns
+
+    code, text, err = cli(*args)  # resumed: both done
+    assert code == 0 and (out / "scene.png").stat().st_mtime_ns == stamp, text + err
+    rows = {Path(r["source"]).name: r for r in json.loads((out / "mgfr-summary.json").read_text())}
+    assert rows["scene.png"]["status"] == "no face" and rows["a.png"]["status"] == "restored"
+    page = (out / "index.html").read_text()
+    assert page.count("data-status='no face'") == 1 and "data-status='skipped'" not in page
+
+    code, text, err = cli(*args[:-len(ALIGN) - 2], "--steps", "2", *ALIGN)
+    assert code == 0 and text.count("made with other settings") == 2, text + err

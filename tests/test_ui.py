@@ -98,6 +98,10 @@ def test_bad_upload_is_a_readable_error_and_the_server_keeps_serving(server, pho
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="not a readable image"):
         client.predict(*_args(bad), **API)
+    blank = tmp_path / "blank.png"  # no face: said as that (the batch underneath writes it unrestored)
+    cv2.imwrite(str(blank), np.full((64, 96, 3), 120, np.uint8))
+    with pytest.raises(Exception, match=r"blank.png: no face detected$"):
+        client.predict(*_args(blank), **API)
     slider = client.predict(*_args(photo[0]), **API)[0]
     assert Path(slider[1]).is_file()
 

@@ -365,3 +365,31 @@ def test_the_lasting_track_is_picked_whatever_its_number(tiny_root, astronaut, t
     code, _, _ = cli("align", clip, "-o", tmp_path / "faces", "--model-root", tiny_root, flag, *FAST[2:])
     rows = json.loads((tmp_path / "faces" / "faces.json").read_text())
     assert code == 0 and [(r["face_index"], r["frames"]) for r in rows] == [(1, 12)]
+
+
+def test_a_clip_without_a_face_is_written_as_it_is(tiny_root, tmp_path, cli):
+    """As a faceless photo: the clip is written (every frame, its timing, its size times --upscale), listed as
+    `no face`; with --face-index 0 too (it failed: "track 0 does not exist"), in `restore` and `align` alike."""
+    y, x = np.mgrid[0:96, 0:128]
+    out = av.open(str(tmp_path / "scene.mp4"), "w")
+    v = out.add_stream("libx264", rate=FPS)
+    v.width, v.height, v.pix_fmt = 128, 96, "yuv420p"
+    for i in range(10):
+        frame = np.dstack([(x * 2 + 9 * i) % 256, y * 2, np.full_like(x, 80)]).astype(np.uint8)
+        out.mux(v.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    out.mux(v.encode(None))
+    out.close()
+    code, text, err = cli("restore", tmp_path / "scene.mp4", "-o", tmp_path / "out", "--model-root", tiny_root,
+                          "--upscale", "2", "--face-index", "0", *FAST)
+    assert code == 0 and "no face in any of 10 frames (written without restoring)" in text, text + err
+    info_in, frames_in, _ = probe(tmp_path / "scene.mp4")
+    info, frames, _ = probe(tmp_path / "out" / "scene.mp4")
+    assert info["frames"] == 10 and info["size"] == (256, 192) and info["rate"] == info_in["rate"]
+    assert [p for p, _ in frames] == [p for p, _ in frames_in]
+    for (_, a), (_, b) in zip(frames_in, frames):  # each frame the input's, Lanczos-resized (H.264 both ways)
+        assert np.abs(cv2.resize(a, (256, 192), interpolation=cv2.INTER_LANCZOS4).astype(float) - b).mean() < 3
+    row = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())[0]
+    assert row["status"] == "no face" and row["output"].endswith("scene.mp4")
+    code, text, err = cli("align", tmp_path / "scene.mp4", "-o", tmp_path / "faces", "--face-index", "0",
+                          "--model-root", tiny_root, *FAST[2:])
+    assert code == 0 and "no face in any frame" in text, text + err

@@ -24,6 +24,7 @@ from mgfr_cli.faces.conditions import (ConditionSpec, FaceConditions, FlagOverri
 from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
+from mgfr_cli.app.paste import paste_back, upscaled_like
 from mgfr_cli.app.outputs import (earlier_recipes, earlier_rows, existing_output, output_path, recipe, save_face_crops,
                                   skipped_as_done, refuse_outputs_onto_inputs, remove_stale_temporaries,
                                   without_own_outputs)
@@ -31,6 +32,9 @@ from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
 FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# A photo without a face is written all the same (its background: resized by --upscale, Real-ESRGAN when asked),
+# so the output folder mirrors the inputs, as GFPGAN's and CodeFormer's do.
+NO_FACE_WRITTEN = "no face detected (written without restoring)"
 
 
 class Restorer(Protocol):
@@ -129,8 +133,9 @@ class BatchRestorer:
         overrides = FlagOverrides(job.flags)  # sidecar settings the flags replaced: said after the run
 
         def finish(o: Outcome):
-            if o.status == RESTORED:
+            if o.status in (RESTORED, NO_FACE) and o.output is not None:  # what a later run resumes by
                 o = replace(o, recipe=recipe(job, o.source))
+            if o.status == RESTORED:
                 overrides.add(o.source)
             outcomes.append(o)
             on_outcome(o)
@@ -145,6 +150,9 @@ class BatchRestorer:
                     if prep.outcome is not None:
                         self.claims.release(prep.item.path)
                         finish(prep.outcome)
+                        continue
+                    if not prep.faces:  # nothing for the restorer: written now, never held in memory
+                        finish(self._restore_and_write(job, [prep])[0])
                         continue
                     pending.append(prep)
                     if sum(len(p.faces) for p in pending) >= job.batch_size:
@@ -187,8 +195,8 @@ class BatchRestorer:
                 faces, total = [self.helper.as_aligned(rgb, item.path)], 1
             else:
                 faces, total = self.helper.align_faces(rgb, job.selection, item.path)
-            if not faces:
-                return _Prepared(item, target, outcome=Outcome(item.path, NO_FACE, "no face detected"))
+            if not faces:  # written all the same, as its background (GFPGAN's and CodeFormer's way): see _write
+                return _Prepared(item, target, photo)
             specs = resolve_specs(item.path, job.flags, total)  # by each face's own number (kept or not)
             conditions = [self._conditions(f, specs[f.index], job, ref_cache) for f in faces]
             return _Prepared(item, target, photo, faces, conditions, condition_sources(item.path, job.flags))
@@ -270,7 +278,7 @@ class BatchRestorer:
         try:
             if job.has_aligned:  # the face is the photo: at its size times --upscale
                 face = aligned_output(restored[0], p.photo.width, p.photo.height, job.upscale)
-                pixels = _upscaled_like(p.photo, face, (face.shape[1], face.shape[0]))
+                pixels = upscaled_like(p.photo, face, (face.shape[1], face.shape[0]))
             else:
                 pixels = paste_back(self.helper, self.upsampler, p.photo, p.faces, restored, job.upscale)
             if p.photo.gray_alpha:  # restored in colour, written back in the photo's own form
@@ -293,6 +301,8 @@ class BatchRestorer:
             if "memory" not in str(exc).lower():
                 raise
             return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
+        if not p.faces:
+            return Outcome(p.item.path, NO_FACE, "; ".join(filter(None, (NO_FACE_WRITTEN, p.photo.note))), p.target)
         return Outcome(p.item.path, RESTORED, "; ".join(filter(None, (p.photo.note, kept))), p.target, len(p.faces))
 
 
@@ -301,34 +311,6 @@ def library_rows(indices, conditions) -> tuple:
     return tuple({"face": i, "matches": [{"file": str(m.file), "similarity": round(m.similarity, 4)}
                                          for m in c.library if not isinstance(m, str)]}
                  for i, c in zip(indices, conditions) if c.library)
-
-
-def paste_back(helper: FaceHelper, upsampler, photo, faces: list[AlignedFace], restored: list[np.ndarray],
-               upscale: float = 1.0) -> np.ndarray:
-    """The photo (a :class:`Photo` or an RGB array) resized by ``upscale`` (Real-ESRGAN when ``upsampler``, else
-    Lanczos) with the restored faces pasted back, in the photo's own form (gray, alpha, 16 bit kept)."""
-    import cv2
-
-    photo = photo if isinstance(photo, Photo) else Photo(photo)
-    bg, size = photo.pixels, (round(photo.width * upscale), round(photo.height * upscale))
-    if upsampler is not None and upsampler.applies(upscale):  # by name: at every scale (GFPGAN's, CodeFormer's)
-        bg = _upscaled_like(photo, upsampler(photo.rgb8(), size), size)
-    elif upscale != 1.0:
-        bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
-    return helper.paste(bg, faces, restored, (size[0] / photo.width, size[1] / photo.height))
-
-
-def _like(photo: Photo, rgb8: np.ndarray) -> np.ndarray:
-    """An RGB uint8 image in the photo's own form: gray stays gray, alpha kept, 16 bit kept."""
-    px = rgb8.astype(np.float32)
-    if photo.pixels.dtype == np.uint16:
-        px = px * 257.0
-    if photo.is_gray:
-        px = px @ np.array([0.299, 0.587, 0.114], np.float32)
-    out = np.clip(np.rint(px), 0, photo.max_value).astype(photo.pixels.dtype)
-    if photo.has_alpha:
-        out = np.concatenate([out, photo.pixels[:, :, 3:]], axis=2)
-    return out
 
 
 def _describe(c: FaceConditions, p: "_Prepared", identity: dict | None = None) -> dict:
@@ -340,17 +322,6 @@ def _describe(c: FaceConditions, p: "_Prepared", identity: dict | None = None) -
         out["library"] = ", ".join(f"{m.file.name} ({m.similarity:.2f})" for m in c.library if not isinstance(m, str)) \
             or "no match in the library"
     return out
-
-
-def _upscaled_like(photo: Photo, rgb8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The upsampler's 8-bit RGB in the photo's form; alpha resized alongside (the upsampler sees RGB only)."""
-    import cv2
-
-    if not photo.has_alpha:
-        return _like(photo, rgb8)
-    alpha = cv2.resize(photo.pixels[:, :, 3], size, interpolation=cv2.INTER_LANCZOS4)
-    frame = np.concatenate([np.zeros(alpha.shape + (3,), alpha.dtype), alpha[:, :, None]], axis=2)
-    return _like(Photo(frame), rgb8)
 
 
 def _prefetch(pool: ThreadPoolExecutor, tasks: Iterator[Callable], depth: int = 2):

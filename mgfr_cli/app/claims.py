@@ -67,7 +67,7 @@ class Claims:
         return f"another mgfr run is restoring it (claim {path})"
 
     def release(self, key: Path) -> None:
-        """Remove the claim, and the folders it created if nothing else was put in them (no face, failed)."""
+        """Remove the claim, and the folders it created if nothing else was put in them (a photo that failed)."""
         with self._lock, _PROCESS_LOCK:
             path, made = self._held.pop(key, (None, []))
             if path is not None:

@@ -78,7 +78,7 @@ class Report:
     def add(self, outcome, photo=None, faces=(), restored=(), conditions=(), after=None) -> None:
         """Record one photo's outcome (with its pixels when it was restored: ``after``, as written) and
         rewrite the page."""
-        from mgfr_cli.app.summary import source_key
+        from mgfr_cli.app.summary import source_key, wrote_output
 
         key = source_key(outcome.source)
         entry = {"source": key, "name": Path(key).name, "status": outcome.status, "detail": outcome.detail,
@@ -92,6 +92,8 @@ class Report:
         old = self.entries.get(key)
         if outcome.status == "skipped" and old and old.get("before"):
             entry = {**old, "status": "restored", "detail": old.get("detail", "")}  # done by an earlier run
+        elif outcome.status == "skipped" and old and wrote_output(old):
+            entry = old  # written without a face by an earlier run: still that
         if photo is not None and after is not None and outcome.status == "restored":
             tag = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
             rel = self.folder.name
@@ -111,6 +113,7 @@ class Report:
         self.write()
 
     def write(self) -> None:
+        from mgfr_cli.app.summary import wrote_output
         from mgfr_cli.faces.io import folder_lock
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,7 @@ class Report:
             merged = self._saved()
             for key in self.mine:
                 mine, theirs = self.entries[key], merged.get(key)
-                if mine["status"] == "skipped" and theirs and theirs.get("before"):
+                if mine["status"] == "skipped" and theirs and (theirs.get("before") or wrote_output(theirs)):
                     continue  # restored by another run (or an earlier one): that is what is on disk
                 merged[key] = mine
             self.entries = merged

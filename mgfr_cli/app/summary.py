@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mgfr_cli.faces.inputs import RESTORED, SKIPPED, Outcome
+from mgfr_cli.faces.inputs import NO_FACE, RESTORED, SKIPPED, Outcome
 
 
 SUMMARY = "mgfr-summary.json"
@@ -43,6 +43,12 @@ def _outcome(r: dict) -> Outcome:
                    r.get("recipe", ""))
 
 
+def wrote_output(row: dict) -> bool:
+    """Whether a summary (or review page) row is a run's result on disk: a photo restored, or one without a face
+    written as it is. A later skip of the same photo never replaces such a row."""
+    return row.get("status") in (RESTORED, NO_FACE) and bool(row.get("output"))
+
+
 def write_summary(path: Path, outcomes, merge: bool = False) -> None:
     """The outcomes as JSON (mgfr-summary.json): what a later run, a script or a merge reads.
 
@@ -66,7 +72,7 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
             old = []
         merged = {r["source"]: r for r in old}
         for r in rows:
-            if r["status"] == SKIPPED and merged.get(r["source"], {}).get("status") == RESTORED:
+            if r["status"] == SKIPPED and wrote_output(merged.get(r["source"], {})):
                 continue
             merged[r["source"]] = r
         atomic_write_bytes(path, json.dumps(list(merged.values()), indent=1).encode())

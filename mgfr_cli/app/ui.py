@@ -101,7 +101,7 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
                 color_fix: str, upscale: float, use_cleaner: bool, workdir: Path, progress=None,
                 identity_guidance: float | None = None, control_strength: float | None = None):
     """One photo through the batch machinery; returns (before PNG, after PNG, [(crop, label)], status)."""
-    from mgfr_cli.app.batch import RESTORED, BatchRestorer, RestoreJob
+    from mgfr_cli.app.batch import NO_FACE, RESTORED, BatchRestorer, RestoreJob
     from mgfr_cli.faces.conditions import ConditionSpec
     from mgfr_cli.errors import InputError, MgfrError
     from mgfr_cli.faces.helper import FaceSelection
@@ -140,6 +140,8 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
         outcome = BatchRestorer(models.helper, restorer, models.upsampler, library=models.library).run(job)[0]
     finally:
         models.pipeline.cleaner = cleaner
+    if outcome.status == NO_FACE:  # written unrestored by the batch: nothing to show here but that
+        raise InputError(f"{src.name}: no face detected" + (" in any frame" if clip else ""))
     if outcome.status != RESTORED:
         raise InputError(f"{src.name}: {outcome.status}" + (f" ({outcome.detail})" if outcome.detail else ""))
     status = describe(models, restorer.ignored) + library_found(outcome) + unused_sliders(restorer, settings, prof)

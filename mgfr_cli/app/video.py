@@ -119,7 +119,8 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
 
 def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "track") -> Outcome:
     """Restore one clip into ``target``; ``conditions``: a callable giving each track's FaceConditions."""
-    from mgfr_cli.app.batch import library_rows, paste_back, restore_in_batches
+    from mgfr_cli.app.batch import library_rows, restore_in_batches
+    from mgfr_cli.app.paste import paste_back
     from mgfr_cli.faces.helper import DetectedFace
     from mgfr_cli.faces.tracking import Tracker, per_frame, select_tracks
 
@@ -138,9 +139,7 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
         count = index + 1
     if count == 0:
         raise InputError(f"{path}: no frame could be decoded" + (f" ({broke[0]})" if broke else ""))
-    tracks = tracker.finish()
-    if not tracks:
-        return Outcome(path, NO_FACE, f"no face in any of {count} frames")
+    tracks = tracker.finish()  # none: the clip is written all the same (its frames as a faceless photo's)
     total, tracks = len(tracks), select_tracks(tracks, job.selection, width, height)
     conds = conditions(tracks, {k: crop for k, (_, crop) in largest.items()}, total)
     flicker = {t.index: Flicker() for t in tracks}
@@ -201,6 +200,9 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     segments.remove()
     figures = {t.index: flicker[t.index].figures() for t in tracks}
     note = "; ".join([f"{count} frames, {len(tracks)} track(s)"] + broke)
+    if not tracks:
+        return Outcome(path, NO_FACE, "; ".join([f"no face in any of {count} frames (written without restoring)"]
+                                                + broke), target)
     frames_of = {t.index: len(t.frames) for t in tracks}
     return Outcome(path, RESTORED, note, target, len(tracks), library=library_rows(conds.keys(), conds.values()),
                    tracks=tuple({"track": k, "frames": frames_of[k], "flicker": v} for k, v in figures.items()))

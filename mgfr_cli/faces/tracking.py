@@ -100,11 +100,11 @@ def select_tracks(tracks: list[Track], selection, width: int, height: int) -> li
     frames: the main person, not one who is larger for a moment (ties: the earlier track)."""
     kept = tracks
     if selection.face_index is not None:
-        if selection.face_index >= len(tracks):
+        if tracks and selection.face_index >= len(tracks):  # none at all: a faceless clip, as a faceless photo
             raise InputError(f"track {selection.face_index} does not exist ({len(tracks)} track"
                              f"{'s' if len(tracks) > 1 else ''} found; in a clip --face-index counts tracks from 0, "
                              f"in the order they first appear: mgfr align lists them)")
-        kept = [tracks[selection.face_index]]
+        kept = tracks[selection.face_index : selection.face_index + 1]
     elif (selection.largest_face or selection.only_center_face) and tracks:
         best: dict[int, tuple] = {}  # frame -> (rank, -track) of the best face there
         for i, t in enumerate(tracks):
