@@ -63,7 +63,8 @@ class Restorer:
     def load(cls, model_root: str | Path | None = None, *, checkpoint=None, base=None, cleaner: str = "auto",
              bg_upsampler: str = "auto", upscale: float = 1.0, device: str = "auto", precision: str = "auto",
              detector: str | None = "retinaface_resnet50", offline: bool = False, references: bool = False,
-             identity_guidance: float | None = None, library: bool = False, announce=None, progress=None) -> "Restorer":
+             identity_guidance: float | None = None, library: bool = False, face_upsample: bool = False, announce=None,
+             progress=None) -> "Restorer":
         """Resolve, fetch (unless ``offline``) and load every model a restore needs. ``detector=None``: inputs are
         aligned crops. ``references``/``library``: the run will use references (the recogniser is fetched)."""
         from mgfr_cli.app.options import Device, resolve_device
@@ -78,7 +79,7 @@ class Restorer:
         plan = plan_restore(root, manifest, detector=detector, base=Path(base) if base else None,
                             checkpoint=Path(checkpoint) if checkpoint else None, cleaner=cleaner,
                             bg_upsampler=bg_upsampler, upscale=upscale, offline=offline, references=references,
-                            identity_guidance=identity_guidance, library=library)
+                            identity_guidance=identity_guidance, library=library, face_upsample=face_upsample)
         provide(plan, manifest, offline=offline, announce=announce or (lambda rows: None), progress=progress)
         helper, pipeline, upsampler = restore_components(plan, device=dev, dtype=dtype, identity_file=root / ARCFACE_FILE)
         if upsampler is not None:
@@ -118,14 +119,15 @@ class Restorer:
                 library=None, ref_k: int | None = None, ref_threshold: float | None = None,
                 seed: int = 0, upscale: float = 1.0, has_aligned: bool = False, face_index: int | None = None,
                 largest_face: bool = False, only_center_face: bool = False, batch_size: int = 8,
-                **sampling) -> RestoreResult:
+                face_upsample: bool = False, **sampling) -> RestoreResult:
         """Restore every face of ``image`` (a path, a numpy array or a PIL image) and paste them back.
         ``refs``: paths (files or folders), arrays or PIL images of the same person; without them, each face
         asks ``library`` (:meth:`open_library`) for its ``ref_k`` (3) best matches of at least ``ref_threshold``
-        (0.3); ``batch_size`` faces at a time (halved on out-of-memory, as ``mgfr restore`` does); ``sampling``: the
-        keyword arguments of :meth:`settings` (steps, scheduler, identity_guidance, ...)."""
+        (0.3); ``batch_size`` faces at a time (halved on out-of-memory, as ``mgfr restore`` does); ``face_upsample``:
+        faces larger in the output than their crop are enlarged by Real-ESRGAN (load with ``face_upsample=True``);
+        ``sampling``: the keyword arguments of :meth:`settings` (steps, scheduler, identity_guidance, ...)."""
         from mgfr_cli.app.batch import restore_in_batches
-        from mgfr_cli.app.paste import paste_back
+        from mgfr_cli.app.paste import face_upsample_unused, paste_back
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.conditions import FaceConditions
         from mgfr_cli.faces.helper import FaceSelection, aligned_output
@@ -133,6 +135,8 @@ class Restorer:
 
         notes = _library_options(library, ref_k, ref_threshold, refs) + self._background(upscale, has_aligned)
         notes += _yaml_beside(image)
+        unused = face_upsample_unused(self.upsampler, has_aligned) if face_upsample else ""
+        notes += [f"face_upsample: {unused}"] if unused else []
         rgb, kind = _as_rgb(image)
         settings = self.settings(seed=seed, **sampling)
         if not 0 < upscale < float("inf"):
@@ -160,7 +164,7 @@ class Restorer:
         if has_aligned:  # the face is the image: at its size times upscale
             pixels = aligned_output(images[0], rgb.shape[1], rgb.shape[0], upscale)
         else:
-            pixels = paste_back(self.helper, self.upsampler, rgb, faces, images, upscale)
+            pixels = paste_back(self.helper, self.upsampler, rgb, faces, images, upscale, face_upsample)
         judged = {}
         if self.judge is not None and any(c.references for c in conditions):
             from mgfr_cli.faces.identity import similarity_report
@@ -206,6 +210,7 @@ class Restorer:
 
         from mgfr_cli.app.batch import BatchRestorer, RestoreJob
         from mgfr_cli.app.outputs import recipe_text
+        from mgfr_cli.app.paste import face_upsample_unused
         from mgfr_cli.app.summary import summary_path, write_summary
         from mgfr_cli.faces.conditions import ConditionSpec
         from mgfr_cli.faces.helper import FaceSelection
@@ -219,6 +224,8 @@ class Restorer:
             raise TypeError(f"restore_files() got unknown options: {', '.join(sorted(unknown))}")
         notes = _library_options(library, ref_k, ref_threshold, refs) + self._background(options.get("upscale", 1.0),
                                                                                    options.get("has_aligned", False))
+        unused = face_upsample_unused(self.upsampler, options.get("has_aligned", False))
+        notes += [f"face_upsample: {unused}"] if options.get("face_upsample") and unused else []
         sampling = {k: v for k, v in options.items() if k not in job_keys | picks}
         flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(Path(r) for r in refs) or None)
         settings = self.settings(seed=seed, **sampling)
@@ -229,7 +236,7 @@ class Restorer:
                          **{k: v for k, v in options.items() if k in job_keys})
         job = replace(job, recipe=recipe_text(settings, self.models(), flags, job.upscale, selection,
                                               job.has_aligned, library.folder if library else None, job.ref_k,
-                                              job.ref_threshold))
+                                              job.ref_threshold, job.face_upsample))
         restorer = DiffusionRestorer(self.pipeline, settings)
         batch = BatchRestorer(self.helper, restorer, self.upsampler, self.judge, library)
         outcomes = batch.run(job, on_outcome or (lambda o: None))

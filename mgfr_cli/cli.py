@@ -15,7 +15,7 @@ from rich.text import Text
 
 from mgfr_cli.errors import ConfigError, MgfrError, UsageError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
-                      OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, finite, given, quiet_libraries, repeated_options, unused_after, unused_flags, resolve_device, selection as face_selection,
+                      OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, check_outputs, finite, given, quiet_libraries, repeated_options, unused_after, unused_flags, resolve_device, selection as face_selection,
                       shard)
 from mgfr_cli.app.terminal import (announce_downloads, download_progress, err, notes, open_library, out, run_batch, shown,
                                    summary)
@@ -55,6 +55,7 @@ def restore(
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile + CUDA graphs: steps 1.6-4x faster after a first batch that compiles for ~1.5 min (H100); for many photos.")] = False,
     upscale: Annotated[float, typer.Option(callback=finite, min=0.1, max=8, help="Resize the background by this factor.")] = 1.0,
+    face_upsample: Annotated[bool, typer.Option("--face-upsample", help="Enlarge faces that the output shows larger than their 512 crop with Real-ESRGAN before pasting them (CodeFormer's --face_upsample).")] = False,
     has_aligned: Annotated[bool, typer.Option("--has-aligned", help="Inputs are already aligned face crops.")] = False,
     save_faces: Annotated[bool, typer.Option("--save-faces", help="Also write aligned and restored crops to OUT/_faces.")] = False,
     suffix: Annotated[str, typer.Option(help="Added to output file names before the extension.")] = "",
@@ -76,18 +77,14 @@ def restore(
     """Restore every face in photos and paste them back (prompts, references and identity optional)."""
     from mgfr_cli.app.batch import RestoreJob
     from mgfr_cli.app.outputs import recipe_text
+    from mgfr_cli.app.paste import face_upsample_unused
     from mgfr_cli.faces.conditions import ConditionSpec
     from mgfr_cli.api import Restorer
     from mgfr_cli.app.summary import shares_before
     from mgfr_cli.model.identity_guidance import reference_notes
     from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
 
-    if video_noise not in ("track", "frame"):
-        raise typer.BadParameter("--video-noise must be track or frame")
-    if ext not in ("auto", "png", "jpg"):
-        raise typer.BadParameter("--ext must be auto, png or jpg")
-    if any(c in suffix for c in "/\\\0") or ".." in suffix:
-        raise typer.BadParameter("--suffix must be plain text (no /, \\ or ..): outputs stay inside -o")
+    check_outputs(video_noise, ext, suffix)
     RestoreSettings(guidance_quality=guidance_quality or 0.0, guidance_attribute=guidance_attribute,
                     scheduler=scheduler or "ddpm", color_fix=color_fix, start_from=start_from).check()
     selection = face_selection(only_center_face, largest_face, face_index, min_face_size)
@@ -107,10 +104,13 @@ def restore(
                                upscale=upscale, device=device.value, precision=precision,
                                detector=None if has_aligned else detector.value, offline=offline,
                                references=bool(ref) or ref_library is not None, identity_guidance=identity_guidance,
-                               library=ref_library is not None, announce=announce_downloads, progress=progress)
+                               library=ref_library is not None, face_upsample=face_upsample and not has_aligned,
+                               announce=announce_downloads, progress=progress)
     helper, pipeline, upsampler, judge = loaded.helper, loaded.pipeline, loaded.upsampler, loaded.judge
     prof = pipeline.profile
     notes(loaded.notes)
+    notes([f"--face-upsample: {face_upsample_unused(upsampler, False)}"] if face_upsample and not has_aligned
+          and upsampler is None else [])
     if prof.diffbir_output and steps is None and scheduler is None and guidance_quality is None and cleaner == "auto":
         notes([f"{prof.source}: DiffBIR v2's published face recipe (spaced DDPM sampler, {prof.default_steps} steps, "
                f"scale {1 + prof.default_guidance:g}, face SwinIR cleaner, wavelet colour fix)"])
@@ -118,12 +118,13 @@ def restore(
                                guidance_attribute=guidance_attribute, identity_guidance=identity_guidance,
                                color_fix=color_fix, seed=seed, start_from=start_from, control_strength=control_strength)
     job = RestoreJob(inputs=tuple(inputs), output=output, flags=flags, selection=selection, upscale=upscale,
+                     face_upsample=face_upsample,
                      has_aligned=has_aligned, save_faces=save_faces, suffix=suffix, ext=ext, overwrite=overwrite,
                      recursive=recursive, max_megapixels=max_megapixels, batch_size=batch_size, seed=seed,
                      shard=(rank, world), report=report, ref_k=ref_k, ref_threshold=ref_threshold, crf=crf,
                      video_noise=video_noise, clip_flags=tuple(given(ctx, ("crf", "video_noise"))),
                      recipe=recipe_text(settings, loaded.models(), flags, upscale, selection, has_aligned, ref_library,
-                                        ref_k, ref_threshold))
+                                        ref_k, ref_threshold, face_upsample))
     if compile:
         notes([f"--compile: the first batch compiles the denoiser for {batch_size} faces (about 1.5 minutes on an "
                "H100); the steps after it run 1.6x (16 faces) to 4x (one face) faster"])

@@ -178,3 +178,62 @@ def test_control_strength_reaches_every_step_from_restore_and_restore_files(api_
     cv2.imwrite(str(tmp_path / "a.png"), np.ascontiguousarray(astronaut[:, :, ::-1]))
     restorer.restore_files([tmp_path / "a.png"], tmp_path / "out", steps=2, control_strength=1.5)
     assert seen and set(seen) == {1.5}
+
+
+def test_face_upsample_reaches_every_path_and_is_said_when_it_cannot_act(tiny_root, astronaut, tmp_path, cli,
+                                                                         monkeypatch):
+    """--face-upsample (a face shown larger than its 512 crop is enlarged by Real-ESRGAN first) acts in photos and
+    clips, from the CLI and from restore() and restore_files(); at --upscale 1 it loads realesrgan-x2 for the faces
+    alone (the background stays the photo's); its outputs are another recipe; without a Real-ESRGAN it is said."""
+    import shutil
+
+    import av
+    import cv2
+    import torch
+    from spandrel.architectures.ESRGAN.__arch.RRDB import RRDBNet
+
+    from mgfr_cli import Restorer
+    from mgfr_cli.app import paste
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    torch.manual_seed(0)
+    torch.save(RRDBNet(num_filters=16, num_blocks=1, scale=2, shuffle_factor=2).state_dict(),
+               root / "RealESRGAN_x2plus.pth")
+    big = np.ascontiguousarray(cv2.resize(astronaut[:256, 100:356], (1024, 1024), interpolation=cv2.INTER_CUBIC))
+    cv2.imwrite(str(tmp_path / "big.png"), big[..., ::-1])  # the face shown at 1.3x its crop, at --upscale 1
+    clip = av.open(str(tmp_path / "face.mp4"), "w")
+    v = clip.add_stream("libx264", rate=10)
+    v.width, v.height, v.pix_fmt = 1024, 1024, "yuv420p"
+    for _ in range(2):
+        clip.mux(v.encode(av.VideoFrame.from_ndarray(big, format="rgb24")))
+    clip.mux(v.encode(None))
+    clip.close()
+    calls = []
+    original = paste.enlarged
+    monkeypatch.setattr(paste, "enlarged", lambda *a: calls.append(a[2].shape) or original(*a))
+    fast = ["--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu"]
+
+    code, text, err = cli("restore", tmp_path / "big.png", tmp_path / "face.mp4", "-o", tmp_path / "a",
+                          "--model-root", root, "--face-upsample", *fast)
+    assert code == 0 and "not used" not in err and calls == [(512, 512, 3)] * 3, (calls, text + err)  # photo, 2 frames
+    with_it = cv2.imread(str(tmp_path / "a" / "big.png"))
+    assert np.array_equal(with_it[:, :40], big[:, :40, ::-1])  # at 1x the background is the photo's own
+    named = ("--model-root", root, "--bg-upsampler", "realesrgan-x2", *fast)  # the same models with it and without
+    code, text, err = cli("restore", tmp_path / "big.png", "-o", tmp_path / "b", *named)
+    code, text, err = cli("restore", tmp_path / "big.png", "-o", tmp_path / "b", "--face-upsample", *named)
+    assert "made with other settings" in text, text + err
+
+    calls.clear()
+    restorer = Restorer.load(root, detector="retinaface_mobile0.25", device="cpu", face_upsample=True)
+    result = restorer.restore(big, steps=1, face_upsample=True)
+    assert calls == [(512, 512, 3)] and result.notes == [] and np.array_equal(result.image, with_it[..., ::-1])
+    restorer.restore_files([tmp_path / "big.png"], tmp_path / "c", steps=1, face_upsample=True)
+    assert len(calls) == 2
+
+    calls.clear()  # no Real-ESRGAN: said, in the CLI and the API alike
+    code, text, err = cli("restore", tmp_path / "big.png", "-o", tmp_path / "d", "--model-root", tiny_root,
+                          "--face-upsample", *fast)
+    assert code == 0 and "--face-upsample: not used: no Real-ESRGAN is loaded" in err and calls == [], err
+    plain = Restorer.load(tiny_root, detector="retinaface_mobile0.25", device="cpu", offline=True)
+    assert plain.restore(big, steps=1, face_upsample=True).notes[0].startswith("face_upsample: not used")

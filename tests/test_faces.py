@@ -134,3 +134,43 @@ def test_an_aligned_face_is_resized_as_diffbir_resizes_it(helper, astronaut):
             d = np.abs(ours.astype(int) - np.asarray(theirs, int))
             assert d.max() <= 8 and (d > 1).mean() < 0.005, (n, d.max(), (d > 1).mean())
     assert aligned_output(face, 512, 512) is face  # a 512 face is the restored face itself
+
+
+def test_face_upsample_pastes_the_enlarged_crop_where_the_face_is(helper, astronaut):
+    """--face-upsample: a face the output shows larger than its 512 crop is enlarged to that size by the upsampler
+    (a Lanczos stand-in here) and warped from its own pixels (pixel u is the crop's (u + 0.5) / k - 0.5): it lines
+    up with the upscaled photo, closer than the crop stretched by the paste; a face shown smaller is left alone."""
+    import cv2
+
+    from mgfr_cli.app.paste import paste_back
+
+    class Lanczos:
+        def __init__(self):
+            self.sizes = []
+
+        def applies(self, upscale):
+            return upscale > 1
+
+        def __call__(self, rgb, size):
+            self.sizes.append(size)
+            return cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
+
+    photo = np.ascontiguousarray(cv2.resize(astronaut, None, fx=2, fy=2, interpolation=cv2.INTER_LANCZOS4)[:601, 120:787])
+    faces = helper.detect_and_align(photo)
+    c = 1 / np.sqrt(np.linalg.det(faces[0].affine[:, :2]))  # crop pixels -> photo pixels: 0.65 here
+    assert len(faces) == 1 and 0.5 < c < 0.8
+
+    def misalignment(upscale, face_upsample):
+        up = Lanczos()
+        out = paste_back(helper, up, photo, faces, [f.crop for f in faces], upscale, face_upsample)
+        plain = cv2.resize(photo, out.shape[1::-1], interpolation=cv2.INTER_LANCZOS4)
+        x1, y1, x2, y2 = (v * upscale for v in faces[0].box)
+        cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 4, (y2 - y1) / 4
+        return np.abs(out.astype(float) - plain)[int(cy - ry):int(cy + ry), int(cx - rx):int(cx + rx)].mean(), up.sizes
+
+    enlarged, sizes = misalignment(4.0, True)
+    stretched, _ = misalignment(4.0, False)
+    assert sizes[-1] == (round(512 * 4 * c),) * 2  # the face's size in the output
+    assert enlarged < 1.0 and enlarged < stretched - 0.05, (enlarged, stretched)  # 0.66 vs 0.78; 1.6 a half-pixel off
+    same, sizes = misalignment(1.0, True)
+    assert sizes == [] and same == misalignment(1.0, False)[0]  # shown at 0.65x: never enlarged

@@ -51,6 +51,7 @@ class RestoreJob:
     flags: ConditionSpec = ConditionSpec()
     selection: FaceSelection = FaceSelection()
     upscale: float = 1.0
+    face_upsample: bool = False  # faces larger in the output than their crop: enlarged by Real-ESRGAN first
     has_aligned: bool = False
     save_faces: bool = False
     suffix: str = ""
@@ -280,7 +281,8 @@ class BatchRestorer:
                 face = aligned_output(restored[0], p.photo.width, p.photo.height, job.upscale)
                 pixels = upscaled_like(p.photo, face, (face.shape[1], face.shape[0]))
             else:
-                pixels = paste_back(self.helper, self.upsampler, p.photo, p.faces, restored, job.upscale)
+                pixels = paste_back(self.helper, self.upsampler, p.photo, p.faces, restored, job.upscale,
+                                    job.face_upsample)
             if p.photo.gray_alpha:  # restored in colour, written back in the photo's own form
                 from mgfr_cli.faces.io import as_gray_alpha
 

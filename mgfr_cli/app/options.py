@@ -80,6 +80,16 @@ def resolve_device(device: Device, precision: str = "auto"):
     return "cpu", dtypes.get(precision, torch.float32)
 
 
+def check_outputs(video_noise: str, ext: str, suffix: str) -> None:
+    """``restore``'s output options, refused before anything loads."""
+    if video_noise not in ("track", "frame"):
+        raise typer.BadParameter("--video-noise must be track or frame")
+    if ext not in ("auto", "png", "jpg"):
+        raise typer.BadParameter("--ext must be auto, png or jpg")
+    if any(c in suffix for c in "/\\\0") or ".." in suffix:
+        raise typer.BadParameter("--suffix must be plain text (no /, \\ or ..): outputs stay inside -o")
+
+
 def selection(only_center, largest, face_index, min_face_size):
     from mgfr_cli.faces.helper import FaceSelection
 
@@ -97,7 +107,8 @@ def given(ctx: typer.Context, names) -> list[str]:
             if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
 
 
-NOT_FOR_ALIGNED = ("detector", "only_center_face", "largest_face", "face_index", "min_face_size", "bg_upsampler")
+NOT_FOR_ALIGNED = ("detector", "only_center_face", "largest_face", "face_index", "min_face_size", "bg_upsampler",
+                   "face_upsample")
 
 
 def unused_flags(ctx: typer.Context, *, has_aligned: bool = False, library: bool = False,

@@ -106,7 +106,7 @@ LATER_DEFAULTS = {"control_strength": 1.0}  # settings added after outputs were 
 
 
 def recipe_text(settings, models: str, flags, upscale: float, selection, has_aligned: bool, library, ref_k: int,
-                ref_threshold: float) -> str:
+                ref_threshold: float, face_upsample: bool = False) -> str:
     """The run's settings an output depends on (sampling, the models and their weights: ``Restorer.models()``, prompts
     and references given as flags, upscale, face selection, the library), as one canonical string:
     ``RestoreJob.recipe``. Paths are resolved (the same files named from another folder are the same settings)."""
@@ -118,7 +118,8 @@ def recipe_text(settings, models: str, flags, upscale: float, selection, has_ali
     what = {"settings": sampling, "models": models, "prompt": flags.prompt, "negative": flags.negative_prompt,
             "refs": refs, "ref_images": refs_mark(refs) if refs else None,  # another photo under the same name
             "upscale": upscale, "selection": asdict(selection), "has_aligned": has_aligned,
-            "library": [str(Path(library).resolve()), ref_k, ref_threshold] if library is not None else None}
+            "library": [str(Path(library).resolve()), ref_k, ref_threshold] if library is not None else None,
+            **({"face_upsample": True} if face_upsample else {})}  # added later: absent at its default
     return json.dumps(what, sort_keys=True, default=str)
 
 

@@ -11,9 +11,11 @@ from mgfr_cli.faces.io import Photo
 
 
 def paste_back(helper: FaceHelper, upsampler, photo, faces: list[AlignedFace], restored: list[np.ndarray],
-               upscale: float = 1.0) -> np.ndarray:
+               upscale: float = 1.0, face_upsample: bool = False) -> np.ndarray:
     """The photo (a :class:`Photo` or an RGB array) resized by ``upscale`` (Real-ESRGAN when ``upsampler``, else
-    Lanczos) with the restored faces pasted back, in the photo's own form (gray, alpha, 16 bit kept)."""
+    Lanczos) with the restored faces pasted back, in the photo's own form (gray, alpha, 16 bit kept).
+    ``face_upsample`` (CodeFormer's ``--face_upsample``): a face that the output shows larger than its restored
+    crop is enlarged by ``upsampler`` to its size there first, instead of being stretched by the paste."""
     import cv2
 
     photo = photo if isinstance(photo, Photo) else Photo(photo)
@@ -22,7 +24,23 @@ def paste_back(helper: FaceHelper, upsampler, photo, faces: list[AlignedFace], r
         bg = upscaled_like(photo, upsampler(photo.rgb8(), size), size)
     elif upscale != 1.0:
         bg = cv2.resize(bg, size, interpolation=cv2.INTER_LANCZOS4)
-    return helper.paste(bg, faces, restored, (size[0] / photo.width, size[1] / photo.height))
+    scale = (size[0] / photo.width, size[1] / photo.height)
+    if face_upsample and upsampler is not None:
+        restored = [enlarged(upsampler, f, r, max(scale)) for f, r in zip(faces, restored)]
+    return helper.paste(bg, faces, restored, scale)
+
+
+MAX_FACE_UPSAMPLE = 4.0  # a crop is enlarged at most 4x (2048 px): memory stays bounded for any --upscale
+
+
+def enlarged(upsampler, face: AlignedFace, crop: np.ndarray, upscale: float) -> np.ndarray:
+    """``crop`` enlarged by ``upsampler`` to the size the face has in the output (its crop-to-photo scale times
+    ``upscale``), at most :data:`MAX_FACE_UPSAMPLE` times; as it is where the output shows the face smaller."""
+    k = min(upscale / float(np.sqrt(abs(np.linalg.det(face.affine[:, :2])))), MAX_FACE_UPSAMPLE)
+    if k <= 1.0:
+        return crop
+    n = round(crop.shape[0] * k)
+    return upsampler(crop, (n, n))
 
 
 def in_photo_form(photo: Photo, rgb8: np.ndarray) -> np.ndarray:
@@ -47,3 +65,13 @@ def upscaled_like(photo: Photo, rgb8: np.ndarray, size: tuple[int, int]) -> np.n
     alpha = cv2.resize(photo.pixels[:, :, 3], size, interpolation=cv2.INTER_LANCZOS4)
     frame = np.concatenate([np.zeros(alpha.shape + (3,), alpha.dtype), alpha[:, :, None]], axis=2)
     return in_photo_form(Photo(frame), rgb8)
+
+
+def face_upsample_unused(upsampler, has_aligned: bool) -> str:
+    """Why ``--face-upsample`` (``face_upsample=True``) cannot act in this run, or ``""`` when it can."""
+    if has_aligned:
+        return "not used with aligned inputs (the face is the whole image: resized, never pasted)"
+    if upsampler is None:
+        return ("not used: no Real-ESRGAN is loaded to enlarge faces with (--bg-upsampler none, or its weights are "
+                "missing and the run is offline: mgfr weights fetch realesrgan-x2, realesrgan-x4 above --upscale 2)")
+    return ""

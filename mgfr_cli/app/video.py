@@ -175,7 +175,7 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
                 mine = [(f, r) for f, r, (i, _) in zip(faces, restored, owners) if i == index]
                 # every frame's background the same way, with faces or without (Real-ESRGAN, else Lanczos)
                 pixels = paste_back(batch.helper, batch.upsampler, rgb, [f for f, _ in mine], [r for _, r in mine],
-                                    job.upscale)
+                                    job.upscale, job.face_upsample)
                 writer.write(index, pts, tb, pixels)
             window.clear()
 

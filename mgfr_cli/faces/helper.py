@@ -236,7 +236,8 @@ class FaceHelper:
         ``background`` is ``(H, W)`` or ``(H, W, C)`` of any dtype; the result has the same shape and dtype.
         Outside every mask the pixels are exactly the background's. The crop lands where the resize put the
         photo: ``cv2.resize`` and Real-ESRGAN both centre photo pixel p at ``s * p + (s - 1) / 2`` (facexlib's
-        paste adds ``s / 2``, half an output pixel off; none at all is ``(s - 1) / 2`` off).
+        paste adds ``s / 2``, half an output pixel off; none at all is ``(s - 1) / 2`` off). A restored crop may be
+        k times the face size (``--face-upsample``): its pixel u is the crop's ``(u + 0.5) / k - 0.5``, the same rule.
         """
         import cv2
 
@@ -250,8 +251,13 @@ class FaceHelper:
         for face, img in zip(faces, restored):
             inverse = np.diag([sx, sy]) @ cv2.invertAffineTransform(face.affine)  # crop -> resized photo
             inverse[:, 2] += (0.5 * (sx - 1), 0.5 * (sy - 1))
-            warped = cv2.warpAffine(img.astype(np.float32) * scale, inverse, (w, h), flags=cv2.INTER_LINEAR)
-            mask = cv2.warpAffine(self.face_mask(img), inverse, (w, h), flags=cv2.INTER_LINEAR)
+            k, crop, from_img = img.shape[0] / self.face_size, img, inverse
+            if k != 1:  # an enlarged crop: warped from its own pixels; the mask is made at the face size
+                crop = cv2.resize(img, (self.face_size,) * 2, interpolation=cv2.INTER_AREA)
+                shift = inverse[:, :2] @ np.full((2, 1), (1 / k - 1) / 2)
+                from_img = np.hstack([inverse[:, :2] / k, inverse[:, 2:] + shift])
+            warped = cv2.warpAffine(img.astype(np.float32) * scale, from_img, (w, h), flags=cv2.INTER_LINEAR)
+            mask = cv2.warpAffine(self.face_mask(crop), inverse, (w, h), flags=cv2.INTER_LINEAR)
             mask = np.clip(mask, 0.0, 1.0)
             if gray:
                 warped = warped @ np.array([0.299, 0.587, 0.114], np.float32)

@@ -72,7 +72,8 @@ def _adapter_source(checkpoint: Path) -> str | None:
 
 def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: Path | None, checkpoint: Path | None,
                  cleaner: str, bg_upsampler: str, upscale: float, offline: bool = False, references: bool = False,
-                 identity_guidance: float | None = None, library: bool = False) -> RestorePlan:
+                 identity_guidance: float | None = None, library: bool = False, face_upsample: bool = False
+                 ) -> RestorePlan:
     """Every file the run will read, and which of them are missing (with the entry that provides each).
 
     The recogniser (identity guidance, the reference library) is needed, and fetched when missing, for a
@@ -121,11 +122,13 @@ def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: 
         cleaner_file = root / file
         need(cleaner_file, entry, f"mgfr weights fetch {entry}, or --cleaner none")
     up_file, scale, notes = None, 1, []
-    if bg_upsampler == "auto":
-        bg_upsampler = "none" if upscale <= 1 else ("realesrgan-x2" if upscale <= 2 else "realesrgan-x4")
+    if bg_upsampler == "auto":  # --face-upsample wants one at every --upscale (x2 at 1x: faces only, as CodeFormer)
+        wanted = max(upscale, 2.0) if face_upsample else upscale
+        bg_upsampler = "none" if wanted <= 1 else ("realesrgan-x2" if wanted <= 2 else "realesrgan-x4")
         if bg_upsampler != "none" and offline and not (root / UPSAMPLERS[bg_upsampler][1]).is_file():
-            notes.append(f"background resized with Lanczos: {UPSAMPLERS[bg_upsampler][1]} is not in {root} and this "
-                         f"run is offline (mgfr weights fetch {UPSAMPLERS[bg_upsampler][0]})")
+            if upscale > 1:  # faces alone (--face-upsample at 1x): said by the run, with the flag's name
+                notes.append(f"background resized with Lanczos: {UPSAMPLERS[bg_upsampler][1]} is not in {root} and "
+                             f"this run is offline (mgfr weights fetch {UPSAMPLERS[bg_upsampler][0]})")
             bg_upsampler = "none"
     if bg_upsampler != "none":
         if bg_upsampler not in UPSAMPLERS:
