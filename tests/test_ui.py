@@ -22,7 +22,7 @@ def _args(photo, refs=None, prompt="", steps=2):
     from gradio_client import handle_file
 
     return (handle_file(str(photo)), [handle_file(str(r)) for r in refs] if refs else None, prompt, "", 4.0, 2.0,
-            steps, 0, "every face", "wavelet", 1, True, 0.05, 1.0)
+            steps, 0, "every face", "wavelet", 1, True, 0.05, 1.0, False)
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +246,36 @@ def test_the_control_strength_slider_reaches_the_sampler(server, photo, monkeypa
 
     monkeypatch.setattr(models.pipeline, "_predict_fn", spy)
     args = list(_args(photo[0]))
-    args[-1] = 0.25
+    args[13] = 0.25
     Client(url, verbose=False).predict(*args, **API)
     assert seen and set(seen) == {0.25}
+
+def test_the_face_upsample_box_reaches_the_paste(server, photo, monkeypatch):
+    """The page's "face upsample" box does what `--face-upsample` does: at 4x the face (shown at 1.3x its crop)
+    is enlarged by the page's Real-ESRGAN (a Lanczos stand-in here) before pasting; unticked, only the background."""
+    class Lanczos:
+        def __init__(self):
+            self.sizes = []
+
+        def applies(self, upscale):
+            return upscale > 1
+
+        def __call__(self, rgb, size):
+            self.sizes.append(size)
+            return cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
+
+    from gradio_client import Client
+
+    url, models = server
+    for ticked in (True, False):
+        up = Lanczos()
+        monkeypatch.setattr(models, "upsampler", up)  # the page's own, as `mgfr ui` loads it
+        args = list(_args(photo[0], steps=1))
+        args[10], args[14] = 4, ticked
+        Client(url, verbose=False).predict(*args, **API)
+        assert up.sizes[0] == (1024, 1024)  # the background
+        assert len(up.sizes) == (2 if ticked else 1) and all(640 < w == h < 700 for w, h in up.sizes[1:]), up.sizes
+
 
 def test_a_seed_past_what_a_generator_takes_is_the_clis_error(server, photo):
     from gradio_client import Client

@@ -99,7 +99,7 @@ def _whole(value, name: str) -> int:
 def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, prompt: str, negative: str,
                 guidance_quality: float, guidance_attribute: float, steps: int, seed: int, faces: str,
                 color_fix: str, upscale: float, use_cleaner: bool, workdir: Path, progress=None,
-                identity_guidance: float | None = None, control_strength: float | None = None):
+                identity_guidance: float | None = None, control_strength: float | None = None, face_upsample=False):
     """One photo through the batch machinery; returns (before PNG, after PNG, [(crop, label)], status)."""
     from mgfr_cli.app.batch import NO_FACE, RESTORED, BatchRestorer, RestoreJob
     from mgfr_cli.faces.conditions import ConditionSpec
@@ -131,6 +131,7 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     flags = ConditionSpec(prompt=prompt or None, negative_prompt=negative or None,
                           refs=tuple(Path(r) for r in refs) if refs else None)
     job = RestoreJob(inputs=(str(src),), output=workdir / "out", flags=flags, upscale=float(upscale), ext="png",
+                     face_upsample=bool(face_upsample) and models.upsampler is not None,
                      overwrite=True, save_faces=True, report=False, max_megapixels=models.max_megapixels,
                      selection=FaceSelection(**FACE_MODES.get(faces, {})), seed=int(seed), ref_k=models.ref_k,
                      ref_threshold=models.ref_threshold)
@@ -170,13 +171,13 @@ def build_app(models: UiModels, queue_size: int = 8):
     counter = {"n": 0}
 
     def run(photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, ig=None, cs=None,
-            progress=gr.Progress()):
+            fu=False, progress=gr.Progress()):
         counter["n"] += 1
         work = root / f"job-{counter['n']}"
         shutil.rmtree(root / f"job-{counter['n'] - 2}", ignore_errors=True)  # keep the last two jobs' files only
         try:
             before, after, gallery, status = restore_one(models, photo, refs, prompt, negative, gq, ga, steps, seed,
-                                                         faces, color, upscale, cleaner, work, progress, ig, cs)
+                                                         faces, color, upscale, cleaner, work, progress, ig, cs, fu)
         except MgfrError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         if before is None:  # a clip: the player shows it, the slider is for photos
@@ -212,6 +213,8 @@ def build_app(models: UiModels, queue_size: int = 8):
                                    label="Control strength (lower: the prior invents more; higher: closer to the photo)")
                     cleaner = gr.Checkbox(value=True, label="Clean the face first (SwinIR)",
                                           interactive=models.pipeline is not None and models.pipeline.cleaner is not None)
+                    fu = gr.Checkbox(value=False, label="Enlarge large faces with Real-ESRGAN before pasting "
+                                     "(face upsample)", interactive=models.upsampler is not None, elem_id="face-upsample")
                 button = gr.Button("Restore", variant="primary", elem_id="restore")
             with gr.Column(scale=2):
                 slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", elem_id="slider")
@@ -219,7 +222,7 @@ def build_app(models: UiModels, queue_size: int = 8):
                 status = gr.Markdown(elem_id="status")
                 gallery = gr.Gallery(label="Faces: aligned / restored", columns=4, format="png", elem_id="faces")
                 download = gr.File(label="Full-resolution PNG", elem_id="download")
-        button.click(run, [photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, ig, cs],
+        button.click(run, [photo, refs, prompt, negative, gq, ga, steps, seed, faces, color, upscale, cleaner, ig, cs, fu],
                      [slider, gallery, download, status, clip], api_name="restore", concurrency_limit=1)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     demo.mgfr_tmp = root  # removed by serve() at exit
