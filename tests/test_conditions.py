@@ -62,8 +62,12 @@ def test_a_yaml_merge_may_override_a_key(tmp_path):
 def test_face_override_for_a_face_that_does_not_exist(tmp_path):
     photo = _photo(tmp_path)
     (tmp_path / "photo.yaml").write_text("faces:\n  3: {prompt: a}\n")
-    with pytest.raises(ConfigError, match="face 3 does not exist"):
+    with pytest.raises(ConfigError, match=r"key 'faces': face 3 does not exist \(the photo has 2 faces, .* left to right"):
         resolve_specs(photo, ConditionSpec(), 2)
+    (tmp_path / "clip.mp4").write_bytes(b"x")  # a clip's people are tracks, and said so (it read "the photo has")
+    (tmp_path / "clip.yaml").write_text("tracks:\n  3: {prompt: a}\n")
+    with pytest.raises(ConfigError, match=r"key 'tracks': track 3 does not exist \(the clip has 1 track, .* first appear"):
+        resolve_specs(tmp_path / "clip.mp4", ConditionSpec(), 1)
 
 
 def test_folder_yaml_may_not_hold_faces(tmp_path):

@@ -369,7 +369,8 @@ def test_the_lasting_track_is_picked_whatever_its_number(tiny_root, astronaut, t
 
 def test_a_clip_without_a_face_is_written_as_it_is(tiny_root, tmp_path, cli):
     """As a faceless photo: the clip is written (every frame, its timing, its size times --upscale), listed as
-    `no face`; with --face-index 0 too (it failed: "track 0 does not exist"), in `restore` and `align` alike."""
+    `no face`; with --face-index 0 too (it failed: "track 0 does not exist"), in `restore` and `align` alike, and
+    with a sidecar naming track 0 (read for no track, as a faceless photo's)."""
     y, x = np.mgrid[0:96, 0:128]
     out = av.open(str(tmp_path / "scene.mp4"), "w")
     v = out.add_stream("libx264", rate=FPS)
@@ -379,6 +380,7 @@ def test_a_clip_without_a_face_is_written_as_it_is(tiny_root, tmp_path, cli):
         out.mux(v.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
     out.mux(v.encode(None))
     out.close()
+    (tmp_path / "scene.yaml").write_text("tracks: {0: {prompt: brown eyes}}\n")  # for a face that is not there
     code, text, err = cli("restore", tmp_path / "scene.mp4", "-o", tmp_path / "out", "--model-root", tiny_root,
                           "--upscale", "2", "--face-index", "0", *FAST)
     assert code == 0 and "no face in any of 10 frames (written without restoring)" in text, text + err

@@ -35,7 +35,7 @@ MAX_FACE_UPSAMPLE = 4.0  # a crop is enlarged at most 4x (2048 px): memory stays
 
 def enlarged(upsampler, face: AlignedFace, crop: np.ndarray, upscale: float) -> np.ndarray:
     """``crop`` enlarged by ``upsampler`` to the size the face has in the output (its crop-to-photo scale times
-    ``upscale``), at most :data:`MAX_FACE_UPSAMPLE` times; as it is where the output shows the face smaller."""
+    ``upscale``), at most :data:`MAX_FACE_UPSAMPLE` times; unchanged where the output shows it no larger."""
     k = min(upscale / float(np.sqrt(abs(np.linalg.det(face.affine[:, :2])))), MAX_FACE_UPSAMPLE)
     if k <= 1.0:
         return crop

@@ -141,7 +141,8 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
         raise InputError(f"{path}: no frame could be decoded" + (f" ({broke[0]})" if broke else ""))
     tracks = tracker.finish()  # none: the clip is written all the same (its frames as a faceless photo's)
     total, tracks = len(tracks), select_tracks(tracks, job.selection, width, height)
-    conds = conditions(tracks, {k: crop for k, (_, crop) in largest.items()}, total)
+    # a faceless clip reads no sidecar, as a faceless photo (its `tracks: {0: ...}` names no track here)
+    conds = conditions(tracks, {k: crop for k, (_, crop) in largest.items()}, total) if tracks else {}
     flicker = {t.index: Flicker() for t in tracks}
     by_frame: dict[int, list] = {}
     for t in tracks:

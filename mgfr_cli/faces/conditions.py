@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mgfr_cli.configs import check_keys, expect_type, read_yaml
 from mgfr_cli.errors import ConfigError, InputError
-from mgfr_cli.faces.io import is_image_file
+from mgfr_cli.faces.io import is_image_file, is_video_file
 
 FOLDER_YAML = "mgfr.yaml"
 _KEYS = {"prompt", "negative_prompt", "refs"}
@@ -130,10 +130,13 @@ def resolve_specs(photo: Path, flags: ConditionSpec, num_faces: int) -> list[Con
     folder = read_sidecar(folder_yaml, allow_faces=False).top if folder_yaml.is_file() else ConditionSpec()
     side_path = sidecar_path(photo)
     side = read_sidecar(side_path) if side_path else SidecarConditions(ConditionSpec(), {})
+    clip = is_video_file(photo)  # its people are tracks, numbered in the order they first appear
     for index in side.faces:
         if index >= num_faces:
-            raise ConfigError(f"{side_path}: key 'faces': face {index} does not exist (the photo has {num_faces} "
-                              f"face{'s' if num_faces != 1 else ''}, numbered from 0, left to right)")
+            what, whole, order = ("track", "clip", "in the order they first appear") if clip else \
+                ("face", "photo", "left to right")
+            raise ConfigError(f"{side_path}: key '{what}s': {what} {index} does not exist (the {whole} has {num_faces} "
+                              f"{what}{'s' if num_faces != 1 else ''}, numbered from 0, {order})")
     photo_level = side.top.over(folder)
     return [flags.over(side.faces.get(i, ConditionSpec()).over(photo_level)) for i in range(num_faces)]
 
