@@ -209,6 +209,12 @@ def test_face_upsample_reaches_every_path_and_is_said_when_it_cannot_act(tiny_ro
         clip.mux(v.encode(av.VideoFrame.from_ndarray(big, format="rgb24")))
     clip.mux(v.encode(None))
     clip.close()
+    from mgfr_cli.model.upsampler import BackgroundUpsampler
+
+    def brighter(self, rgb, size):  # the loaded Real-ESRGAN's place (its CPU time): Lanczos, one level brighter
+        return np.clip(cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4).astype(int) + 1, 0, 255).astype(np.uint8)
+
+    monkeypatch.setattr(BackgroundUpsampler, "__call__", brighter)
     calls = []
     original = paste.enlarged
     monkeypatch.setattr(paste, "enlarged", lambda *a: calls.append(a[2].shape) or original(*a))
@@ -218,7 +224,7 @@ def test_face_upsample_reaches_every_path_and_is_said_when_it_cannot_act(tiny_ro
                           "--model-root", root, "--face-upsample", *fast)
     assert code == 0 and "not used" not in err and calls == [(512, 512, 3)] * 3, (calls, text + err)  # photo, 2 frames
     with_it = cv2.imread(str(tmp_path / "a" / "big.png"))
-    assert np.array_equal(with_it[:, :40], big[:, :40, ::-1])  # at 1x the background is the photo's own
+    assert np.array_equal(with_it[:, :40], big[:, :40, ::-1])  # at 1x the background is the photo's own (not brighter)
     named = ("--model-root", root, "--bg-upsampler", "realesrgan-x2", *fast)  # the same models with it and without
     code, text, err = cli("restore", tmp_path / "big.png", "-o", tmp_path / "b", *named)
     code, text, err = cli("restore", tmp_path / "big.png", "-o", tmp_path / "b", "--face-upsample", *named)
