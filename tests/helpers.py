@@ -163,3 +163,20 @@ def tiny_clip(folder: Path, seed: int = 0) -> Path:
         "mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
     return folder
+
+
+class LanczosUpsampler:
+    """A stand-in for the background upsampler (``upsampler.BackgroundUpsampler``): a Lanczos resize to the size
+    asked for, recording each size (the background's, then each face enlarged by ``--face-upsample``)."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def applies(self, upscale: float) -> bool:
+        return upscale > 1
+
+    def __call__(self, rgb, size):
+        import cv2
+
+        self.sizes.append(size)
+        return cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)

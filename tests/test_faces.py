@@ -144,16 +144,7 @@ def test_face_upsample_pastes_the_enlarged_crop_where_the_face_is(helper, astron
 
     from mgfr_cli.app.paste import paste_back
 
-    class Lanczos:
-        def __init__(self):
-            self.sizes = []
-
-        def applies(self, upscale):
-            return upscale > 1
-
-        def __call__(self, rgb, size):
-            self.sizes.append(size)
-            return cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
+    from helpers import LanczosUpsampler as Lanczos
 
     photo = np.ascontiguousarray(cv2.resize(astronaut, None, fx=2, fy=2, interpolation=cv2.INTER_LANCZOS4)[:601, 120:787])
     faces = helper.detect_and_align(photo)

@@ -253,16 +253,7 @@ def test_the_control_strength_slider_reaches_the_sampler(server, photo, monkeypa
 def test_the_face_upsample_box_reaches_the_paste(server, photo, monkeypatch):
     """The page's "face upsample" box does what `--face-upsample` does: at 4x the face (shown at 1.3x its crop)
     is enlarged by the page's Real-ESRGAN (a Lanczos stand-in here) before pasting; unticked, only the background."""
-    class Lanczos:
-        def __init__(self):
-            self.sizes = []
-
-        def applies(self, upscale):
-            return upscale > 1
-
-        def __call__(self, rgb, size):
-            self.sizes.append(size)
-            return cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
+    from helpers import LanczosUpsampler as Lanczos
 
     from gradio_client import Client
 
