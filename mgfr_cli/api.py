@@ -127,16 +127,15 @@ class Restorer:
         faces larger in the output than their crop are enlarged by Real-ESRGAN (load with ``face_upsample=True``);
         ``sampling``: the keyword arguments of :meth:`settings` (steps, scheduler, identity_guidance, ...)."""
         from mgfr_cli.app.batch import restore_in_batches
-        from mgfr_cli.app.paste import face_upsample_unused, paste_back
+        from mgfr_cli.app.paste import paste_back
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.conditions import FaceConditions
         from mgfr_cli.faces.helper import FaceSelection, aligned_output
         from mgfr_cli.model.pipeline import DiffusionRestorer
 
-        notes = _library_options(library, ref_k, ref_threshold, refs) + self._background(upscale, has_aligned)
+        notes = _library_options(library, ref_k, ref_threshold, refs) + self._background(upscale, has_aligned,
+                                                                                   face_upsample)
         notes += _yaml_beside(image)
-        unused = face_upsample_unused(self.upsampler, has_aligned) if face_upsample else ""
-        notes += [f"face_upsample: {unused}"] if unused else []
         rgb, kind = _as_rgb(image)
         settings = self.settings(seed=seed, **sampling)
         if not 0 < upscale < float("inf"):
@@ -210,7 +209,6 @@ class Restorer:
 
         from mgfr_cli.app.batch import BatchRestorer, RestoreJob
         from mgfr_cli.app.outputs import recipe_text
-        from mgfr_cli.app.paste import face_upsample_unused
         from mgfr_cli.app.summary import summary_path, write_summary
         from mgfr_cli.faces.conditions import ConditionSpec
         from mgfr_cli.faces.helper import FaceSelection
@@ -222,10 +220,8 @@ class Restorer:
         unknown = set(options) - job_keys - picks - set(inspect.signature(self.settings).parameters)
         if unknown:
             raise TypeError(f"restore_files() got unknown options: {', '.join(sorted(unknown))}")
-        notes = _library_options(library, ref_k, ref_threshold, refs) + self._background(options.get("upscale", 1.0),
-                                                                                   options.get("has_aligned", False))
-        unused = face_upsample_unused(self.upsampler, options.get("has_aligned", False))
-        notes += [f"face_upsample: {unused}"] if options.get("face_upsample") and unused else []
+        notes = _library_options(library, ref_k, ref_threshold, refs) + self._background(
+            options.get("upscale", 1.0), options.get("has_aligned", False), options.get("face_upsample", False))
         sampling = {k: v for k, v in options.items() if k not in job_keys | picks}
         flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(Path(r) for r in refs) or None)
         settings = self.settings(seed=seed, **sampling)
@@ -245,13 +241,18 @@ class Restorer:
         notes += batch.notes + ([note] if note else []) + _idle_notes(sampling, restorer)
         return FilesResult(outcomes, notes, path)
 
-    def _background(self, upscale, has_aligned: bool) -> list[str]:
-        """Said when ``upscale`` asks for an upsampled background that this Restorer did not load."""
+    def _background(self, upscale, has_aligned: bool, face_upsample: bool = False) -> list[str]:
+        """Said when ``upscale`` asks for an upsampled background that this Restorer did not load, and when
+        ``face_upsample`` cannot act (no Real-ESRGAN loaded, or an aligned input)."""
+        from mgfr_cli.app.paste import face_upsample_unused
+
+        notes = []
         if isinstance(upscale, (int, float)) and upscale > 1 and not has_aligned and self.upsampler is None \
                 and self.bg_upsampler != "none":
-            return [f"upscale {upscale:g}: the background was resized with Lanczos, not upsampled (Real-ESRGAN is "
-                    f"loaded by Restorer.load(upscale={upscale:g}), as mgfr restore --upscale does)"]
-        return []
+            notes.append(f"upscale {upscale:g}: the background was resized with Lanczos, not upsampled (Real-ESRGAN "
+                         f"is loaded by Restorer.load(upscale={upscale:g}), as mgfr restore --upscale does)")
+        unused = face_upsample_unused(self.upsampler, has_aligned) if face_upsample else ""
+        return notes + ([f"face_upsample: {unused}"] if unused else [])
 
     def _reference(self, ref, aligned: bool):
         from mgfr_cli.errors import InputError

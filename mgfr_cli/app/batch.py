@@ -153,7 +153,9 @@ class BatchRestorer:
                         finish(prep.outcome)
                         continue
                     if not prep.faces:  # nothing for the restorer: written now, never held in memory
-                        finish(self._restore_and_write(job, [prep])[0])
+                        o = self._write(job, prep, [])
+                        self.claims.release(prep.item.path)
+                        finish(o)
                         continue
                     pending.append(prep)
                     if sum(len(p.faces) for p in pending) >= job.batch_size:

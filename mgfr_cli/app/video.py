@@ -199,11 +199,11 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
         flicker[k].input_sum += pairs[1]
         flicker[k].restored_sum += pairs[2]
     segments.remove()
-    figures = {t.index: flicker[t.index].figures() for t in tracks}
-    note = "; ".join([f"{count} frames, {len(tracks)} track(s)"] + broke)
     if not tracks:
         return Outcome(path, NO_FACE, "; ".join([f"no face in any of {count} frames (written without restoring)"]
                                                 + broke), target)
+    figures = {t.index: flicker[t.index].figures() for t in tracks}
+    note = "; ".join([f"{count} frames, {len(tracks)} track(s)"] + broke)
     frames_of = {t.index: len(t.frames) for t in tracks}
     return Outcome(path, RESTORED, note, target, len(tracks), library=library_rows(conds.keys(), conds.values()),
                    tracks=tuple({"track": k, "frames": frames_of[k], "flicker": v} for k, v in figures.items()))
