@@ -154,8 +154,9 @@ class Restorer:
                                  notes + ["no face detected"])
         references = tuple(self._reference(r, has_aligned) for r in _expand(refs))
         conditions = [FaceConditions(prompt, negative_prompt, references) if references or library is None else
-                      FaceConditions(prompt, negative_prompt, *library.find(f.crop, ref_k or 3, 0.3 if ref_threshold
-                                                                           is None else ref_threshold))
+                      FaceConditions(prompt, negative_prompt, *library.find(
+                          f.crop, ref_k or 3, 0.3 if ref_threshold is None else ref_threshold,
+                          skip=[image] if isinstance(image, (str, Path)) else ()))  # not its own reference
                       for f in faces]
         restorer = DiffusionRestorer(self.pipeline, settings)  # what the faces used: the CLI's tally
         images = restore_in_batches(restorer, [f.to_restore for f in faces], conditions, [seed + f.index for f in faces],

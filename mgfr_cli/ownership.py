@@ -125,3 +125,39 @@ def csv_header(path: Path) -> list[str]:
 
 def is_csv_with_header(path: Path, header: list[str]) -> bool:
     return csv_header(path) == list(header)
+
+
+# -- what `mgfr restore` wrote into a folder: its outputs (listed in its summary) and the folders beside them -------
+SUMMARY = "mgfr-summary.json"
+SUMMARY_KEYS = {"source", "status", "detail", "output", "faces"}
+RESTORE_FOLDERS = ("_faces", "_report", "_library-cache")  # beside its outputs (``_report-mgfr-N``: a user had one)
+
+
+def is_restore_folder(name: str) -> bool:
+    return name in RESTORE_FOLDERS or name.startswith("_report-mgfr-")
+
+
+def recorded_output(value: str, folder: Path) -> Path:
+    """A summary row's output, resolved. Rows are written with resolved paths; older ones hold a path relative to
+    the folder their run started in, unknown now: read from here, else from the output ``folder`` or a folder above
+    it, the first reading that names a file inside ``folder`` (``in/a.jpg`` recorded for ``-o in``, read from ``..``)."""
+    path = Path(value)
+    if path.is_absolute():
+        return path.resolve()
+    out = Path(folder).resolve()
+    for base in (Path.cwd(), out, *out.parents):
+        candidate = (base / path).resolve()
+        if (candidate == out or out in candidate.parents) and candidate.is_file():
+            return candidate
+    return path.resolve()
+
+
+def restore_outputs(folder: Path, names) -> set[Path] | None:
+    """The outputs the restore summaries among ``names`` (files of ``folder``) list, resolved; None when none of
+    them is an mgfr summary (``folder`` is not an output folder of ``mgfr restore``)."""
+    found = None
+    for name in names:
+        if name.startswith("mgfr-summary") and name.endswith(".json") and is_json_rows(Path(folder) / name, SUMMARY_KEYS):
+            rows = json.loads((Path(folder) / name).read_text())
+            found = (found or set()) | {recorded_output(r["output"], folder) for r in rows if isinstance(r["output"], str)}
+    return found

@@ -7,6 +7,7 @@ the cache, incremental updates, ranking, thresholds, unreadable files), which do
 
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -308,3 +309,28 @@ def test_the_python_api_restores_with_a_library_as_the_cli_does(world, tmp_path,
                                    "library serves faces that have none)"] and not with_refs.faces[0].library
     with pytest.raises(TypeError, match="stepz"):
         restorer.restore_files([photo], tmp_path / "api", stepz=1)
+
+
+def test_a_face_is_never_its_own_reference_nor_one_mgfr_made(world, tmp_path, cli):
+    """Restoring the library's own photos (`restore family/... --ref-library family`): a face's own photo is not
+    among its matches, and what restore wrote into the library (outputs, the review page's images) is never
+    embedded as a reference: those faces are mgfr's inventions."""
+    root, lib, _ = world
+    common = ["--ref-library", lib, "--ref-threshold", "-1", "--ref-k", "10", "--model-root", root, "--steps", "1",
+              "--detector", "retinaface_mobile0.25", "--device", "cpu", "--report"]
+    everyone = {"person0/a.png", "person0/b.jpg", "person1/a.png", "person1/b.jpg", "misc/astronaut.png"}
+    for photo, out in (("person0/a.png", "restored"), ("person1/a.png", "restored-again")):
+        code, text, err = cli("restore", lib / photo, "-o", lib / out, *common)
+        assert code == 0, text + err
+        row = json.loads((lib / out / "mgfr-summary.json").read_text())[0]
+        found = {str(Path(m["file"]).relative_to(lib)) for m in row["library"][0]["matches"]}
+        assert found == everyone - {photo}, found
+    assert (lib / "restored" / "a.png").is_file() and any((lib / "restored" / "_report").glob("*.jpg"))
+    embedded = json.loads((lib / CACHE / "index.json").read_text())["files"]
+    assert set(embedded) == everyone, sorted(embedded)
+    from mgfr_cli import Restorer  # the Python API alike, given the photo's path
+
+    restorer = Restorer.load(root, detector="retinaface_mobile0.25", device="cpu", library=True)
+    result = restorer.restore(lib / "person0" / "b.jpg", library=restorer.open_library(lib), ref_k=10,
+                              ref_threshold=-1, steps=1)
+    assert {str(Path(m["file"]).relative_to(lib)) for m in result.faces[0].library} == everyone - {"person0/b.jpg"}

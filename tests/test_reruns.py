@@ -2,6 +2,7 @@
 other photos does not forget them), so a later run may write them again instead of calling them the user's."""
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -92,3 +93,63 @@ def test_a_photo_without_a_face_is_written_and_stays_done(tiny_root, photos, tmp
 
     code, text, err = cli(*args[:-len(ALIGN) - 2], "--steps", "2", *ALIGN)
     assert code == 0 and text.count("made with other settings") == 2, text + err
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_restore_into_the_input_folder_reads_it_whole_and_never_its_own_outputs(tiny_root, photos, tmp_path, cli,
+                                                                               monkeypatch):
+    """`-o` is the input folder: its subfolders (--recursive) and a pattern inside it are read, not dropped as "the
+    output folder"; every output of every earlier run (two suffixes, the summary read from another folder) stays
+    mgfr's, never an input; and a rerun gives each photo the name the first run gave it."""
+    a, b = photos
+    _png(tmp_path / "in" / "sub" / "c.png", cv2.imread(str(a))[:, :, ::-1])
+    folder = tmp_path / "in"
+    run = ("--model-root", tiny_root, "--steps", "1", *ALIGN)
+    monkeypatch.chdir(tmp_path)  # relative spellings, as typed
+    code, text, err = cli("restore", "in", "-o", "in", "--recursive", "--suffix", "_r", "--save-faces", *run)
+    assert code == 0 and (folder / "sub" / "c_r.png").is_file(), text + err  # the subfolder was read
+    assert (folder / "_faces").is_dir() and (folder / "_report").is_dir()  # mgfr's own: never read as inputs
+    code, text, err = cli("restore", "in/*.png", "-o", "in", "--suffix", "_s", *run)
+    assert code == 0 and (folder / "a_s.png").is_file() and (folder / "b_s.png").is_file(), text + err
+    assert not (folder / "a_r_s.png").exists()
+    rows = json.loads((folder / "mgfr-summary.json").read_text())
+    assert sorted(Path(r["output"]).name for r in rows) == ["a_r.png", "a_s.png", "b_r.png", "b_s.png", "c_r.png"]
+    before = _files(folder)
+    monkeypatch.chdir(folder / "sub")  # the summary is read from another folder
+    for again in (("--recursive", "--suffix", "_r"), ("--suffix", "_s")):
+        code, text, err = cli("restore", "..", "-o", "..", *again, *run)
+        assert code == 0 and _files(folder) == before, (again, text + err)
+    # the outputs' names are the inputs' own once an earlier output shares a stem (b.jpg -> b.png): kept on a rerun
+    monkeypatch.chdir(tmp_path)
+    jpg = tmp_path / "j"
+    _png(jpg / "b.jpg", cv2.imread(str(b))[:, :, ::-1])
+    for _ in range(2):
+        code, text, err = cli("restore", jpg, "-o", jpg, "--ext", "png", *run)
+        assert code == 0 and _files(jpg) == ["b.jpg", "b.png", "mgfr-summary.json"], text + err
+
+
+def test_an_output_name_that_is_an_input_under_another_name_is_refused(tiny_root, photos, tmp_path, cli):
+    """`B.jpg` for `B.JPG` is the same file in a case-insensitive folder (Windows and macOS drives, WSL's /mnt/c):
+    the names are compared by the file they point to. A hard link stands for it here (this folder is
+    case-sensitive)."""
+    a, _ = photos
+    src = _png(tmp_path / "p" / "B.JPG", cv2.imread(str(a))[:, :, ::-1])
+    os.link(src, tmp_path / "p" / "B.jpg")
+    kept = src.read_bytes()
+    code, text, err = cli("restore", src, "-o", tmp_path / "p", "--overwrite", "--model-root", tiny_root,
+                          "--steps", "1", *ALIGN)
+    assert code == 2 and "would overwrite the input" in err and src.read_bytes() == kept, text + err
+
+
+def test_degrade_and_align_into_the_input_folder_never_read_their_own_outputs(tiny_root, astronaut, tmp_path, cli):
+    for command, extra, expected in (("degrade", (), ["a.jpg", "a.png", "params.json"]),
+                                     ("align", ("--model-root", tiny_root, *ALIGN),
+                                      ["a.jpg", "a_00.png", "faces.csv", "faces.json"])):
+        folder = tmp_path / command
+        _png(folder / "a.jpg", np.ascontiguousarray(astronaut[:256, 100:356]))
+        for _ in range(2):
+            code, text, err = cli(command, folder, "-o", folder, *extra)
+            assert _files(folder) == expected, (command, text + err)

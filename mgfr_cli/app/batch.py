@@ -27,7 +27,7 @@ from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem,
 from mgfr_cli.app.paste import paste_back, upscaled_like
 from mgfr_cli.app.outputs import (earlier_recipes, earlier_rows, existing_output, output_path, recipe, save_face_crops,
                                   skipped_as_done, refuse_outputs_onto_inputs, remove_stale_temporaries,
-                                  without_own_outputs)
+                                  own_folders, own_outputs)
 from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, is_video_file, read_image, write_image
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
@@ -98,8 +98,9 @@ class BatchRestorer:
 
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
-        items, outcomes = collect_inputs(job.inputs, job.recursive, exclude=job.output)
-        items = without_own_outputs(items, earlier := earlier_rows(job))  # the folder's summary, read once
+        earlier = earlier_rows(job)  # the folder's summary, read once
+        items, outcomes = collect_inputs(job.inputs, job.recursive, exclude=job.output, own=own_outputs(earlier, job.output),
+                                         own_dirs=own_folders(job.output))
         videos = [it for it in items if is_video_file(it.path)]
         items = [it for it in items if not is_video_file(it.path)]
         if job.clip_flags and not videos:
@@ -110,7 +111,7 @@ class BatchRestorer:
                               f"as .mp4)")
         refuse_outputs_onto_inputs(job, items)
         check_output_folder(job.output)
-        self.recipes = earlier_recipes(earlier)  # what earlier runs' outputs were made with
+        self.recipes = earlier_recipes(earlier, job.output)  # what earlier runs' outputs were made with
         rank, world = job.shard
         items = items[rank::world]
         for o in outcomes if rank == 0 else []:
@@ -201,7 +202,7 @@ class BatchRestorer:
             if not faces:  # written all the same, as its background (GFPGAN's and CodeFormer's way): see _write
                 return _Prepared(item, target, photo)
             specs = resolve_specs(item.path, job.flags, total)  # by each face's own number (kept or not)
-            conditions = [self._conditions(f, specs[f.index], job, ref_cache) for f in faces]
+            conditions = [self._conditions(f, specs[f.index], job, ref_cache, item.path) for f in faces]
             return _Prepared(item, target, photo, faces, conditions, condition_sources(item.path, job.flags))
         except MgfrError as exc:
             return _Prepared(item, item.path, outcome=Outcome(item.path, FAILED, str(exc)))
@@ -211,10 +212,12 @@ class BatchRestorer:
             return _Prepared(item, item.path, outcome=Outcome(
                 item.path, FAILED, f"{item.path}: unexpected {type(exc).__name__}: {exc} (MGFR_DEBUG=1 for a traceback)"))
 
-    def _conditions(self, face: AlignedFace, spec: ConditionSpec, job: RestoreJob, cache: dict) -> FaceConditions:
-        """References from flags or sidecars win; a face with none set gets the library's matches, if any."""
+    def _conditions(self, face: AlignedFace, spec: ConditionSpec, job: RestoreJob, cache: dict,
+                    source: Path | None = None) -> FaceConditions:
+        """References from flags or sidecars win; a face with none set gets the library's matches, if any (never a
+        face of its own photo, ``source``, when the library holds it)."""
         if spec.refs is None and self.library is not None:
-            refs, found = self.library.find(face.crop, job.ref_k, job.ref_threshold)
+            refs, found = self.library.find(face.crop, job.ref_k, job.ref_threshold, skip=[source] if source else ())
             return FaceConditions(spec.prompt, spec.negative_prompt, refs, found or ("no match",))
         return FaceConditions(spec.prompt, spec.negative_prompt, self._references(spec, job, cache))
 

@@ -46,23 +46,45 @@ def earlier_rows(job: RestoreJob) -> list[dict]:
     return [r for r in rows if isinstance(r, dict) and isinstance(r.get("source"), str)] if isinstance(rows, list) else []
 
 
-def without_own_outputs(items: list[InputItem], earlier: list[dict]) -> list[InputItem]:
-    """Photos an earlier run wrote into ``-o`` (its summary lists them: ``earlier``) are outputs, never inputs:
-    ``restore site -o site --suffix _r`` run twice does not restore ``a_r.jpg`` into ``a_r_r.jpg``."""
-    written = {Path(r["output"]).resolve() for r in earlier if isinstance(r.get("output"), str) and r["output"]}
-    return [it for it in items if it.path.resolve() not in written]
+def own_outputs(earlier: list[dict], output: Path) -> set[Path]:
+    """Photos an earlier run wrote into ``-o`` (its summary lists them: ``earlier``), resolved: outputs, never inputs
+    (``restore site -o site --suffix _r`` run twice does not restore ``a_r.jpg`` into ``a_r_r.jpg``)."""
+    from mgfr_cli.ownership import recorded_output
+
+    return {recorded_output(r["output"], output) for r in earlier if isinstance(r.get("output"), str) and r["output"]}
+
+
+def own_folders(output: Path) -> list[Path]:
+    """The folders restore keeps in ``-o`` beside its outputs: never inputs (``-o`` may be the input folder)."""
+    from mgfr_cli.app.report import _report_folder
+    from mgfr_cli.faces.reference_library import OUT_CACHE
+
+    return [output / FACES_DIR, output / OUT_CACHE, _report_folder(output)]
 
 
 def refuse_outputs_onto_inputs(job: RestoreJob, items: list[InputItem]) -> None:
     """``restore photos -o photos``: every output would be its own input. A usage error, said before any work
-    (not a batch of photos skipped because their "output exists")."""
-    inputs = {it.path.resolve() for it in items}
+    (not a batch of photos skipped because their "output exists"). An output name that already is an input under
+    another name (``B.jpg`` for ``B.JPG`` in a case-insensitive folder: Windows and macOS drives, WSL's ``/mnt/c``,
+    SMB; a hard link) is the same file too: compared by what the names point to, not by their spelling."""
+    by_path = {it.path.resolve(): it.path for it in items}
+    by_file = {fid: it.path for it in items if (fid := _file_id(it.path)) is not None}
     for it in items:
         for candidate in output_candidates(job, it):
-            if candidate.resolve() in inputs:
-                raise UsageError(f"-o {job.output}: the output {candidate} would overwrite the input "
-                                 f"{candidate.resolve() if candidate.resolve() != it.path.resolve() else it.path}; "
+            fid = _file_id(candidate)
+            same = by_path.get(candidate.resolve()) or (by_file.get(fid) if fid is not None else None)
+            if same is not None:
+                raise UsageError(f"-o {job.output}: the output {candidate} would overwrite the input {same}; "
                                  f"choose another -o or a --suffix")
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file a name points to (device, inode), or None where nothing is there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def existing_output(job: RestoreJob, item: InputItem) -> Path | None:
@@ -188,17 +210,19 @@ def _files_mark(key: tuple) -> str:
     return fingerprint([k[0] for k in key])
 
 
-def earlier_recipes(earlier: list[dict]) -> dict[str, str]:
-    """Photo -> what its output was made with, as the folder's summary records it (rows of older runs have none)."""
-    return {r["source"]: r["recipe"] for r in earlier if isinstance(r.get("recipe"), str) and r["recipe"]}
+def earlier_recipes(earlier: list[dict], output: Path) -> dict[str, str]:
+    """Output (resolved) -> what it was made with, as the folder's summary records it (rows of older runs have none)."""
+    from mgfr_cli.ownership import recorded_output
+
+    return {str(recorded_output(r["output"], output)): r["recipe"] for r in earlier
+            if isinstance(r.get("recipe"), str) and r["recipe"] and isinstance(r.get("output"), str)}
 
 
 def skipped_as_done(job: RestoreJob, source: Path, done: Path, recipes: dict) -> Outcome:
     """The skip of a file whose output exists (a resumed run), said apart when that output was made with other
     settings than this run's (another --prompt, --steps, sidecar...): listed with the way to redo it."""
-    from mgfr_cli.app.summary import source_key
     from mgfr_cli.faces.inputs import OUTPUT_EXISTS, SKIPPED
 
-    made = recipes.get(source_key(source))
+    made = recipes.get(str(Path(done).resolve()))
     other = bool(made and job.recipe and made != recipe(job, source))
     return Outcome(source, SKIPPED, OTHER_SETTINGS if other else OUTPUT_EXISTS, done)

@@ -1,15 +1,13 @@
-"""The run's record: ``mgfr-summary.json`` (one row per photo), merged across runs and across the processes
-of a sharded run."""
+"""The run's record: ``mgfr-summary.json`` (a row per photo and what it wrote), merged across runs and across the
+processes of a sharded run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from mgfr_cli.faces.inputs import NO_FACE, RESTORED, SKIPPED, Outcome
-
-
-SUMMARY = "mgfr-summary.json"
-ROW_KEYS = {"source", "status", "detail", "output", "faces"}
+from mgfr_cli.ownership import SUMMARY, recorded_output
+from mgfr_cli.ownership import SUMMARY_KEYS as ROW_KEYS
 
 
 def source_key(path) -> str:
@@ -30,7 +28,7 @@ def summary_path(output: Path, name: str = SUMMARY) -> tuple[Path, str]:
 
 def _row(o: Outcome) -> dict:
     return {"source": source_key(o.source), "status": o.status, "detail": o.detail,
-            "output": str(o.output) if o.output else None, "faces": o.faces,
+            "output": source_key(o.output) if o.output else None, "faces": o.faces,  # resolved: read from anywhere
             **({"identity": list(o.identity)} if o.identity else {}),
             **({"library": list(o.library)} if o.library else {}),
             **({"tracks": list(o.tracks)} if o.tracks else {}),
@@ -52,10 +50,12 @@ def wrote_output(row: dict) -> bool:
 def write_summary(path: Path, outcomes, merge: bool = False) -> None:
     """The outcomes as JSON (mgfr-summary.json): what a later run, a script or a merge reads.
 
-    ``merge``: keep the rows of other photos already in the file (another run into the same folder, even
-    one running at the same time: the read-merge-write holds a lock), this run's rows replacing theirs,
-    except that a skip (the output existed, another run held the photo) never replaces a result: the record
-    says what is on disk."""
+    ``merge``: keep the rows already in the file (another run into the same folder, even one running at the same
+    time: the read-merge-write holds a lock). A row is a photo and what it wrote: this run's row replaces the
+    photo's row with the same output and its rows without one (a failure), never a row of another output still
+    listed (``--suffix _a`` then ``--suffix _b``: both outputs are mgfr's, and a rerun must not take either for
+    an input); a skip (the output existed, another run held the photo) never replaces a result: the record says
+    what is on disk."""
     import json
 
     from mgfr_cli.faces.io import atomic_write_bytes, folder_lock
@@ -64,17 +64,26 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
     if not merge:
         atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
         return
+
+    def key(r: dict) -> tuple:
+        return r["source"], str(recorded_output(r["output"], path.parent)) if isinstance(r.get("output"), str) else None
+
     with folder_lock(path.parent):
         try:
             old = json.loads(path.read_text()) if path.is_file() else []
-            old = [r for r in old if isinstance(r, dict) and "source" in r]
+            old = [r for r in old if isinstance(r, dict) and isinstance(r.get("source"), str)]
         except (OSError, ValueError):
             old = []
-        merged = {r["source"]: r for r in old}
+        merged = {key(r): r for r in old}
         for r in rows:
-            if r["status"] == SKIPPED and wrote_output(merged.get(r["source"], {})):
+            source, out = key(r)
+            same = [k for k in merged if k[0] == source and (k[1] is None or k[1] == out)]
+            if r["status"] == SKIPPED and any(wrote_output(merged[k]) for k in merged
+                                              if k[0] == source and (out is None or k[1] == out)):
                 continue
-            merged[r["source"]] = r
+            for k in same:
+                del merged[k]
+            merged[(source, out)] = r
         atomic_write_bytes(path, json.dumps(list(merged.values()), indent=1).encode())
 
 

@@ -69,12 +69,12 @@ def summary(outcomes, title: str, done: str = "restored") -> int:
 def open_library(folder, helper, pipeline, output, max_megapixels: float):
     """The reference library of ``--ref-library``, brought up to date (only new or changed photos embedded)."""
     from mgfr_cli.errors import ConfigError
-    from mgfr_cli.faces.reference_library import library_of
+    from mgfr_cli.faces.reference_library import OUT_CACHE, library_of
 
     if helper.detector is None:
         raise ConfigError("--ref-library finds faces in whole photos: it cannot be used with --has-aligned (give "
                           "--ref crops instead)")
-    library = library_of(folder, helper, pipeline.recogniser, output / "_library-cache", max_megapixels)
+    library = library_of(folder, helper, pipeline.recogniser, output / OUT_CACHE, max_megapixels)
     with err.status(Text(f"reference library {shown(folder)}: finding and embedding faces...")):
         update = library.refresh()
     notes([f"reference library {shown(folder)}: {len(library.rows)} face(s) in {len(library.files)} photo(s); "

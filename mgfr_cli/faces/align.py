@@ -26,10 +26,10 @@ def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelect
                  max_megapixels: float, on_note: Callable[[str], None] = lambda line: None) -> list[Outcome]:
     """Write ``OUT/<photo>_NN.png`` per face plus ``faces.csv`` and ``faces.json``; one outcome per photo."""
     check_output_folder(output)  # a file, a read-only mount: one line before any work
-    items, outcomes = collect_inputs(inputs, recursive, exclude=output)
     tables = _table_paths(output)
-    # the crops an earlier align wrote here (by resolved path): those may be written again
+    # the crops an earlier align wrote here (by resolved path): those may be written again, and are never inputs
     earlier = {_crop_key(r["crop"]): r for r in _rows_listed(tables[1])}
+    items, outcomes = collect_inputs(inputs, recursive, exclude=output, own=earlier.keys())
     rows = []
     try:
         for item in items:

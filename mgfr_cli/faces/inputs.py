@@ -11,7 +11,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from mgfr_cli.faces.io import is_image_file, is_video_file
 
@@ -37,43 +37,50 @@ class Outcome:
     recipe: str = ""  # what the output was made with (app.outputs.recipe): a rerun with other settings says so
 
 
-def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None = None
-                   ) -> tuple[list[InputItem], list[Outcome]]:
+def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None = None, own: Collection[Path] = (),
+                   own_dirs: Collection[Path] = ()) -> tuple[list[InputItem], list[Outcome]]:
     """Files, folders and globs -> image files with the relative path their output mirrors.
 
     Returns the items and the outcomes of inputs that name nothing. Symbolic links to folders are not
-    followed (a link loop cannot trap the walk); ``exclude`` (the output folder) is never walked into, so
-    a rerun does not take its own outputs for inputs. Relative paths never climb out of the output
+    followed (a link loop cannot trap the walk). ``exclude`` (the output folder) is never walked into from
+    above (``restore photos -o photos/out``); a folder or pattern inside it (``restore photos -o photos``) is read
+    whole, subfolders too, but for the command's own folders there (``own_dirs``). Files an earlier run of the
+    command wrote (``own``, resolved paths) are never inputs, and they are dropped before names are given, so a
+    rerun gives each input the name the first run gave it. Relative paths never climb out of the output
     folder (``..`` in a glob), and inputs whose outputs would share a name (``a.jpg`` and ``a.png``, the
     same name from two globs) get distinct names (``a-jpg``, ``a-png``), never each other's file.
     """
     items: list[InputItem] = []
     missing: list[Outcome] = []
     skip = exclude.resolve() if exclude is not None else None
+    fences = [Path(d).resolve() for d in own_dirs]
     for spec in inputs:
         path = Path(spec)
         if path.is_dir():
             ignored: list[Path] = []
-            items += _walk(path, recursive, skip, ignored)
+            fence = fences if inside(path, skip) else [skip]  # a folder inside -o: all of it but mgfr's own
+            items += _walk(path, recursive, fence, ignored)
             missing += [Outcome(p, SKIPPED, f"{NOT_AN_IMAGE} ({p.suffix or 'no extension'})") for p in ignored]
         elif path.exists() or path.is_symlink():
             items.append(InputItem(path, Path(path.name)))
         elif glob.has_magic(spec):
             matches = sorted(glob.glob(spec, recursive=recursive))
             root = _glob_root(spec)
+            fence = fences if inside(root, skip) else [skip]
             for m in matches:
                 mp = Path(m)
-                if mp.is_file() and (is_image_file(mp) or is_video_file(mp)) and not inside(mp, skip):
+                if mp.is_file() and (is_image_file(mp) or is_video_file(mp)) and not any(inside(mp, f) for f in fence):
                     items.append(InputItem(mp, _relative(mp, root)))
             if not matches:
                 missing.append(Outcome(path, FAILED, "no file matches this pattern"))
         else:
             missing.append(Outcome(path, FAILED, "not found"))
+    own = {Path(p) for p in own}  # resolved: another spelling of an output is that output
     seen: set[Path] = set()
     unique = []
     for it in items:
         key = it.path.absolute()
-        if key not in seen:
+        if key not in seen and not (own and it.path.resolve() in own):
             seen.add(key)
             unique.append(it)
     return _distinct_names(unique), missing
@@ -132,12 +139,13 @@ NOT_AN_IMAGE = "not an image format mgfr reads"
 OUTPUT_EXISTS = "output exists (use --overwrite)"  # a resumed run's skip: counted, not listed
 
 
-def _walk(folder: Path, recursive: bool, skip: Path | None = None, ignored: list | None = None) -> list[InputItem]:
-    """Image files in ``folder``; other files (but companions like sidecars) appended to ``ignored``."""
+def _walk(folder: Path, recursive: bool, fence: list, ignored: list | None = None) -> list[InputItem]:
+    """Image files in ``folder``, never below a folder of ``fence``; other files (but companions like sidecars)
+    appended to ``ignored``."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not inside(Path(dirpath) / d, skip)) \
-            if recursive else []
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not any(inside(Path(dirpath) / d, f) for f in fence)) if recursive else []
         for name in sorted(filenames):
             p = Path(dirpath) / name
             if name.startswith("."):

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from mgfr_cli.errors import InputError, MgfrError
 from mgfr_cli.faces.io import atomic_write_bytes, folder_lock, is_image_file, read_image
 
 CACHE = ".mgfr-library"
+OUT_CACHE = "_library-cache"  # in the output folder, when the library folder is read-only
 VERSION = 1
 
 
@@ -56,6 +57,7 @@ class ReferenceLibrary:
         self.files: dict[str, dict] = {}  # relative path -> {"size", "mtime", "faces": [landmarks...], "rows": [...]}
         self.matrix = np.zeros((0, 0), np.float32)
         self.rows: list[tuple[str, int]] = []  # matrix row -> (relative path, face index)
+        self._rows_of: dict[str, list[int]] = {}
 
     # -- building ------------------------------------------------------------------------------
     def refresh(self) -> LibraryUpdate:
@@ -94,15 +96,25 @@ class ReferenceLibrary:
         self.files = files
         self.matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32)
         self.rows = [(rel, k) for rel, info in files.items() for k in range(len(info["rows"]))]
+        self._rows_of = {rel: info["rows"] for rel, info in files.items()}  # a file -> its rows of the matrix
         if update.files_read or set(files) != set(old_files):
             self._save()
         return update
 
     def _images(self) -> list[Path]:
-        out = []
+        """The library's photos: every image file but what ``mgfr restore`` wrote into it (the outputs its summaries
+        list and the folders beside them: restored faces are mgfr's inventions, never references)."""
+        from mgfr_cli.ownership import is_restore_folder, restore_outputs
+
+        out, outputs = [], set()
         for dirpath, dirnames, filenames in os.walk(self.folder, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            out += [Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".") and is_image_file(Path(n))]
+            listed = restore_outputs(Path(dirpath), filenames)
+            if listed is not None:
+                outputs |= listed
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and not (listed is not None and is_restore_folder(d)))
+            out += [Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".")
+                    and is_image_file(Path(n)) and (Path(dirpath) / n).resolve() not in outputs]
         return out
 
     def _load(self) -> tuple[dict, np.ndarray]:
@@ -128,18 +140,26 @@ class ReferenceLibrary:
                                                                   "files": self.files}).encode())
 
     # -- searching -----------------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int, threshold: float) -> list[Match]:
-        """Up to ``k`` library faces whose cosine to ``query`` (a unit vector) is at least ``threshold``, best first."""
+    def search(self, query: np.ndarray, k: int, threshold: float, skip: Collection[Path] = ()) -> list[Match]:
+        """Up to ``k`` library faces whose cosine to ``query`` (a unit vector) is at least ``threshold``, best first;
+        never a face of the files in ``skip`` (the photo being restored: a face is not its own reference)."""
         if not len(self.rows):
             return []
         sims = self.matrix @ np.asarray(query, np.float32)
+        for path in skip:
+            try:
+                rel = str(Path(path).resolve().relative_to(self.folder.resolve()))
+            except ValueError:
+                continue
+            sims[self._rows_of.get(rel, [])] = -np.inf
         top = np.argsort(-sims)[:k]
         return [Match(self.folder / self.rows[i][0], self.rows[i][1], float(sims[i])) for i in top if sims[i] >= threshold]
 
-    def find(self, crop: np.ndarray, k: int, threshold: float) -> tuple[tuple, tuple[Match, ...]]:
-        """The references of one aligned face: its best library matches and their aligned crops."""
+    def find(self, crop: np.ndarray, k: int, threshold: float, skip: Collection[Path] = ()
+             ) -> tuple[tuple, tuple[Match, ...]]:
+        """The references of one aligned face (of a file in ``skip``): its best library matches and their crops."""
         query = np.asarray(self.embed([crop]), np.float32)[0]
-        matches = tuple(self.search(query, k, threshold))
+        matches = tuple(self.search(query, k, threshold, skip))
         return tuple(self.reference(m) for m in matches), matches
 
     def reference(self, match: Match):

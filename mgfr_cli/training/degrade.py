@@ -137,14 +137,15 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
 
     output = Path(output)
     check_output_folder(output)
-    items, outcomes = collect_inputs(inputs, recursive, exclude=output)
-    sources = {it.path.resolve() for it in items}
     record, note = own_or_free(output / "params.json", _is_params)
     # mgfr's own earlier copies: still listed after this run (a run over other photos into the same folder keeps
-    # their parameters, and a later run may write them again)
+    # their parameters, and a later run may write them again); never inputs (``-o`` may be the input folder)
     params = json.loads(record.read_text()) if record.is_file() else {}
     params = {k: v for k, v in params.items() if (output / Path(k).with_suffix(".png")).is_file()}  # still there
     written = set(params)
+    items, outcomes = collect_inputs(inputs, recursive, exclude=output,
+                                     own={(output / Path(k).with_suffix(".png")).resolve() for k in written})
+    sources = {it.path.resolve() for it in items}
     for i, item in enumerate(items):
         target = output / item.relative.with_suffix(".png")
         try:

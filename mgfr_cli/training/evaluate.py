@@ -23,7 +23,6 @@ from mgfr_cli.faces.helper import load_torch_weights
 from mgfr_cli.faces.io import read_image
 
 LPIPS_TRUNK = "alexnet-owt-7be5be79.pth"
-OWN_FOLDERS = ("_faces", "_report", "_library-cache")  # what mgfr restore puts beside its outputs: not predictions
 PSNR_CAP = 100.0  # identical images: PSNR is infinite; report this cap instead
 METRICS = ("psnr", "ssim", "lpips", "identity", "ref_identity", "clipiqa")  # the CSV's columns, in this order
 
@@ -89,11 +88,12 @@ class Lpips:
 def index_images(folder: Path) -> tuple[dict[str, Path], list[tuple[Path, str]]]:
     """Images of ``folder`` by relative path without extension (``id07/a``), and the files left out: a second
     image of the same name (``a.png`` beside ``a.jpg``) is ambiguous, and both are listed, not guessed."""
+    from mgfr_cli.ownership import is_restore_folder
     from mgfr_cli.training.data import list_images
 
     found: dict[str, list[Path]] = {}
     for p in list_images(folder):
-        if p.relative_to(folder).parts[0] in OWN_FOLDERS:
+        if is_restore_folder(p.relative_to(folder).parts[0]):  # what restore keeps beside its outputs
             continue
         found.setdefault(str(p.relative_to(folder).with_suffix("")), []).append(p)
     index = {k: v[0] for k, v in found.items() if len(v) == 1}
