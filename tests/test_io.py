@@ -82,3 +82,23 @@ def test_output_format_never_drops_alpha(tmp_path):
 def test_atomic_write_leaves_no_temporary(tmp_path):
     write_image(tmp_path / "o.png", np.zeros((4, 4, 3), np.uint8))
     assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+def test_an_ext_that_cannot_hold_a_photo_says_what_it_dropped(tiny_root, astronaut, tmp_path, cli):
+    """`--ext jpg` on a photo with alpha or 16 bits: written as asked, without them, and said once naming each
+    photo and what it lost (it was silent); `--ext png` keeps them and says nothing."""
+    face = np.ascontiguousarray(astronaut[:256, 100:356])
+    (tmp_path / "in").mkdir()
+    rgba = _save(tmp_path / "in" / "rgba.png", np.dstack([face, np.full(face.shape[:2], 200, np.uint8)]))
+    deep = tmp_path / "in" / "deep.png"
+    write_image(deep, face.astype(np.uint16) * 257)
+    plain = _save(tmp_path / "in" / "plain.png", face)
+    common = ("--model-root", tiny_root, "--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    code, out, err = cli("restore", rgba, deep, plain, "-o", tmp_path / "jpg", "--ext", "jpg", *common)
+    said = " ".join(err.split())
+    assert code == 0 and said.count("--ext jpg: written without") == 1, out + err
+    note = said[said.index("--ext jpg: written without"):]
+    assert "rgba.png (alpha), deep.png (16 bits) (--ext auto" in note and "plain.png" not in note
+    assert read_image(tmp_path / "jpg" / "rgba.jpg").pixels.shape[2] == 3
+    code, out, err = cli("restore", rgba, deep, "-o", tmp_path / "png", "--ext", "png", *common)
+    assert code == 0 and "written without" not in err, out + err

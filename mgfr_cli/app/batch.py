@@ -25,10 +25,11 @@ from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
 from mgfr_cli.app.paste import paste_back, upscaled_like
-from mgfr_cli.app.outputs import (earlier_recipes, earlier_rows, existing_output, output_path, recipe, save_face_crops,
+from mgfr_cli.app.outputs import (dropped_note, earlier_recipes, earlier_rows, existing_output, output_path, recipe, save_face_crops,
                                   skipped_as_done, refuse_outputs_onto_inputs, remove_stale_temporaries,
                                   own_folders, own_outputs)
-from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, is_video_file, read_image, write_image
+from mgfr_cli.faces.io import (DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, format_drops, is_video_file,
+                               read_image, write_image)
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
 FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -95,6 +96,7 @@ class BatchRestorer:
         self.upsampler = upsampler  # upsampler.BackgroundUpsampler for --upscale > 1, or None (Lanczos)
         self.claims = Claims()  # photos this run is restoring (another run into the same folder skips them)
         self.notes: list[str] = []  # said once after the run: flags that did not apply to some inputs
+        self.drops: dict[Path, list[str]] = {}  # what --ext's format cannot hold of a photo: said after the run
 
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
@@ -171,7 +173,8 @@ class BatchRestorer:
                 finish(restore_clip(self, job, it, inputs))
         finally:  # also on Ctrl-C and a fatal write error: no claim outlives the run
             self.claims.release_all()
-        self.notes += overrides.notes()
+        self.notes += overrides.notes() + dropped_note(job.ext, [(o.source, self.drops[o.source]) for o in outcomes
+                                                                  if o.output is not None and o.source in self.drops])
         return outcomes
 
     # -- CPU side: read, detect, align, resolve conditions -------------------------------------
@@ -186,6 +189,8 @@ class BatchRestorer:
                 raise InputError(f"{item.path}: at --upscale {job.upscale:g} the output is {out_mp:.0f} megapixels, over "
                                  f"--max-megapixels {job.max_megapixels:g}")
             target = output_path(job, item, photo)
+            if drops := format_drops(photo, target.suffix):  # --ext jpg on a photo with alpha or 16 bits
+                self.drops[item.path] = drops
             if target.resolve() in inputs:
                 raise InputError(f"{item.path}: output {target} would overwrite an input; choose another -o or --suffix")
             holder = self.claims.take(item.path, target)

@@ -92,6 +92,15 @@ def existing_output(job: RestoreJob, item: InputItem) -> Path | None:
     return next((p for p in output_candidates(job, item) if p.is_file()), None)
 
 
+def dropped_note(ext: str, dropped: list[tuple[Path, list[str]]]) -> list[str]:
+    """``--ext jpg`` on photos with alpha or 16 bits: written without them (the format cannot hold them), said once."""
+    if not dropped:
+        return []
+    names = ", ".join(f"{p.name} ({' and '.join(what)})" for p, what in dropped[:5])
+    more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+    return [f"--ext {ext}: written without what a .{ext} file cannot hold: {names}{more} (--ext auto or png keeps it)"]
+
+
 FACES_DIR = "_faces"
 
 

@@ -215,10 +215,16 @@ def plain_ext(requested_ext: str, source: Path) -> str:
 def output_format(photo: Photo, requested_ext: str, source: Path) -> str:
     """The extension to write: ``auto`` keeps the input's, but never a format that would drop data."""
     ext = plain_ext(requested_ext, source)
-    if ext in ("jpg", "bmp", "webp") and (photo.has_alpha or photo.pixels.dtype == np.uint16):
-        # JPEG cannot hold alpha or 16 bits: keep the data, change the container.
-        return "png" if requested_ext == "auto" else ext
+    if format_drops(photo, ext) and requested_ext == "auto":  # keep the data, change the container
+        return "png"
     return ext
+
+
+def format_drops(photo: Photo, ext: str) -> list[str]:
+    """What a file of ``ext`` is written without (:func:`write_image`): the photo's alpha, its 16 bits."""
+    if ext.lower().lstrip(".") not in ("jpg", "jpeg", "bmp", "webp"):
+        return []
+    return [what for what, lost in (("alpha", photo.has_alpha), ("16 bits", photo.pixels.dtype == np.uint16)) if lost]
 
 
 def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: bytes | None = None) -> None:
