@@ -153,3 +153,18 @@ def test_degrade_and_align_into_the_input_folder_never_read_their_own_outputs(ti
         for _ in range(2):
             code, text, err = cli(command, folder, "-o", folder, *extra)
             assert _files(folder) == expected, (command, text + err)
+
+
+def test_a_clip_written_onto_itself_is_a_usage_error_as_a_photo_is(tiny_root, astronaut, tmp_path, cli):
+    """`restore clips -o clips`: the clip's output (`clip.mp4`) is the clip; refused before any work, as photos are
+    (it failed that clip alone, and the same file under another name was not seen)."""
+    pytest.importorskip("av")
+    from test_video import make_clip
+
+    (tmp_path / "clips").mkdir()
+    clip = make_clip(tmp_path / "clips" / "clip.mp4", astronaut, frames=3, audio=False)
+    kept = clip.read_bytes()
+    code, text, err = cli("restore", tmp_path / "clips", "-o", tmp_path / "clips", "--model-root", tiny_root,
+                          "--steps", "1", *ALIGN)
+    assert code == 2 and "the output" in err and "would overwrite the input" in err, text + err
+    assert clip.read_bytes() == kept

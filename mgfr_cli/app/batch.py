@@ -111,7 +111,7 @@ class BatchRestorer:
         if videos and unused:
             self.notes.append(f"{' and '.join(unused)}: not for clips ({len(videos)} here; a clip is written whole, "
                               f"as .mp4)")
-        refuse_outputs_onto_inputs(job, items)
+        refuse_outputs_onto_inputs(job, items + videos)
         check_output_folder(job.output)
         self.recipes = earlier_recipes(earlier, job.output)  # what earlier runs' outputs were made with
         rank, world = job.shard

@@ -27,9 +27,11 @@ def output_path(job: RestoreJob, item: InputItem, photo: Photo | None) -> Path:
 
 
 def output_candidates(job: RestoreJob, item: InputItem) -> list[Path]:
-    """Every name ``item``'s output may take (``auto`` keeps the format, or falls back to PNG)."""
+    """Every name ``item``'s output may take (``auto`` keeps the format, or falls back to PNG; a clip's is MP4)."""
+    from mgfr_cli.faces.io import is_video_file
+
     rel = item.relative
-    exts = [plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
+    exts = ["mp4"] if is_video_file(item.path) else [plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
     return [job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}" for ext in exts]
 
 
