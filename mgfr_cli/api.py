@@ -152,7 +152,12 @@ class Restorer:
         if not faces:  # the image as a restored one would be around its faces: at its size times upscale
             return RestoreResult(_like(paste_back(self.helper, self.upsampler, rgb, [], [], upscale), kind), [],
                                  notes + ["no face detected"])
-        references = tuple(self._reference(r, has_aligned) for r in _expand(refs))
+        photo = Path(image) if isinstance(image, (str, Path)) else None
+        given = _expand(refs, photo)  # a references folder holding the photo gives it the others
+        if len(given) < len(_expand(refs)):
+            notes.append(f"{photo.name}: left out of its own references (a references folder gives a photo the "
+                         f"others; name a file to use it)")
+        references = tuple(self._reference(r, has_aligned) for r in given)
         conditions = [FaceConditions(prompt, negative_prompt, references) if references or library is None else
                       FaceConditions(prompt, negative_prompt, *library.find(
                           f.crop, ref_k or 3, 0.3 if ref_threshold is None else ref_threshold,
@@ -299,12 +304,12 @@ def _library_options(library, ref_k, ref_threshold, refs) -> list[str]:
     return [f"{', '.join(named)}: not used without a library"] if named and library is None else []
 
 
-def _expand(refs) -> list:
+def _expand(refs, photo: Path | None = None) -> list:
     from mgfr_cli.faces.conditions import expand_refs
 
     out = []
     for r in refs or ():
-        out += list(expand_refs((Path(r),))) if isinstance(r, (str, Path)) else [r]
+        out += list(expand_refs((Path(r),), photo)) if isinstance(r, (str, Path)) else [r]
     return out
 
 

@@ -334,3 +334,29 @@ def test_a_face_is_never_its_own_reference_nor_one_mgfr_made(world, tmp_path, cl
     result = restorer.restore(lib / "person0" / "b.jpg", library=restorer.open_library(lib), ref_k=10,
                               ref_threshold=-1, steps=1)
     assert {str(Path(m["file"]).relative_to(lib)) for m in result.faces[0].library} == everyone - {"person0/b.jpg"}
+
+
+def test_a_references_folder_holding_the_photo_gives_it_the_others(world, people, tmp_path, cli):
+    """`restore fam/a.png --ref fam/`: a.png's face is guided by the folder's other photos only (the same pixels as
+    `--ref fam/b.png`), said once; a file named as its own reference is used as named (other pixels)."""
+    root, _, _ = world
+    fam = tmp_path / "fam"
+    _save(fam / "a.png", people[0])
+    _save(fam / "b.png", people[1])
+    common = ["--model-root", root, "--steps", "4", "--identity-guidance", "0.5", "--detector", "retinaface_mobile0.25",
+              "--device", "cpu"]
+    written = {}
+    for name, refs in (("folder", [fam]), ("other", [fam / "b.png"]), ("named", [fam / "a.png", fam / "b.png"])):
+        code, text, err = cli("restore", fam / "a.png", "-o", tmp_path / name,
+                              *[a for r in refs for a in ("--ref", r)], *common)
+        said = " ".join(err.split())
+        assert code == 0 and said.count("a.png: left out of its own references") == (name == "folder"), said
+        written[name] = cv2.imread(str(tmp_path / name / "a.png"))
+    assert np.array_equal(written["folder"], written["other"])
+    assert not np.array_equal(written["named"], written["other"])  # its own face would have changed the result
+    from mgfr_cli import Restorer  # the Python API alike
+
+    restorer = Restorer.load(root, detector="retinaface_mobile0.25", device="cpu", references=True)
+    result = restorer.restore(fam / "a.png", refs=[fam], steps=1)
+    assert [Path(r).name for r in result.faces[0].references] == ["b.png"], result.faces[0].references
+    assert any("left out of its own references" in n for n in result.notes)

@@ -97,6 +97,7 @@ class BatchRestorer:
         self.claims = Claims()  # photos this run is restoring (another run into the same folder skips them)
         self.notes: list[str] = []  # said once after the run: flags that did not apply to some inputs
         self.drops: dict[Path, list[str]] = {}  # what --ext's format cannot hold of a photo: said after the run
+        self.own_refs: dict[Path, None] = {}  # photos in their own references folder (left out): said after the run
 
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
@@ -173,6 +174,10 @@ class BatchRestorer:
                 finish(restore_clip(self, job, it, inputs))
         finally:  # also on Ctrl-C and a fatal write error: no claim outlives the run
             self.claims.release_all()
+        if self.own_refs:
+            names = ", ".join(p.name for p in list(self.own_refs)[:5]) + (" ..." if len(self.own_refs) > 5 else "")
+            self.notes.append(f"{names}: left out of {'its' if len(self.own_refs) == 1 else 'their'} own references "
+                              f"(a references folder gives a photo the others; name a file to use it)")
         self.notes += overrides.notes() + dropped_note(job.ext, [(o.source, self.drops[o.source]) for o in outcomes
                                                                   if o.output is not None and o.source in self.drops])
         return outcomes
@@ -224,11 +229,16 @@ class BatchRestorer:
         if spec.refs is None and self.library is not None:
             refs, found = self.library.find(face.crop, job.ref_k, job.ref_threshold, skip=[source] if source else ())
             return FaceConditions(spec.prompt, spec.negative_prompt, refs, found or ("no match",))
-        return FaceConditions(spec.prompt, spec.negative_prompt, self._references(spec, job, cache))
+        return FaceConditions(spec.prompt, spec.negative_prompt, self._references(spec, job, cache, source))
 
-    def _references(self, spec: ConditionSpec, job: RestoreJob, cache: dict) -> tuple[AlignedFace, ...]:
-        refs = []
-        for path in expand_refs(spec.refs):
+    def _references(self, spec: ConditionSpec, job: RestoreJob, cache: dict, source: Path | None = None
+                    ) -> tuple[AlignedFace, ...]:
+        """The aligned references of ``spec``; a references folder holding ``source`` (the photo being restored) gives
+        it the others (said after the run)."""
+        refs, files = [], expand_refs(spec.refs, source)
+        if source is not None and len(files) < len(expand_refs(spec.refs)):
+            self.own_refs[source] = None
+        for path in files:
             key = path.resolve()
             if key not in cache:
                 rgb = read_image(path, job.max_megapixels).rgb8()

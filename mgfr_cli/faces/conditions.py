@@ -180,15 +180,18 @@ def _same(value):
     return tuple(Path(r).resolve() for r in value) if isinstance(value, tuple) else value
 
 
-def expand_refs(refs: tuple[Path, ...] | None) -> tuple[Path, ...]:
-    """Reference files: given files as they are, folders as the images directly in them (sorted)."""
+def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tuple[Path, ...]:
+    """Reference files: given files as they are, folders as the images directly in them (sorted), but ``photo``,
+    the one being restored (``restore family/ --ref family/`` gives each photo the others; a file named as its own
+    reference is used, as named)."""
+    own = Path(photo).resolve() if photo is not None else None
     out: list[Path] = []
     for r in refs or ():
         if r.is_dir():
             images = sorted(p for p in r.iterdir() if p.is_file() and is_image_file(p))
             if not images:
                 raise InputError(f"{r}: reference folder holds no images")
-            out += images
+            out += [p for p in images if own is None or p.resolve() != own]
         elif r.is_file():
             out.append(r)
         else:
