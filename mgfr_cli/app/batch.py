@@ -25,9 +25,9 @@ from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
 from mgfr_cli.app.paste import paste_back, upscaled_like
-from mgfr_cli.app.outputs import (dropped_note, earlier_recipes, earlier_rows, existing_output, output_path, recipe, save_face_crops,
-                                  skipped_as_done, refuse_outputs_onto_inputs, remove_stale_temporaries,
-                                  own_folders, own_outputs)
+from mgfr_cli.app.outputs import (dropped_note, earlier_recipes, earlier_rows, existing_output, output_path,
+                                  own_folders, own_outputs, recipe, refuse_outputs_onto_inputs,
+                                  remove_stale_temporaries, save_face_crops, skipped_as_done)
 from mgfr_cli.faces.io import (DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, format_drops, is_video_file,
                                read_image, write_image)
 
@@ -102,8 +102,8 @@ class BatchRestorer:
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
         earlier = earlier_rows(job)  # the folder's summary, read once
-        items, outcomes = collect_inputs(job.inputs, job.recursive, exclude=job.output, own=own_outputs(earlier, job.output),
-                                         own_dirs=own_folders(job.output))
+        items, outcomes = collect_inputs(job.inputs, job.recursive, exclude=job.output,
+                                         own=own_outputs(earlier, job.output), own_dirs=own_folders(job.output))
         videos = [it for it in items if is_video_file(it.path)]
         items = [it for it in items if not is_video_file(it.path)]
         if job.clip_flags and not videos:

@@ -31,7 +31,10 @@ def output_candidates(job: RestoreJob, item: InputItem) -> list[Path]:
     from mgfr_cli.faces.io import is_video_file
 
     rel = item.relative
-    exts = ["mp4"] if is_video_file(item.path) else [plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
+    if is_video_file(item.path):
+        exts = ["mp4"]
+    else:
+        exts = [plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
     return [job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}" for ext in exts]
 
 
@@ -58,10 +61,10 @@ def own_outputs(earlier: list[dict], output: Path) -> set[Path]:
 
 def own_folders(output: Path) -> list[Path]:
     """The folders restore keeps in ``-o`` beside its outputs: never inputs (``-o`` may be the input folder)."""
-    from mgfr_cli.app.report import _report_folder
+    from mgfr_cli.app.report import report_folder
     from mgfr_cli.faces.reference_library import OUT_CACHE
 
-    return [output / FACES_DIR, output / OUT_CACHE, _report_folder(output)]
+    return [output / FACES_DIR, output / OUT_CACHE, report_folder(output)]
 
 
 def refuse_outputs_onto_inputs(job: RestoreJob, items: list[InputItem]) -> None:

@@ -37,7 +37,7 @@ def _jpeg(path: Path, rgb: np.ndarray, longest: int) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
-def _report_folder(output: Path) -> Path:
+def report_folder(output: Path) -> Path:
     """``OUT/_report``, unless a folder of that name holds files mgfr did not put there."""
     from mgfr_cli.ownership import is_json_rows
 
@@ -57,7 +57,7 @@ class Report:
         from mgfr_cli.ownership import is_mgfr_page, own_or_free
 
         self.output = Path(output)
-        self.folder = _report_folder(self.output)
+        self.folder = report_folder(self.output)
         self.page, self.note = own_or_free(self.output / "index.html", is_mgfr_page)
         if self.folder.name != FOLDER:  # a folder of the user's at _report: kept, and said where the images went
             self.note = "; ".join(filter(None, (self.note, f"{self.output / FOLDER} holds files mgfr did not write: "
