@@ -311,7 +311,7 @@ def test_the_python_api_restores_with_a_library_as_the_cli_does(world, tmp_path,
         restorer.restore_files([photo], tmp_path / "api", stepz=1)
 
 
-def test_a_face_is_never_its_own_reference_nor_one_mgfr_made(world, tmp_path, cli):
+def test_a_face_is_never_its_own_reference_nor_one_mgfr_made(world, people, tmp_path, cli):
     """Restoring the library's own photos (`restore family/... --ref-library family`): a face's own photo is not
     among its matches, and what restore wrote into the library (outputs, the review page's images) is never
     embedded as a reference: those faces are mgfr's inventions."""
@@ -334,6 +334,11 @@ def test_a_face_is_never_its_own_reference_nor_one_mgfr_made(world, tmp_path, cl
     result = restorer.restore(lib / "person0" / "b.jpg", library=restorer.open_library(lib), ref_k=10,
                               ref_threshold=-1, steps=1)
     assert {str(Path(m["file"]).relative_to(lib)) for m in result.faces[0].library} == everyone - {"person0/b.jpg"}
+    outs = tmp_path / "outs"  # a library of restore's outputs only (its summary lists them): used, as asked
+    _save(outs / "x.png", people[1])
+    (outs / "mgfr-summary.json").write_text(json.dumps([{"source": str(lib / "person1" / "a.png"), "status": "restored",
+                                                         "detail": "", "output": str(outs / "x.png"), "faces": 1}]))
+    assert list(restorer.open_library(outs).files) == ["x.png"]
 
 
 def test_a_references_folder_holding_the_photo_gives_it_the_others(world, people, tmp_path, cli):
@@ -354,9 +359,19 @@ def test_a_references_folder_holding_the_photo_gives_it_the_others(world, people
         written[name] = cv2.imread(str(tmp_path / name / "a.png"))
     assert np.array_equal(written["folder"], written["other"])
     assert not np.array_equal(written["named"], written["other"])  # its own face would have changed the result
+    # restore's outputs written into the folder (a_r.png, listed in its summary there) are not references either
+    assert cli("restore", fam / "a.png", "-o", fam, "--suffix", "_r", "--ref", fam, *common)[0] == 0
+    assert cli("restore", fam / "a.png", "-o", tmp_path / "again", "--ref", fam, *common)[0] == 0
+    assert np.array_equal(cv2.imread(str(tmp_path / "again" / "a.png")), written["other"])
     from mgfr_cli import Restorer  # the Python API alike
 
     restorer = Restorer.load(root, detector="retinaface_mobile0.25", device="cpu", references=True)
     result = restorer.restore(fam / "a.png", refs=[fam], steps=1)
     assert [Path(r).name for r in result.faces[0].references] == ["b.png"], result.faces[0].references
     assert any("left out of its own references" in n for n in result.notes)
+    outs = tmp_path / "outs"  # a folder of restore's outputs only (its summary lists them): used, as asked
+    _save(outs / "x.png", people[1])
+    (outs / "mgfr-summary.json").write_text(json.dumps([{"source": str(fam / "b.png"), "status": "restored",
+                                                         "detail": "", "output": str(outs / "x.png"), "faces": 1}]))
+    result = restorer.restore(fam / "a.png", refs=[outs], steps=1)
+    assert [Path(r).name for r in result.faces[0].references] == ["x.png"], result.faces[0].references

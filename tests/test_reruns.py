@@ -168,3 +168,16 @@ def test_a_clip_written_onto_itself_is_a_usage_error_as_a_photo_is(tiny_root, as
                           "--steps", "1", *ALIGN)
     assert code == 2 and "the output" in err and "would overwrite the input" in err, text + err
     assert clip.read_bytes() == kept
+
+
+def test_align_run_again_from_another_folder_knows_its_crops(tiny_root, photos, tmp_path, cli, monkeypatch):
+    """The tables name crops by resolved path: `align a.png -o crops` run in one folder, then again from another
+    (`-o ../w/crops`), writes its own crop again (it failed: "not written by mgfr align")."""
+    a, _ = photos
+    monkeypatch.chdir(a.parent)
+    assert cli("align", a.name, "-o", "crops", "--model-root", tiny_root, *ALIGN)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    code, text, err = cli("align", a, "-o", Path("in") / "crops", "--model-root", tiny_root, *ALIGN)
+    assert code == 0 and "not written by" not in " ".join(text.split()), text + err
+    rows = json.loads((a.parent / "crops" / "faces.json").read_text())
+    assert [r["crop"] for r in rows] == [str((a.parent / "crops" / "a_00.png").resolve())]

@@ -28,7 +28,7 @@ def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelect
     check_output_folder(output)  # a file, a read-only mount: one line before any work
     tables = _table_paths(output)
     # the crops an earlier align wrote here (by resolved path): those may be written again, and are never inputs
-    earlier = {_crop_key(r["crop"]): r for r in _rows_listed(tables[1])}
+    earlier = {_crop_key(r["crop"], output): r for r in _rows_listed(tables[1])}
     items, outcomes = collect_inputs(inputs, recursive, exclude=output, own=earlier.keys())
     rows = []
     try:
@@ -64,16 +64,20 @@ def _rows_listed(table: Path) -> list[dict]:
     return [r for r in rows if isinstance(r, dict) and isinstance(r.get("crop"), str)] if isinstance(rows, list) else []
 
 
-def _crop_key(crop) -> str:
-    """A crop named from another spelling of the same folder (``-o out`` then ``-o ./out/``) is the same crop."""
-    return str(Path(crop).resolve())
+def _crop_key(crop, output: Path) -> str:
+    """A crop named from another spelling of the same folder (``-o out`` then ``-o ./out/``, or a run started in
+    another folder) is the same crop: rows hold resolved paths (older rows, paths relative to where their run
+    started: :func:`~mgfr_cli.ownership.recorded_output`)."""
+    from mgfr_cli.ownership import recorded_output
+
+    return str(recorded_output(str(crop), output))
 
 
 def _merged(earlier: dict[str, dict], rows: list[dict]) -> list[dict]:
     """The tables after a run: the crops earlier runs wrote here (by resolved path) that are still there and were
     not written again (a run over other photos into the same folder keeps them listed: a later run may write them
     again), then this run's."""
-    now = {_crop_key(r["crop"]) for r in rows}
+    now = {r["crop"] for r in rows}  # resolved when written
     return [r for key, r in earlier.items() if key not in now and Path(key).is_file()] + rows
 
 
@@ -94,13 +98,14 @@ def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list
         return
     rel = item.relative
     crops = [output / rel.parent / f"{rel.stem}_{f.index:02d}.png" for f in faces]
-    mine = next((c for c in crops if c.exists() and _crop_key(c) not in written), None)
+    mine = next((c for c in crops if c.exists() and str(c.resolve()) not in written), None)
     if mine is not None:
         outcomes.append(Outcome(item.path, FAILED, f"{mine} exists and was not written by mgfr align; not replaced"))
         return
     for f, crop_path in zip(faces, crops):
         write_image(crop_path, f.crop)
-        row = {"source": str(item.path), "face_index": f.index, "crop": str(crop_path), "score": round(f.score, 4),
+        row = {"source": str(item.path), "face_index": f.index, "crop": str(crop_path.resolve()),
+               "score": round(f.score, 4),
                **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in f.box)))}
         row.update(dict(zip(FIELDS[8:18], (round(float(v), 2) for v in f.landmarks.reshape(-1)))))
         rows.append(row)
@@ -132,11 +137,11 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
     rel = item.relative
     for t in tracks:
         crop_path = output / rel.parent / f"{rel.stem}_track_{t.index:02d}.png"
-        if crop_path.exists() and _crop_key(crop_path) not in written:
+        if crop_path.exists() and str(crop_path.resolve()) not in written:
             outcomes.append(Outcome(item.path, FAILED, f"{crop_path} exists and was not written by mgfr align; not replaced"))
             return
         write_image(crop_path, firsts[t.index].crop)
-        row = {"source": str(item.path), "face_index": t.index, "crop": str(crop_path), "score": "",
+        row = {"source": str(item.path), "face_index": t.index, "crop": str(crop_path.resolve()), "score": "",
                **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in t.boxes[0]))),
                "frame": t.frames[0], "frames": len(t.frames)}
         row.update(dict(zip(FIELDS[8:18], (round(float(v), 2) for v in t.landmarks[0].reshape(-1)))))

@@ -183,7 +183,10 @@ def _same(value):
 def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tuple[Path, ...]:
     """Reference files: given files as they are, folders as the images directly in them (sorted), but ``photo``,
     the one being restored (``restore family/ --ref family/`` gives each photo the others; a file named as its own
-    reference is used, as named)."""
+    reference is used, as named), and the outputs ``mgfr restore`` wrote there beside the user's photos (its summary
+    lists them: restored faces are mgfr's inventions; a folder of outputs only is used as it is, as asked)."""
+    from mgfr_cli.ownership import restore_outputs
+
     own = Path(photo).resolve() if photo is not None else None
     out: list[Path] = []
     for r in refs or ():
@@ -191,7 +194,9 @@ def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tup
             images = sorted(p for p in r.iterdir() if p.is_file() and is_image_file(p))
             if not images:
                 raise InputError(f"{r}: reference folder holds no images")
-            out += [p for p in images if own is None or p.resolve() != own]
+            made = restore_outputs(r, [p.name for p in r.iterdir()]) or set()
+            theirs = [p for p in images if p.resolve() not in made] or images  # all restore's: asked for as such
+            out += [p for p in theirs if own is None or p.resolve() != own]
         elif r.is_file():
             out.append(r)
         else:

@@ -102,8 +102,8 @@ class ReferenceLibrary:
         return update
 
     def _images(self) -> list[Path]:
-        """The library's photos: every image file but what ``mgfr restore`` wrote into it (the outputs its summaries
-        list and the folders beside them: restored faces are mgfr's inventions, never references)."""
+        """The library's photos: every image file but what ``mgfr restore`` wrote into it beside them (the outputs its
+        summaries list and the folders beside those: restored faces are mgfr's inventions, never references)."""
         from mgfr_cli.ownership import is_restore_folder, restore_outputs
 
         out, outputs = [], set()
@@ -113,9 +113,8 @@ class ReferenceLibrary:
                 outputs |= listed
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                                  and not (listed is not None and is_restore_folder(d)))
-            out += [Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".")
-                    and is_image_file(Path(n)) and (Path(dirpath) / n).resolve() not in outputs]
-        return out
+            out += [Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".") and is_image_file(Path(n))]
+        return [p for p in out if p.resolve() not in outputs] or out  # a library of outputs only: used as asked
 
     def _load(self) -> tuple[dict, np.ndarray]:
         try:
