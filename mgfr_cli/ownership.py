@@ -155,9 +155,16 @@ def recorded_output(value: str, folder: Path) -> Path:
 def restore_outputs(folder: Path, names) -> set[Path] | None:
     """The outputs the restore summaries among ``names`` (files of ``folder``) list, resolved; None when none of
     them is an mgfr summary (``folder`` is not an output folder of ``mgfr restore``)."""
+    rows = restore_rows(folder, names)
+    return None if rows is None else set(rows)
+
+
+def restore_rows(folder: Path, names) -> dict[Path, str] | None:
+    """Output (resolved) -> the photo it was restored from, as the restore summaries among ``names`` list them."""
     found = None
     for name in names:
         if name.startswith("mgfr-summary") and name.endswith(".json") and is_json_rows(Path(folder) / name, SUMMARY_KEYS):
             rows = json.loads((Path(folder) / name).read_text())
-            found = (found or set()) | {recorded_output(r["output"], folder) for r in rows if isinstance(r["output"], str)}
+            found = (found or {}) | {recorded_output(r["output"], folder): str(r["source"]) for r in rows
+                                     if isinstance(r["output"], str)}
     return found

@@ -74,3 +74,24 @@ def test_eval_pairs_by_name_and_reports_the_rest(tmp_path, face, cli):
     assert code == 0 and "kept, and this one written to r-mgfr.csv" in " ".join(err.split()), err
     assert (tmp_path / "r.csv").read_text() == "my,spreadsheet\n1,2\n"
     assert (tmp_path / "r-mgfr.csv").read_text().splitlines()[0] == "name,psnr,ssim"
+
+
+def test_eval_pairs_a_restores_outputs_by_the_photo_they_came_from(tiny_root, astronaut, tmp_path, cli):
+    """`restore lq -o lq --suffix _r`, then `eval --pred lq --gt gt`: each output goes by the name of the photo it
+    was restored from (its summary says which), so a_r.png pairs with gt/a.png, and the low-quality inputs beside
+    the outputs are not taken for predictions. The PSNR is the one computed here from the two files."""
+    from mgfr_cli.faces.io import read_image
+
+    face = np.ascontiguousarray(astronaut[:256, 100:356])
+    lq, gt = tmp_path / "lq", tmp_path / "gt"
+    lq.mkdir()
+    gt.mkdir()
+    cv2.imwrite(str(gt / "a.png"), face[..., ::-1])
+    cv2.imwrite(str(lq / "a.png"), cv2.GaussianBlur(face, (0, 0), 2)[..., ::-1])
+    code, out, err = cli("restore", lq, "-o", lq, "--suffix", "_r", "--model-root", tiny_root, "--steps", "1",
+                         "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    assert code == 0 and (lq / "a_r.png").is_file(), out + err
+    report = evaluate(lq, gt)
+    assert [r["name"] for r in report.rows] == ["a"] and not report.problems, report.problems
+    mse = np.mean((read_image(lq / "a_r.png").rgb8() / 255.0 - face / 255.0) ** 2)
+    assert report.rows[0]["psnr"] == pytest.approx(10 * np.log10(1 / mse), abs=1e-3)

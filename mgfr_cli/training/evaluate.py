@@ -85,17 +85,24 @@ class Lpips:
         return float(self.model(a, b).mean())
 
 
-def index_images(folder: Path) -> tuple[dict[str, Path], list[tuple[Path, str]]]:
+def index_images(folder: Path, restored: bool = False) -> tuple[dict[str, Path], list[tuple[Path, str]]]:
     """Images of ``folder`` by relative path without extension (``id07/a``), and the files left out: a second
-    image of the same name (``a.png`` beside ``a.jpg``) is ambiguous, and both are listed, not guessed."""
-    from mgfr_cli.ownership import is_restore_folder
+    image of the same name (``a.png`` beside ``a.jpg``) is ambiguous, and both are listed, not guessed.
+    ``restored``: an output ``mgfr restore`` wrote there (its summary lists it) goes by the name of the photo it was
+    restored from (``a_r.png`` of ``--suffix _r`` is ``a``), so a restore's outputs pair with their ground truth;
+    the photos it restored, when they are there too (``-o`` their folder), are not predictions."""
+    from mgfr_cli.ownership import is_restore_folder, restore_rows
     from mgfr_cli.training.data import list_images
 
+    made = (restore_rows(folder, [p.name for p in Path(folder).iterdir()]) or {}) if restored else {}
+    read = {Path(s).resolve() for s in made.values()} - set(made)  # its inputs, when -o was their folder
     found: dict[str, list[Path]] = {}
     for p in list_images(folder):
-        if is_restore_folder(p.relative_to(folder).parts[0]):  # what restore keeps beside its outputs
+        rel = p.relative_to(folder)
+        if is_restore_folder(rel.parts[0]) or p.resolve() in read:  # what restore keeps beside its outputs, reads
             continue
-        found.setdefault(str(p.relative_to(folder).with_suffix("")), []).append(p)
+        source = made.get(p.resolve())
+        found.setdefault(str(rel.parent / Path(source).stem if source else rel.with_suffix("")), []).append(p)
     index = {k: v[0] for k, v in found.items() if len(v) == 1}
     problems = [(p, f"ambiguous: {len(v)} images named {k}.* ({', '.join(q.suffix for q in v)}); rename all but one")
                 for k, v in found.items() if len(v) > 1 for p in v]
@@ -105,7 +112,7 @@ def index_images(folder: Path) -> tuple[dict[str, Path], list[tuple[Path, str]]]
 def pair_files(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[tuple[Path, str]]]:
     """(name, pred, gt) for files at the same relative path (extension aside: a restored ``a.png`` pairs with a
     ground-truth ``a.jpg``); every file left unpaired or ambiguous is listed with the reason."""
-    preds, problems = index_images(pred_dir)
+    preds, problems = index_images(pred_dir, restored=True)
     gts, more = index_images(gt_dir)
     problems += more
     pairs = [(name, preds[name], gts[name]) for name in sorted(preds.keys() & gts.keys())]
@@ -132,7 +139,7 @@ def evaluate(pred_dir: Path, gt_dir: Path | None = None, *, lpips_model: Lpips |
         refs, bad = index_images(Path(ref_dir))
         report.problems += bad
     if gt_dir is None:
-        preds, problems = index_images(Path(pred_dir))
+        preds, problems = index_images(Path(pred_dir), restored=True)
         pairs = [(name, preds[name], None) for name in sorted(preds)]
     else:
         pairs, problems = pair_files(Path(pred_dir), Path(gt_dir))
