@@ -120,7 +120,7 @@ def test_two_trainings_into_one_run_folder_the_second_refuses(world, tmp_path):
         first.wait(60)
 
 
-def test_the_latent_cache_follows_changed_images(world, tmp_path):
+def test_the_latent_cache_follows_changed_images(world, tmp_path, monkeypatch):
     import shutil
 
     from mgfr_cli.model.base import load_base
@@ -135,8 +135,8 @@ def test_the_latent_cache_follows_changed_images(world, tmp_path):
     acc = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
     said = []
 
-    def cache():
-        ds = FaceDataset(data, 1, 64, DegradeConfig(), PromptConfig())
+    def cache(folder=data):
+        ds = FaceDataset(folder, 1, 64, DegradeConfig(), PromptConfig())
         return ds, latent_cache(ds, base, scaling, tmp_path / "run", torch.float32, "cpu", acc, said.append)
 
     ds, first = cache()
@@ -150,6 +150,9 @@ def test_the_latent_cache_follows_changed_images(world, tmp_path):
     others = [i for i in range(2 * n) if i not in (2, 2 + n)]
     assert torch.equal(first[others], second[others])
     assert said == [f"latent cache: 1 of {n} image(s) new or changed since it was made; encoding those again"]
+    monkeypatch.chdir(data)  # the same data spelled from elsewhere (a resume in another folder): nothing encoded
+    _, third = cache(Path("..") / "data")
+    assert torch.equal(third, second) and len(said) == 1, said
 
 
 def test_unreadable_training_images_are_all_listed_before_the_first_step(world, tmp_path):

@@ -81,8 +81,8 @@ def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerat
 
 
 def _image_key(path: Path, resolution: int, scaling: float) -> str:
-    st = Path(path).stat()
-    return f"{path}|{st.st_size}|{st.st_mtime_ns}|{resolution}|{scaling}|flip"
+    st = Path(path).stat()  # by resolved path: `--data photos` and `--data ../x/photos` (a resume elsewhere) agree
+    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{resolution}|{scaling}|flip"
 
 
 def encode_latents(base, images, scaling, device, dtype):
