@@ -363,3 +363,27 @@ def test_a_resume_keeps_the_samples_of_a_step(tmp_path):
     with pytest.raises(Exception, match="to 16 .batch_size 8 x grad_accum 1 x 2 process"):
         resume_config(run / "config.yaml", None, {"stage": 1, "batch_size": 8}, world=2, run_world=2)
     assert resume_config(run / "config.yaml", None, {"stage": 1}, world=2, run_world=2)[0].batch_size == 4
+
+
+def test_what_restore_wrote_into_the_data_is_never_trained_on(tmp_path):
+    """`restore data -o data --suffix _r` (or `--report`) into a training folder: its outputs (the summary lists them)
+    and its `_report/` are not data, while the photos beside them still are (the folder used to be skipped whole
+    when it held a summary, and the outputs of one at the top were trained on as clean faces)."""
+    import json
+
+    from mgfr_cli.training.data import FaceDataset, PromptConfig, list_images
+    from mgfr_cli.training.degrade import DegradeConfig
+
+    face = np.full((64, 64, 3), 128, np.uint8)
+    data = tmp_path / "data"
+    mine = [_img(data / n, face) for n in ("id1/a.png", "id1/b.png", "id2/c.png", "id2/d.png")]
+    made = [_img(data / n, face) for n in ("id1/a_r.png", "id2/c_r.png", "_report/x_before.jpg", "_report/x_after.jpg")]
+    rows = [{"source": str(p), "status": "restored", "detail": "", "output": str(o), "faces": 1}
+            for p, o in zip(mine[::2], made[:2])]
+    (data / "mgfr-summary.json").write_text(json.dumps(rows))
+    assert list_images(data) == sorted(mine)
+    assert list_images(data, outputs=True) == sorted(mine + made[:2])  # eval's predictions
+    ds = FaceDataset(data, 2, 64, DegradeConfig(), PromptConfig())
+    assert sorted(ds.images) == sorted(mine) and len(ds.groups) == 2
+    (data / "id2" / "mgfr-summary.json").write_text(json.dumps([]))  # a restore's folder holding your photos
+    assert list_images(data) == sorted(mine)

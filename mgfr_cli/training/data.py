@@ -21,6 +21,7 @@ import mgfr_cli.model.prompts as prompts
 from mgfr_cli.training.degrade import DegradeConfig, degrade, negative_target
 from mgfr_cli.errors import ConfigError, InputError, OutputError
 from mgfr_cli.faces.io import is_image_file, read_image
+from mgfr_cli.ownership import is_restore_folder, restore_outputs
 
 
 Chance = Annotated[float, Field(ge=0, le=1)]
@@ -37,24 +38,30 @@ class PromptConfig:
 
 
 def is_mgfr_folder(folder: Path) -> bool:
-    """A folder mgfr made (a training run, the aligned copy ``--align`` caches, a restore's output): never data."""
+    """A folder mgfr made (a training run, the aligned copy ``--align`` caches): never data."""
     folder = Path(folder)
     return (any((folder / n).is_file() for n in ("config.yaml", "config-mgfr.yaml"))
             and ((folder / "checkpoints").is_dir() or (folder / "adapter").is_dir())) \
-        or any((folder / n).is_file() for n in (".mgfr-aligned.json", ".mgfr-aligning", "mgfr-summary.json")) \
+        or any((folder / n).is_file() for n in (".mgfr-aligned.json", ".mgfr-aligning")) \
         or (folder / ".mgfr-train.lock").is_file()
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (hidden ones and mgfr's own folders left out), sorted."""
+def list_images(folder: Path, outputs: bool = False) -> list[Path]:
+    """Image files below ``folder``, sorted: hidden ones, mgfr's own folders and (unless ``outputs``: a restore's
+    predictions, for ``eval``) what ``mgfr restore`` wrote there left out (the outputs its summaries list, beside
+    your photos or alone, and the folders it keeps beside them): restored faces are mgfr's inventions, never data."""
     import os
 
-    out = []
+
+    out, made = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not is_mgfr_folder(here / d))
+        listed = restore_outputs(here, filenames)
+        made |= listed or set()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not is_mgfr_folder(here / d)
+                             and not (listed is not None and is_restore_folder(d)))
         out += [here / n for n in filenames if not n.startswith(".") and is_image_file(here / n)]
-    return sorted(out)
+    return sorted(p for p in out if outputs or p.resolve() not in made)
 
 
 def read_attributes(data_dir: Path) -> dict[str, list[str]]:
@@ -149,9 +156,10 @@ class FaceDataset(torch.utils.data.Dataset):
             self.groups = [list(range(len(self.images)))]
         else:
             self.images, self.identity_of, self.groups = [], [], []
+            data = set(list_images(self.data_dir))  # (what restore wrote anywhere in it is not: its _report/ either)
             for folder in sorted(p for p in self.data_dir.iterdir()
                                  if p.is_dir() and not p.name.startswith(".") and not is_mgfr_folder(p)):
-                members = list_images(folder)
+                members = [p for p in list_images(folder) if p in data]
                 if not members:
                     continue  # not an identity: no image in it
                 if len(members) < 2:

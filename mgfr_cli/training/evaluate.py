@@ -97,7 +97,7 @@ def index_images(folder: Path, restored: bool = False) -> tuple[dict[str, Path],
     made = (restore_rows(folder, [p.name for p in Path(folder).iterdir()]) or {}) if restored else {}
     read = {Path(s).resolve() for s in made.values()} - set(made)  # its inputs, when -o was their folder
     found: dict[str, list[Path]] = {}
-    for p in list_images(folder):
+    for p in list_images(folder, outputs=restored):
         rel = p.relative_to(folder)
         if is_restore_folder(rel.parts[0]) or p.resolve() in read:  # what restore keeps beside its outputs, reads
             continue
@@ -270,7 +270,7 @@ def check_eval_paths(pred: Path, gt: Path, ref: Path | None, report: Path | None
             continue
         if not Path(folder).is_dir():
             raise MgfrError(f"{flag} {folder}: " + ("a file, not a folder" if Path(folder).exists() else "not found"))
-        if not list_images(folder):
+        if not list_images(folder, outputs=flag == "--pred"):  # a restore's outputs are predictions
             raise MgfrError(f"{flag} {folder}: no images in it")
     if report is not None:
         if Path(report).is_dir():
