@@ -52,7 +52,6 @@ def list_images(folder: Path, outputs: bool = False) -> list[Path]:
     your photos or alone, and the folders it keeps beside them): restored faces are mgfr's inventions, never data."""
     import os
 
-
     out, made = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         here = Path(dirpath)
