@@ -312,19 +312,22 @@ def test_the_python_api_restores_with_a_library_as_the_cli_does(world, tmp_path,
 
 
 def test_a_face_is_never_its_own_reference_nor_one_mgfr_made(world, people, tmp_path, cli):
-    """Restoring the library's own photos (`restore family/... --ref-library family`): a face's own photo is not
-    among its matches, and what restore wrote into the library (outputs, the review page's images) is never
+    """Restoring the library's own photos (`restore family/... --ref-library family`): a face's own photo (or a copy
+    of it: the same bytes) is not among its matches, and what restore wrote into the library (outputs, the review page's images) is never
     embedded as a reference: those faces are mgfr's inventions."""
     root, lib, _ = world
     common = ["--ref-library", lib, "--ref-threshold", "-1", "--ref-k", "10", "--model-root", root, "--steps", "1",
               "--detector", "retinaface_mobile0.25", "--device", "cpu", "--report"]
-    everyone = {"person0/a.png", "person0/b.jpg", "person1/a.png", "person1/b.jpg", "misc/astronaut.png"}
-    for photo, out in (("person0/a.png", "restored"), ("person1/a.png", "restored-again")):
+    shutil.copy(lib / "person0" / "a.png", lib / "misc" / "a (1).png")  # a copy, as photo libraries have
+    everyone = {"person0/a.png", "person0/b.jpg", "person1/a.png", "person1/b.jpg", "misc/astronaut.png",
+                "misc/a (1).png"}
+    for photo, out, itself in (("person0/a.png", "restored", {"person0/a.png", "misc/a (1).png"}),
+                               ("person1/a.png", "restored-again", {"person1/a.png"})):
         code, text, err = cli("restore", lib / photo, "-o", lib / out, *common)
         assert code == 0, text + err
         row = json.loads((lib / out / "mgfr-summary.json").read_text())[0]
         found = {str(Path(m["file"]).relative_to(lib)) for m in row["library"][0]["matches"]}
-        assert found == everyone - {photo}, found
+        assert found == everyone - itself, found
     assert (lib / "restored" / "a.png").is_file() and any((lib / "restored" / "_report").glob("*.jpg"))
     embedded = json.loads((lib / CACHE / "index.json").read_text())["files"]
     assert set(embedded) == everyone, sorted(embedded)
@@ -342,12 +345,13 @@ def test_a_face_is_never_its_own_reference_nor_one_mgfr_made(world, people, tmp_
 
 
 def test_a_references_folder_holding_the_photo_gives_it_the_others(world, people, tmp_path, cli):
-    """`restore fam/a.png --ref fam/`: a.png's face is guided by the folder's other photos only (the same pixels as
-    `--ref fam/b.png`), said once; a file named as its own reference is used as named (other pixels)."""
+    """`restore fam/a.png --ref fam/`: a.png's face is guided by the folder's other photos only, not by itself or a
+    copy of it (the same pixels as `--ref fam/b.png`), said once; a file named as its own reference is used as named (other pixels)."""
     root, _, _ = world
     fam = tmp_path / "fam"
     _save(fam / "a.png", people[0])
     _save(fam / "b.png", people[1])
+    shutil.copy(fam / "a.png", fam / "a copy.png")  # a copy of the photo is the photo too
     common = ["--model-root", root, "--steps", "4", "--identity-guidance", "0.5", "--detector", "retinaface_mobile0.25",
               "--device", "cpu"]
     written = {}

@@ -180,10 +180,20 @@ def _same(value):
     return tuple(Path(r).resolve() for r in value) if isinstance(value, tuple) else value
 
 
+def _same_photo(a: Path, b: Path) -> bool:
+    """The same file, or a copy of it (the same bytes)."""
+    import filecmp
+
+    try:
+        return a.resolve() == b or (a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False))
+    except OSError:
+        return False
+
+
 def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tuple[Path, ...]:
     """Reference files: given files as they are, folders as the images directly in them (sorted), but ``photo``,
-    the one being restored (``restore family/ --ref family/`` gives each photo the others; a file named as its own
-    reference is used, as named), and the outputs ``mgfr restore`` wrote there beside the user's photos (its summary
+    the one being restored, or a copy of it (``restore family/ --ref family/`` gives each photo the others; a file
+    named as its own reference is used, as named), and the outputs ``mgfr restore`` wrote there beside the user's photos (its summary
     lists them: restored faces are mgfr's inventions; a folder of outputs only is used as it is, as asked)."""
     from mgfr_cli.ownership import restore_outputs
 
@@ -196,7 +206,7 @@ def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tup
                 raise InputError(f"{r}: reference folder holds no images")
             made = restore_outputs(r, [p.name for p in r.iterdir()]) or set()
             theirs = [p for p in images if p.resolve() not in made] or images  # all restore's: asked for as such
-            out += [p for p in theirs if own is None or p.resolve() != own]
+            out += [p for p in theirs if own is None or not _same_photo(p, own)]
         elif r.is_file():
             out.append(r)
         else:

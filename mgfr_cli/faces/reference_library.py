@@ -58,6 +58,7 @@ class ReferenceLibrary:
         self.matrix = np.zeros((0, 0), np.float32)
         self.rows: list[tuple[str, int]] = []  # matrix row -> (relative path, face index)
         self._rows_of: dict[str, list[int]] = {}
+        self._by_size: dict[int, list[str]] = {}
 
     # -- building ------------------------------------------------------------------------------
     def refresh(self) -> LibraryUpdate:
@@ -97,6 +98,9 @@ class ReferenceLibrary:
         self.matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32)
         self.rows = [(rel, k) for rel, info in files.items() for k in range(len(info["rows"]))]
         self._rows_of = {rel: info["rows"] for rel, info in files.items()}  # a file -> its rows of the matrix
+        self._by_size: dict[int, list[str]] = {}  # (copies of the photo being restored are found by size, then bytes)
+        for rel, info in files.items():
+            self._by_size.setdefault(info["size"], []).append(rel)
         if update.files_read or set(files) != set(old_files):
             self._save()
         return update
@@ -141,18 +145,29 @@ class ReferenceLibrary:
     # -- searching -----------------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int, threshold: float, skip: Collection[Path] = ()) -> list[Match]:
         """Up to ``k`` library faces whose cosine to ``query`` (a unit vector) is at least ``threshold``, best first;
-        never a face of the files in ``skip`` (the photo being restored: a face is not its own reference)."""
+        never a face of the files in ``skip`` or of a copy of one (the photo being restored: a face is not its own
+        reference)."""
         if not len(self.rows):
             return []
         sims = self.matrix @ np.asarray(query, np.float32)
-        for path in skip:
-            try:
-                rel = str(Path(path).resolve().relative_to(self.folder.resolve()))
-            except ValueError:
-                continue
+        for rel in self._copies_of(skip):
             sims[self._rows_of.get(rel, [])] = -np.inf
         top = np.argsort(-sims)[:k]
         return [Match(self.folder / self.rows[i][0], self.rows[i][1], float(sims[i])) for i in top if sims[i] >= threshold]
+
+    def _copies_of(self, photos: Collection[Path]) -> list[str]:
+        """The library's files that are one of ``photos``: the file itself, or a copy (the same bytes: ``IMG_1 (1).jpg``,
+        the page's upload of a library photo)."""
+        import filecmp
+
+        out = []
+        for photo in photos:
+            try:
+                size = Path(photo).stat().st_size
+            except OSError:
+                continue
+            out += [rel for rel in self._by_size.get(size, []) if filecmp.cmp(photo, self.folder / rel, shallow=False)]
+        return out
 
     def find(self, crop: np.ndarray, k: int, threshold: float, skip: Collection[Path] = ()
              ) -> tuple[tuple, tuple[Match, ...]]:
