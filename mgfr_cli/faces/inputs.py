@@ -11,7 +11,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 from mgfr_cli.faces.io import is_image_file, is_video_file
 
@@ -155,3 +155,21 @@ def _walk(folder: Path, recursive: bool, fence: list, ignored: list | None = Non
             elif ignored is not None and p.suffix.lower() not in COMPANION_FILES:
                 ignored.append(p)
     return out
+
+
+def photos_below(folder: Path, outputs: bool = False, skip: Callable[[Path], bool] = lambda d: False) -> list[Path]:
+    """The image files below ``folder`` that are the user's photos, sorted: hidden files and folders left out, folders
+    ``skip`` names, and (unless ``outputs``) what ``mgfr restore`` wrote there: the outputs its summaries list and
+    the folders it keeps beside them (restored faces are mgfr's inventions: never references, never data). Shared by
+    the reference library and the training data."""
+    from mgfr_cli.ownership import is_restore_folder, restore_outputs
+
+    out, made = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        here = Path(dirpath)
+        listed = restore_outputs(here, filenames)
+        made |= listed or set()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not skip(here / d)
+                             and not (listed is not None and is_restore_folder(d)))
+        out += [here / n for n in filenames if not n.startswith(".") and is_image_file(here / n)]
+    return sorted(p for p in out if outputs or p.resolve() not in made)

@@ -12,7 +12,6 @@ one matrix product over the unit embeddings (numpy): 100 000 faces take millisec
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Collection
@@ -20,7 +19,7 @@ from typing import Callable, Collection
 import numpy as np
 
 from mgfr_cli.errors import InputError, MgfrError
-from mgfr_cli.faces.io import atomic_write_bytes, folder_lock, is_image_file, read_image
+from mgfr_cli.faces.io import atomic_write_bytes, folder_lock, read_image
 
 CACHE = ".mgfr-library"
 OUT_CACHE = "_library-cache"  # in the output folder, when the library folder is read-only
@@ -106,19 +105,11 @@ class ReferenceLibrary:
         return update
 
     def _images(self) -> list[Path]:
-        """The library's photos: every image file but what ``mgfr restore`` wrote into it beside them (the outputs its
-        summaries list and the folders beside those: restored faces are mgfr's inventions, never references)."""
-        from mgfr_cli.ownership import is_restore_folder, restore_outputs
+        """The library's photos: every image file but what ``mgfr restore`` wrote into it beside them (restored faces
+        are mgfr's inventions, never references); a library of outputs only is used as asked."""
+        from mgfr_cli.faces.inputs import photos_below
 
-        out, outputs = [], set()
-        for dirpath, dirnames, filenames in os.walk(self.folder, followlinks=False):
-            listed = restore_outputs(Path(dirpath), filenames)
-            if listed is not None:
-                outputs |= listed
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                                 and not (listed is not None and is_restore_folder(d)))
-            out += [Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".") and is_image_file(Path(n))]
-        return [p for p in out if p.resolve() not in outputs] or out  # a library of outputs only: used as asked
+        return photos_below(self.folder) or photos_below(self.folder, outputs=True)
 
     def _load(self) -> tuple[dict, np.ndarray]:
         try:

@@ -20,8 +20,8 @@ from pydantic.dataclasses import dataclass
 import mgfr_cli.model.prompts as prompts
 from mgfr_cli.training.degrade import DegradeConfig, degrade, negative_target
 from mgfr_cli.errors import ConfigError, InputError, OutputError
-from mgfr_cli.faces.io import is_image_file, read_image
-from mgfr_cli.ownership import is_restore_folder, restore_outputs
+from mgfr_cli.faces.io import read_image
+from mgfr_cli.faces.inputs import photos_below
 
 
 Chance = Annotated[float, Field(ge=0, le=1)]
@@ -47,20 +47,9 @@ def is_mgfr_folder(folder: Path) -> bool:
 
 
 def list_images(folder: Path, outputs: bool = False) -> list[Path]:
-    """Image files below ``folder``, sorted: hidden ones, mgfr's own folders and (unless ``outputs``: a restore's
-    predictions, for ``eval``) what ``mgfr restore`` wrote there left out (the outputs its summaries list, beside
-    your photos or alone, and the folders it keeps beside them): restored faces are mgfr's inventions, never data."""
-    import os
-
-    out, made = [], set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        here = Path(dirpath)
-        listed = restore_outputs(here, filenames)
-        made |= listed or set()
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not is_mgfr_folder(here / d)
-                             and not (listed is not None and is_restore_folder(d)))
-        out += [here / n for n in filenames if not n.startswith(".") and is_image_file(here / n)]
-    return sorted(p for p in out if outputs or p.resolve() not in made)
+    """Image files below ``folder``, sorted, but mgfr's own: run folders and aligned copies, and what ``mgfr restore``
+    wrote there unless ``outputs`` (a restore's predictions, for ``eval``): :func:`~mgfr_cli.faces.inputs.photos_below`."""
+    return photos_below(folder, outputs, skip=is_mgfr_folder)
 
 
 def read_attributes(data_dir: Path) -> dict[str, list[str]]:
