@@ -66,7 +66,8 @@ def test_degrade_into_its_own_folder_keeps_earlier_parameters(photos, tmp_path, 
 def test_a_photo_without_a_face_is_written_and_stays_done(tiny_root, photos, tmp_path, cli):
     """A faceless photo is written as GFPGAN and CodeFormer write it (its background, resized by --upscale: Lanczos
     here), listed as `no face`; a rerun skips it and the summary and the page still say `no face`, not `skipped`;
-    a rerun with other settings says so, as for restored photos."""
+    a rerun with other settings says so, as for restored photos, when they are settings it is made with (the
+    upscale, not the sampling)."""
     a, _ = photos
     y, x = np.mgrid[0:45, 0:70]
     scene = np.dstack([x * 3, y * 5, (x + y) * 2]).astype(np.uint8)  # no face, and not flat: the resize shows
@@ -81,7 +82,7 @@ def test_a_photo_without_a_face_is_written_and_stays_done(tiny_root, photos, tmp
     assert written.shape == expected.shape and np.abs(written.astype(int) - expected).max() == 0
     rows = {Path(r["source"]).name: r for r in json.loads((out / "mgfr-summary.json").read_text())}
     assert rows["scene.png"]["status"] == "no face" and Path(rows["scene.png"]["output"]).name == "scene.png"
-    assert rows["scene.png"]["recipe"] == rows["a.png"]["recipe"] != ""
+    assert rows["scene.png"]["recipe"] and rows["a.png"]["recipe"]
     stamp = (out / "scene.png").stat().st_mtime_ns
 
     code, text, err = cli(*args)  # resumed: both done
@@ -91,7 +92,10 @@ def test_a_photo_without_a_face_is_written_and_stays_done(tiny_root, photos, tmp
     page = (out / "index.html").read_text()
     assert page.count("data-status='no face'") == 1 and "data-status='skipped'" not in page
 
-    code, text, err = cli(*args[:-len(ALIGN) - 2], "--steps", "2", *ALIGN)
+    code, text, err = cli(*args[:-len(ALIGN) - 2], "--steps", "2", *ALIGN)  # sampling: not what scene.png is made of
+    lines = [line for line in text.splitlines() if "made with other settings" in line]
+    assert code == 0 and len(lines) == 1 and "a.png" in lines[0], text + err
+    code, text, err = cli(*args[:-len(ALIGN) - 4], "--upscale", "3", "--steps", "1", *ALIGN)  # both are
     assert code == 0 and text.count("made with other settings") == 2, text + err
 
 

@@ -139,7 +139,7 @@ class BatchRestorer:
 
         def finish(o: Outcome):
             if o.status in (RESTORED, NO_FACE) and o.output is not None:  # what a later run resumes by
-                o = replace(o, recipe=recipe(job, o.source))
+                o = replace(o, recipe=recipe(job, o.source, faceless=o.status == NO_FACE))
             if o.status == RESTORED:
                 overrides.add(o.source)
             outcomes.append(o)

@@ -159,20 +159,32 @@ def recipe_text(settings, models: str, flags, upscale: float, selection, has_ali
     return json.dumps(what, sort_keys=True, default=str)
 
 
-def recipe(job: RestoreJob, source: Path) -> str:
+FACELESS_KEYS = ("models", "upscale", "selection", "has_aligned")  # what a photo without a face is written with
+
+
+def recipe(job: RestoreJob, source: Path, faceless: bool = False) -> str:
     """What ``source``'s output is made with: the run's settings, a clip's ``--crf`` and ``--video-noise``, the
     text of the photo's sidecar and folder ``mgfr.yaml`` and the reference images they name; empty when the job
-    states no settings (a test's job, the web page's one photo)."""
+    states no settings (a test's job, the web page's one photo). ``faceless``: of an output written without a face,
+    only what it depends on (the models, detector and upsampler included, the upscale, which faces are kept):
+    another ``--steps`` or ``--prompt`` does not make it "made with other settings"."""
     import hashlib
+    import json
 
     from mgfr_cli.faces.conditions import FOLDER_YAML, sidecar_path
     from mgfr_cli.faces.io import is_video_file
 
     if not job.recipe:
         return ""
-    h = hashlib.sha1(job.recipe.encode("utf-8", "surrogateescape"))
+    text = job.recipe
+    if faceless:
+        text = "faceless " + json.dumps({k: v for k, v in json.loads(text).items() if k in FACELESS_KEYS},
+                                        sort_keys=True)
+    h = hashlib.sha1(text.encode("utf-8", "surrogateescape"))
     if is_video_file(source):
         h.update(f"clip crf={job.crf} noise={job.video_noise}".encode())
+    if faceless:
+        return h.hexdigest()[:16]
     for p in (sidecar_path(Path(source)), Path(source).parent / FOLDER_YAML):
         try:
             h.update(p.read_bytes()[: 1 << 20] if p is not None else b"")
@@ -224,11 +236,13 @@ def _files_mark(key: tuple) -> str:
     return fingerprint([k[0] for k in key])
 
 
-def earlier_recipes(earlier: list[dict], output: Path) -> dict[str, str]:
-    """Output (resolved) -> what it was made with, as the folder's summary records it (rows of older runs have none)."""
+def earlier_recipes(earlier: list[dict], output: Path) -> dict[str, tuple[str, bool]]:
+    """Output (resolved) -> what it was made with and whether it was written without a face, as the folder's
+    summary records it (rows of older runs have none)."""
+    from mgfr_cli.faces.inputs import NO_FACE
     from mgfr_cli.ownership import recorded_output
 
-    return {str(recorded_output(r["output"], output)): r["recipe"] for r in earlier
+    return {str(recorded_output(r["output"], output)): (r["recipe"], r.get("status") == NO_FACE) for r in earlier
             if isinstance(r.get("recipe"), str) and r["recipe"] and isinstance(r.get("output"), str)}
 
 
@@ -237,6 +251,6 @@ def skipped_as_done(job: RestoreJob, source: Path, done: Path, recipes: dict) ->
     settings than this run's (another --prompt, --steps, sidecar...): listed with the way to redo it."""
     from mgfr_cli.faces.inputs import OUTPUT_EXISTS, SKIPPED
 
-    made = recipes.get(str(Path(done).resolve()))
-    other = bool(made and job.recipe and made != recipe(job, source))
+    made, faceless = recipes.get(str(Path(done).resolve()), ("", False))
+    other = bool(made and job.recipe and made != recipe(job, source, faceless))
     return Outcome(source, SKIPPED, OTHER_SETTINGS if other else OUTPUT_EXISTS, done)
