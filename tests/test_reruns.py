@@ -126,6 +126,8 @@ def test_restore_into_the_input_folder_reads_it_whole_and_never_its_own_outputs(
     for again in (("--recursive", "--suffix", "_r"), ("--suffix", "_s")):
         code, text, err = cli("restore", "..", "-o", "..", *again, *run)
         assert code == 0 and _files(folder) == before, (again, text + err)
+    code, text, err = cli("restore", "../a_r.png", "-o", "..", "--suffix", "_s", *run)  # an output named: said
+    assert code == 0 and "an output, not an input" in " ".join(text.split()) and _files(folder) == before, text + err
     # the outputs' names are the inputs' own once an earlier output shares a stem (b.jpg -> b.png): kept on a rerun
     monkeypatch.chdir(tmp_path)
     jpg = tmp_path / "j"

@@ -63,6 +63,8 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None 
             missing += [Outcome(p, SKIPPED, f"{NOT_AN_IMAGE} ({p.suffix or 'no extension'})") for p in ignored]
         elif path.exists() or path.is_symlink():
             items.append(InputItem(path, Path(path.name)))
+            if own and path.resolve() in {Path(p) for p in own}:  # named, not found in a folder: said
+                missing.append(Outcome(path, SKIPPED, OWN_OUTPUT))
         elif glob.has_magic(spec):
             matches = sorted(glob.glob(spec, recursive=recursive))
             root = _glob_root(spec)
@@ -137,6 +139,7 @@ def _relative(path: Path, root: Path) -> Path:
 COMPANION_FILES = (".yaml", ".yml", ".txt", ".json", ".csv", ".md", ".xmp", ".ini", ".db", ".html")
 NOT_AN_IMAGE = "not an image format mgfr reads"
 OUTPUT_EXISTS = "output exists (use --overwrite)"  # a resumed run's skip: counted, not listed
+OWN_OUTPUT = "written here by an earlier run of this command (its record lists it): an output, not an input"
 
 
 def _walk(folder: Path, recursive: bool, fence: list, ignored: list | None = None) -> list[InputItem]:
