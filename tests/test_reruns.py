@@ -151,6 +151,8 @@ def test_an_output_name_that_is_an_input_under_another_name_is_refused(tiny_root
 
 
 def test_degrade_and_align_into_the_input_folder_never_read_their_own_outputs(tiny_root, astronaut, tmp_path, cli):
+    """`degrade in -o in` and `align in -o in` run twice: the second run finds the first's copy and crop listed in its
+    table and leaves them out of the inputs (it degraded `a.png` into `a-png.png`, aligned `a_00.png` again)."""
     for command, extra, expected in (("degrade", (), ["a.jpg", "a.png", "params.json"]),
                                      ("align", ("--model-root", tiny_root, *ALIGN),
                                       ["a.jpg", "a_00.png", "faces.csv", "faces.json"])):
