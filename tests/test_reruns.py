@@ -189,3 +189,24 @@ def test_align_run_again_from_another_folder_knows_its_crops(tiny_root, photos, 
     assert code == 0 and "not written by" not in " ".join(text.split()), text + err
     rows = json.loads((a.parent / "crops" / "faces.json").read_text())
     assert [r["crop"] for r in rows] == [str((a.parent / "crops" / "a_00.png").resolve())]
+
+
+def test_the_summary_keeps_a_row_per_photo_and_output(tmp_path):
+    """The merge rule of mgfr-summary.json, row by row: a result replaces the photo's failure and its own output's
+    row, never a row of another output still on disk (`--suffix _r` then `_s`); a skip never replaces a result."""
+    from mgfr_cli.app.summary import write_summary
+    from mgfr_cli.faces.inputs import Outcome
+
+    path, src = tmp_path / "mgfr-summary.json", tmp_path / "a.png"
+
+    def merge(*outcomes):
+        write_summary(path, outcomes, merge=True)
+        return sorted((r["status"], Path(r["output"]).name if r["output"] else None)
+                      for r in json.loads(path.read_text()))
+
+    r_out, s_out = tmp_path / "a_r.png", tmp_path / "a_s.png"
+    assert merge(Outcome(src, "failed", "boom")) == [("failed", None)]
+    assert merge(Outcome(src, "restored", "", r_out, 1)) == [("restored", "a_r.png")]
+    assert merge(Outcome(src, "restored", "", s_out, 1)) == [("restored", "a_r.png"), ("restored", "a_s.png")]
+    assert merge(Outcome(src, "skipped", "output exists", r_out)) == [("restored", "a_r.png"), ("restored", "a_s.png")]
+    assert merge(Outcome(src, "restored", "", r_out, 1)) == [("restored", "a_r.png"), ("restored", "a_s.png")]

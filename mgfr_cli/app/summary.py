@@ -65,8 +65,8 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
         atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
         return
 
-    def key(r: dict) -> tuple:
-        return r["source"], str(recorded_output(r["output"], path.parent)) if isinstance(r.get("output"), str) else None
+    def output_of(r: dict) -> str | None:
+        return str(recorded_output(r["output"], path.parent)) if isinstance(r.get("output"), str) else None
 
     with folder_lock(path.parent):
         try:
@@ -74,17 +74,17 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
             old = [r for r in old if isinstance(r, dict) and isinstance(r.get("source"), str)]
         except (OSError, ValueError):
             old = []
-        merged = {key(r): r for r in old}
+        merged: dict[str, dict] = {}  # photo -> {its output (None: a row without one) -> row}
+        for r in old:
+            merged.setdefault(r["source"], {})[output_of(r)] = r
         for r in rows:
-            source, out = key(r)
-            same = [k for k in merged if k[0] == source and (k[1] is None or k[1] == out)]
-            if r["status"] == SKIPPED and any(wrote_output(merged[k]) for k in merged
-                                              if k[0] == source and (out is None or k[1] == out)):
+            out, theirs = output_of(r), merged.setdefault(r["source"], {})
+            if r["status"] == SKIPPED and any(wrote_output(v) for k, v in theirs.items() if out is None or k == out):
                 continue
-            for k in same:
-                del merged[k]
-            merged[(source, out)] = r
-        atomic_write_bytes(path, json.dumps(list(merged.values()), indent=1).encode())
+            theirs.pop(None, None)
+            theirs.pop(out, None)  # (and this run's row goes last among the photo's)
+            theirs[out] = r
+        atomic_write_bytes(path, json.dumps([r for per in merged.values() for r in per.values()], indent=1).encode())
 
 
 # -- the processes of one launch (accelerate launch / torchrun) ------------------------------------------
