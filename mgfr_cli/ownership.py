@@ -140,7 +140,8 @@ def is_restore_folder(name: str) -> bool:
 def recorded_output(value: str, folder: Path) -> Path:
     """A summary row's output, resolved. Rows are written with resolved paths; older ones hold a path relative to
     the folder their run started in, unknown now: read from here, else from the output ``folder`` or a folder above
-    it, the first reading that names a file inside ``folder`` (``in/a.jpg`` recorded for ``-o in``, read from ``..``)."""
+    it, the first reading that names a file inside ``folder`` (``in/a.jpg`` recorded for ``-o in``, read from
+    ``..``)."""
     path = Path(value)
     if path.is_absolute():
         return path.resolve()
@@ -163,8 +164,9 @@ def restore_rows(folder: Path, names) -> dict[Path, str] | None:
     """Output (resolved) -> the photo it was restored from, as the restore summaries among ``names`` list them."""
     found = None
     for name in names:
-        if name.startswith("mgfr-summary") and name.endswith(".json") and is_json_rows(Path(folder) / name, SUMMARY_KEYS):
-            rows = json.loads((Path(folder) / name).read_text())
+        path = Path(folder) / name
+        if name.startswith("mgfr-summary") and name.endswith(".json") and is_json_rows(path, SUMMARY_KEYS):
+            rows = json.loads(path.read_text())
             found = (found or {}) | {recorded_output(r["output"], folder): str(r["source"]) for r in rows
                                      if isinstance(r["output"], str)}
     return found

@@ -313,8 +313,8 @@ def test_the_python_api_restores_with_a_library_as_the_cli_does(world, tmp_path,
 
 def test_a_face_is_never_its_own_reference_nor_one_mgfr_made(world, people, tmp_path, cli):
     """Restoring the library's own photos (`restore family/... --ref-library family`): a face's own photo (or a copy
-    of it: the same bytes) is not among its matches, and what restore wrote into the library (outputs, the review page's images) is never
-    embedded as a reference: those faces are mgfr's inventions."""
+    of it: the same bytes) is not among its matches, and what restore wrote into the library (outputs, the review
+    page's images) is never embedded as a reference: those faces are mgfr's inventions."""
     root, lib, _ = world
     common = ["--ref-library", lib, "--ref-threshold", "-1", "--ref-k", "10", "--model-root", root, "--steps", "1",
               "--detector", "retinaface_mobile0.25", "--device", "cpu", "--report"]
@@ -346,7 +346,8 @@ def test_a_face_is_never_its_own_reference_nor_one_mgfr_made(world, people, tmp_
 
 def test_a_references_folder_holding_the_photo_gives_it_the_others(world, people, tmp_path, cli):
     """`restore fam/a.png --ref fam/`: a.png's face is guided by the folder's other photos only, not by itself or a
-    copy of it (the same pixels as `--ref fam/b.png`), said once; a file named as its own reference is used as named (other pixels)."""
+    copy of it (the same pixels as `--ref fam/b.png`), said once; a file named as its own reference is used as
+    named (other pixels)."""
     root, _, _ = world
     fam = tmp_path / "fam"
     _save(fam / "a.png", people[0])

@@ -193,8 +193,9 @@ def _same_photo(a: Path, b: Path) -> bool:
 def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tuple[Path, ...]:
     """Reference files: given files as they are, folders as the images directly in them (sorted), but ``photo``,
     the one being restored, or a copy of it (``restore family/ --ref family/`` gives each photo the others; a file
-    named as its own reference is used, as named), and the outputs ``mgfr restore`` wrote there beside the user's photos (its summary
-    lists them: restored faces are mgfr's inventions; a folder of outputs only is used as it is, as asked)."""
+    named as its own reference is used, as named), and the outputs ``mgfr restore`` wrote there beside the user's
+    photos (its summary lists them: restored faces are mgfr's inventions; a folder of outputs only is used as it
+    is, as asked)."""
     from mgfr_cli.ownership import restore_outputs
 
     own = Path(photo).resolve() if photo is not None else None

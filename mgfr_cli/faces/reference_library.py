@@ -147,8 +147,8 @@ class ReferenceLibrary:
         return [Match(self.folder / self.rows[i][0], self.rows[i][1], float(sims[i])) for i in top if sims[i] >= threshold]
 
     def _copies_of(self, photos: Collection[Path]) -> list[str]:
-        """The library's files that are one of ``photos``: the file itself, or a copy (the same bytes: ``IMG_1 (1).jpg``,
-        the page's upload of a library photo)."""
+        """The library's files that are one of ``photos``: the file itself, or a copy (the same bytes:
+        ``IMG_1 (1).jpg``, the page's upload of a library photo)."""
         import filecmp
 
         out = []

@@ -48,7 +48,8 @@ def is_mgfr_folder(folder: Path) -> bool:
 
 def list_images(folder: Path, outputs: bool = False) -> list[Path]:
     """Image files below ``folder``, sorted, but mgfr's own: run folders and aligned copies, and what ``mgfr restore``
-    wrote there unless ``outputs`` (a restore's predictions, for ``eval``): :func:`~mgfr_cli.faces.inputs.photos_below`."""
+    wrote there unless ``outputs`` (a restore's predictions, for ``eval``): see
+    :func:`~mgfr_cli.faces.inputs.photos_below`."""
     return photos_below(folder, outputs, skip=is_mgfr_folder)
 
 
