@@ -258,6 +258,13 @@ def test_the_web_page_asks_the_library_for_faces_without_uploaded_references(wor
     status = page(None)
     assert "Reference library:" in status and status.count(".png (") + status.count(".jpg (") == 2, status
     assert "Reference library" not in page([str(lib / "person1" / "a.png")])  # uploaded references win
+    upload = tmp_path / "upload" / "mine.png"  # the page's upload of a library photo: not its own reference
+    upload.parent.mkdir()
+    shutil.copy(lib / "person0" / "a.png", upload)
+    models.ref_k = 10
+    listed = restore_one(models, str(upload), None, "", "", 3.0, 2.0, 1, 0, "every face", "wavelet", 1.0, True,
+                         tmp_path / "work-upload")[3]
+    assert listed.count(".png (") + listed.count(".jpg (") == 4, listed  # the library's 5 faces but its own
 
 
 def test_a_clip_asks_the_library_once_per_track(world, astronaut, tmp_path, cli):
