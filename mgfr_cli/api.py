@@ -129,7 +129,7 @@ class Restorer:
         from mgfr_cli.app.batch import restore_in_batches
         from mgfr_cli.app.paste import paste_back
         from mgfr_cli.errors import InputError
-        from mgfr_cli.faces.conditions import FaceConditions
+        from mgfr_cli.faces.conditions import FaceConditions, own_references_note
         from mgfr_cli.faces.helper import FaceSelection, aligned_output
         from mgfr_cli.model.pipeline import DiffusionRestorer
 
@@ -155,8 +155,7 @@ class Restorer:
         photo = Path(image) if isinstance(image, (str, Path)) else None
         given = _expand(refs, photo)  # a references folder holding the photo gives it the others
         if len(given) < len(_expand(refs)):
-            notes.append(f"{photo.name}: left out of its own references (a references folder gives a photo the "
-                         f"others; name a file to use it)")
+            notes.append(own_references_note([photo]))
         references = tuple(self._reference(r, has_aligned) for r in given)
         conditions = [FaceConditions(prompt, negative_prompt, references) if references or library is None else
                       FaceConditions(prompt, negative_prompt, *library.find(

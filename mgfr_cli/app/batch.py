@@ -20,7 +20,7 @@ import numpy as np
 
 from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import (ConditionSpec, FaceConditions, FlagOverrides, condition_sources, expand_refs,
-                                       resolve_specs)
+                                       own_references_note, resolve_specs)
 from mgfr_cli.errors import InputError, MgfrError, OutputError
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
@@ -175,9 +175,7 @@ class BatchRestorer:
         finally:  # also on Ctrl-C and a fatal write error: no claim outlives the run
             self.claims.release_all()
         if self.own_refs:
-            names = ", ".join(p.name for p in list(self.own_refs)[:5]) + (" ..." if len(self.own_refs) > 5 else "")
-            self.notes.append(f"{names}: left out of {'its' if len(self.own_refs) == 1 else 'their'} own references "
-                              f"(a references folder gives a photo the others; name a file to use it)")
+            self.notes.append(own_references_note(list(self.own_refs)))
         self.notes += overrides.notes() + dropped_note(job.ext, [(o.source, self.drops[o.source]) for o in outcomes
                                                                   if o.output is not None and o.source in self.drops])
         return outcomes

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mgfr_cli.configs import check_keys, expect_type, read_yaml
 from mgfr_cli.errors import ConfigError, InputError
-from mgfr_cli.faces.io import is_image_file, is_video_file
+from mgfr_cli.faces.io import is_image_file, is_video_file, same_photo
 
 FOLDER_YAML = "mgfr.yaml"
 _KEYS = {"prompt", "negative_prompt", "refs"}
@@ -180,14 +180,11 @@ def _same(value):
     return tuple(Path(r).resolve() for r in value) if isinstance(value, tuple) else value
 
 
-def _same_photo(a: Path, b: Path) -> bool:
-    """The same file, or a copy of it (the same bytes)."""
-    import filecmp
-
-    try:
-        return a.resolve() == b or (a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False))
-    except OSError:
-        return False
+def own_references_note(photos: list[Path]) -> str:
+    """Said once after a run whose references folders held photos being restored (left out of their own)."""
+    names = ", ".join(p.name for p in photos[:5]) + (" ..." if len(photos) > 5 else "")
+    return (f"{names}: left out of {'its' if len(photos) == 1 else 'their'} own references (a references folder "
+            f"gives a photo the others; name a file to use it)")
 
 
 def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tuple[Path, ...]:
@@ -198,7 +195,7 @@ def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tup
     is, as asked)."""
     from mgfr_cli.ownership import restore_outputs
 
-    own = Path(photo).resolve() if photo is not None else None
+    own = Path(photo) if photo is not None else None
     out: list[Path] = []
     for r in refs or ():
         if r.is_dir():
@@ -207,7 +204,7 @@ def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tup
                 raise InputError(f"{r}: reference folder holds no images")
             made = restore_outputs(r, [p.name for p in r.iterdir()]) or set()
             theirs = [p for p in images if p.resolve() not in made] or images  # all restore's: asked for as such
-            out += [p for p in theirs if own is None or not _same_photo(p, own)]
+            out += [p for p in theirs if own is None or not same_photo(p, own)]
         elif r.is_file():
             out.append(r)
         else:

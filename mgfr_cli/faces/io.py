@@ -212,6 +212,17 @@ def plain_ext(requested_ext: str, source: Path) -> str:
     return ext if ext in WRITABLE else "png"
 
 
+def same_photo(a: Path, b: Path) -> bool:
+    """The same file, or a copy of it (the same bytes: ``IMG_1 (1).jpg``, an upload of it)."""
+    import filecmp
+
+    try:
+        return Path(a).resolve() == Path(b).resolve() or (
+            Path(a).stat().st_size == Path(b).stat().st_size and filecmp.cmp(a, b, shallow=False))
+    except OSError:
+        return False
+
+
 def output_format(photo: Photo, requested_ext: str, source: Path) -> str:
     """The extension to write: ``auto`` keeps the input's, but never a format that would drop data."""
     ext = plain_ext(requested_ext, source)

@@ -19,7 +19,7 @@ from typing import Callable, Collection
 import numpy as np
 
 from mgfr_cli.errors import InputError, MgfrError
-from mgfr_cli.faces.io import atomic_write_bytes, folder_lock, read_image
+from mgfr_cli.faces.io import atomic_write_bytes, folder_lock, read_image, same_photo
 
 CACHE = ".mgfr-library"
 OUT_CACHE = "_library-cache"  # in the output folder, when the library folder is read-only
@@ -149,15 +149,13 @@ class ReferenceLibrary:
     def _copies_of(self, photos: Collection[Path]) -> list[str]:
         """The library's files that are one of ``photos``: the file itself, or a copy (the same bytes:
         ``IMG_1 (1).jpg``, the page's upload of a library photo)."""
-        import filecmp
-
         out = []
         for photo in photos:
             try:
                 size = Path(photo).stat().st_size
             except OSError:
                 continue
-            out += [rel for rel in self._by_size.get(size, []) if filecmp.cmp(photo, self.folder / rel, shallow=False)]
+            out += [rel for rel in self._by_size.get(size, []) if same_photo(self.folder / rel, photo)]
         return out
 
     def find(self, crop: np.ndarray, k: int, threshold: float, skip: Collection[Path] = ()
