@@ -11,8 +11,8 @@
 
 ``Restorer.load`` fetches what is missing on first use (unless ``offline``), exactly as ``mgfr restore`` does;
 the CLI and the web page load their models through it. Errors are the exceptions the CLI turns into one-line
-messages (:mod:`mgfr_cli.errors`). Arrays are ``(H, W, 3)`` uint8 RGB (gray and RGBA are converted to RGB).
-"""
+messages (:mod:`mgfr_cli.errors`). Arrays are ``(H, W, 3)`` uint8 RGB (or gray, gray+alpha, RGBA, uint16); the
+restored image comes back in the input's form (gray, alpha, 16 bits kept; a PIL image with its colour profile)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ class Restorer:
         faces larger in the output than their crop are enlarged by Real-ESRGAN (load with ``face_upsample=True``);
         ``sampling``: the keyword arguments of :meth:`settings` (steps, scheduler, identity_guidance, ...)."""
         from mgfr_cli.app.batch import restore_in_batches
-        from mgfr_cli.app.paste import paste_back
+        from mgfr_cli.app.paste import paste_back, upscaled_like
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.conditions import FaceConditions, own_references_note
         from mgfr_cli.faces.helper import FaceSelection, aligned_output
@@ -136,7 +136,8 @@ class Restorer:
         notes = _library_options(library, ref_k, ref_threshold, refs) + self._background(upscale, has_aligned,
                                                                                    face_upsample)
         notes += _yaml_beside(image)
-        rgb, kind = _as_rgb(image)
+        photo, kind = _as_photo(image)  # restored in colour, returned in its own form (gray, alpha, 16 bit)
+        rgb = photo.rgb8()
         settings = self.settings(seed=seed, **sampling)
         if not 0 < upscale < float("inf"):
             raise InputError(f"upscale must be a finite number above 0, got {upscale}")
@@ -150,12 +151,12 @@ class Restorer:
             faces = self.helper.detect_and_align(rgb, FaceSelection(only_center_face=only_center_face,
                                                                     largest_face=largest_face, face_index=face_index))
         if not faces:  # the image as a restored one would be around its faces: at its size times upscale
-            return RestoreResult(_like(paste_back(self.helper, self.upsampler, rgb, [], [], upscale), kind), [],
-                                 notes + ["no face detected"])
-        photo = Path(image) if isinstance(image, (str, Path)) else None
-        given = _expand(refs, photo)  # a references folder holding the photo gives it the others
+            background = paste_back(self.helper, self.upsampler, photo, [], [], upscale)
+            return RestoreResult(_like(background, photo, kind), [], notes + ["no face detected"])
+        path = Path(image) if isinstance(image, (str, Path)) else None
+        given = _expand(refs, path)  # a references folder holding the photo gives it the others
         if len(given) < len(_expand(refs)):
-            notes.append(own_references_note([photo]))
+            notes.append(own_references_note([path]))
         references = tuple(self._reference(r, has_aligned) for r in given)
         conditions = [FaceConditions(prompt, negative_prompt, references) if references or library is None else
                       FaceConditions(prompt, negative_prompt, *library.find(
@@ -166,9 +167,10 @@ class Restorer:
         images = restore_in_batches(restorer, [f.to_restore for f in faces], conditions, [seed + f.index for f in faces],
                                     batch_size)
         if has_aligned:  # the face is the image: at its size times upscale
-            pixels = aligned_output(images[0], rgb.shape[1], rgb.shape[0], upscale)
+            face = aligned_output(images[0], photo.width, photo.height, upscale)
+            pixels = upscaled_like(photo, face, (face.shape[1], face.shape[0]))
         else:
-            pixels = paste_back(self.helper, self.upsampler, rgb, faces, images, upscale, face_upsample)
+            pixels = paste_back(self.helper, self.upsampler, photo, faces, images, upscale, face_upsample)
         judged = {}
         if self.judge is not None and any(c.references for c in conditions):
             from mgfr_cli.faces.identity import similarity_report
@@ -183,7 +185,7 @@ class Restorer:
                               {k: judged[f.index][k] for k in ("before", "after")} if f.index in judged else None,
                               [{"file": str(m.file), "similarity": round(m.similarity, 4)} for m in c.library])
                    for f, r, c in zip(faces, images, conditions)]
-        return RestoreResult(_like(pixels, kind), results, notes)
+        return RestoreResult(_like(pixels, photo, kind), results, notes)
 
     def open_library(self, folder: str | Path, cache: str | Path | None = None, max_megapixels: float = 100.0):
         """A reference library (``--ref-library``): every face of the photos in ``folder`` (any layout) found and
@@ -263,7 +265,7 @@ class Restorer:
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.helper import FaceSelection
 
-        rgb, _ = _as_rgb(ref)
+        rgb = _as_photo(ref)[0].rgb8()
         source = Path(ref) if isinstance(ref, (str, Path)) else None
         if aligned:
             return self.helper.as_aligned(rgb, source)
@@ -312,22 +314,29 @@ def _expand(refs, photo: Path | None = None) -> list:
     return out
 
 
-def _as_rgb(image) -> tuple[np.ndarray, str]:
-    """``(H, W, 3)`` uint8 RGB of a path, an array or a PIL image, and which kind it was."""
-    from mgfr_cli.faces.io import Photo, read_image
+def _as_photo(image):
+    """The :class:`Photo` of a path (read as ``mgfr restore`` reads it), an array or a PIL image, and its kind."""
+    from mgfr_cli.faces.io import photo_of, read_image
 
     if isinstance(image, (str, Path)):
-        return read_image(image).rgb8(), "path"
-    if isinstance(image, np.ndarray):
-        return Photo(image).rgb8(), "array"
-    if hasattr(image, "convert"):  # PIL
-        return np.asarray(image.convert("RGB")), "pil"
+        return read_image(image), "path"
+    if isinstance(image, np.ndarray) or hasattr(image, "convert"):
+        return photo_of(image), "array" if isinstance(image, np.ndarray) else "pil"
     raise TypeError(f"an image is a path, a numpy array or a PIL image, not {type(image).__name__}")
 
 
-def _like(rgb: np.ndarray, kind: str):
-    if kind == "pil":
-        from PIL import Image
+def _like(pixels: np.ndarray, photo, kind: str):
+    """The restored image in the input's form and kind: gray+alpha back to two channels; a PIL image carries the
+    input's colour profile (saved with it)."""
+    from mgfr_cli.faces.io import as_gray_alpha
 
-        return Image.fromarray(rgb)
-    return rgb
+    if photo.gray_alpha:
+        pixels = as_gray_alpha(pixels)
+    if kind != "pil":
+        return pixels
+    from PIL import Image
+
+    out = Image.fromarray(pixels)
+    if photo.icc:
+        out.info["icc_profile"] = photo.icc
+    return out

@@ -243,3 +243,48 @@ def test_face_upsample_reaches_every_path_and_is_said_when_it_cannot_act(tiny_ro
     assert code == 0 and "--face-upsample: not used: no Real-ESRGAN is loaded" in err and calls == [], err
     plain = Restorer.load(tiny_root, detector="retinaface_mobile0.25", device="cpu", offline=True)
     assert plain.restore(big, steps=1, face_upsample=True).notes[0].startswith("face_upsample: not used")
+
+
+def test_an_image_comes_back_in_its_own_form_as_the_cli_writes_it(api_root, astronaut, tmp_path):
+    """Gray, gray+alpha, alpha and 16 bits: `restore()` gives them back as `mgfr restore` writes the same photo (it
+    gave RGB uint8: the alpha and the depth lost without a word); a PIL image keeps its colour profile."""
+    from PIL import Image, ImageCms
+
+    from mgfr_cli import Restorer
+    from mgfr_cli.errors import InputError
+    from mgfr_cli.faces.io import read_image, write_image
+
+    restorer = Restorer.load(detector="retinaface_mobile0.25", device="cpu")
+    face = np.ascontiguousarray(astronaut[:256, 100:356])
+    alpha = np.tile(np.linspace(0, 255, 256).astype(np.uint8), (256, 1))
+    luma = np.rint(face.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+    forms = {"rgba.png": np.dstack([face, alpha]), "gray16.png": luma.astype(np.uint16) * 257,
+             "gray-alpha.png": np.dstack([luma, alpha])}
+    for name, px in forms.items():
+        write_image(tmp_path / "in" / name, px)
+    for name, px in forms.items():
+        restorer.restore_files([tmp_path / "in" / name], tmp_path / "out", steps=1)  # one by one: batches alike
+        written = read_image(tmp_path / "out" / name).pixels
+        written = written if px.ndim == 2 or px.shape[2] != 2 else np.dstack([written[:, :, 0], written[:, :, 3]])
+        by_path, by_array = (restorer.restore(x, steps=1) for x in (tmp_path / "in" / name, px))
+        assert len(by_path.faces) == len(by_array.faces) == 1, name
+        assert by_path.image.dtype == px.dtype and by_path.image.shape == px.shape, name
+        assert np.array_equal(by_path.image, written) and np.array_equal(by_array.image, written), name
+        if px.ndim == 3:
+            assert np.array_equal(by_path.image[:, :, -1], alpha), name  # the alpha as given
+    crop = np.dstack([restorer.restore(face, steps=1).faces[0].aligned[::2, ::2], alpha])  # --has-aligned keeps it too
+    write_image(tmp_path / "aligned" / "crop.png", crop)
+    restorer.restore_files([tmp_path / "aligned" / "crop.png"], tmp_path / "out-aligned", steps=1, has_aligned=True)
+    restored = restorer.restore(crop, steps=1, has_aligned=True).image
+    assert restored.shape == crop.shape and np.array_equal(restored[:, :, 3], alpha)
+    assert np.array_equal(restored, read_image(tmp_path / "out-aligned" / "crop.png").pixels)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    pil = Image.fromarray(forms["rgba.png"])
+    pil.info["icc_profile"] = icc
+    out = restorer.restore(pil, steps=1).image
+    assert out.mode == "RGBA" and np.array_equal(np.asarray(out), forms_out := read_image(tmp_path / "out" / "rgba.png").pixels)
+    out.save(tmp_path / "saved.png")
+    assert Image.open(tmp_path / "saved.png").info.get("icc_profile") == icc  # saved with the profile it came with
+    assert restorer.restore(Image.fromarray(luma), steps=1).image.mode == "L" and forms_out.shape[2] == 4
+    with pytest.raises(InputError, match=r"uint8 or uint16, not \(256, 256, 3\) float32"):
+        restorer.restore(face.astype(np.float32), steps=1)

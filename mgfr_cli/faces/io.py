@@ -164,10 +164,24 @@ def _png_gray_alpha(px: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
+def photo_of(image) -> Photo:
+    """A :class:`Photo` of an in-memory image, in its own form: a PIL image (any mode, its colour profile kept) or
+    a ``(H, W)``, ``(H, W, 2|3|4)`` uint8/uint16 array (gray, gray+alpha, RGB, RGBA)."""
+    if hasattr(image, "convert"):  # PIL
+        gray_alpha = image.mode in ("LA", "La")
+        return Photo(_pil_to_array(image, b""), icc=image.info.get("icc_profile") or None, gray_alpha=gray_alpha)
+    px = np.asarray(image)
+    if px.dtype not in (np.uint8, np.uint16) or not (px.ndim == 2 or (px.ndim == 3 and px.shape[2] in (2, 3, 4))):
+        raise InputError(f"an image array is (H, W) or (H, W, 2|3|4) of uint8 or uint16, not {px.shape} {px.dtype}")
+    if px.ndim == 3 and px.shape[2] == 2:  # gray+alpha, held as RGBA (as a gray+alpha file is)
+        return Photo(np.ascontiguousarray(px[:, :, [0, 0, 0, 1]]), gray_alpha=True)
+    return Photo(np.ascontiguousarray(px))
+
+
 def _pil_to_array(im, data: bytes) -> np.ndarray:
     """Pillow reads most modes; 16-bit colour PNG/TIFF comes from OpenCV, which keeps the depth."""
     mode = im.mode
-    if mode in ("RGB", "RGBA") and im.format in ("PNG", "TIFF"):
+    if data and mode in ("RGB", "RGBA") and im.format in ("PNG", "TIFF"):
         import cv2
 
         deep = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
