@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -395,3 +396,115 @@ def test_a_clip_without_a_face_is_written_as_it_is(tiny_root, tmp_path, cli):
     code, text, err = cli("align", tmp_path / "scene.mp4", "-o", tmp_path / "faces", "--face-index", "0",
                           "--model-root", tiny_root, *FAST[2:])
     assert code == 0 and "no face in any frame" in text, text + err
+
+
+def test_a_clip_keeps_its_colour_matrix_and_tags(tiny_root, astronaut, tmp_path, cli):
+    """A BT.709 clip (what cameras and phones tag HD video with) came out BT.601-coded and untagged: a player, which
+    reads an untagged HD clip as BT.709, showed every colour shifted (green 160 -> 142). The output is coded with the
+    input's matrix and carries its tags; read as they say, its colours are the input's (faces and background)."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    colours = np.zeros((96, 128, 3), np.uint8)
+    colours[:, :44], colours[:, 44:88], colours[:, 88:] = (200, 40, 40), (40, 160, 90), (60, 80, 220)
+    out = av.open(str(tmp_path / "hd.mp4"), "w")
+    v = out.add_stream("libx264", rate=FPS)
+    v.width, v.height, v.pix_fmt = 128, 96, "yuv420p"
+    cc = v.codec_context
+    cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = 1, 2, 1, 1  # BT.709, full range
+    for i in range(4):
+        frame = av.VideoFrame.from_ndarray(colours, format="rgb24")
+        out.mux(v.encode(frame.reformat(format="yuvj420p", dst_colorspace=Colorspace.ITU709,
+                                        dst_color_range=ColorRange.JPEG)))
+    out.mux(v.encode(None))
+    out.close()
+    code, text, err = cli("restore", tmp_path / "hd.mp4", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
+    assert code == 0, text + err
+    with av.open(str(tmp_path / "out" / "hd.mp4")) as c:
+        tags = c.streams.video[0].codec_context
+        assert (tags.colorspace, tags.color_primaries, tags.color_trc, tags.color_range) == (1, 1, 1, 1)
+        frame = next(c.decode(video=0))
+        assert (frame.colorspace, frame.color_range) == (1, 1)
+        as_tagged = frame.to_ndarray(format="rgb24", src_colorspace=Colorspace.ITU709,
+                                     src_color_range=ColorRange.MPEG).astype(float)
+    for x in (20, 64, 108):  # the middle of each band: within a few grey levels (H.264 twice)
+        assert np.abs(as_tagged[48, x] - colours[48, x]).max() <= 4, (x, as_tagged[48, x], colours[48, x])
+
+
+def _scene(path, size=(128, 96), audio=(), frames=6):
+    """A faceless clip of ``size`` with one audio stream per codec in ``audio`` (a tone each, 440 Hz and up)."""
+    y, x = np.mgrid[0 : size[1], 0 : size[0]]
+    out = av.open(str(path), "w")
+    v = out.add_stream("mpeg4" if path.suffix == ".avi" else ("ffv1" if size[0] % 2 else "libx264"), rate=FPS)
+    v.width, v.height, v.pix_fmt = *size, "yuv444p" if size[0] % 2 else "yuv420p"
+    streams = [out.add_stream(codec, rate=16000, layout="mono") for codec in audio]
+    for i in range(frames):
+        frame = np.dstack([(x * 2 + 9 * i) % 256, y * 2, np.full_like(x, 80)]).astype(np.uint8)
+        out.mux(v.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    out.mux(v.encode(None))
+    for k, a in enumerate(streams):
+        tone = (0.3 * np.sin(2 * np.pi * (440 + 220 * k) * np.arange(8000) / 16000)).astype(np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 16000, 0, Fraction(1, 16000)
+        for f in av.AudioResampler(format=a.codec_context.codec.audio_formats[0].name, layout="mono",
+                                   rate=16000).resample(frame):
+            out.mux(a.encode(f))
+        out.mux(a.encode(None))
+    out.close()
+    return path
+
+
+def _tones(path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        n = len(c.streams.audio)
+    tones = []
+    for k in range(n):
+        with av.open(str(path)) as c:
+            tones.append(np.concatenate([f.to_ndarray().astype(np.float64).ravel() for f in c.decode(audio=k)]))
+    return tones
+
+
+def test_every_audio_stream_is_kept_and_odd_sizes_are_said(tiny_root, tmp_path, cli):
+    """An old camera's AVI (ADPCM audio, which MP4 cannot hold) crashed the whole batch with a traceback after
+    restoring the clip; a second audio stream (another language) was dropped unsaid; an odd size lost its last
+    column unsaid. Now: ADPCM re-encoded to AAC (the same tone), every stream kept, the cut said; the batch goes on."""
+    (tmp_path / "in").mkdir()
+    _scene(tmp_path / "in" / "camera.avi", audio=["adpcm_ms"])
+    _scene(tmp_path / "in" / "two.mp4", audio=["aac", "aac"])
+    _scene(tmp_path / "in" / "odd.mkv", size=(127, 95))
+    code, text, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
+    assert code == 0, text + err
+    rows = {Path(r["source"]).name: r for r in json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())}
+    assert sorted(rows) == ["camera.avi", "odd.mkv", "two.mp4"], rows
+    assert all(r["status"] == "no face" for r in rows.values()), rows
+    assert "audio stream 1 (adpcm_ms) re-encoded to AAC" in rows["camera.avi"]["detail"], rows["camera.avi"]
+    for name, out in (("camera.avi", "camera.mp4"), ("two.mp4", "two.mp4")):
+        given, kept = _tones(tmp_path / "in" / name), _tones(tmp_path / "out" / out)
+        assert len(kept) == len(given), name
+        for a, b in zip(given, kept):  # the same tone (AAC's priming delay aside): spectra peak alike
+            assert np.argmax(np.abs(np.fft.rfft(a[:4096]))) == np.argmax(np.abs(np.fft.rfft(b[2048:6144]))), name
+    assert probe(tmp_path / "out" / "odd.mp4")[0]["size"] == (126, 94)
+    assert "written at 126x94, not 127x95: H.264 takes even sizes" in rows["odd.mkv"]["detail"], rows["odd.mkv"]
+
+
+def test_a_clip_that_fails_in_ffmpeg_does_not_stop_the_batch(tiny_root, tmp_path, cli, monkeypatch):
+    """One clip's surprise from PyAV or FFmpeg (an encoder that refuses, a muxer) fails that clip in one line, as a
+    photo's does: the clips after it are restored, and its finished pieces are kept for a rerun."""
+    from mgfr_cli.app import video_out
+
+    write = video_out.SegmentWriter.write
+
+    def failing(self, index, pts, tb, pixels):
+        if self.segments.dir.name.startswith(".a."):
+            raise ValueError("the encoder refused")  # what PyAV raises for, e.g., a codec the container cannot hold
+        return write(self, index, pts, tb, pixels)
+
+    monkeypatch.setattr(video_out.SegmentWriter, "write", failing)
+    (tmp_path / "in").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        _scene(tmp_path / "in" / name)
+    code, text, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
+    rows = {Path(r["source"]).name: r for r in json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())}
+    assert code == 1 and rows["a.mp4"]["status"] == "failed", text + err
+    assert "unexpected ValueError: the encoder refused" in rows["a.mp4"]["detail"], rows
+    assert rows["b.mp4"]["status"] == "no face" and probe(tmp_path / "out" / "b.mp4")[0]["frames"] == 6
+    assert not (tmp_path / "out" / "a.mp4").exists()

@@ -5,8 +5,8 @@ Two passes over the clip (decoded with PyAV, which bundles FFmpeg), so memory do
    each track;
 2. decode again (in a background thread, a bounded queue of frames ahead), align each face with its track's
    smoothed landmarks, restore the faces of a window of frames together on the GPU (the batch machinery), paste
-   them back and encode H.264 (``--crf``) with the input's timestamps (variable frame rate kept); the audio
-   stream is copied unchanged.
+   them back and encode H.264 (``--crf``) with the input's timestamps (variable frame rate kept) and colour
+   matrix; the audio streams are copied (:mod:`app.video_out`).
 Every frame of a track starts from the same noise (seed + track index): with fresh noise per frame a diffusion
 restorer invents a new face every frame. The summary gets, per track, the flicker figure: the mean absolute
 difference between consecutive restored crops, against the same figure for the input crops. The clip is
@@ -17,6 +17,7 @@ run with the same input and settings continues after the last whole piece.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -24,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mgfr_cli.app.video_out import Segments, SegmentWriter
 from mgfr_cli.errors import InputError
 from mgfr_cli.faces.inputs import NO_FACE, RESTORED, Outcome
-from mgfr_cli.faces.video_io import frames, open_video
+from mgfr_cli.faces.video_io import colour_of, frames, open_video
 
+SEGMENT_FRAMES = 96  # frames per encoded piece: what a stopped run keeps
 WINDOW_FRAMES = 8  # frames restored together (and held in memory) at most
 QUEUE_FRAMES = 8  # frames decoded ahead by the background thread
 
@@ -87,8 +90,9 @@ def _background(iterator, size: int = QUEUE_FRAMES):
 
 def restore_clip(batch, job, item, inputs: set) -> Outcome:
     """One clip of a batch, whole; its output is ``OUT/<name>.mp4``, skipped when it exists (a resumed run)."""
-    from mgfr_cli.errors import MgfrError
+    from mgfr_cli.errors import MgfrError, OutputError
     from mgfr_cli.faces.conditions import FaceConditions, resolve_specs
+    from mgfr_cli.app.batch import FATAL_WRITE_ERRORS
     from mgfr_cli.app.outputs import skipped_as_done
     from mgfr_cli.faces.inputs import FAILED
 
@@ -115,6 +119,16 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
         return restore_video(batch, job, item, target, conditions, job.video_noise)
     except MgfrError as exc:
         return Outcome(item.path, FAILED, str(exc))
+    except OSError as exc:
+        if exc.errno in FATAL_WRITE_ERRORS:
+            raise OutputError(f"{job.output}: cannot write outputs ({exc.strerror}); stopped, inputs untouched, "
+                              f"finished outputs kept") from None
+        return Outcome(item.path, FAILED, f"{item.path}: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - in a batch, one clip's surprise (PyAV's, FFmpeg's) must not stop the rest
+        if os.environ.get("MGFR_DEBUG"):
+            raise
+        return Outcome(item.path, FAILED, f"{item.path}: unexpected {type(exc).__name__}: {exc} (MGFR_DEBUG=1 for a "
+                                          f"traceback; the pieces written are kept for a rerun)")
 
 
 def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "track") -> Outcome:
@@ -139,6 +153,10 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
         count = index + 1
     if count == 0:
         raise InputError(f"{path}: no frame could be decoded" + (f" ({broke[0]})" if broke else ""))
+    size = (round(width * job.upscale), round(height * job.upscale))  # paste_back's; H.264 (4:2:0) takes even sizes
+    if size[0] % 2 or size[1] % 2:
+        broke.append(f"written at {size[0] // 2 * 2}x{size[1] // 2 * 2}, not {size[0]}x{size[1]}: H.264 takes even "
+                     f"sizes (the last column or row is cut)")
     tracks = tracker.finish()  # none: the clip is written all the same (its frames as a faceless photo's)
     total, tracks = len(tracks), select_tracks(tracks, job.selection, width, height)
     # a faceless clip reads no sidecar, as a faceless photo (its `tracks: {0: ...}` names no track here)
@@ -153,11 +171,12 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     vin = source.streams.video[0]
     rate = vin.average_rate or vin.guessed_rate or 25
     st = path.stat()
+    colour = colour_of(vin)
     segments = Segments(target, "|".join(map(str, (path.resolve(), st.st_size, st.st_mtime_ns, job.seed, job.crf,
                                                    job.upscale, seed_per, getattr(batch.restorer, "settings", None),
-                                                   _conditions_key(conds), job.recipe))))
+                                                   _conditions_key(conds), job.recipe, colour))))
     try:
-        writer = SegmentWriter(segments, rate, job.crf, flicker)
+        writer = SegmentWriter(segments, rate, job.crf, flicker, colour, SEGMENT_FRAMES)
         window: list = []
 
         def flush():
@@ -191,7 +210,7 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
                 flush()
         flush()
         writer.close()
-        segments.join(target, source, -(-count // SEGMENT_FRAMES))
+        broke += segments.join(target, source, -(-count // SEGMENT_FRAMES))
     finally:
         source.close()
     for k, pairs in segments.flicker().items():  # what earlier runs measured in the segments they wrote
@@ -229,110 +248,3 @@ def _keep_largest(largest: dict, tracker, index: int, found: list, rgb, helper, 
             x1, y1, x2, y2 = t.boxes[-1]
             if (x2 - x1) * (y2 - y1) > largest.get(t.index, (0.0,))[0]:
                 largest[t.index] = ((x2 - x1) * (y2 - y1), helper.align(rgb, by_box[t.boxes[-1]], t.index, path))
-
-
-SEGMENT_FRAMES = 96  # frames per encoded piece: what a stopped run keeps
-
-
-class Segments:
-    """The encoded pieces of one clip, each whole (renamed when finished) or absent, in a hidden folder beside the
-    output, with what was measured in each; a later run with the same input and settings continues after the last
-    whole piece. Joined (packets copied, nothing encoded again) into the output with the audio at the end."""
-
-    def __init__(self, target: Path, key: str):
-        self.dir = target.with_name(f".{target.name}.segments")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        stamp = self.dir / "key.txt"
-        if stamp.is_file() and stamp.read_text() != key:  # another input or other settings: start again
-            for p in self.dir.iterdir():
-                p.unlink()
-        stamp.write_text(key)
-
-    def path(self, k: int) -> Path:
-        return self.dir / f"seg-{k:05d}.mp4"
-
-    def done(self, k: int) -> bool:
-        return self.path(k).is_file() and self.path(k).with_suffix(".json").is_file()
-
-    def flicker(self) -> dict[int, list]:
-        import json
-
-        totals: dict[int, list] = {}
-        for p in sorted(self.dir.glob("seg-*.json")):
-            for k, v in json.loads(p.read_text()).get("earlier", {}).items():
-                totals[int(k)] = [a + b for a, b in zip(totals.get(int(k), [0, 0.0, 0.0]), v)]
-        return totals
-
-    def join(self, target: Path, source, n: int) -> None:
-        import av
-
-        tmp = target.with_name(f".{target.name}.partial.mp4")
-        out = av.open(str(tmp), "w", format="mp4")
-        try:
-            first = av.open(str(self.path(0)))
-            vout = out.add_stream_from_template(first.streams.video[0])
-            first.close()
-            aout = out.add_stream_from_template(source.streams.audio[0]) if source.streams.audio else None
-            for k in range(n):
-                with av.open(str(self.path(k))) as seg:
-                    for packet in seg.demux(seg.streams.video[0]):
-                        if packet.dts is not None:
-                            packet.stream = vout
-                            out.mux(packet)
-            if aout is not None:  # the audio, packet for packet (no re-encoding)
-                for packet in source.demux(source.streams.audio[0]):
-                    if packet.dts is not None:
-                        packet.stream = aout
-                        out.mux(packet)
-            out.close()
-        except BaseException:
-            out.close()
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(target)
-
-    def remove(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.dir, ignore_errors=True)  # mgfr's own hidden folder of pieces, now joined
-
-
-class SegmentWriter:
-    """H.264 (no B-frames, so pieces join with increasing timestamps) into one piece at a time."""
-
-    def __init__(self, segments: Segments, rate, crf: int, flicker: dict):
-        self.segments, self.rate, self.crf, self.flicker = segments, rate, crf, flicker
-        self.k, self.out, self.stream, self.at_start = None, None, None, {}
-
-    def write(self, index: int, pts, tb, pixels: np.ndarray) -> None:
-        import av
-
-        k = index // SEGMENT_FRAMES
-        if k != self.k:
-            self.close()
-            self.k = k
-            self.out = av.open(str(self.segments.path(k).with_suffix(".partial.mp4")), "w", format="mp4")
-            self.stream = self.out.add_stream("libx264", rate=self.rate)
-            self.stream.width, self.stream.height = pixels.shape[1] // 2 * 2, pixels.shape[0] // 2 * 2
-            self.stream.pix_fmt, self.stream.time_base = "yuv420p", tb
-            self.stream.options = {"crf": str(self.crf), "bf": "0"}
-            self.at_start = {t: (f.pairs, f.input_sum, f.restored_sum) for t, f in self.flicker.items()}
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[: self.stream.height, : self.stream.width]),
-                                           format="rgb24")
-        frame.pts, frame.time_base = pts, tb
-        self.out.mux(self.stream.encode(frame))
-
-    def close(self) -> None:
-        """Finish the open piece: flushed, closed, renamed whole, with the flicker measured while writing it."""
-        import json
-
-        if self.out is None:
-            return
-        self.out.mux(self.stream.encode(None))
-        self.out.close()
-        path = self.segments.path(self.k)
-        path.with_suffix(".partial.mp4").replace(path)
-        delta = {t: [f.pairs - self.at_start[t][0], f.input_sum - self.at_start[t][1],
-                     f.restored_sum - self.at_start[t][2]] for t, f in self.flicker.items()}
-        path.with_suffix(".json").write_text(json.dumps({"earlier": delta}))
-        self.out = None

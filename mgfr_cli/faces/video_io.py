@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,33 @@ def open_video(path: Path):
         container.close()
         raise InputError(f"{path}: has no video stream" + (" (audio only)" if container.streams.audio else ""))
     return container
+
+
+UNSPECIFIED = 2  # FFmpeg's AVCOL_SPC/PRI/TRC_UNSPECIFIED
+# AVColorSpace -> the matrix swscale converts RGB with (BT.709, FCC, BT.601 x2, SMPTE 240M, BT.2020 x2)
+_MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+
+
+@dataclass(frozen=True)
+class Colour:
+    """A clip's colour tags (FFmpeg's colour space, primaries and transfer numbers). Frames are decoded with the
+    matrix their tags name; the output is encoded with the same matrix and carries the same tags, so that a player
+    shows input and output alike (most read an untagged HD clip as BT.709: BT.601 pixels would shift in hue)."""
+
+    space: int = UNSPECIFIED
+    primaries: int = UNSPECIFIED
+    trc: int = UNSPECIFIED
+
+    @property
+    def matrix(self) -> int | None:
+        """The matrix to encode with, or None for swscale's default (BT.601) when the clip names none it has."""
+        return _MATRICES.get(self.space)
+
+
+def colour_of(stream) -> Colour:
+    cc = stream.codec_context
+    return Colour(*(int(getattr(cc, k, UNSPECIFIED) or UNSPECIFIED)
+                    for k in ("colorspace", "color_primaries", "color_trc")))
 
 
 def frames(path: Path, max_megapixels: float, broke: list):
