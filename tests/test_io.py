@@ -102,3 +102,32 @@ def test_an_ext_that_cannot_hold_a_photo_says_what_it_dropped(tiny_root, astrona
     assert read_image(tmp_path / "jpg" / "rgba.jpg").pixels.shape[2] == 3
     code, out, err = cli("restore", rgba, deep, "-o", tmp_path / "png", "--ext", "png", *common)
     assert code == 0 and "written without" not in err, out + err
+
+
+def test_a_photos_exif_is_written_back_upright(tiny_root, tmp_path, cli):
+    """The date, camera and place of a photo were dropped from its restored copy (a photo library then files it
+    under today). They are written back: orientation 1 (the pixels are turned upright), the pixel dimensions of
+    the output (--upscale), and nothing of a TIFF's own layout (strips, sizes) in another format."""
+    y, x = np.mgrid[0:60, 0:80]
+    sideways = np.dstack([x * 3, y * 4, np.full_like(x, 90)]).astype(np.uint8)  # faceless: written as it is
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x0132] = 6, "Canon", "2001:02:03 04:05:06"
+    exif.get_ifd(0x8769).update({0x9003: "2001:02:03 04:05:06", 0xA002: 80, 0xA003: 60})
+    exif.get_ifd(0x8825)[2] = (48.0, 51.0, 29.0)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(sideways).save(tmp_path / "in" / "photo.jpg", exif=exif.tobytes(), quality=95)
+    Image.fromarray(sideways).save(tmp_path / "in" / "scan.tif", exif=exif.tobytes())
+    common = ("--model-root", tiny_root, "--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--upscale", "2", "--bg-upsampler",
+                         "none", "--ext", "png", *common)
+    assert code == 0, out + err
+    for name in ("photo.png", "scan.png"):
+        written = Image.open(tmp_path / "out" / name)
+        kept = written.getexif()
+        assert written.size == (120, 160) and kept[0x0112] == 1, name  # upright: 60x80 turned, times 2
+        assert (kept[0x010F], kept[0x0132]) == ("Canon", "2001:02:03 04:05:06"), name
+        assert kept.get_ifd(0x8825)[2] == (48.0, 51.0, 29.0) and kept.get_ifd(0x8769)[0x9003] == "2001:02:03 04:05:06"
+        assert not {256, 257, 273, 279} & set(kept), (name, dict(kept))
+    assert (kept.get_ifd(0x8769)[0xA002], kept.get_ifd(0x8769)[0xA003]) == (120, 160)
+    code, out, err = cli("restore", tmp_path / "in" / "photo.jpg", "-o", tmp_path / "jpg", *common)
+    assert code == 0 and Image.open(tmp_path / "jpg" / "photo.jpg").getexif()[0x0132] == "2001:02:03 04:05:06"

@@ -41,6 +41,7 @@ class Photo:
     icc: bytes | None = None  # the colour profile, written back into the output
     note: str = ""  # what could not be kept (e.g. frames of an animation), for the run's summary
     gray_alpha: bool = False  # a gray+alpha source held as RGBA here: written back as gray+alpha
+    exif: bytes | None = None  # the EXIF (date, camera, place), orientation 1 (pixels upright): written back
 
     @property
     def height(self) -> int:
@@ -128,17 +129,38 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
                 f"{max_megapixels:g} (raise it with --max-megapixels)"
             )
         try:
+            im.load()  # first: Pillow turns a TIFF upright itself on loading (and drops its orientation tag)
             orientation = im.getexif().get(0x0112, 1)
-            im.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise InputError(f"{path}: truncated or corrupt image ({exc})") from None
         pixels = _pil_to_array(im, data)
         frames = getattr(im, "n_frames", 1)
         note = f"only the first of {frames} frames restored" if frames > 1 else ""
         icc = im.info.get("icc_profile") or None
+        exif = _upright_exif(im)
         # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
         gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
-    return Photo(_apply_orientation(pixels, orientation), path, icc, note, gray_alpha)
+    return Photo(_apply_orientation(pixels, orientation), path, icc, note, gray_alpha, exif)
+
+
+# TIFF tags that describe how the file's own pixels are laid out (a TIFF's EXIF is its IFD0): never carried over
+_LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 292, 293, 317, 320, 322, 323, 324,
+                325, 338, 339, 340, 341, 513, 514, 529, 530, 531, 532}
+
+
+def _upright_exif(im) -> bytes | None:
+    """The image's EXIF as bytes with its orientation set to 1 (the pixels are turned upright) and without the
+    thumbnail (it shows the unrestored photo); None when it has none or it does not parse."""
+    try:
+        exif = im.getexif()
+        if not len(exif):
+            return None
+        for tag in _LAYOUT_TAGS & set(exif):  # a TIFF's own layout (sizes, strips, samples): not the output's
+            del exif[tag]
+        exif[0x0112] = 1
+        return exif.tobytes()
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is metadata lost, never a photo failed
+        return None
 
 
 def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
@@ -252,9 +274,11 @@ def format_drops(photo: Photo, ext: str) -> list[str]:
     return [what for what, lost in (("alpha", photo.has_alpha), ("16 bits", photo.pixels.dtype == np.uint16)) if lost]
 
 
-def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: bytes | None = None) -> None:
+def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: bytes | None = None,
+                exif: bytes | None = None) -> None:
     """Encode ``pixels`` (RGB(A) order, like :attr:`Photo.pixels`) and place it at ``path`` atomically;
-    ``icc``: a colour profile to embed (8-bit JPEG, PNG, WebP, TIFF; 16-bit outputs go without one)."""
+    ``icc``: a colour profile to embed (8-bit JPEG, PNG, WebP, TIFF; 16-bit outputs go without one); ``exif``:
+    EXIF to embed (8-bit JPEG, PNG, WebP), its pixel dimensions set to the image's."""
     import cv2
 
     path = Path(path)
@@ -270,12 +294,18 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
             px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
         if px.ndim == 3 and px.shape[2] == 4:
             px = px[:, :, :3]
-    if icc and px.dtype == np.uint8 and ext in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"):
+    exif = exif if ext in (".jpg", ".jpeg", ".png", ".webp") else None
+    if (icc or exif) and px.dtype == np.uint8 and ext in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"):
         from PIL import Image
 
         buf = io.BytesIO()
         fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}[ext]
-        Image.fromarray(px).save(buf, fmt, icc_profile=icc, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+        extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+        if icc:
+            extra["icc_profile"] = icc
+        if exif:
+            extra["exif"] = _sized_exif(exif, px.shape[1], px.shape[0])
+        Image.fromarray(px).save(buf, fmt, **extra)
         atomic_write_bytes(path, buf.getvalue())
         return
     if px.ndim == 3:
@@ -285,6 +315,19 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
     if not ok:
         raise InputError(f"{path}: cannot encode an image as {ext}")
     atomic_write_bytes(path, buf.tobytes())
+
+
+def _sized_exif(exif: bytes, width: int, height: int) -> bytes:
+    """``exif`` with the pixel dimensions it records (if any) set to the written image's (``--upscale``)."""
+    from PIL import Image
+
+    parsed = Image.Exif()
+    parsed.load(exif)
+    sub = parsed.get_ifd(0x8769)  # the Exif IFD: PixelXDimension, PixelYDimension
+    for tag, value in ((0xA002, width), (0xA003, height)):
+        if tag in sub:
+            sub[tag] = value
+    return parsed.tobytes()
 
 
 def _umask() -> int:
