@@ -430,13 +430,19 @@ def test_a_clip_keeps_its_colour_matrix_and_tags(tiny_root, astronaut, tmp_path,
         assert np.abs(as_tagged[48, x] - colours[48, x]).max() <= 4, (x, as_tagged[48, x], colours[48, x])
 
 
-def _scene(path, size=(128, 96), audio=(), frames=6):
-    """A faceless clip of ``size`` with one audio stream per codec in ``audio`` (a tone each, 440 Hz and up)."""
+def _scene(path, size=(128, 96), audio=(), frames=6, tags=None):
+    """A faceless clip of ``size`` with one audio stream per codec in ``audio`` (a tone each, 440 Hz and up, the
+    first in French), and the container ``tags`` (with them, the video in French too)."""
     y, x = np.mgrid[0 : size[1], 0 : size[0]]
     out = av.open(str(path), "w")
+    out.metadata.update(tags or {})
     v = out.add_stream("mpeg4" if path.suffix == ".avi" else ("ffv1" if size[0] % 2 else "libx264"), rate=FPS)
     v.width, v.height, v.pix_fmt = *size, "yuv444p" if size[0] % 2 else "yuv420p"
+    if tags:
+        v.metadata["language"] = "fra"
     streams = [out.add_stream(codec, rate=16000, layout="mono") for codec in audio]
+    if streams:
+        streams[0].metadata["language"] = "fra"
     for i in range(frames):
         frame = np.dstack([(x * 2 + 9 * i) % 256, y * 2, np.full_like(x, 80)]).astype(np.uint8)
         out.mux(v.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
@@ -508,3 +514,20 @@ def test_a_clip_that_fails_in_ffmpeg_does_not_stop_the_batch(tiny_root, tmp_path
     assert "unexpected ValueError: the encoder refused" in rows["a.mp4"]["detail"], rows
     assert rows["b.mp4"]["status"] == "no face" and probe(tmp_path / "out" / "b.mp4")[0]["frames"] == 6
     assert not (tmp_path / "out" / "a.mp4").exists()
+
+
+def test_a_clips_date_place_and_languages_are_kept(tiny_root, tmp_path, cli):
+    """A phone clip's creation time, place and title, and its audio's language, were dropped from the restored
+    copy (a library then filed it under today); they are copied, re-encoded audio included."""
+    tags = {"creation_time": "2001-02-03T04:05:06.000000Z", "title": "Grandma at 80", "location": "+48.8577+002.2950/"}
+    _scene(tmp_path / "phone.mp4", audio=["aac"], tags=tags)
+    _scene(tmp_path / "camera.mkv", audio=["pcm_u8"], tags={"title": "Grandma at 80"})  # MP4 takes no u8: AAC
+    code, text, err = cli("restore", tmp_path / "phone.mp4", tmp_path / "camera.mkv", "-o", tmp_path / "out",
+                          "--model-root", tiny_root, *FAST)
+    assert code == 0, text + err
+    with av.open(str(tmp_path / "out" / "phone.mp4")) as c:
+        assert {k: c.metadata.get(k) for k in tags} == tags, c.metadata
+        assert c.streams.audio[0].metadata.get("language") == c.streams.video[0].metadata.get("language") == "fra"
+    with av.open(str(tmp_path / "out" / "camera.mp4")) as c:
+        assert c.metadata.get("title") == "Grandma at 80" and c.streams.audio[0].metadata.get("language") == "fra"
+        assert c.streams.audio[0].codec_context.name == "aac"

@@ -9,6 +9,10 @@ import numpy as np
 
 from mgfr_cli.faces.video_io import Colour
 
+# tags a muxer writes of its own (and the rotation already applied to the pixels): never copied from the input
+MUXER_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder", "handler_name", "vendor_id", "rotate",
+              "duration", "DURATION", "ENCODER"}
+
 
 class Segments:
     """The encoded pieces of one clip, each whole (renamed when finished) or absent, in a hidden folder beside the
@@ -48,6 +52,9 @@ class Segments:
             first = av.open(str(self.path(0)))
             vout = out.add_stream_from_template(first.streams.video[0])
             first.close()
+            # the clip's own tags (creation time, place, title) and its video stream's language; not the muxer's
+            out.metadata.update({k: v for k, v in source.metadata.items() if k not in MUXER_TAGS})
+            vout.metadata.update({k: v for k, v in source.streams.video[0].metadata.items() if k not in MUXER_TAGS})
             audio = AudioStreams(out, source)
             for k in range(n):
                 with av.open(str(self.path(k))) as seg:
@@ -81,10 +88,12 @@ class AudioStreams:
         for s in source.streams.audio:
             try:
                 self.copied[s.index] = out.add_stream_from_template(s)
+                self.copied[s.index].metadata.update({k: v for k, v in s.metadata.items() if k not in MUXER_TAGS})
             except ValueError:  # PyAV: "'mp4' format does not support '...' codec"
                 cc = s.codec_context
                 layout = {1: "mono", 2: "stereo"}.get(cc.layout.nb_channels, "5.1")  # named: AAC takes no bare count
                 aac = out.add_stream("aac", rate=cc.sample_rate or 48000, layout=layout)
+                aac.metadata.update({k: v for k, v in s.metadata.items() if k not in MUXER_TAGS})
                 self.coded[s.index] = (aac, av.AudioResampler(format="fltp", layout=aac.layout, rate=aac.rate))
                 self.notes.append(f"audio stream {s.index} ({cc.name}) re-encoded to AAC: MP4 cannot hold {cc.name}")
         other = [s for s in source.streams if s.type not in ("audio", "video")] + list(source.streams.video[1:])
