@@ -104,10 +104,10 @@ def test_an_ext_that_cannot_hold_a_photo_says_what_it_dropped(tiny_root, astrona
     assert code == 0 and "written without" not in err, out + err
 
 
-def test_a_photos_exif_is_written_back_upright(tiny_root, tmp_path, cli):
-    """The date, camera and place of a photo were dropped from its restored copy (a photo library then files it
-    under today). They are written back: orientation 1 (the pixels are turned upright), the pixel dimensions of
-    the output (--upscale), and nothing of a TIFF's own layout (strips, sizes) in another format."""
+def test_a_photos_exif_and_xmp_are_written_back_upright(tiny_root, tmp_path, cli):
+    """The date, camera and place of a photo (EXIF), its rating, keywords and people (XMP) were dropped from its
+    restored copy (a photo library then files it under today). They are written back: orientation 1 (the pixels
+    are turned upright), the pixel dimensions of the output (--upscale), nothing of a TIFF's own layout."""
     y, x = np.mgrid[0:60, 0:80]
     sideways = np.dstack([x * 3, y * 4, np.full_like(x, 90)]).astype(np.uint8)  # faceless: written as it is
     exif = Image.Exif()
@@ -115,7 +115,10 @@ def test_a_photos_exif_is_written_back_upright(tiny_root, tmp_path, cli):
     exif.get_ifd(0x8769).update({0x9003: "2001:02:03 04:05:06", 0xA002: 80, 0xA003: 60})
     exif.get_ifd(0x8825)[2] = (48.0, 51.0, 29.0)
     (tmp_path / "in").mkdir()
-    Image.fromarray(sideways).save(tmp_path / "in" / "photo.jpg", exif=exif.tobytes(), quality=95)
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+           b'tiff:Orientation="6" xmp:Rating="5"/></rdf:RDF></x:xmpmeta>')
+    Image.fromarray(sideways).save(tmp_path / "in" / "photo.jpg", exif=exif.tobytes(), xmp=xmp, quality=95)
     Image.fromarray(sideways).save(tmp_path / "in" / "scan.tif", exif=exif.tobytes())
     common = ("--model-root", tiny_root, "--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
     code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--upscale", "2", "--bg-upsampler",
@@ -131,3 +134,7 @@ def test_a_photos_exif_is_written_back_upright(tiny_root, tmp_path, cli):
     assert (kept.get_ifd(0x8769)[0xA002], kept.get_ifd(0x8769)[0xA003]) == (120, 160)
     code, out, err = cli("restore", tmp_path / "in" / "photo.jpg", "-o", tmp_path / "jpg", *common)
     assert code == 0 and Image.open(tmp_path / "jpg" / "photo.jpg").getexif()[0x0132] == "2001:02:03 04:05:06"
+    for written in (tmp_path / "out" / "photo.png", tmp_path / "jpg" / "photo.jpg"):
+        packet = Image.open(written).info.get("xmp")
+        packet = packet.encode() if isinstance(packet, str) else packet
+        assert packet == xmp.replace(b'Orientation="6"', b'Orientation="1"'), (written, packet)

@@ -305,7 +305,7 @@ class BatchRestorer:
                 from mgfr_cli.faces.io import as_gray_alpha
 
                 pixels = as_gray_alpha(pixels)
-            write_image(p.target, pixels, icc=p.photo.icc, exif=p.photo.exif)
+            write_image(p.target, pixels, icc=p.photo.icc, exif=p.photo.exif, xmp=p.photo.xmp)
             p.written = pixels if self.reporter is not None else None  # held only for the page
             kept = save_face_crops(job, p.item, p.faces, restored) if job.save_faces else ""
         except OSError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ class Photo:
     note: str = ""  # what could not be kept (e.g. frames of an animation), for the run's summary
     gray_alpha: bool = False  # a gray+alpha source held as RGBA here: written back as gray+alpha
     exif: bytes | None = None  # the EXIF (date, camera, place), orientation 1 (pixels upright): written back
+    xmp: bytes | None = None  # the XMP (keywords, ratings, people, captions), orientation 1: written back
 
     @property
     def height(self) -> int:
@@ -137,15 +139,24 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
         frames = getattr(im, "n_frames", 1)
         note = f"only the first of {frames} frames restored" if frames > 1 else ""
         icc = im.info.get("icc_profile") or None
-        exif = _upright_exif(im)
+        exif, xmp = _upright_exif(im), _upright_xmp(im.info.get("xmp"))
         # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
         gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
-    return Photo(_apply_orientation(pixels, orientation), path, icc, note, gray_alpha, exif)
+    return Photo(_apply_orientation(pixels, orientation), path, icc, note, gray_alpha, exif, xmp)
 
 
 # TIFF tags that describe how the file's own pixels are laid out (a TIFF's EXIF is its IFD0): never carried over
 _LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 292, 293, 317, 320, 322, 323, 324,
                 325, 338, 339, 340, 341, 513, 514, 529, 530, 531, 532}
+
+
+def _upright_xmp(xmp) -> bytes | None:
+    """The XMP packet with its orientation (attribute or element) set to 1, as the pixels are upright."""
+    if not xmp:
+        return None
+    xmp = xmp.encode() if isinstance(xmp, str) else bytes(xmp)
+    xmp = re.sub(rb'(tiff:Orientation\s*=\s*["\'])\d(["\'])', rb"\g<1>1\2", xmp)
+    return re.sub(rb"(<tiff:Orientation>)\s*\d\s*(</tiff:Orientation>)", rb"\g<1>1\2", xmp)
 
 
 def _upright_exif(im) -> bytes | None:
@@ -275,10 +286,10 @@ def format_drops(photo: Photo, ext: str) -> list[str]:
 
 
 def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: bytes | None = None,
-                exif: bytes | None = None) -> None:
+                exif: bytes | None = None, xmp: bytes | None = None) -> None:
     """Encode ``pixels`` (RGB(A) order, like :attr:`Photo.pixels`) and place it at ``path`` atomically;
-    ``icc``: a colour profile to embed (8-bit JPEG, PNG, WebP, TIFF; 16-bit outputs go without one); ``exif``:
-    EXIF to embed (8-bit JPEG, PNG, WebP), its pixel dimensions set to the image's."""
+    ``icc``: a colour profile to embed (8-bit JPEG, PNG, WebP, TIFF; 16-bit outputs go without one); ``exif``
+    and ``xmp``: metadata to embed (8-bit JPEG, PNG, WebP), the EXIF's pixel dimensions set to the image's."""
     import cv2
 
     path = Path(path)
@@ -294,8 +305,8 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
             px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
         if px.ndim == 3 and px.shape[2] == 4:
             px = px[:, :, :3]
-    exif = exif if ext in (".jpg", ".jpeg", ".png", ".webp") else None
-    if (icc or exif) and px.dtype == np.uint8 and ext in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"):
+    exif, xmp = (exif, xmp) if ext in (".jpg", ".jpeg", ".png", ".webp") else (None, None)
+    if (icc or exif or xmp) and px.dtype == np.uint8 and ext in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"):
         from PIL import Image
 
         buf = io.BytesIO()
@@ -305,6 +316,13 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
             extra["icc_profile"] = icc
         if exif:
             extra["exif"] = _sized_exif(exif, px.shape[1], px.shape[0])
+        if xmp and fmt == "PNG":  # Pillow writes a PNG's XMP as the iTXt chunk readers look for
+            from PIL import PngImagePlugin
+
+            extra["pnginfo"] = PngImagePlugin.PngInfo()
+            extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+        elif xmp:
+            extra["xmp"] = xmp
         Image.fromarray(px).save(buf, fmt, **extra)
         atomic_write_bytes(path, buf.getvalue())
         return
