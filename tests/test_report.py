@@ -66,3 +66,51 @@ def test_a_users_report_folder_is_kept_and_where_the_images_went_is_said(tiny_ro
     assert code == 0 and mine.read_bytes() == b"mine" and sorted(p.name for p in mine.parent.iterdir()) == ["a.jpg"]
     assert "page's images written to _report-mgfr-2" in " ".join(err.split()), err
     assert (tmp_path / "out" / "_report-mgfr-2" / "entries.json").is_file()
+
+
+def test_the_page_shows_each_output_of_a_photo_and_a_fixed_failure_goes(tiny_root, astronaut, tmp_path, cli):
+    """`--suffix _a` then `--suffix _b` into one folder: the page kept one entry per photo (the `_a` results
+    vanished from it while the summary listed both); each output is now an entry with its own images. A photo
+    that failed, then restored, is listed once, restored; a rerun that skips the done photos changes nothing."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    small = np.ascontiguousarray(astronaut[:256, 100:356])
+    cv2.imwrite(str(inp / "a.png"), np.ascontiguousarray(small[..., ::-1]))
+    (inp / "b.png").write_bytes(b"not yet a photo")
+    common = ("--model-root", tiny_root, "--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu",
+              "--report")
+    assert cli("restore", inp, "-o", tmp_path / "out", "--suffix", "_a", *common)[0] == 1  # b.png fails
+    cv2.imwrite(str(inp / "b.png"), np.ascontiguousarray(np.roll(small, 30, axis=1)[..., ::-1]))
+    assert cli("restore", inp, "-o", tmp_path / "out", "--suffix", "_a", *common)[0] == 0
+    assert cli("restore", inp, "-o", tmp_path / "out", "--suffix", "_b", *common)[0] == 0
+    assert cli("restore", inp, "-o", tmp_path / "out", "--suffix", "_b", *common)[0] == 0  # all skipped as done
+    entries = json.loads((tmp_path / "out" / "_report" / "entries.json").read_text())
+    shown = sorted((e["name"], e["output"].rsplit("/", 1)[-1], e["status"]) for e in entries)
+    assert shown == [("a.png", "a_a.png", "restored"), ("a.png", "a_b.png", "restored"),
+                     ("b.png", "b_a.png", "restored"), ("b.png", "b_b.png", "restored")], shown
+    assert len({e["after"] for e in entries}) == 4  # each output its own images
+    for e in entries:
+        after = cv2.imread(str(tmp_path / "out" / e["after"])).astype(int)
+        assert np.abs(after - cv2.imread(e["output"]).astype(int)).mean() < 8, e
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "a_a.png" in page and "a_b.png" in page and "Not restored" not in page  # the failure gone
+
+
+def test_an_older_pages_relative_outputs_are_the_same_outputs(tmp_path, monkeypatch):
+    """Pages written before outputs were recorded resolved named them as typed (`out/a.png`): the same output
+    restored again from elsewhere replaces that entry, it is not shown twice."""
+    from mgfr_cli.app.report import Report
+    from mgfr_cli.faces.inputs import RESTORED, Outcome
+    from mgfr_cli.faces.io import Photo
+
+    (tmp_path / "out" / "_report").mkdir(parents=True)
+    (tmp_path / "out" / "a.png").write_bytes(b"written by the older run")
+    older = [{"source": str(tmp_path / "in" / "a.png"), "name": "a.png", "status": "restored", "detail": "",
+              "output": "out/a.png"}]
+    (tmp_path / "out" / "_report" / "entries.json").write_text(json.dumps(older))
+    monkeypatch.chdir(tmp_path / "out")  # not the folder the older run started in
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    Report(tmp_path / "out").add(Outcome(tmp_path / "in" / "a.png", RESTORED, "", tmp_path / "out" / "a.png", 0),
+                                 Photo(rgb), after=rgb)
+    entries = json.loads((tmp_path / "out" / "_report" / "entries.json").read_text())
+    assert [e["output"] for e in entries] == [str(tmp_path / "out" / "a.png")], entries

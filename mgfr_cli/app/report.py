@@ -51,7 +51,9 @@ def report_folder(output: Path) -> Path:
 
 class Report:
     """The page of one run. Several runs into one folder share it: each write merges this run's entries into
-    what is on disk (under a lock), and a skip never replaces another run's result."""
+    what is on disk (under a lock), and a skip never replaces another run's result. An entry is a photo and its
+    output, as a summary row is (``--suffix _a`` then ``--suffix _b``: both shown); a photo's result replaces its
+    entry without an output (a failure)."""
 
     def __init__(self, output: Path, title: str = "mgfr restore"):
         from mgfr_cli.ownership import is_mgfr_page, own_or_free
@@ -63,39 +65,46 @@ class Report:
             self.note = "; ".join(filter(None, (self.note, f"{self.output / FOLDER} holds files mgfr did not write: "
                                                              f"kept, and the page's images written to {self.folder.name}")))
         self.title = title
-        self.entries: dict[str, dict] = self._saved()
-        self.mine: set[str] = set()
+        self.entries: dict[str, dict] = self._saved()  # photo -> {its output (None: a failure) -> entry}
+        self.mine: dict[tuple, dict] = {}  # this run's entries by (photo, output)
 
     def _saved(self) -> dict[str, dict]:
+        from mgfr_cli.ownership import recorded_output
+
         saved = self.folder / "entries.json"
+        entries: dict[str, dict] = {}
         if saved.is_file():
             try:
-                return {e["source"]: e for e in json.loads(saved.read_text())}
-            except (ValueError, KeyError, TypeError):
-                pass
-        return {}
+                for e in json.loads(saved.read_text()):  # outputs by the file they name (older pages: as typed)
+                    out = str(recorded_output(e["output"], self.output)) if e.get("output") else None
+                    entries.setdefault(e["source"], {})[out] = e
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return {}
+        return entries
 
     def add(self, outcome, photo=None, faces=(), restored=(), conditions=(), after=None) -> None:
         """Record one photo's outcome (with its pixels when it was restored: ``after``, as written) and
         rewrite the page."""
         from mgfr_cli.app.summary import source_key, wrote_output
 
-        key = source_key(outcome.source)
-        entry = {"source": key, "name": Path(key).name, "status": outcome.status, "detail": outcome.detail,
-                 "output": str(outcome.output) if outcome.output else None}
+        source = source_key(outcome.source)
+        entry = {"source": source, "name": Path(source).name, "status": outcome.status, "detail": outcome.detail,
+                 "output": source_key(outcome.output) if outcome.output else None}  # resolved, as the summary
+        key = (source, entry["output"])
         if getattr(outcome, "tracks", ()):
             import os
             from urllib.parse import quote
 
             entry["tracks"] = list(outcome.tracks)  # the link is a URL: 'clip #1.mp4' is not a fragment
             entry["href"] = quote(os.path.relpath(outcome.output, self.output)) if outcome.output else ""
-        old = self.entries.get(key)
+        old = _result_of(self.entries.get(source, {}), key[1])
         if outcome.status == "skipped" and old and old.get("before"):
             entry = {**old, "status": "restored", "detail": old.get("detail", "")}  # done by an earlier run
         elif outcome.status == "skipped" and old and wrote_output(old):
             entry = old  # written without a face by an earlier run: still that
+        key = (source, entry.get("output"))
         if photo is not None and after is not None and outcome.status == "restored":
-            tag = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+            tag = hashlib.sha1("\0".join(key).encode("utf-8", "surrogateescape")).hexdigest()[:12]
             rel = self.folder.name
             _jpeg(self.folder / f"{tag}_before.jpg", photo.rgb8(), THUMB)
             if after.ndim == 3 and after.shape[2] == 2:  # gray+alpha as written: its gray
@@ -108,25 +117,37 @@ class Report:
                 _jpeg(self.output / a, f.crop, FACE)
                 _jpeg(self.output / b, r, FACE)
                 entry["faces"].append({"index": f.index, "aligned": a, "restored": b, **(c or {})})
-        self.entries[key] = entry
-        self.mine.add(key)
+        self.entries.setdefault(source, {})[key[1]] = self.mine[key] = entry
         self.write()
 
     def write(self) -> None:
-        from mgfr_cli.app.summary import wrote_output
         from mgfr_cli.faces.io import folder_lock
 
         self.folder.mkdir(parents=True, exist_ok=True)
         with folder_lock(self.folder):
             merged = self._saved()
-            for key in self.mine:
-                mine, theirs = self.entries[key], merged.get(key)
-                if mine["status"] == "skipped" and theirs and (theirs.get("before") or wrote_output(theirs)):
+            for (source, output), mine in self.mine.items():
+                theirs = merged.setdefault(source, {})
+                if mine["status"] == "skipped" and _result_of(theirs, output):
                     continue  # restored by another run (or an earlier one): that is what is on disk
-                merged[key] = mine
+                if output is not None:
+                    theirs.pop(None, None)  # the photo's failure, now done
+                theirs[output] = mine
             self.entries = merged
-            atomic_write_bytes(self.folder / "entries.json", json.dumps(list(merged.values()), indent=1).encode())
-            atomic_write_bytes(self.page, render(self.title, list(merged.values())).encode())
+            entries = [e for per in merged.values() for e in per.values()]
+            atomic_write_bytes(self.folder / "entries.json", json.dumps(entries, indent=1).encode())
+            atomic_write_bytes(self.page, render(self.title, entries).encode())
+
+
+def _result_of(per_output: dict, output: str | None) -> dict | None:
+    """Of one photo's entries, the one that is a result on disk for ``output`` (for any output when None: a skip
+    because another run holds the photo)."""
+    from mgfr_cli.app.summary import wrote_output
+
+    for out, e in per_output.items():
+        if (output is None or out == output) and (e.get("before") or wrote_output(e)):
+            return e
+    return None
 
 
 def _e(text) -> str:
