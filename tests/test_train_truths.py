@@ -387,3 +387,24 @@ def test_what_restore_wrote_into_the_data_is_never_trained_on(tmp_path):
     assert sorted(ds.images) == sorted(mine) and len(ds.groups) == 2
     (data / "id2" / "mgfr-summary.json").write_text(json.dumps([]))  # a restore's folder holding your photos
     assert list_images(data) == sorted(mine)
+
+
+def test_a_folder_of_restore_outputs_only_is_named_as_such(tmp_path):
+    """`--data out` where `out` holds only what `mgfr restore` wrote: "no usable training images" alone left the user
+    wondering (the folder is full of faces); the error says they are restore outputs, which are never data."""
+    import json
+
+    from mgfr_cli.errors import InputError
+    from mgfr_cli.training.data import FaceDataset, PromptConfig
+    from mgfr_cli.training.degrade import DegradeConfig
+
+    face = np.full((64, 64, 3), 128, np.uint8)
+    out = tmp_path / "out"
+    made = [_img(out / n, face) for n in ("a.png", "b.png")]
+    rows = [{"source": str(tmp_path / "in" / p.name), "status": "restored", "detail": "", "output": str(p), "faces": 1}
+            for p in made]
+    (out / "mgfr-summary.json").write_text(json.dumps(rows))
+    with pytest.raises(InputError, match=r"no usable training images: its 2 image\(s\) are `mgfr restore` outputs"):
+        FaceDataset(out, 1, 64, DegradeConfig(), PromptConfig())
+    (out / "mgfr-summary.json").unlink()  # the same faces, no longer listed as outputs: data as any
+    assert len(FaceDataset(out, 1, 64, DegradeConfig(), PromptConfig()).images) == 2

@@ -158,8 +158,11 @@ class FaceDataset(torch.utils.data.Dataset):
                 self.identity_of += [len(self.groups) - 1] * len(members)
                 self.images += members
         if not self.images:
+            made = len(list_images(self.data_dir, outputs=True)) - len(list_images(self.data_dir))
             raise InputError(f"{data_dir}: no usable training images" + (
-                " (stage 2 needs one folder per identity with at least two images each)" if stage == 2 else ""))
+                " (stage 2 needs one folder per identity with at least two images each)" if stage == 2 else "") + (
+                f": its {made} image(s) are `mgfr restore` outputs (its mgfr-summary.json lists them), never "
+                f"training data (restored faces are the model's own inventions); give the clean photos" if made else ""))
         self.max_megapixels = max_megapixels
         bad = unreadable(self.images, max_megapixels)
         if bad:  # up front, all of them: not one worker traceback per bad file hours into a run
