@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mgfr_cli.faces.io import VIDEO_EXTENSIONS
+from mgfr_cli.faces.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 FACE_MODES = {"every face": {}, "largest face": {"largest_face": True}, "centre face": {"only_center_face": True}}
 
@@ -191,10 +191,10 @@ def build_app(models: UiModels, queue_size: int = 8):
             gr.Markdown(f"**Cannot restore yet:** {plain(models.missing)}", elem_id="missing")
         with gr.Row():
             with gr.Column(scale=1):
-                photo = gr.File(label="Photo or video clip", file_types=["image", *VIDEO_EXTENSIONS], type="filepath",
-                                elem_id="photo")
+                photo = gr.File(label="Photo or video clip", file_types=["image", *IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS],
+                                type="filepath", elem_id="photo")  # (HEIC named: browsers' image/* may not hold it)
                 refs = gr.File(label="Reference photos of the same person (optional)", file_count="multiple",
-                               file_types=["image"], type="filepath", elem_id="refs")
+                               file_types=["image", *IMAGE_EXTENSIONS], type="filepath", elem_id="refs")
                 prompt = gr.Textbox(label="Attributes to keep", placeholder="brown eyes, beard", elem_id="prompt")
                 negative = gr.Textbox(label="Attributes to avoid", placeholder="eyeglasses", elem_id="negative")
                 with gr.Accordion("Advanced", open=False):

@@ -22,7 +22,7 @@ import numpy as np
 from mgfr_cli.errors import InputError, OutputError
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 DEFAULT_MAX_MEGAPIXELS = 100.0
 
@@ -83,6 +83,19 @@ def is_video_file(path: Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
+def _open_heif() -> None:
+    """Teach Pillow HEIC/HEIF (iPhone photos) once, with pillow-heif (it turns them upright itself, as TIFFs)."""
+    global _HEIF
+    if not _HEIF:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        _HEIF = True
+
+
+_HEIF = False
+
+
 def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Photo:
     """Decode ``path`` into a :class:`Photo`; raise :class:`InputError` with a one-line reason."""
     from PIL import Image, ImageFile, UnidentifiedImageError
@@ -114,6 +127,7 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
     if not data:
         raise InputError(f"{path}: empty file")
 
+    _open_heif()
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half a photo
     Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1e6)  # --max-megapixels decides, not Pillow's own default
     with warnings.catch_warnings():
@@ -131,7 +145,7 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
                 f"{max_megapixels:g} (raise it with --max-megapixels)"
             )
         try:
-            im.load()  # first: Pillow turns a TIFF upright itself on loading (and drops its orientation tag)
+            im.load()  # first: Pillow turns a TIFF (pillow-heif a HEIC) upright itself, and drops its orientation
             orientation = im.getexif().get(0x0112, 1)
         except (OSError, ValueError, SyntaxError) as exc:
             raise InputError(f"{path}: truncated or corrupt image ({exc})") from None
