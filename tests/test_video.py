@@ -531,3 +531,58 @@ def test_a_clips_date_place_and_languages_are_kept(tiny_root, tmp_path, cli):
     with av.open(str(tmp_path / "out" / "camera.mp4")) as c:
         assert c.metadata.get("title") == "Grandma at 80" and c.streams.audio[0].metadata.get("language") == "fra"
         assert c.streams.audio[0].codec_context.name == "aac"
+
+
+def test_an_anamorphic_clip_is_shown_as_it_was_and_its_faces_aligned_as_shown(tiny_root, helper, astronaut, tmp_path,
+                                                                              cli, monkeypatch):
+    """Widescreen DV (720x480 pixels shown 16:9, pixels 32/27 wide) came out without its pixel shape: players showed
+    it squeezed to 3:2. And its faces were aligned as stored, 16% narrow. The output keeps the pixel shape; faces are
+    aligned with their true proportions (restore, its library lookups and `align` alike)."""
+    import shutil
+
+    import cv2
+    from helpers import random_recogniser
+
+    from mgfr_cli.faces.helper import DetectedFace, FaceHelper
+
+    # exact geometry: a face whose shown landmarks are the template itself, stored 27/32 narrower
+    template = helper.template.astype(np.float64)
+    stored = DetectedFace(box=(0, 0, 1, 1), score=1.0, landmarks=template * np.array([27 / 32, 1.0]))
+    rgb = np.zeros((512, 512, 3), np.uint8)
+    for aspect, exact in ((32 / 27, True), (1.0, False)):
+        affine = helper.align(rgb, stored, 0, aspect=aspect).affine
+        mapped = np.c_[stored.landmarks, np.ones(5)] @ affine.T
+        assert (np.abs(mapped - template).max() < 1e-3) == exact, (aspect, mapped - template)
+    canvas = np.full((320, 384, 3), 110, np.uint8)
+    canvas[40:240, 90:290] = cv2.resize(astronaut[10:250, 110:350], (200, 200))
+    out = av.open(str(tmp_path / "dv.mp4"), "w")
+    v = out.add_stream("libx264", rate=FPS)
+    v.width, v.height, v.pix_fmt = 324, 320, "yuv420p"
+    v.codec_context.sample_aspect_ratio = Fraction(32, 27)
+    for _ in range(4):
+        out.mux(v.encode(av.VideoFrame.from_ndarray(cv2.resize(canvas, (324, 320), interpolation=cv2.INTER_AREA),
+                                                    format="rgb24")))
+    out.mux(v.encode(None))
+    out.close()
+    aspects, align = [], FaceHelper.align
+
+    def spy(self, rgb, face, index, source=None, aspect=1.0):
+        if source is not None and Path(source).suffix == ".mp4":  # (the library's photos: square pixels)
+            aspects.append(aspect)
+        return align(self, rgb, face, index, source, aspect)
+
+    monkeypatch.setattr(FaceHelper, "align", spy)
+    root = tmp_path / "root"  # a recogniser, for the library's lookups (each track's largest face, aligned)
+    shutil.copytree(tiny_root, root)
+    random_recogniser(root)
+    (tmp_path / "library").mkdir()
+    cv2.imwrite(str(tmp_path / "library" / "her.png"), np.ascontiguousarray(canvas[..., ::-1]))
+    code, text, err = cli("restore", tmp_path / "dv.mp4", "-o", tmp_path / "out", "--model-root", root,
+                          "--ref-library", tmp_path / "library", *FAST)
+    assert code == 0, text + err
+    with av.open(str(tmp_path / "out" / "dv.mp4")) as c:
+        assert c.streams.video[0].sample_aspect_ratio == Fraction(32, 27), c.streams.video[0].sample_aspect_ratio
+    assert aspects and set(aspects) == {32 / 27}, aspects
+    aspects.clear()
+    code, text, err = cli("align", tmp_path / "dv.mp4", "-o", tmp_path / "faces", "--model-root", tiny_root, *FAST[2:])
+    assert code == 0 and aspects and set(aspects) == {32 / 27}, (aspects, text + err)

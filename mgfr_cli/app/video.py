@@ -28,7 +28,7 @@ import numpy as np
 from mgfr_cli.app.video_out import Segments, SegmentWriter
 from mgfr_cli.errors import InputError
 from mgfr_cli.faces.inputs import NO_FACE, RESTORED, Outcome
-from mgfr_cli.faces.video_io import colour_of, frames, open_video
+from mgfr_cli.faces.video_io import colour_of, frames, open_video, pixel_aspect
 
 SEGMENT_FRAMES = 96  # frames per encoded piece: what a stopped run keeps
 WINDOW_FRAMES = 8  # frames restored together (and held in memory) at most
@@ -139,6 +139,7 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     from mgfr_cli.faces.tracking import Tracker, per_frame, select_tracks
 
     path = item.path
+    aspect = pixel_aspect(path)  # an anamorphic clip's faces are aligned as shown, and it is written as it was
     broke: list[str] = []
     tracker = Tracker()
     count = 0
@@ -149,7 +150,7 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
         tracker.update(index, found)
         height, width = rgb.shape[:2]
         if batch.library is not None:
-            _keep_largest(largest, tracker, index, found, rgb, batch.helper, path)
+            _keep_largest(largest, tracker, index, found, rgb, batch.helper, path, aspect)
         count = index + 1
     if count == 0:
         raise InputError(f"{path}: no frame could be decoded" + (f" ({broke[0]})" if broke else ""))
@@ -174,9 +175,9 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     colour = colour_of(vin)
     segments = Segments(target, "|".join(map(str, (path.resolve(), st.st_size, st.st_mtime_ns, job.seed, job.crf,
                                                    job.upscale, seed_per, getattr(batch.restorer, "settings", None),
-                                                   _conditions_key(conds), job.recipe, colour))))
+                                                   _conditions_key(conds), job.recipe, colour, aspect))))
     try:
-        writer = SegmentWriter(segments, rate, job.crf, flicker, colour, SEGMENT_FRAMES)
+        writer = SegmentWriter(segments, rate, job.crf, flicker, colour, SEGMENT_FRAMES, aspect)
         window: list = []
 
         def flush():
@@ -184,7 +185,7 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
             for index, pts, tb, rgb in window:
                 for t in by_frame.get(index, []):
                     det = DetectedFace(box=t.box_at(index), score=1.0, landmarks=t.smoothed[index])
-                    faces.append(batch.helper.align(rgb, det, t.index, path))
+                    faces.append(batch.helper.align(rgb, det, t.index, path, aspect))
                     owners.append((index, t))
             seeds = [job.seed + (t.index if seed_per == "track" else 1000 * index + t.index) for index, t in owners]
             restored = restore_in_batches(batch.restorer, [f.crop for f in faces], [conds[t.index] for _, t in owners],
@@ -240,11 +241,12 @@ def _conditions_key(conds: dict) -> str:
     return repr([(c.prompt, c.negative_prompt, [ref(r) for r in c.references]) for c in conds.values()])
 
 
-def _keep_largest(largest: dict, tracker, index: int, found: list, rgb, helper, path) -> None:
+def _keep_largest(largest: dict, tracker, index: int, found: list, rgb, helper, path, aspect: float) -> None:
     """Per track, its largest face so far (the most detail), aligned."""
     by_box = {tuple(float(v) for v in f.box): f for f in found}
     for t in tracker.tracks:
         if t.frames[-1] == index:
             x1, y1, x2, y2 = t.boxes[-1]
             if (x2 - x1) * (y2 - y1) > largest.get(t.index, (0.0,))[0]:
-                largest[t.index] = ((x2 - x1) * (y2 - y1), helper.align(rgb, by_box[t.boxes[-1]], t.index, path))
+                largest[t.index] = ((x2 - x1) * (y2 - y1),
+                                    helper.align(rgb, by_box[t.boxes[-1]], t.index, path, aspect))

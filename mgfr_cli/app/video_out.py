@@ -126,9 +126,9 @@ class SegmentWriter:
     the input's colour matrix and with its tags (:class:`~mgfr_cli.faces.video_io.Colour`)."""
 
     def __init__(self, segments: Segments, rate, crf: int, flicker: dict, colour: Colour = Colour(),
-                 piece: int = 96):
+                 piece: int = 96, aspect: float = 1.0):
         self.segments, self.rate, self.crf, self.flicker, self.colour = segments, rate, crf, flicker, colour
-        self.piece = piece  # frames per piece
+        self.piece, self.aspect = piece, aspect  # frames per piece; a pixel's width over its height
         self.k, self.out, self.stream, self.at_start = None, None, None, {}
 
     def write(self, index: int, pts, tb, pixels: np.ndarray) -> None:
@@ -143,6 +143,10 @@ class SegmentWriter:
             self.stream.width, self.stream.height = pixels.shape[1] // 2 * 2, pixels.shape[0] // 2 * 2
             self.stream.pix_fmt, self.stream.time_base = "yuv420p", tb
             self.stream.options = {"crf": str(self.crf), "bf": "0"}
+            if self.aspect != 1.0:  # anamorphic: shown as the input is (widescreen DV, 720x480 shown 16:9)
+                from fractions import Fraction
+
+                self.stream.codec_context.sample_aspect_ratio = Fraction(self.aspect).limit_denominator(10000)
             if self.colour.matrix is not None:  # an untagged input stays untagged: read as the input is
                 cc = self.stream.codec_context
                 cc.colorspace, cc.color_range = self.colour.space, 1  # 1: limited (MPEG) range, as encoded

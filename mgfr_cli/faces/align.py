@@ -118,15 +118,17 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
     from its first frame, so a user can write ``tracks: {K: ...}`` in the clip's sidecar."""
     from mgfr_cli.faces.helper import DetectedFace
     from mgfr_cli.faces.tracking import Tracker, per_frame, select_tracks
-    from mgfr_cli.faces.video_io import frames
+    from mgfr_cli.faces.video_io import frames, pixel_aspect
 
     tracker, firsts, broke, size = Tracker(), {}, [], (0, 0)
     try:
+        aspect = pixel_aspect(item.path)  # an anamorphic clip's faces cropped as shown
         for index, _, _, rgb in frames(item.path, max_megapixels, broke):
             tracker.update(index, helper.detect(rgb, per_frame(selection)))  # which faces: whole tracks, below
             size = rgb.shape[1::-1]
             for t in tracker.tracks[len(firsts):]:
-                firsts[t.index] = helper.align(rgb, DetectedFace(t.boxes[0], 1.0, t.landmarks[0]), t.index, item.path)
+                firsts[t.index] = helper.align(rgb, DetectedFace(t.boxes[0], 1.0, t.landmarks[0]), t.index, item.path,
+                                               aspect)
         tracks = select_tracks(tracker.tracks, selection, *size)  # each keeps its own number
     except MgfrError as exc:
         outcomes.append(Outcome(item.path, FAILED, str(exc)))

@@ -188,13 +188,18 @@ class FaceHelper:
         return numbered, len(faces)
 
     # -- alignment -------------------------------------------------------------------------
-    def align(self, rgb: np.ndarray, face: DetectedFace, index: int, source: Path | None = None) -> AlignedFace:
-        """Warp one face onto the FFHQ template: a similarity transform, no shear."""
+    def align(self, rgb: np.ndarray, face: DetectedFace, index: int, source: Path | None = None,
+              aspect: float = 1.0) -> AlignedFace:
+        """Warp one face onto the FFHQ template: a similarity transform, no shear, of the face as it is shown:
+        ``aspect`` is a pixel's width over its height (an anamorphic clip's, e.g. 32/27 for widescreen DV), so the
+        face is aligned with its true proportions (the paste inverts the whole map)."""
         import cv2
 
-        affine, _ = cv2.estimateAffinePartial2D(face.landmarks, self.template, method=cv2.LMEDS)
+        shown = face.landmarks * np.array([aspect, 1.0])
+        affine, _ = cv2.estimateAffinePartial2D(shown, self.template, method=cv2.LMEDS)
         if affine is None:
             raise ValueError("degenerate landmarks")
+        affine[:, 0] *= aspect  # stored pixel -> shown -> crop
         crop = cv2.warpAffine(rgb, affine, (self.face_size, self.face_size),
                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(135, 133, 132))
         return AlignedFace(crop=crop, landmarks=face.landmarks, affine=affine.astype(np.float64), index=index,

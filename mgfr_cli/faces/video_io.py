@@ -50,6 +50,19 @@ def colour_of(stream) -> Colour:
                     for k in ("colorspace", "color_primaries", "color_trc")))
 
 
+def pixel_aspect(path: Path) -> float:
+    """A clip's pixel width over height (its sample aspect ratio: 32/27 for widescreen DV), 1 when square or unset."""
+    from fractions import Fraction
+
+    container = open_video(path)
+    try:
+        stream = container.streams.video[0]
+        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        return float(Fraction(sar)) if sar and Fraction(sar) > 0 else 1.0
+    finally:
+        container.close()
+
+
 def frames(path: Path, max_megapixels: float, broke: list):
     """``(index, pts, time_base, rgb)`` of every frame, upright (rotation metadata applied). A stream that
     breaks mid-way ends the frames there, and ``broke`` gets the reason."""
