@@ -12,7 +12,8 @@
 ``Restorer.load`` fetches what is missing on first use (unless ``offline``), exactly as ``mgfr restore`` does;
 the CLI and the web page load their models through it. Errors are the exceptions the CLI turns into one-line
 messages (:mod:`mgfr_cli.errors`). Arrays are ``(H, W, 3)`` uint8 RGB (or gray, gray+alpha, RGBA, uint16); the
-restored image comes back in the input's form (gray, alpha, 16 bits kept; a PIL image with its colour profile)."""
+restored image comes back in the input's form (gray, alpha, 16 bits kept; a PIL image upright, as a file's EXIF
+orientation turns it, with its colour profile, EXIF and XMP in ``info``)."""
 
 from __future__ import annotations
 
@@ -337,6 +338,7 @@ def _like(pixels: np.ndarray, photo, kind: str):
     from PIL import Image
 
     out = Image.fromarray(pixels)
-    if photo.icc:
-        out.info["icc_profile"] = photo.icc
+    for key, value in (("icc_profile", photo.icc), ("exif", photo.exif), ("xmp", photo.xmp)):
+        if value:  # Pillow's places: save(..., exif=out.info["exif"]) keeps them where a format does not by itself
+            out.info[key] = value
     return out

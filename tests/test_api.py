@@ -288,3 +288,27 @@ def test_an_image_comes_back_in_its_own_form_as_the_cli_writes_it(api_root, astr
     assert restorer.restore(Image.fromarray(luma), steps=1).image.mode == "L" and forms_out.shape[2] == 4
     with pytest.raises(InputError, match=r"uint8 or uint16, not \(256, 256, 3\) float32"):
         restorer.restore(face.astype(np.float32), steps=1)
+
+
+def test_a_phone_photo_opened_with_pil_is_restored_upright_as_its_path_is(api_root, astronaut, tmp_path):
+    """`Image.open` keeps a phone photo's pixels as stored (sideways) with an EXIF orientation: restore() took them
+    as they were (no face found in a sideways head) while the same photo by path was turned upright. Both are now
+    restored upright alike; the caller's image is left untouched; the result carries the EXIF, orientation 1."""
+    from PIL import Image
+
+    from mgfr_cli import Restorer
+
+    restorer = Restorer.load(detector="retinaface_mobile0.25", device="cpu")
+    upright = np.ascontiguousarray(astronaut[:256, 100:356])
+    exif = Image.Exif()
+    exif[0x0112], exif[0x0132] = 6, "2024:05:06 07:08:09"
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright[:, :200], 1))).save(tmp_path / "phone.jpg",
+                                                                             exif=exif.tobytes(), quality=95)
+    photo = Image.open(tmp_path / "phone.jpg")
+    by_pil, by_path = restorer.restore(photo, steps=1), restorer.restore(tmp_path / "phone.jpg", steps=1)
+    assert len(by_pil.faces) == len(by_path.faces) == 1 and by_pil.image.size == (200, 256)
+    assert np.array_equal(np.asarray(by_pil.image), by_path.image)
+    assert photo.size == (256, 200) and photo.getexif()[0x0112] == 6  # the caller's image as it was
+    kept = Image.Exif()
+    kept.load(by_pil.image.info["exif"])
+    assert kept[0x0112] == 1 and kept[0x0132] == "2024:05:06 07:08:09"

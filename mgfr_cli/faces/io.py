@@ -176,10 +176,13 @@ def _upright_xmp(xmp) -> bytes | None:
 def _upright_exif(im) -> bytes | None:
     """The image's EXIF as bytes with its orientation set to 1 (the pixels are turned upright) and without the
     thumbnail (it shows the unrestored photo); None when it has none or it does not parse."""
+    from PIL import Image
+
     try:
-        exif = im.getexif()
-        if not len(exif):
+        if not len(im.getexif()):
             return None
+        exif = Image.Exif()  # a copy: the image's own (a caller's PIL image) is left as it is
+        exif.load(im.getexif().tobytes())
         for tag in _LAYOUT_TAGS & set(exif):  # a TIFF's own layout (sizes, strips, samples): not the output's
             del exif[tag]
         exif[0x0112] = 1
@@ -212,11 +215,17 @@ def _png_gray_alpha(px: np.ndarray) -> bytes:
 
 
 def photo_of(image) -> Photo:
-    """A :class:`Photo` of an in-memory image, in its own form: a PIL image (any mode, its colour profile kept) or
-    a ``(H, W)``, ``(H, W, 2|3|4)`` uint8/uint16 array (gray, gray+alpha, RGB, RGBA)."""
+    """A :class:`Photo` of an in-memory image, in its own form: a PIL image (any mode, turned upright by its EXIF
+    orientation as a file is, its colour profile, EXIF and XMP kept) or a ``(H, W)``, ``(H, W, 2|3|4)``
+    uint8/uint16 array (gray, gray+alpha, RGB, RGBA)."""
     if hasattr(image, "convert"):  # PIL
-        gray_alpha = image.mode in ("LA", "La")
-        return Photo(_pil_to_array(image, b""), icc=image.info.get("icc_profile") or None, gray_alpha=gray_alpha)
+        try:
+            orientation = image.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are
+            orientation = 1
+        return Photo(_apply_orientation(_pil_to_array(image, b""), orientation),
+                     icc=image.info.get("icc_profile") or None, gray_alpha=image.mode in ("LA", "La"),
+                     exif=_upright_exif(image), xmp=_upright_xmp(image.info.get("xmp")))
     px = np.asarray(image)
     if px.dtype not in (np.uint8, np.uint16) or not (px.ndim == 2 or (px.ndim == 3 and px.shape[2] in (2, 3, 4))):
         raise InputError(f"an image array is (H, W) or (H, W, 2|3|4) of uint8 or uint16, not {px.shape} {px.dtype}")
