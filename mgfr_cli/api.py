@@ -328,7 +328,7 @@ def _as_photo(image):
 
 def _like(pixels: np.ndarray, photo, kind: str):
     """The restored image in the input's form and kind: gray+alpha back to two channels; a PIL image carries the
-    input's colour profile (saved with it)."""
+    input's colour profile, EXIF (orientation 1: upright) and XMP in its ``info``."""
     from mgfr_cli.faces.io import as_gray_alpha
 
     if photo.gray_alpha:

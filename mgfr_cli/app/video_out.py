@@ -1,5 +1,6 @@
 """Writing a restored clip: H.264 pieces (each renamed when whole, so a stopped run keeps them), joined with the
-input's audio into a temporary file renamed when whole; the input's colour matrix and tags kept."""
+input's audio streams into a temporary file renamed when whole; the input's colour matrix and tags, pixel shape,
+tags (creation time, place) and languages kept."""
 
 from __future__ import annotations
 

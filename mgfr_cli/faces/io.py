@@ -87,10 +87,12 @@ def _open_heif() -> None:
     """Teach Pillow HEIC/HEIF (iPhone photos) once, with pillow-heif (it turns them upright itself, as TIFFs)."""
     global _HEIF
     if not _HEIF:
-        import pillow_heif
-
-        pillow_heif.register_heif_opener()
         _HEIF = True
+        try:
+            import pillow_heif
+        except ImportError:  # (a dependency: only a broken install lacks it) HEIC then fails as not readable
+            return
+        pillow_heif.register_heif_opener()
 
 
 _HEIF = False
