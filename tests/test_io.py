@@ -168,3 +168,25 @@ def test_an_iphone_heic_photo_is_read_upright_and_restored(tiny_root, astronaut,
     assert code == 0 and row["status"] == "restored" and row["faces"] >= 1, out + err
     written = Image.open(tmp_path / "out" / "IMG_0001.png")
     assert written.size == (512, 400) and written.getexif()[0x0132] == "2024:05:06 07:08:09"
+
+
+def test_a_profile_of_another_colour_space_is_not_written_into_rgb_pixels(tmp_path):
+    """A CMYK JPEG's CMYK profile was embedded into its RGB output (a profile that does not describe its pixels:
+    viewers warn or misrender); an RGB or gray profile is still written back where it matches."""
+    def profile(space: bytes) -> bytes:
+        head = bytearray(128)
+        head[16:20], head[36:40] = space, b"acsp"
+        return bytes(head)
+
+    Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).convert("CMYK").save(tmp_path / "c.jpg",
+                                                                                  icc_profile=profile(b"CMYK"))
+    photo = read_image(tmp_path / "c.jpg")
+    assert photo.pixels.shape == (16, 16, 3) and photo.icc[16:20] == b"CMYK"
+    write_image(tmp_path / "o.jpg", photo.pixels, icc=photo.icc)
+    assert Image.open(tmp_path / "o.jpg").info.get("icc_profile") is None
+    for space, pixels in ((b"RGB ", np.zeros((8, 8, 3), np.uint8)), (b"GRAY", np.zeros((8, 8), np.uint8))):
+        write_image(tmp_path / "kept.png", pixels, icc=profile(space))
+        assert Image.open(tmp_path / "kept.png").info.get("icc_profile") == profile(space)
+    from mgfr_cli.api import _like  # the Python API's PIL result alike
+
+    assert "icc_profile" not in _like(photo.pixels, photo, "pil").info

@@ -313,7 +313,8 @@ def format_drops(photo: Photo, ext: str) -> list[str]:
 def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: bytes | None = None,
                 exif: bytes | None = None, xmp: bytes | None = None) -> None:
     """Encode ``pixels`` (RGB(A) order, like :attr:`Photo.pixels`) and place it at ``path`` atomically;
-    ``icc``: a colour profile to embed (8-bit JPEG, PNG, WebP, TIFF; 16-bit outputs go without one); ``exif``
+    ``icc``: a colour profile to embed (8-bit JPEG, PNG, WebP, TIFF; 16-bit outputs go without one; one of
+    another colour space than the pixels', as a CMYK photo's once converted to RGB, is left out); ``exif``
     and ``xmp``: metadata to embed (8-bit JPEG, PNG, WebP), the EXIF's pixel dimensions set to the image's."""
     import cv2
 
@@ -331,6 +332,7 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
         if px.ndim == 3 and px.shape[2] == 4:
             px = px[:, :, :3]
     exif, xmp = (exif, xmp) if ext in (".jpg", ".jpeg", ".png", ".webp") else (None, None)
+    icc = fitting_profile(icc, px)
     if (icc or exif or xmp) and px.dtype == np.uint8 and ext in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"):
         from PIL import Image
 
@@ -358,6 +360,13 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
     if not ok:
         raise InputError(f"{path}: cannot encode an image as {ext}")
     atomic_write_bytes(path, buf.tobytes())
+
+
+def fitting_profile(icc: bytes | None, pixels: np.ndarray) -> bytes | None:
+    """``icc`` when it describes pixels like these (its colour space RGB, or GRAY for gray ones); else None: a CMYK
+    photo's profile, once the photo is converted to RGB, describes no pixel of it."""
+    gray = pixels.ndim == 2 or pixels.shape[2] == 2
+    return icc if icc and icc[16:20] == (b"GRAY" if gray else b"RGB ") else None
 
 
 def _sized_exif(exif: bytes, width: int, height: int) -> bytes:
