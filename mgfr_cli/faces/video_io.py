@@ -72,19 +72,59 @@ def frames(path: Path, max_megapixels: float, broke: list):
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        index = 0
+        index, fields = 0, Deinterlacer(stream)
         try:
-            for frame in container.decode(stream):
-                if frame.width * frame.height > max_megapixels * 1e6:
-                    raise InputError(f"{path}: frames of {frame.width}x{frame.height} are over --max-megapixels "
+            for decoded in container.decode(stream):
+                if decoded.width * decoded.height > max_megapixels * 1e6:
+                    raise InputError(f"{path}: frames of {decoded.width}x{decoded.height} are over --max-megapixels "
                                      f"{max_megapixels:g}")
-                rgb = frame.to_ndarray(format="rgb24")
-                turns = int(round(getattr(frame, "rotation", 0) or 0)) // 90 % 4
-                if turns:
-                    rgb = np.ascontiguousarray(np.rot90(rgb, turns))
-                yield index, frame.pts, frame.time_base, rgb
+                for frame in fields.push(decoded):
+                    yield index, frame.pts, frame.time_base, _upright(frame)
+                    index += 1
+            for frame in fields.push(None):
+                yield index, frame.pts, frame.time_base, _upright(frame)
                 index += 1
         except av.error.FFmpegError as exc:
             broke.append(f"the stream breaks after frame {index} ({str(exc).splitlines()[0]}); kept what decoded")
+        if fields.graph is not None:
+            broke.append("interlaced: deinterlaced (FFmpeg's bwdif, a frame for each frame) before faces were found")
     finally:
         container.close()
+
+
+def _upright(frame) -> np.ndarray:
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = int(round(getattr(frame, "rotation", 0) or 0)) // 90 % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+class Deinterlacer:
+    """Frames as decoded, but interlaced ones (DV, camcorder captures: two moments woven line by line, combed where
+    anything moves) through FFmpeg's bwdif, one frame out for each frame in, timestamps kept."""
+
+    def __init__(self, stream):
+        self.stream, self.graph = stream, None
+
+    def push(self, frame) -> list:
+        import av
+
+        if self.graph is None:
+            if frame is None or not frame.interlaced_frame:
+                return [frame] if frame is not None else []
+            self.graph = av.filter.Graph()
+            source = self.graph.add_buffer(template=self.stream)
+            bwdif = self.graph.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+            source.link_to(bwdif)
+            bwdif.link_to(self.graph.add("buffersink"))
+            self.graph.configure()
+        self.graph.push(frame)
+        out = []
+        while True:
+            try:
+                f = self.graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return out
+            tb = self.stream.time_base  # bwdif counts in half the stream's time base (for field rate): back to it
+            if f.pts is not None and f.time_base is not None and tb is not None and f.time_base != tb:
+                f.pts, f.time_base = int(round(f.pts * f.time_base / tb)), tb
+            out.append(f)
