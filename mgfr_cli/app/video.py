@@ -175,7 +175,8 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     colour = colour_of(vin)
     segments = Segments(target, "|".join(map(str, (path.resolve(), st.st_size, st.st_mtime_ns, job.seed, job.crf,
                                                    job.upscale, seed_per, getattr(batch.restorer, "settings", None),
-                                                   _conditions_key(conds), job.recipe, colour, aspect))))
+                                                   _conditions_key(conds), job.recipe, colour, aspect,
+                                                   any(b.startswith("interlaced") for b in broke)))))
     try:
         writer = SegmentWriter(segments, rate, job.crf, flicker, colour, SEGMENT_FRAMES, aspect)
         window: list = []
