@@ -341,9 +341,9 @@ def test_gray_alpha_16_bit_comes_back_as_gray_alpha_16_bit(tiny_root, small, tmp
 
 def test_folder_walk_says_which_files_it_skipped(tiny_root, small, tmp_path, cli):
     _png(tmp_path / "in" / "p.png", small)
-    (tmp_path / "in" / "holiday.heic").write_bytes(b"\0" * 100)
+    (tmp_path / "in" / "holiday.cr2").write_bytes(b"\0" * 100)
     (tmp_path / "in" / "p.yaml").write_text("prompt: brown eyes\n")  # a sidecar: not worth a line
     code, out, _ = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
     text = " ".join(out.split())
-    assert code == 0 and "holiday.heic" in text and "not an image format mgfr reads (.heic)" in text
+    assert code == 0 and "holiday.cr2" in text and "not an image format mgfr reads (.cr2)" in text
     assert "p.yaml" not in text
