@@ -64,8 +64,9 @@ def pixel_aspect(path: Path) -> float:
 
 
 def frames(path: Path, max_megapixels: float, broke: list):
-    """``(index, pts, time_base, rgb)`` of every frame, upright (rotation metadata applied). A stream that
-    breaks mid-way ends the frames there, and ``broke`` gets the reason."""
+    """``(index, pts, time_base, rgb)`` of every frame, upright (rotation metadata applied), interlaced ones
+    deinterlaced (:class:`Deinterlacer`; ``broke`` says so). A stream that breaks mid-way ends the frames there, and
+    ``broke`` gets the reason."""
     import av
 
     container = open_video(path)
