@@ -329,7 +329,8 @@ def _as_photo(image):
 def _like(pixels: np.ndarray, photo, kind: str):
     """The restored image in the input's form and kind: gray+alpha back to two channels; a PIL image carries the
     input's colour profile, EXIF (orientation 1: upright) and XMP in its ``info``."""
-    from mgfr_cli.faces.io import as_gray_alpha, fitting_profile
+    from mgfr_cli.faces.io import as_gray_alpha
+    from mgfr_cli.faces.metadata import fitting_profile
 
     if photo.gray_alpha:
         pixels = as_gray_alpha(pixels)

@@ -282,7 +282,8 @@ def test_an_image_comes_back_in_its_own_form_as_the_cli_writes_it(api_root, astr
     pil = Image.fromarray(forms["rgba.png"])
     pil.info["icc_profile"] = icc
     out = restorer.restore(pil, steps=1).image
-    assert out.mode == "RGBA" and np.array_equal(np.asarray(out), forms_out := read_image(tmp_path / "out" / "rgba.png").pixels)
+    forms_out = read_image(tmp_path / "out" / "rgba.png").pixels
+    assert out.mode == "RGBA" and np.array_equal(np.asarray(out), forms_out)
     out.save(tmp_path / "saved.png")
     assert Image.open(tmp_path / "saved.png").info.get("icc_profile") == icc  # saved with the profile it came with
     assert restorer.restore(Image.fromarray(luma), steps=1).image.mode == "L" and forms_out.shape[2] == 4

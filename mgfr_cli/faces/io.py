@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mgfr_cli.errors import InputError, OutputError
+from mgfr_cli.faces.metadata import fitting_profile, save_options, upright_exif, upright_xmp
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
@@ -155,42 +155,10 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
         frames = getattr(im, "n_frames", 1)
         note = f"only the first of {frames} frames restored" if frames > 1 else ""
         icc = im.info.get("icc_profile") or None
-        exif, xmp = _upright_exif(im), _upright_xmp(im.info.get("xmp"))
+        exif, xmp = upright_exif(im), upright_xmp(im.info.get("xmp"))
         # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
         gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
     return Photo(_apply_orientation(pixels, orientation), path, icc, note, gray_alpha, exif, xmp)
-
-
-# TIFF tags that describe how the file's own pixels are laid out (a TIFF's EXIF is its IFD0): never carried over
-_LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 292, 293, 317, 320, 322, 323, 324,
-                325, 338, 339, 340, 341, 513, 514, 529, 530, 531, 532}
-
-
-def _upright_xmp(xmp) -> bytes | None:
-    """The XMP packet with its orientation (attribute or element) set to 1, as the pixels are upright."""
-    if not xmp:
-        return None
-    xmp = xmp.encode() if isinstance(xmp, str) else bytes(xmp)
-    xmp = re.sub(rb'(tiff:Orientation\s*=\s*["\'])\d(["\'])', rb"\g<1>1\2", xmp)
-    return re.sub(rb"(<tiff:Orientation>)\s*\d\s*(</tiff:Orientation>)", rb"\g<1>1\2", xmp)
-
-
-def _upright_exif(im) -> bytes | None:
-    """The image's EXIF as bytes with its orientation set to 1 (the pixels are turned upright) and without the
-    thumbnail (it shows the unrestored photo); None when it has none or it does not parse."""
-    from PIL import Image
-
-    try:
-        if not len(im.getexif()):
-            return None
-        exif = Image.Exif()  # a copy: the image's own (a caller's PIL image) is left as it is
-        exif.load(im.getexif().tobytes())
-        for tag in _LAYOUT_TAGS & set(exif):  # a TIFF's own layout (sizes, strips, samples): not the output's
-            del exif[tag]
-        exif[0x0112] = 1
-        return exif.tobytes()
-    except Exception:  # noqa: BLE001 - a malformed EXIF block is metadata lost, never a photo failed
-        return None
 
 
 def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
@@ -227,7 +195,7 @@ def photo_of(image) -> Photo:
             orientation = 1
         return Photo(_apply_orientation(_pil_to_array(image, b""), orientation),
                      icc=image.info.get("icc_profile") or None, gray_alpha=image.mode in ("LA", "La"),
-                     exif=_upright_exif(image), xmp=_upright_xmp(image.info.get("xmp")))
+                     exif=upright_exif(image), xmp=upright_xmp(image.info.get("xmp")))
     px = np.asarray(image)
     if px.dtype not in (np.uint8, np.uint16) or not (px.ndim == 2 or (px.ndim == 3 and px.shape[2] in (2, 3, 4))):
         raise InputError(f"an image array is (H, W) or (H, W, 2|3|4) of uint8 or uint16, not {px.shape} {px.dtype}")
@@ -339,18 +307,7 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
         buf = io.BytesIO()
         fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}[ext]
         extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-        if icc:
-            extra["icc_profile"] = icc
-        if exif:
-            extra["exif"] = _sized_exif(exif, px.shape[1], px.shape[0])
-        if xmp and fmt == "PNG":  # Pillow writes a PNG's XMP as the iTXt chunk readers look for
-            from PIL import PngImagePlugin
-
-            extra["pnginfo"] = PngImagePlugin.PngInfo()
-            extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
-        elif xmp:
-            extra["xmp"] = xmp
-        Image.fromarray(px).save(buf, fmt, **extra)
+        Image.fromarray(px).save(buf, fmt, **extra, **save_options(fmt, px, icc, exif, xmp))
         atomic_write_bytes(path, buf.getvalue())
         return
     if px.ndim == 3:
@@ -360,26 +317,6 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
     if not ok:
         raise InputError(f"{path}: cannot encode an image as {ext}")
     atomic_write_bytes(path, buf.tobytes())
-
-
-def fitting_profile(icc: bytes | None, pixels: np.ndarray) -> bytes | None:
-    """``icc`` when it describes pixels like these (its colour space RGB, or GRAY for gray ones); else None: a CMYK
-    photo's profile, once the photo is converted to RGB, describes no pixel of it."""
-    gray = pixels.ndim == 2 or pixels.shape[2] == 2
-    return icc if icc and icc[16:20] == (b"GRAY" if gray else b"RGB ") else None
-
-
-def _sized_exif(exif: bytes, width: int, height: int) -> bytes:
-    """``exif`` with the pixel dimensions it records (if any) set to the written image's (``--upscale``)."""
-    from PIL import Image
-
-    parsed = Image.Exif()
-    parsed.load(exif)
-    sub = parsed.get_ifd(0x8769)  # the Exif IFD: PixelXDimension, PixelYDimension
-    for tag, value in ((0xA002, width), (0xA003, height)):
-        if tag in sub:
-            sub[tag] = value
-    return parsed.tobytes()
 
 
 def _umask() -> int:
