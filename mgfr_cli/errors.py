@@ -1,8 +1,11 @@
 """User-facing errors: each message names the file, the problem and the fix.
 
 Library code raises these; only ``cli.main`` turns them into one red line and an exit code.
-Anything else that escapes is a bug and keeps its traceback.
+Anything else that escapes is a bug and keeps its traceback, but in a batch, where one file's surprise must not
+stop the others: :func:`unexpected` makes it that file's one-line failure (``MGFR_DEBUG=1`` raises it instead).
 """
+
+import os
 
 
 class MgfrError(Exception):
@@ -27,3 +30,11 @@ class OutputError(MgfrError):
 
 class UsageError(ConfigError):
     """The command line asks for something that cannot be done (exit code 2), e.g. outputs onto the inputs."""
+
+
+def unexpected(path, exc: Exception, doing: str = "") -> str:
+    """One line for an unexpected error of one file in a batch (the batch goes on); with ``MGFR_DEBUG=1`` set, the
+    error itself is raised again, traceback and all (call it inside the ``except`` block)."""
+    if os.environ.get("MGFR_DEBUG"):
+        raise exc
+    return f"{path}: {doing}unexpected {type(exc).__name__}: {exc} (MGFR_DEBUG=1 for a traceback)"

@@ -190,3 +190,95 @@ def test_a_profile_of_another_colour_space_is_not_written_into_rgb_pixels(tmp_pa
     from mgfr_cli.api import _like  # the Python API's PIL result alike
 
     assert "icc_profile" not in _like(photo.pixels, photo, "pil").info
+
+
+def test_metadata_a_jpeg_cannot_hold_never_costs_the_photo(tmp_path, monkeypatch):
+    """A PNG's (or a HEIC's) EXIF may be larger than a JPEG's 64 KB segment: `--ext jpg` raised "EXIF data is too
+    long" and stopped the batch with a traceback. The EXIF is written without its maker note and user comment (the
+    date and camera kept), an XMP too long for a JPEG is left out, and metadata Pillow refuses never costs the
+    pixels."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0132] = "Canon", "2001:02:03 04:05:06"
+    exif.get_ifd(0x8769)[0x9286] = b"ASCII\0\0\0" + b"x" * 100_000  # a 100 KB user comment
+    pixels = np.full((16, 16, 3), 90, np.uint8)
+    write_image(tmp_path / "a.jpg", pixels, exif=exif.tobytes(), xmp=b"<x:xmpmeta>" + b" " * 70_000 + b"</x:xmpmeta>")
+    written = Image.open(tmp_path / "a.jpg")
+    kept = written.getexif()
+    assert (kept[0x010F], kept[0x0132]) == ("Canon", "2001:02:03 04:05:06") and 0x9286 not in kept.get_ifd(0x8769)
+    assert "xmp" not in written.info
+    write_image(tmp_path / "a.png", pixels, exif=exif.tobytes())  # a PNG holds it whole
+    assert len(Image.open(tmp_path / "a.png").getexif().get_ifd(0x8769)[0x9286]) > 100_000
+    monkeypatch.setattr("mgfr_cli.faces.io.save_options", lambda *a: {"exif": b"x" * 70_000})  # refused by Pillow
+    write_image(tmp_path / "b.jpg", pixels, exif=exif.tobytes())
+    assert np.abs(read_image(tmp_path / "b.jpg").pixels.astype(int) - 90).max() <= 2
+
+
+def test_a_photo_that_fails_to_write_does_not_stop_the_batch(tiny_root, tmp_path, cli, monkeypatch):
+    """An unexpected error while one photo is written (an encoder's, a library's) stopped the whole batch with a
+    traceback; that photo fails in one line now, and the photos after it are written."""
+    import mgfr_cli.app.batch as batch
+
+    real = batch.write_image
+
+    def refusing(path, pixels, **kw):
+        if path.name == "a.png":
+            raise ValueError("the encoder refused")
+        return real(path, pixels, **kw)
+
+    monkeypatch.setattr(batch, "write_image", refusing)
+    y, x = np.mgrid[0:40, 0:60]
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png"):
+        _save(tmp_path / "in" / name, np.dstack([x * 3, y * 4, np.full_like(x, 90)]).astype(np.uint8))
+    code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, "--steps", "1",
+                         "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    rows = {r["source"].rsplit("/", 1)[-1]: r for r in json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())}
+    assert code == 1 and rows["a.png"]["status"] == "failed", out + err
+    assert "unexpected ValueError: the encoder refused" in rows["a.png"]["detail"]
+    assert rows["b.png"]["status"] == "no face" and (tmp_path / "out" / "b.png").is_file()
+
+
+@pytest.mark.parametrize("command", ["align", "degrade"])
+def test_one_files_surprise_never_stops_align_or_degrade(tiny_root, tmp_path, cli, monkeypatch, command):
+    """`align` and `degrade` caught only mgfr's own errors per file: any other (a detector's, an encoder's) stopped
+    the run with a traceback. That file fails in one line now, as in `restore`, and the files after it are done."""
+    import mgfr_cli.faces.helper as helper
+    import mgfr_cli.training.degrade as degrade
+
+    target, name = (helper.FaceHelper, "detect_and_align") if command == "align" else (degrade, "degrade")
+    real = getattr(target, name)
+
+    def refusing(*args, **kw):
+        if refusing.calls == 0:
+            refusing.calls += 1
+            raise ValueError("a library refused")
+        return real(*args, **kw)
+
+    refusing.calls = 0
+    monkeypatch.setattr(target, name, refusing)
+    y, x = np.mgrid[0:40, 0:60]
+    (tmp_path / "in").mkdir()
+    for n in ("a.png", "b.png"):
+        _save(tmp_path / "in" / n, np.dstack([x * 3, y * 4, np.full_like(x, 90)]).astype(np.uint8))
+    extra = ["--detector", "retinaface_mobile0.25", "--device", "cpu", "--model-root", tiny_root]
+    code, out, err = cli(command, tmp_path / "in", "-o", tmp_path / "out", *(extra if command == "align" else []))
+    said = " ".join((out + err).split())
+    assert code == 1 and "a.png: unexpected ValueError: a library refused" in said, out + err
+    assert refusing.calls == 1 and "Traceback" not in said
+    if command == "degrade":
+        assert (tmp_path / "out" / "b.png").is_file() and not (tmp_path / "out" / "a.png").exists()
+    else:  # b.png was looked at after a.png failed: faceless, it is listed as such
+        assert "b.png" in said
+
+
+def test_mgfr_debug_gives_the_traceback_instead_of_the_line(monkeypatch):
+    """`unexpected` (every batch's one-line failure for a surprise) raises the error itself under MGFR_DEBUG=1."""
+    from mgfr_cli.errors import unexpected
+
+    error = ValueError("deep inside")
+    monkeypatch.delenv("MGFR_DEBUG", raising=False)
+    assert unexpected("a.png", error, "cannot write: ") == ("a.png: cannot write: unexpected ValueError: deep inside "
+                                                             "(MGFR_DEBUG=1 for a traceback)")
+    monkeypatch.setenv("MGFR_DEBUG", "1")
+    with pytest.raises(ValueError, match="deep inside"):
+        unexpected("a.png", error)

@@ -9,7 +9,6 @@ photos in a background thread while the restorer works on the current batch.
 from __future__ import annotations
 
 import errno
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -21,7 +20,7 @@ import numpy as np
 from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import (ConditionSpec, FaceConditions, FlagOverrides, condition_sources, expand_refs,
                                        own_references_note, resolve_specs)
-from mgfr_cli.errors import InputError, MgfrError, OutputError
+from mgfr_cli.errors import InputError, MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
 from mgfr_cli.app.paste import paste_back, upscaled_like
@@ -215,10 +214,7 @@ class BatchRestorer:
         except MgfrError as exc:
             return _Prepared(item, item.path, outcome=Outcome(item.path, FAILED, str(exc)))
         except Exception as exc:  # noqa: BLE001 - in a batch, one file's surprise must not stop the rest
-            if os.environ.get("MGFR_DEBUG"):
-                raise
-            return _Prepared(item, item.path, outcome=Outcome(
-                item.path, FAILED, f"{item.path}: unexpected {type(exc).__name__}: {exc} (MGFR_DEBUG=1 for a traceback)"))
+            return _Prepared(item, item.path, outcome=Outcome(item.path, FAILED, unexpected(item.path, exc)))
 
     def _conditions(self, face: AlignedFace, spec: ConditionSpec, job: RestoreJob, cache: dict,
                     source: Path | None = None) -> FaceConditions:
@@ -317,10 +313,10 @@ class BatchRestorer:
             return Outcome(p.item.path, FAILED, f"cannot write {p.target}: {exc}")
         except MemoryError:
             return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
-        except Exception as exc:  # noqa: BLE001 - cv2 reports allocation failures as cv2.error
-            if "memory" not in str(exc).lower():
-                raise
-            return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
+        except Exception as exc:  # noqa: BLE001 - cv2 reports allocation failures as cv2.error; one photo's surprise
+            if "memory" in str(exc).lower():  # while writing must not stop the rest either (as in _prepare)
+                return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
+            return Outcome(p.item.path, FAILED, unexpected(p.target, exc, "cannot write: "))
         if not p.faces:
             return Outcome(p.item.path, NO_FACE, "; ".join(filter(None, (NO_FACE_WRITTEN, p.photo.note))), p.target)
         return Outcome(p.item.path, RESTORED, "; ".join(filter(None, (p.photo.note, kept))), p.target, len(p.faces))

@@ -17,7 +17,6 @@ run with the same input and settings continues after the last whole piece.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -90,7 +89,7 @@ def _background(iterator, size: int = QUEUE_FRAMES):
 
 def restore_clip(batch, job, item, inputs: set) -> Outcome:
     """One clip of a batch, whole; its output is ``OUT/<name>.mp4``, skipped when it exists (a resumed run)."""
-    from mgfr_cli.errors import MgfrError, OutputError
+    from mgfr_cli.errors import MgfrError, OutputError, unexpected
     from mgfr_cli.faces.conditions import FaceConditions, resolve_specs
     from mgfr_cli.app.batch import FATAL_WRITE_ERRORS
     from mgfr_cli.app.outputs import skipped_as_done
@@ -125,10 +124,7 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
                               f"finished outputs kept") from None
         return Outcome(item.path, FAILED, f"{item.path}: {exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - in a batch, one clip's surprise (PyAV's, FFmpeg's) must not stop the rest
-        if os.environ.get("MGFR_DEBUG"):
-            raise
-        return Outcome(item.path, FAILED, f"{item.path}: unexpected {type(exc).__name__}: {exc} (MGFR_DEBUG=1 for a "
-                                          f"traceback; the pieces written are kept for a rerun)")
+        return Outcome(item.path, FAILED, unexpected(item.path, exc) + "; the pieces written are kept for a rerun")
 
 
 def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "track") -> Outcome:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Container
 
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, Outcome, collect_inputs
-from mgfr_cli.errors import MgfrError, OutputError
+from mgfr_cli.errors import MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import FaceHelper, FaceSelection
 from mgfr_cli.faces.io import atomic_write_bytes, check_output_folder, read_image, write_image
 
@@ -33,7 +33,12 @@ def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelect
     rows = []
     try:
         for item in items:
-            _align_one(helper, item, output, selection, max_megapixels, rows, outcomes, earlier)
+            try:
+                _align_one(helper, item, output, selection, max_megapixels, rows, outcomes, earlier)
+            except OSError:
+                raise  # a full disk: below
+            except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the rest
+                outcomes.append(Outcome(item.path, FAILED, unexpected(item.path, exc)))
         _write_tables(tables, _merged(earlier, rows))
     except OSError as exc:  # a full disk mid-run: stop with one line; the table lists what was written
         try:

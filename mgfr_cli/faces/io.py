@@ -307,7 +307,11 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
         buf = io.BytesIO()
         fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}[ext]
         extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-        Image.fromarray(px).save(buf, fmt, **extra, **save_options(fmt, px, icc, exif, xmp))
+        try:
+            Image.fromarray(px).save(buf, fmt, **extra, **save_options(fmt, px, icc, exif, xmp))
+        except ValueError:  # metadata Pillow will not write (too long, malformed): never the pixels lost for it
+            buf = io.BytesIO()
+            Image.fromarray(px).save(buf, fmt, **extra)
         atomic_write_bytes(path, buf.getvalue())
         return
     if px.ndim == 3:

@@ -47,8 +47,13 @@ def fitting_profile(icc: bytes | None, pixels: np.ndarray) -> bytes | None:
     return icc if icc and icc[16:20] == (b"GRAY" if gray else b"RGB ") else None
 
 
-def sized_exif(exif: bytes, width: int, height: int) -> bytes:
-    """``exif`` with the pixel dimensions it records (if any) set to the written image's (``--upscale``)."""
+JPEG_SEGMENT = 65000  # what a JPEG's APP1 segment holds (64 KB, less its headers), EXIF and XMP alike
+
+
+def sized_exif(exif: bytes, width: int, height: int, limit: int | None = None) -> bytes | None:
+    """``exif`` with the pixel dimensions it records (if any) set to the written image's (``--upscale``); over
+    ``limit`` bytes (a JPEG's), without its maker note and user comment, else None (a PNG's or a HEIC's EXIF may be
+    larger than a JPEG can hold)."""
     from PIL import Image
 
     parsed = Image.Exif()
@@ -57,7 +62,12 @@ def sized_exif(exif: bytes, width: int, height: int) -> bytes:
     for tag, value in ((0xA002, width), (0xA003, height)):
         if tag in sub:
             sub[tag] = value
-    return parsed.tobytes()
+    data = parsed.tobytes()
+    if limit is not None and len(data) > limit:
+        for tag in (0x927C, 0x9286):  # MakerNote, UserComment: the large ones
+            sub.pop(tag, None)
+        data = parsed.tobytes()
+    return data if limit is None or len(data) <= limit else None
 
 
 def save_options(fmt: str, pixels: np.ndarray, icc: bytes | None, exif: bytes | None, xmp: bytes | None) -> dict:
@@ -66,12 +76,14 @@ def save_options(fmt: str, pixels: np.ndarray, icc: bytes | None, exif: bytes | 
     if icc:
         extra["icc_profile"] = icc
     if exif and fmt != "TIFF":
-        extra["exif"] = sized_exif(exif, pixels.shape[1], pixels.shape[0])
+        exif = sized_exif(exif, pixels.shape[1], pixels.shape[0], JPEG_SEGMENT if fmt == "JPEG" else None)
+        if exif:
+            extra["exif"] = exif
     if xmp and fmt == "PNG":  # Pillow writes a PNG's XMP as the iTXt chunk readers look for
         from PIL import PngImagePlugin
 
         extra["pnginfo"] = PngImagePlugin.PngInfo()
         extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
-    elif xmp and fmt != "TIFF":
+    elif xmp and fmt != "TIFF" and (fmt != "JPEG" or len(xmp) <= JPEG_SEGMENT):  # (no extended XMP in JPEG)
         extra["xmp"] = xmp
     return extra

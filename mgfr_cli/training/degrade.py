@@ -130,7 +130,7 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
 
     from mgfr_cli.faces.io import check_output_folder
     from mgfr_cli.faces.inputs import FAILED, RESTORED, Outcome, collect_inputs
-    from mgfr_cli.errors import MgfrError
+    from mgfr_cli.errors import MgfrError, unexpected
     from mgfr_cli.faces.io import atomic_write_bytes, read_image, write_image
 
     from mgfr_cli.ownership import own_or_free
@@ -157,6 +157,11 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
             write_image(target, lq)
         except MgfrError as exc:
             outcomes.append(Outcome(item.path, FAILED, str(exc)))
+            continue
+        except OSError:
+            raise  # a full disk, a read-only folder: the run stops
+        except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the rest
+            outcomes.append(Outcome(item.path, FAILED, unexpected(item.path, exc)))
             continue
         params[str(item.relative)] = p
         outcomes.append(Outcome(item.path, RESTORED, "", target, 0))
