@@ -613,3 +613,26 @@ def test_an_interlaced_clip_is_deinterlaced_before_faces_are_found(tiny_root, tm
     (_, given, _), (info, made, _) = probe(tmp_path / "dv.mp4"), probe(tmp_path / "out" / "dv.mp4")
     assert info["frames"] == 6 and [p for p, _ in made] == [p for p, _ in given]
     assert comb(given) > 10 and comb(made) < comb(given) / 10, (comb(given), comb(made))
+
+
+def test_a_10_bit_clip_says_it_is_written_in_8_bits(tiny_root, tmp_path, cli):
+    """A phone's HDR clip (10-bit HEVC, BT.2020) came out 8-bit without a word (a photo's 16 bits are kept, or said
+    lost); it keeps its colour tags and says the depth it is written in."""
+    out = av.open(str(tmp_path / "hdr.mov"), "w")
+    v = out.add_stream("libx265", rate=FPS)
+    v.width, v.height, v.pix_fmt = 64, 64, "yuv420p10le"
+    v.codec_context.colorspace, v.codec_context.color_primaries, v.codec_context.color_trc = 9, 9, 18  # HLG
+    for i in range(3):
+        frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * i + 60, np.uint8), format="rgb24")
+        out.mux(v.encode(frame.reformat(format="yuv420p10le", dst_colorspace=9, dst_color_range=1)))
+    out.mux(v.encode(None))
+    out.close()
+    _scene(tmp_path / "sdr.mp4")
+    code, text, err = cli("restore", tmp_path / "hdr.mov", tmp_path / "sdr.mp4", "-o", tmp_path / "out",
+                          "--model-root", tiny_root, *FAST)
+    rows = {Path(r["source"]).name: r for r in json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())}
+    assert code == 0 and "10-bit video written as 8-bit H.264" in rows["hdr.mov"]["detail"], rows
+    assert "8-bit" not in rows["sdr.mp4"]["detail"]
+    with av.open(str(tmp_path / "out" / "hdr.mp4")) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.colorspace, cc.color_primaries, cc.color_trc) == (9, 9, 18)

@@ -27,7 +27,7 @@ import numpy as np
 from mgfr_cli.app.video_out import Segments, SegmentWriter
 from mgfr_cli.errors import InputError
 from mgfr_cli.faces.inputs import NO_FACE, RESTORED, Outcome
-from mgfr_cli.faces.video_io import colour_of, frames, open_video, pixel_aspect
+from mgfr_cli.faces.video_io import colour_of, depth, frames, open_video, pixel_aspect
 
 SEGMENT_FRAMES = 96  # frames per encoded piece: what a stopped run keeps
 WINDOW_FRAMES = 8  # frames restored together (and held in memory) at most
@@ -167,6 +167,8 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
     source = open_video(path)
     vin = source.streams.video[0]
     rate = vin.average_rate or vin.guessed_rate or 25
+    if (bits := depth(vin)) > 8:  # (photos: 16 bits kept in PNG; H.264 here is 8-bit, as the restorer's frames)
+        broke.append(f"{bits}-bit video written as 8-bit H.264")
     st = path.stat()
     colour = colour_of(vin)
     segments = Segments(target, "|".join(map(str, (path.resolve(), st.st_size, st.st_mtime_ns, job.seed, job.crf,

@@ -50,6 +50,16 @@ def colour_of(stream) -> Colour:
                     for k in ("colorspace", "color_primaries", "color_trc")))
 
 
+def depth(stream) -> int:
+    """Bits per sample of a video stream as coded (8 for most; 10 for HDR phone clips), 8 when unknown."""
+    import av
+
+    try:
+        return max((c.bits for c in av.VideoFormat(stream.codec_context.pix_fmt).components), default=8)
+    except (TypeError, ValueError):
+        return 8
+
+
 def pixel_aspect(path: Path) -> float:
     """A clip's pixel width over height (its sample aspect ratio: 32/27 for widescreen DV), 1 when square or unset."""
     from fractions import Fraction
