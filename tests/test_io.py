@@ -282,3 +282,16 @@ def test_mgfr_debug_gives_the_traceback_instead_of_the_line(monkeypatch):
     monkeypatch.setenv("MGFR_DEBUG", "1")
     with pytest.raises(ValueError, match="deep inside"):
         unexpected("a.png", error)
+
+
+def test_a_webp_with_alpha_stays_a_webp_with_its_alpha(tiny_root, tmp_path, cli):
+    """WebP holds alpha, but mgfr counted it with JPEG: an RGBA WebP came out as a PNG under `--ext auto` (a format
+    change nobody asked for); it is written as a WebP, its alpha kept."""
+    y, x = np.mgrid[0:40, 0:60]
+    rgba = np.dstack([x * 3, y * 4, np.full_like(x, 90), (x * 4) % 256]).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgba).save(tmp_path / "in" / "sticker.webp", lossless=True)
+    code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, "--steps", "1",
+                         "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "out").glob("sticker*")) == ["sticker.webp"], out + err
+    assert np.array_equal(read_image(tmp_path / "out" / "sticker.webp").pixels[:, :, 3], rgba[:, :, 3])

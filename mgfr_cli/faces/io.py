@@ -273,9 +273,11 @@ def output_format(photo: Photo, requested_ext: str, source: Path) -> str:
 
 def format_drops(photo: Photo, ext: str) -> list[str]:
     """What a file of ``ext`` is written without (:func:`write_image`): the photo's alpha, its 16 bits."""
-    if ext.lower().lstrip(".") not in ("jpg", "jpeg", "bmp", "webp"):
+    ext = ext.lower().lstrip(".")
+    if ext not in ("jpg", "jpeg", "bmp", "webp"):
         return []
-    return [what for what, lost in (("alpha", photo.has_alpha), ("16 bits", photo.pixels.dtype == np.uint16)) if lost]
+    return [what for what, lost in (("alpha", photo.has_alpha and ext != "webp"),
+                                    ("16 bits", photo.pixels.dtype == np.uint16)) if lost]
 
 
 def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: bytes | None = None,
@@ -297,7 +299,7 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
     if ext in (".jpg", ".jpeg", ".bmp", ".webp"):
         if px.dtype == np.uint16:
             px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-        if px.ndim == 3 and px.shape[2] == 4:
+        if px.ndim == 3 and px.shape[2] == 4 and ext != ".webp":  # WebP holds alpha (its 8 bits only)
             px = px[:, :, :3]
     exif, xmp = (exif, xmp) if ext in (".jpg", ".jpeg", ".png", ".webp") else (None, None)
     icc = fitting_profile(icc, px)
