@@ -295,3 +295,18 @@ def test_a_webp_with_alpha_stays_a_webp_with_its_alpha(tiny_root, tmp_path, cli)
                          "--detector", "retinaface_mobile0.25", "--device", "cpu")
     assert code == 0 and sorted(p.name for p in (tmp_path / "out").glob("sticker*")) == ["sticker.webp"], out + err
     assert np.array_equal(read_image(tmp_path / "out" / "sticker.webp").pixels[:, :, 3], rgba[:, :, 3])
+
+
+def test_a_pil_image_is_turned_upright_once_as_its_file_is(tmp_path):
+    """The Python API's PIL images are read as files are: a TIFF opened with `Image.open` (lazy) with an orientation
+    tag was turned twice (the tag was read before loading, when Pillow turns TIFFs itself); a JPEG's tag turns it."""
+    from mgfr_cli.faces.io import photo_of
+
+    y, x = np.mgrid[0:60, 0:80]
+    stored = np.dstack([x * 3, y * 4, np.full_like(x, 90)]).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name in ("s.tif", "s.jpg"):
+        Image.fromarray(stored).save(tmp_path / name, exif=exif.tobytes())
+        upright = read_image(tmp_path / name).pixels.shape
+        assert photo_of(Image.open(tmp_path / name)).pixels.shape == upright == (80, 60, 3), name

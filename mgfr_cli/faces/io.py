@@ -147,18 +147,25 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
                 f"{max_megapixels:g} (raise it with --max-megapixels)"
             )
         try:
-            im.load()  # first: Pillow turns a TIFF (pillow-heif a HEIC) upright itself, and drops its orientation
-            orientation = im.getexif().get(0x0112, 1)
+            im.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise InputError(f"{path}: truncated or corrupt image ({exc})") from None
-        pixels = _pil_to_array(im, data)
         frames = getattr(im, "n_frames", 1)
-        note = f"only the first of {frames} frames restored" if frames > 1 else ""
-        icc = im.info.get("icc_profile") or None
-        exif, xmp = upright_exif(im), upright_xmp(im.info.get("xmp"))
-        # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
-        gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
-    return Photo(_apply_orientation(pixels, orientation), path, icc, note, gray_alpha, exif, xmp)
+        return _pil_photo(im, data, path, f"only the first of {frames} frames restored" if frames > 1 else "")
+
+
+def _pil_photo(im, data: bytes = b"", path: Path | None = None, note: str = "") -> Photo:
+    """The :class:`Photo` of a loaded PIL image (a file's, with its ``data``, or a caller's): upright by its EXIF
+    orientation, read after loading (Pillow turns a TIFF, pillow-heif a HEIC, upright itself and drops the tag),
+    its profile, EXIF and XMP kept."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are
+        orientation = 1
+    # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
+    gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
+    return Photo(_apply_orientation(_pil_to_array(im, data), orientation), path, im.info.get("icc_profile") or None,
+                 note, gray_alpha, upright_exif(im), upright_xmp(im.info.get("xmp")))
 
 
 def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
@@ -188,14 +195,9 @@ def photo_of(image) -> Photo:
     """A :class:`Photo` of an in-memory image, in its own form: a PIL image (any mode, turned upright by its EXIF
     orientation as a file is, its colour profile, EXIF and XMP kept) or a ``(H, W)``, ``(H, W, 2|3|4)``
     uint8/uint16 array (gray, gray+alpha, RGB, RGBA)."""
-    if hasattr(image, "convert"):  # PIL
-        try:
-            orientation = image.getexif().get(0x0112, 1)
-        except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are
-            orientation = 1
-        return Photo(_apply_orientation(_pil_to_array(image, b""), orientation),
-                     icc=image.info.get("icc_profile") or None, gray_alpha=image.mode in ("LA", "La"),
-                     exif=upright_exif(image), xmp=upright_xmp(image.info.get("xmp")))
+    if hasattr(image, "convert"):  # PIL: as a file is read (Image.open's are lazy: loaded first, as a file's)
+        image.load()
+        return _pil_photo(image)
     px = np.asarray(image)
     if px.dtype not in (np.uint8, np.uint16) or not (px.ndim == 2 or (px.ndim == 3 and px.shape[2] in (2, 3, 4))):
         raise InputError(f"an image array is (H, W) or (H, W, 2|3|4) of uint8 or uint16, not {px.shape} {px.dtype}")
