@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,9 @@ class Report:
         if saved.is_file():
             try:
                 for e in json.loads(saved.read_text()):  # outputs by the file they name (older pages: as typed)
-                    out = str(recorded_output(e["output"], self.output)) if e.get("output") else None
+                    out = e.get("output") or None
+                    if out and not os.path.isabs(out):  # (on every write: resolved only where a path is relative)
+                        out = str(recorded_output(out, self.output))
                     entries.setdefault(e["source"], {})[out] = e
             except (ValueError, KeyError, TypeError, AttributeError):
                 return {}
@@ -85,7 +88,7 @@ class Report:
     def add(self, outcome, photo=None, faces=(), restored=(), conditions=(), after=None) -> None:
         """Record one photo's outcome (with its pixels when it was restored: ``after``, as written) and
         rewrite the page."""
-        from mgfr_cli.app.summary import source_key, wrote_output
+        from mgfr_cli.app.summary import result_of, source_key, wrote_output
 
         source = source_key(outcome.source)
         entry = {"source": source, "name": Path(source).name, "status": outcome.status, "detail": outcome.detail,
@@ -97,7 +100,7 @@ class Report:
 
             entry["tracks"] = list(outcome.tracks)  # the link is a URL: 'clip #1.mp4' is not a fragment
             entry["href"] = quote(os.path.relpath(outcome.output, self.output)) if outcome.output else ""
-        old = _result_of(self.entries.get(source, {}), key[1])
+        old = result_of(self.entries.get(source, {}), key[1])
         if outcome.status == "skipped" and old and old.get("before"):
             entry = {**old, "status": "restored", "detail": old.get("detail", "")}  # done by an earlier run
         elif outcome.status == "skipped" and old and wrote_output(old):
@@ -121,33 +124,18 @@ class Report:
         self.write()
 
     def write(self) -> None:
+        from mgfr_cli.app.summary import place
         from mgfr_cli.faces.io import folder_lock
 
         self.folder.mkdir(parents=True, exist_ok=True)
         with folder_lock(self.folder):
             merged = self._saved()
-            for (source, output), mine in self.mine.items():
-                theirs = merged.setdefault(source, {})
-                if mine["status"] == "skipped" and _result_of(theirs, output):
-                    continue  # restored by another run (or an earlier one): that is what is on disk
-                if output is not None:
-                    theirs.pop(None, None)  # the photo's failure, now done
-                theirs[output] = mine
+            for (source, output), mine in self.mine.items():  # the summary's rule: a skip never replaces a result
+                place(merged.setdefault(source, {}), output, mine)
             self.entries = merged
             entries = [e for per in merged.values() for e in per.values()]
             atomic_write_bytes(self.folder / "entries.json", json.dumps(entries, indent=1).encode())
             atomic_write_bytes(self.page, render(self.title, entries).encode())
-
-
-def _result_of(per_output: dict, output: str | None) -> dict | None:
-    """Of one photo's entries, the one that is a result on disk for ``output`` (for any output when None: a skip
-    because another run holds the photo)."""
-    from mgfr_cli.app.summary import wrote_output
-
-    for out, e in per_output.items():
-        if (output is None or out == output) and (e.get("before") or wrote_output(e)):
-            return e
-    return None
 
 
 def _e(text) -> str:

@@ -47,6 +47,22 @@ def wrote_output(row: dict) -> bool:
     return row.get("status") in (RESTORED, NO_FACE) and bool(row.get("output"))
 
 
+def result_of(rows: dict, output: str | None) -> dict | None:
+    """Of one photo's rows (``{output: row}``, None for a row without one), its result on disk for ``output``, or for
+    any output when None (a skip because another run held the photo)."""
+    return next((r for out, r in rows.items() if (output is None or out == output) and wrote_output(r)), None)
+
+
+def place(rows: dict, output: str | None, row: dict) -> None:
+    """Merge ``row`` (of ``output``) into one photo's ``rows``: a skip never replaces a result on disk; anything else
+    replaces the row of the same output and the photo's row without one (a failure), and goes last."""
+    if row["status"] == SKIPPED and result_of(rows, output):
+        return
+    rows.pop(None, None)
+    rows.pop(output, None)
+    rows[output] = row
+
+
 def write_summary(path: Path, outcomes, merge: bool = False) -> None:
     """The outcomes as JSON (mgfr-summary.json): what a later run, a script or a merge reads.
 
@@ -78,12 +94,7 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
         for r in old:
             merged.setdefault(r["source"], {})[output_of(r)] = r
         for r in rows:
-            out, theirs = output_of(r), merged.setdefault(r["source"], {})
-            if r["status"] == SKIPPED and any(wrote_output(v) for k, v in theirs.items() if out is None or k == out):
-                continue
-            theirs.pop(None, None)
-            theirs.pop(out, None)  # (and this run's row goes last among the photo's)
-            theirs[out] = r
+            place(merged.setdefault(r["source"], {}), output_of(r), r)
         atomic_write_bytes(path, json.dumps([r for per in merged.values() for r in per.values()], indent=1).encode())
 
 
