@@ -71,11 +71,12 @@ def sized_exif(exif: bytes, width: int, height: int, limit: int | None = None) -
 
 
 def save_options(fmt: str, pixels: np.ndarray, icc: bytes | None, exif: bytes | None, xmp: bytes | None) -> dict:
-    """Pillow's ``save`` keywords that embed the metadata in a ``fmt`` file (JPEG, PNG, WebP; TIFF: the profile)."""
+    """Pillow's ``save`` keywords that embed the metadata in a ``fmt`` file (the caller passes EXIF and XMP only for
+    JPEG, PNG and WebP)."""
     extra: dict = {}
     if icc:
         extra["icc_profile"] = icc
-    if exif and fmt != "TIFF":
+    if exif:
         exif = sized_exif(exif, pixels.shape[1], pixels.shape[0], JPEG_SEGMENT if fmt == "JPEG" else None)
         if exif:
             extra["exif"] = exif
@@ -84,6 +85,6 @@ def save_options(fmt: str, pixels: np.ndarray, icc: bytes | None, exif: bytes | 
 
         extra["pnginfo"] = PngImagePlugin.PngInfo()
         extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
-    elif xmp and fmt != "TIFF" and (fmt != "JPEG" or len(xmp) <= JPEG_SEGMENT):  # (no extended XMP in JPEG)
+    elif xmp and (fmt != "JPEG" or len(xmp) <= JPEG_SEGMENT):  # (no extended XMP in JPEG)
         extra["xmp"] = xmp
     return extra
