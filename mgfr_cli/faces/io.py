@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import tempfile
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from mgfr_cli.errors import InputError, OutputError
-from mgfr_cli.faces.metadata import fitting_profile, save_options, upright_exif, upright_xmp
+from mgfr_cli.faces.metadata import (JPEG_SEGMENT, deep_tiff, density, fitting_profile, png_chunk, png_with,
+                                     save_options, sized_exif, upright_exif, upright_xmp)
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
@@ -44,6 +47,7 @@ class Photo:
     gray_alpha: bool = False  # a gray+alpha source held as RGBA here: written back as gray+alpha
     exif: bytes | None = None  # the EXIF (date, camera, place), orientation 1 (pixels upright): written back
     xmp: bytes | None = None  # the XMP (keywords, ratings, people, captions), orientation 1: written back
+    dpi: tuple[float, float] | None = None  # pixel density (a scan's), upright: written back scaled with the size
 
     @property
     def height(self) -> int:
@@ -165,7 +169,7 @@ def _pil_photo(im, data: bytes = b"", path: Path | None = None, note: str = "") 
     # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
     gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
     return Photo(_apply_orientation(_pil_to_array(im, data), orientation), path, im.info.get("icc_profile") or None,
-                 note, gray_alpha, upright_exif(im), upright_xmp(im.info.get("xmp")))
+                 note, gray_alpha, upright_exif(im), upright_xmp(im.info.get("xmp")), density(im, orientation))
 
 
 def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
@@ -177,18 +181,12 @@ def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
 
 def _png_gray_alpha(px: np.ndarray) -> bytes:
     """A gray+alpha PNG (colour type 4) of 8 or 16 bits: neither OpenCV nor Pillow writes the 16-bit one."""
-    import struct
-    import zlib
-
     h, w, _ = px.shape
     big = px.astype(">u2") if px.dtype == np.uint16 else px
     raw = b"".join(b"\x00" + big[y].tobytes() for y in range(h))
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
     head = struct.pack(">IIBBBBB", w, h, 16 if px.dtype == np.uint16 else 8, 4, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", head) + png_chunk(b"IDAT", zlib.compress(raw, 6))
+            + png_chunk(b"IEND", b""))
 
 
 def photo_of(image) -> Photo:
@@ -283,48 +281,64 @@ def format_drops(photo: Photo, ext: str) -> list[str]:
 
 
 def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: bytes | None = None,
-                exif: bytes | None = None, xmp: bytes | None = None) -> None:
-    """Encode ``pixels`` (RGB(A) order, like :attr:`Photo.pixels`) and place it at ``path`` atomically;
-    ``icc``: a colour profile to embed (8-bit JPEG, PNG, WebP, TIFF; 16-bit outputs go without one; one of
-    another colour space than the pixels', as a CMYK photo's once converted to RGB, is left out); ``exif``
-    and ``xmp``: metadata to embed (8-bit JPEG, PNG, WebP), the EXIF's pixel dimensions set to the image's."""
+                exif: bytes | None = None, xmp: bytes | None = None, dpi: tuple[float, float] | None = None) -> None:
+    """Encode ``pixels`` (RGB(A) order, like :attr:`Photo.pixels`; ``(H, W, 2)``: gray+alpha) and place it at
+    ``path`` atomically, with the metadata given (:mod:`faces.metadata`): ``icc`` a colour profile (one of another
+    colour space than the pixels', as a CMYK photo's once converted to RGB, is left out), ``exif`` (its pixel
+    dimensions and density set to the image's) and ``xmp`` (not BMP), ``dpi`` the density; in every format and
+    depth mgfr writes, what the format can hold."""
     import cv2
 
     path = Path(path)
     ext = path.suffix.lower()
     px = pixels
-    if px.ndim == 3 and px.shape[2] == 2:  # gray+alpha
-        if ext == ".png":
-            atomic_write_bytes(path, _png_gray_alpha(px))
-            return
-        px = px[:, :, 0]  # formats without alpha: the gray channel
+    if px.ndim == 3 and px.shape[2] == 2 and not (ext == ".png" or ext in (".tif", ".tiff") and px.dtype == np.uint8):
+        # gray+alpha: PNG and an 8-bit TIFF hold it; WebP and a 16-bit TIFF (which Pillow cannot read) as RGBA
+        px = np.ascontiguousarray(px[:, :, [0, 0, 0, 1]] if ext in (".webp", ".tif", ".tiff") else px[:, :, 0])
     if ext in (".jpg", ".jpeg", ".bmp", ".webp"):
         if px.dtype == np.uint16:
             px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
         if px.ndim == 3 and px.shape[2] == 4 and ext != ".webp":  # WebP holds alpha (its 8 bits only)
             px = px[:, :, :3]
-    exif, xmp = (exif, xmp) if ext in (".jpg", ".jpeg", ".png", ".webp") else (None, None)
     icc = fitting_profile(icc, px)
-    if (icc or exif or xmp) and px.dtype == np.uint8 and ext in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"):
+    exif, xmp = (None, None) if ext == ".bmp" else (exif, xmp)
+    if exif:
+        exif = sized_exif(exif, px.shape[1], px.shape[0], JPEG_SEGMENT if ext in (".jpg", ".jpeg") else None, dpi)
+    gray_alpha = px.ndim == 3 and px.shape[2] == 2
+    if ext in (".tif", ".tiff") and px.dtype == np.uint16:
+        atomic_write_bytes(path, deep_tiff(px, icc, exif, xmp, dpi))
+        return
+    if ext == ".png" and (px.dtype == np.uint16 or gray_alpha):  # what Pillow does not write: chunks added
+        data = _png_gray_alpha(px) if gray_alpha else _cv2_encode(path, px, [])
+        atomic_write_bytes(path, png_with(data, icc, exif, xmp, dpi))
+        return
+    if icc or exif or xmp or dpi or gray_alpha:  # Pillow writes the metadata (and a gray+alpha TIFF)
         from PIL import Image
 
         buf = io.BytesIO()
-        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}[ext]
+        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+               ".tiff": "TIFF"}[ext]
         extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
         try:
-            Image.fromarray(px).save(buf, fmt, **extra, **save_options(fmt, px, icc, exif, xmp))
+            Image.fromarray(px).save(buf, fmt, **extra, **save_options(fmt, icc, exif, xmp, dpi))
         except ValueError:  # metadata Pillow will not write (too long, malformed): never the pixels lost for it
             buf = io.BytesIO()
             Image.fromarray(px).save(buf, fmt, **extra)
         atomic_write_bytes(path, buf.getvalue())
         return
+    atomic_write_bytes(path, _cv2_encode(path, px, [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg")
+                                         else []))
+
+
+def _cv2_encode(path: Path, px: np.ndarray, params: list) -> bytes:
+    import cv2
+
     if px.ndim == 3:
         px = cv2.cvtColor(px, cv2.COLOR_RGBA2BGRA if px.shape[2] == 4 else cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(ext, px, params)
+    ok, buf = cv2.imencode(path.suffix.lower(), px, params)
     if not ok:
-        raise InputError(f"{path}: cannot encode an image as {ext}")
-    atomic_write_bytes(path, buf.tobytes())
+        raise InputError(f"{path}: cannot encode an image as {path.suffix.lower()}")
+    return buf.tobytes()
 
 
 def _umask() -> int:

@@ -1,10 +1,15 @@
 """What a photo carries besides its pixels, kept from the input into the restored output: the colour profile (when
 it describes the output's pixels), the EXIF (date, camera, place) and the XMP (ratings, keywords, people), both with
-their orientation set to 1 because the pixels are turned upright when read."""
+their orientation set to 1 because the pixels are turned upright when read, and the pixel density (a scan's dots per
+inch, scaled with ``--upscale`` so it prints at the same size). Pillow writes them into 8-bit files; the files it
+cannot write (16-bit PNG and TIFF, gray+alpha PNG) get them here (:func:`png_with`, :func:`deep_tiff`)."""
 
 from __future__ import annotations
 
+import io
 import re
+import struct
+import zlib
 
 import numpy as np
 
@@ -50,11 +55,12 @@ def fitting_profile(icc: bytes | None, pixels: np.ndarray) -> bytes | None:
 JPEG_SEGMENT = 65000  # what a JPEG's APP1 segment holds (64 KB, less its headers), EXIF and XMP alike
 
 
-def sized_exif(exif: bytes, width: int, height: int, limit: int | None = None) -> bytes | None:
-    """``exif`` with the pixel dimensions it records (if any) set to the written image's (``--upscale``); over
-    ``limit`` bytes (a JPEG's), without its maker note and user comment, else None (a PNG's or a HEIC's EXIF may be
-    larger than a JPEG can hold)."""
-    from PIL import Image
+def sized_exif(exif: bytes, width: int, height: int, limit: int | None = None,
+               dpi: tuple[float, float] | None = None) -> bytes | None:
+    """``exif`` with the pixel dimensions and density it records (if any) set to the written image's (``--upscale``);
+    over ``limit`` bytes (a JPEG's), without its maker note and user comment, else None (a PNG's or a HEIC's EXIF may
+    be larger than a JPEG can hold)."""
+    from PIL import Image, TiffImagePlugin
 
     parsed = Image.Exif()
     parsed.load(exif)
@@ -62,6 +68,9 @@ def sized_exif(exif: bytes, width: int, height: int, limit: int | None = None) -
     for tag, value in ((0xA002, width), (0xA003, height)):
         if tag in sub:
             sub[tag] = value
+    if dpi and 0x011A in parsed:  # XResolution, YResolution: in inches, as the density is written
+        parsed[0x011A], parsed[0x011B] = (TiffImagePlugin.IFDRational(round(v, 4)) for v in dpi)
+        parsed[0x0128] = 2
     data = parsed.tobytes()
     if limit is not None and len(data) > limit:
         for tag in (0x927C, 0x9286):  # MakerNote, UserComment: the large ones
@@ -70,16 +79,25 @@ def sized_exif(exif: bytes, width: int, height: int, limit: int | None = None) -
     return data if limit is None or len(data) <= limit else None
 
 
-def save_options(fmt: str, pixels: np.ndarray, icc: bytes | None, exif: bytes | None, xmp: bytes | None) -> dict:
-    """Pillow's ``save`` keywords that embed the metadata in a ``fmt`` file (the caller passes EXIF and XMP only for
-    JPEG, PNG and WebP)."""
-    extra: dict = {}
+def save_options(fmt: str, icc: bytes | None, exif: bytes | None, xmp: bytes | None,
+                 dpi: tuple[float, float] | None) -> dict:
+    """Pillow's ``save`` keywords that embed the metadata (``exif`` already sized by :func:`sized_exif`) in a
+    ``fmt`` file (JPEG, PNG, WebP, TIFF; BMP: the density alone)."""
+    extra: dict = {"dpi": dpi} if dpi and fmt != "WEBP" else {}  # (WebP has no density of its own: its EXIF's)
     if icc:
         extra["icc_profile"] = icc
-    if exif:
-        exif = sized_exif(exif, pixels.shape[1], pixels.shape[0], JPEG_SEGMENT if fmt == "JPEG" else None)
+    if fmt == "TIFF" and (exif or xmp):  # a TIFF's EXIF is its own first directory; its XMP, tag 700 there
+        from PIL import Image
+
+        tags = Image.Exif()
         if exif:
-            extra["exif"] = exif
+            tags.load(exif)
+        if xmp:
+            tags[700] = xmp
+        extra["exif"] = tags
+        return extra
+    if exif:
+        extra["exif"] = exif
     if xmp and fmt == "PNG":  # Pillow writes a PNG's XMP as the iTXt chunk readers look for
         from PIL import PngImagePlugin
 
@@ -88,3 +106,67 @@ def save_options(fmt: str, pixels: np.ndarray, icc: bytes | None, exif: bytes | 
     elif xmp and (fmt != "JPEG" or len(xmp) <= JPEG_SEGMENT):  # (no extended XMP in JPEG)
         extra["xmp"] = xmp
     return extra
+
+
+def density(im, orientation: int = 1) -> tuple[float, float] | None:
+    """The image's pixel density (dots per inch: Pillow's ``dpi`` of a JPEG, PNG, TIFF or BMP), as the upright
+    pixels have it (a quarter turn swaps its axes); None when it records none or a senseless one."""
+    try:
+        x, y = (float(v) for v in im.info["dpi"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (0 < x < 1e6 and 0 < y < 1e6):
+        return None
+    return (y, x) if orientation in (5, 6, 7, 8) else (x, y)
+
+
+def scaled_dpi(dpi: tuple[float, float] | None, factor: float) -> tuple[float, float] | None:
+    """The density of an output ``factor`` times the input's size: it prints at the input's size."""
+    return (dpi[0] * factor, dpi[1] * factor) if dpi else None
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def png_with(data: bytes, icc: bytes | None, exif: bytes | None, xmp: bytes | None,
+             dpi: tuple[float, float] | None) -> bytes:
+    """A PNG another encoder wrote (OpenCV's 16-bit one, mgfr's gray+alpha) with the chunks Pillow writes into an
+    8-bit one, placed after its header: the colour profile (iCCP), density (pHYs), EXIF (eXIf) and XMP (iTXt)."""
+    chunks = b""
+    if icc:
+        chunks += png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
+    if dpi:  # pixels per metre
+        chunks += png_chunk(b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
+    if exif:
+        chunks += png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
+    if xmp:
+        chunks += png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + xmp)
+    head = 8 + 25  # the signature and IHDR, always first
+    return data[:head] + chunks + data[head:]
+
+
+def deep_tiff(pixels: np.ndarray, icc: bytes | None, exif: bytes | None, xmp: bytes | None,
+              dpi: tuple[float, float] | None) -> bytes:
+    """A 16-bit TIFF (gray, gray+alpha, RGB, RGBA; Deflate) with the colour profile, XMP, density and the EXIF's
+    first-directory text (camera, date, artist, copyright, description): tifffile writes no EXIF sub-directory, so
+    the Exif and GPS directories of a 16-bit TIFF's EXIF are not carried (the XMP usually repeats them)."""
+    import tifffile
+    from PIL import Image
+
+    tags = []
+    if exif:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        tags = [(tag, "s", 0, value, True) for tag, value in sorted(parsed.items())
+                if isinstance(value, str) and tag not in LAYOUT_TAGS and value.isascii()]
+    if xmp:
+        tags.append((700, "B", len(xmp), xmp, True))
+    colour = pixels.ndim == 3 and pixels.shape[2] >= 3
+    alpha = pixels.ndim == 3 and pixels.shape[2] in (2, 4)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, pixels, photometric="rgb" if colour else "minisblack", planarconfig="contig",
+                     extrasamples=("unassalpha",) if alpha else None, compression="zlib", iccprofile=icc,
+                     resolution=dpi, resolutionunit="inch" if dpi else None, metadata=None, software=False,
+                     extratags=tags)
+    return buf.getvalue()
