@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import tempfile
 import warnings
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mgfr_cli.errors import InputError, OutputError
-from mgfr_cli.faces.metadata import (JPEG_SEGMENT, deep_tiff, density, fitting_profile, png_chunk, png_with,
+from mgfr_cli.faces.metadata import (JPEG_SEGMENT, deep_tiff, density, fitting_profile, png_gray_alpha, png_with,
                                      save_options, sized_exif, upright_exif, upright_xmp)
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
@@ -179,16 +177,6 @@ def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
     return np.dstack([np.clip(np.rint(luma), info.min, info.max).astype(pixels.dtype), pixels[:, :, 3]])
 
 
-def _png_gray_alpha(px: np.ndarray) -> bytes:
-    """A gray+alpha PNG (colour type 4) of 8 or 16 bits: neither OpenCV nor Pillow writes the 16-bit one."""
-    h, w, _ = px.shape
-    big = px.astype(">u2") if px.dtype == np.uint16 else px
-    raw = b"".join(b"\x00" + big[y].tobytes() for y in range(h))
-    head = struct.pack(">IIBBBBB", w, h, 16 if px.dtype == np.uint16 else 8, 4, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", head) + png_chunk(b"IDAT", zlib.compress(raw, 6))
-            + png_chunk(b"IEND", b""))
-
-
 def photo_of(image) -> Photo:
     """A :class:`Photo` of an in-memory image, in its own form: a PIL image (any mode, turned upright by its EXIF
     orientation as a file is, its colour profile, EXIF and XMP kept) or a ``(H, W)``, ``(H, W, 2|3|4)``
@@ -309,7 +297,7 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
         atomic_write_bytes(path, deep_tiff(px, icc, exif, xmp, dpi))
         return
     if ext == ".png" and (px.dtype == np.uint16 or gray_alpha):  # what Pillow does not write: chunks added
-        data = _png_gray_alpha(px) if gray_alpha else _cv2_encode(path, px, [])
+        data = png_gray_alpha(px) if gray_alpha else _cv2_encode(path, px, [])
         atomic_write_bytes(path, png_with(data, icc, exif, xmp, dpi))
         return
     if icc or exif or xmp or dpi or gray_alpha:  # Pillow writes the metadata (and a gray+alpha TIFF)

@@ -129,9 +129,19 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
+def png_gray_alpha(px: np.ndarray) -> bytes:
+    """A gray+alpha PNG (colour type 4) of 8 or 16 bits: neither OpenCV nor Pillow writes the 16-bit one."""
+    h, w, _ = px.shape
+    big = px.astype(">u2") if px.dtype == np.uint16 else px
+    raw = b"".join(b"\x00" + big[y].tobytes() for y in range(h))
+    head = struct.pack(">IIBBBBB", w, h, 16 if px.dtype == np.uint16 else 8, 4, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", head) + png_chunk(b"IDAT", zlib.compress(raw, 6))
+            + png_chunk(b"IEND", b""))
+
+
 def png_with(data: bytes, icc: bytes | None, exif: bytes | None, xmp: bytes | None,
              dpi: tuple[float, float] | None) -> bytes:
-    """A PNG another encoder wrote (OpenCV's 16-bit one, mgfr's gray+alpha) with the chunks Pillow writes into an
+    """A PNG another encoder wrote (OpenCV's 16-bit one, :func:`png_gray_alpha`) with the chunks Pillow writes into an
     8-bit one, placed after its header: the colour profile (iCCP), density (pHYs), EXIF (eXIf) and XMP (iTXt)."""
     chunks = b""
     if icc:
