@@ -108,3 +108,41 @@ def test_a_sideways_photos_density_is_turned_with_it(tmp_path):
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "s.jpg", exif=exif.tobytes(), dpi=(300, 200))
     photo = read_image(tmp_path / "s.jpg")
     assert photo.pixels.shape[:2] == (6, 4) and photo.dpi == (200.0, 300.0)
+
+
+def test_a_pngs_text_and_a_jpegs_comment_are_written_back(tiny_root, tmp_path, cli):
+    """A PNG's text (a title, an author, a Stable Diffusion tool's `parameters` with the prompt that made it) and a
+    JPEG's comment were dropped from the restored copy; kept now (8- and 16-bit PNG, JPEG; a PNG's `Comment` becomes
+    the comment of its `--ext jpg` copy). ImageMagick's raw EXIF copy, which holds the old orientation, is not."""
+    from PIL import PngImagePlugin
+
+    from mgfr_cli.api import Restorer
+
+    y, x = np.mgrid[0:40, 0:60]
+    flat = np.dstack([x * 4, y * 6, np.full_like(x, 90)]).astype(np.uint8)  # faceless: written as it is
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "portrait of grandma, Steps: 20, Sampler: Euler a")
+    info.add_text("Comment", "Oma Lüdenscheid 1962 ✓")  # not Latin-1: an iTXt chunk
+    info.add_text("Description", "d" * 3000, zip=True)
+    info.add_text("Raw profile type exif", "\nexif\n      8\n4578696600004d4d\n")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(flat).save(tmp_path / "in" / "gen.png", pnginfo=info)
+    Image.fromarray(flat).save(tmp_path / "in" / "shot.jpg", comment="scanned by Uncle Bob", quality=95)
+    deep = np.zeros((40, 60, 3), np.uint16) + 20000  # a 16-bit PNG: its chunks are written by mgfr, not Pillow
+    write_image(tmp_path / "in" / "deep.png", deep, text=(("Title", "Hochzeit"), ("Author", "Pawe\u0142")))
+    common = ("--model-root", tiny_root, *COMMON)
+    code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", *common)
+    assert code == 0, out + err
+    kept = Image.open(tmp_path / "out" / "gen.png").text
+    assert kept["parameters"] == "portrait of grandma, Steps: 20, Sampler: Euler a"
+    assert kept["Comment"] == "Oma Lüdenscheid 1962 ✓" and kept["Description"] == "d" * 3000
+    assert not any(k.startswith("Raw profile") for k in kept), kept
+    assert Image.open(tmp_path / "out" / "shot.jpg").info["comment"] == b"scanned by Uncle Bob"
+    deep_kept = Image.open(tmp_path / "out" / "deep.png")
+    assert read_image(tmp_path / "out" / "deep.png").pixels.dtype == np.uint16
+    assert deep_kept.text == {"Title": "Hochzeit", "Author": "Pawe\u0142"}
+    code, out, err = cli("restore", tmp_path / "in" / "gen.png", "-o", tmp_path / "jpg", "--ext", "jpg", *common)
+    assert code == 0 and Image.open(tmp_path / "jpg" / "gen.jpg").info["comment"] == "Oma Lüdenscheid 1962 ✓".encode()
+    restorer = Restorer.load(tiny_root, detector="retinaface_mobile0.25", device="cpu", offline=True)
+    result = restorer.restore(Image.open(tmp_path / "in" / "gen.png"), steps=1)
+    assert result.image.info["parameters"].startswith("portrait of grandma")

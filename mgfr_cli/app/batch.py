@@ -303,7 +303,7 @@ class BatchRestorer:
 
                 pixels = as_gray_alpha(pixels)
             write_image(p.target, pixels, icc=p.photo.icc, exif=p.photo.exif, xmp=p.photo.xmp,
-                        dpi=scaled_dpi(p.photo.dpi, pixels.shape[1] / p.photo.width))
+                        dpi=scaled_dpi(p.photo.dpi, pixels.shape[1] / p.photo.width), text=p.photo.text)
             p.written = pixels if self.reporter is not None else None  # held only for the page
             kept = save_face_crops(job, p.item, p.faces, restored) if job.save_faces else ""
         except OSError as exc:

@@ -20,7 +20,7 @@ import numpy as np
 
 from mgfr_cli.errors import InputError, OutputError
 from mgfr_cli.faces.metadata import (JPEG_SEGMENT, deep_tiff, density, fitting_profile, png_gray_alpha, png_with,
-                                     save_options, sized_exif, upright_exif, upright_xmp)
+                                     save_options, sized_exif, texts, upright_exif, upright_xmp)
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
@@ -46,6 +46,7 @@ class Photo:
     exif: bytes | None = None  # the EXIF (date, camera, place), orientation 1 (pixels upright): written back
     xmp: bytes | None = None  # the XMP (keywords, ratings, people, captions), orientation 1: written back
     dpi: tuple[float, float] | None = None  # pixel density (a scan's), upright: written back scaled with the size
+    text: tuple[tuple[str, str], ...] = ()  # a PNG's text chunks, a JPEG's comment: written back where they fit
 
     @property
     def height(self) -> int:
@@ -167,7 +168,8 @@ def _pil_photo(im, data: bytes = b"", path: Path | None = None, note: str = "") 
     # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
     gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
     return Photo(_apply_orientation(_pil_to_array(im, data), orientation), path, im.info.get("icc_profile") or None,
-                 note, gray_alpha, upright_exif(im), upright_xmp(im.info.get("xmp")), density(im, orientation))
+                 note, gray_alpha, upright_exif(im), upright_xmp(im.info.get("xmp")), density(im, orientation),
+                 texts(im))
 
 
 def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
@@ -269,12 +271,13 @@ def format_drops(photo: Photo, ext: str) -> list[str]:
 
 
 def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: bytes | None = None,
-                exif: bytes | None = None, xmp: bytes | None = None, dpi: tuple[float, float] | None = None) -> None:
+                exif: bytes | None = None, xmp: bytes | None = None, dpi: tuple[float, float] | None = None,
+                text: tuple = ()) -> None:
     """Encode ``pixels`` (RGB(A) order, like :attr:`Photo.pixels`; ``(H, W, 2)``: gray+alpha) and place it at
     ``path`` atomically, with the metadata given (:mod:`faces.metadata`): ``icc`` a colour profile (one of another
     colour space than the pixels', as a CMYK photo's once converted to RGB, is left out), ``exif`` (its pixel
-    dimensions and density set to the image's) and ``xmp`` (not BMP), ``dpi`` the density; in every format and
-    depth mgfr writes, what the format can hold."""
+    dimensions and density set to the image's) and ``xmp`` (not BMP), ``dpi`` the density, ``text`` (key, value)
+    pairs (PNG: all; JPEG: the ``Comment``); in every format and depth mgfr writes, what the format can hold."""
     import cv2
 
     path = Path(path)
@@ -298,9 +301,10 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
         return
     if ext == ".png" and (px.dtype == np.uint16 or gray_alpha):  # what Pillow does not write: chunks added
         data = png_gray_alpha(px) if gray_alpha else _cv2_encode(path, px, [])
-        atomic_write_bytes(path, png_with(data, icc, exif, xmp, dpi))
+        atomic_write_bytes(path, png_with(data, icc, exif, xmp, dpi, text))
         return
-    if icc or exif or xmp or dpi or gray_alpha:  # Pillow writes the metadata (and a gray+alpha TIFF)
+    text = tuple(text) if ext == ".png" else tuple((k, v) for k, v in text if k == "Comment" and ext in (".jpg", ".jpeg"))
+    if icc or exif or xmp or dpi or text or gray_alpha:  # Pillow writes the metadata (and a gray+alpha TIFF)
         from PIL import Image
 
         buf = io.BytesIO()
@@ -308,7 +312,7 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
                ".tiff": "TIFF"}[ext]
         extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
         try:
-            Image.fromarray(px).save(buf, fmt, **extra, **save_options(fmt, icc, exif, xmp, dpi))
+            Image.fromarray(px).save(buf, fmt, **extra, **save_options(fmt, icc, exif, xmp, dpi, text))
         except ValueError:  # metadata Pillow will not write (too long, malformed): never the pixels lost for it
             buf = io.BytesIO()
             Image.fromarray(px).save(buf, fmt, **extra)

@@ -1,7 +1,8 @@
 """What a photo carries besides its pixels, kept from the input into the restored output: the colour profile (when
 it describes the output's pixels), the EXIF (date, camera, place) and the XMP (ratings, keywords, people), both with
-their orientation set to 1 because the pixels are turned upright when read, and the pixel density (a scan's dots per
-inch, scaled with ``--upscale`` so it prints at the same size). Pillow writes them into 8-bit files; the files it
+their orientation set to 1 because the pixels are turned upright when read, the pixel density (a scan's dots per
+inch, scaled with ``--upscale`` so it prints at the same size) and the text a PNG or JPEG holds (a PNG's title,
+author, comments, a generator's ``parameters``; a JPEG's comment). Pillow writes them into 8-bit files; the files it
 cannot write (16-bit PNG and TIFF, gray+alpha PNG) get them here (:func:`png_with`, :func:`deep_tiff`)."""
 
 from __future__ import annotations
@@ -80,10 +81,13 @@ def sized_exif(exif: bytes, width: int, height: int, limit: int | None = None,
 
 
 def save_options(fmt: str, icc: bytes | None, exif: bytes | None, xmp: bytes | None,
-                 dpi: tuple[float, float] | None) -> dict:
+                 dpi: tuple[float, float] | None, text: tuple = ()) -> dict:
     """Pillow's ``save`` keywords that embed the metadata (``exif`` already sized by :func:`sized_exif`) in a
-    ``fmt`` file (JPEG, PNG, WebP, TIFF; BMP: the density alone)."""
+    ``fmt`` file (JPEG, PNG, WebP, TIFF; BMP: the density alone; text: PNG's chunks, a JPEG's comment)."""
     extra: dict = {"dpi": dpi} if dpi and fmt != "WEBP" else {}  # (WebP has no density of its own: its EXIF's)
+    comment = dict(text).get("Comment")
+    if fmt == "JPEG" and comment:
+        extra["comment"] = comment.encode("utf-8")
     if icc:
         extra["icc_profile"] = icc
     if fmt == "TIFF" and (exif or xmp):  # a TIFF's EXIF is its own first directory; its XMP, tag 700 there
@@ -98,14 +102,34 @@ def save_options(fmt: str, icc: bytes | None, exif: bytes | None, xmp: bytes | N
         return extra
     if exif:
         extra["exif"] = exif
-    if xmp and fmt == "PNG":  # Pillow writes a PNG's XMP as the iTXt chunk readers look for
+    if (xmp or text) and fmt == "PNG":  # Pillow writes a PNG's XMP as the iTXt chunk readers look for
         from PIL import PngImagePlugin
 
         extra["pnginfo"] = PngImagePlugin.PngInfo()
-        extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+        for key, value in text:  # (iTXt where Latin-1 cannot hold it)
+            extra["pnginfo"].add_text(key, value, zip=len(value) > 1024)
+        if xmp:
+            extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
     elif xmp and (fmt != "JPEG" or len(xmp) <= JPEG_SEGMENT):  # (no extended XMP in JPEG)
         extra["xmp"] = xmp
     return extra
+
+
+def texts(im) -> tuple[tuple[str, str], ...]:
+    """A PNG's text chunks but its XMP and ImageMagick's raw EXIF/IPTC copies (which hold the old orientation), and a
+    JPEG's or GIF's comment (as ``Comment``; UTF-8, else Latin-1)."""
+    if im.format == "PNG":
+        return tuple((str(k), str(v)) for k, v in getattr(im, "text", {}).items()
+                     if k != "XML:com.adobe.xmp" and not str(k).startswith("Raw profile type"))
+    comment = im.info.get("comment") if im.format in ("JPEG", "GIF") else None
+    if not comment:
+        return ()
+    if isinstance(comment, bytes):
+        try:
+            comment = comment.decode("utf-8")
+        except UnicodeDecodeError:
+            comment = comment.decode("latin-1")
+    return (("Comment", comment),)
 
 
 def density(im, orientation: int = 1) -> tuple[float, float] | None:
@@ -140,9 +164,9 @@ def png_gray_alpha(px: np.ndarray) -> bytes:
 
 
 def png_with(data: bytes, icc: bytes | None, exif: bytes | None, xmp: bytes | None,
-             dpi: tuple[float, float] | None) -> bytes:
+             dpi: tuple[float, float] | None, text: tuple = ()) -> bytes:
     """A PNG another encoder wrote (OpenCV's 16-bit one, :func:`png_gray_alpha`) with the chunks Pillow writes into an
-    8-bit one, placed after its header: the colour profile (iCCP), density (pHYs), EXIF (eXIf) and XMP (iTXt)."""
+    8-bit one, placed after its header: the colour profile (iCCP), density (pHYs), EXIF (eXIf), XMP and text."""
     chunks = b""
     if icc:
         chunks += png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
@@ -152,6 +176,11 @@ def png_with(data: bytes, icc: bytes | None, exif: bytes | None, xmp: bytes | No
         chunks += png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
     if xmp:
         chunks += png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + xmp)
+    for key, value in text:
+        try:
+            chunks += png_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+        except UnicodeEncodeError:  # iTXt: UTF-8, uncompressed, no language
+            chunks += png_chunk(b"iTXt", key.encode("utf-8") + b"\0\0\0\0\0" + value.encode("utf-8"))
     head = 8 + 25  # the signature and IHDR, always first
     return data[:head] + chunks + data[head:]
 
