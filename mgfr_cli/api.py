@@ -331,7 +331,6 @@ def _like(pixels: np.ndarray, photo, kind: str):
     input's colour profile, EXIF (orientation 1: upright), XMP, density (scaled with the size) and text (a PNG's
     chunks, a JPEG's ``Comment``) in its ``info``."""
     from mgfr_cli.faces.io import as_gray_alpha
-    from mgfr_cli.faces.metadata import fitting_profile, scaled_dpi
 
     if photo.gray_alpha:
         pixels = as_gray_alpha(pixels)
@@ -340,8 +339,5 @@ def _like(pixels: np.ndarray, photo, kind: str):
     from PIL import Image
 
     out = Image.fromarray(pixels)
-    for key, value in (*photo.text, ("icc_profile", fitting_profile(photo.icc, pixels)), ("exif", photo.exif),
-                       ("xmp", photo.xmp), ("dpi", scaled_dpi(photo.dpi, pixels.shape[1] / photo.width))):
-        if value:  # Pillow's places: save(..., exif=out.info["exif"]) keeps them where a format does not by itself
-            out.info[key] = value
+    out.info.update(photo.meta.scaled(pixels.shape[1] / photo.width).pil_info(pixels))
     return out

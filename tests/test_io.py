@@ -9,6 +9,7 @@ from PIL import Image
 
 from mgfr_cli.errors import InputError
 from mgfr_cli.faces.io import Photo, output_format, read_image, write_image
+from mgfr_cli.faces.metadata import Metadata
 
 
 def _save(path, arr, **kw):
@@ -181,11 +182,11 @@ def test_a_profile_of_another_colour_space_is_not_written_into_rgb_pixels(tmp_pa
     Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).convert("CMYK").save(tmp_path / "c.jpg",
                                                                                   icc_profile=profile(b"CMYK"))
     photo = read_image(tmp_path / "c.jpg")
-    assert photo.pixels.shape == (16, 16, 3) and photo.icc[16:20] == b"CMYK"
-    write_image(tmp_path / "o.jpg", photo.pixels, icc=photo.icc)
+    assert photo.pixels.shape == (16, 16, 3) and photo.meta.icc[16:20] == b"CMYK"
+    write_image(tmp_path / "o.jpg", photo.pixels, meta=photo.meta)
     assert Image.open(tmp_path / "o.jpg").info.get("icc_profile") is None
     for space, pixels in ((b"RGB ", np.zeros((8, 8, 3), np.uint8)), (b"GRAY", np.zeros((8, 8), np.uint8))):
-        write_image(tmp_path / "kept.png", pixels, icc=profile(space))
+        write_image(tmp_path / "kept.png", pixels, meta=Metadata(icc=profile(space)))
         assert Image.open(tmp_path / "kept.png").info.get("icc_profile") == profile(space)
     from mgfr_cli.api import _like  # the Python API's PIL result alike
 
@@ -201,15 +202,15 @@ def test_metadata_a_jpeg_cannot_hold_never_costs_the_photo(tmp_path, monkeypatch
     exif[0x010F], exif[0x0132] = "Canon", "2001:02:03 04:05:06"
     exif.get_ifd(0x8769)[0x9286] = b"ASCII\0\0\0" + b"x" * 100_000  # a 100 KB user comment
     pixels = np.full((16, 16, 3), 90, np.uint8)
-    write_image(tmp_path / "a.jpg", pixels, exif=exif.tobytes(), xmp=b"<x:xmpmeta>" + b" " * 70_000 + b"</x:xmpmeta>")
+    write_image(tmp_path / "a.jpg", pixels, meta=Metadata(exif=exif.tobytes(), xmp=b"<x:xmpmeta>" + b" " * 70_000 + b"</x:xmpmeta>"))
     written = Image.open(tmp_path / "a.jpg")
     kept = written.getexif()
     assert (kept[0x010F], kept[0x0132]) == ("Canon", "2001:02:03 04:05:06") and 0x9286 not in kept.get_ifd(0x8769)
     assert "xmp" not in written.info
-    write_image(tmp_path / "a.png", pixels, exif=exif.tobytes())  # a PNG holds it whole
+    write_image(tmp_path / "a.png", pixels, meta=Metadata(exif=exif.tobytes()))  # a PNG holds it whole
     assert len(Image.open(tmp_path / "a.png").getexif().get_ifd(0x8769)[0x9286]) > 100_000
     monkeypatch.setattr("mgfr_cli.faces.io.save_options", lambda *a: {"exif": b"x" * 70_000})  # refused by Pillow
-    write_image(tmp_path / "b.jpg", pixels, exif=exif.tobytes())
+    write_image(tmp_path / "b.jpg", pixels, meta=Metadata(exif=exif.tobytes()))
     assert np.abs(read_image(tmp_path / "b.jpg").pixels.astype(int) - 90).max() <= 2
 
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from mgfr_cli.faces.io import read_image, write_image
+from mgfr_cli.faces.metadata import Metadata
 
 COMMON = ("--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
 XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
@@ -38,11 +39,11 @@ def test_every_depth_and_format_keeps_profile_exif_xmp_and_density(tmp_path, nam
     pixels = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
     gray = len(shape) == 2
     icc = None if gray else PROFILE
-    write_image(tmp_path / name, pixels, icc=icc, exif=_exif(300.0), xmp=XMP, dpi=(600.0, 600.0))
+    write_image(tmp_path / name, pixels, meta=Metadata(icc, _exif(300.0), XMP, (600.0, 600.0)))
     back = read_image(tmp_path / name)
     assert back.pixels.dtype == dtype and np.array_equal(back.pixels, pixels)
-    assert back.icc == icc and back.xmp == XMP
-    assert back.dpi == pytest.approx((600.0, 600.0), rel=1e-5)
+    assert back.meta.icc == icc and back.meta.xmp == XMP
+    assert back.meta.dpi == pytest.approx((600.0, 600.0), rel=1e-5)
     kept = Image.open(tmp_path / name).getexif()
     assert (kept[0x010F], kept[0x8298]) == ("Nikon", "(c) Grandma")
     assert float(kept[0x011A]) == pytest.approx(600.0)  # the EXIF's density is the written one
@@ -61,14 +62,14 @@ def test_a_gray_photos_alpha_is_kept_in_every_format_that_holds_alpha(tmp_path, 
     top = np.iinfo(dtype).max
     gray = np.random.default_rng(1).integers(0, top, (6, 8), dtype=dtype)
     alpha = np.tile(np.linspace(0, top, 8).astype(dtype), (6, 1))
-    write_image(tmp_path / name, np.dstack([gray, alpha]), exif=_exif(), xmp=XMP, dpi=(300.0, 300.0))
+    write_image(tmp_path / name, np.dstack([gray, alpha]), meta=Metadata(None, _exif(), XMP, (300.0, 300.0)))
     back = read_image(tmp_path / name)
     assert back.has_alpha and back.gray_alpha == (alpha_as == "gray+alpha")
     lossy = name.endswith(".webp")
     assert np.abs(back.pixels[..., 3].astype(int) - alpha).max() <= (2 if lossy else 0)
     seen = alpha > 0  # (WebP drops what is under fully transparent pixels)
     assert np.abs(back.pixels[..., 0].astype(int) - gray)[seen].max() <= (8 if lossy else 0)
-    assert back.xmp == XMP and Image.open(tmp_path / name).getexif()[0x010F] == "Nikon"
+    assert back.meta.xmp == XMP and Image.open(tmp_path / name).getexif()[0x010F] == "Nikon"
 
 
 def test_a_scan_keeps_its_profile_depth_alpha_and_prints_at_its_size(tiny_root, tmp_path, cli):
@@ -80,7 +81,7 @@ def test_a_scan_keeps_its_profile_depth_alpha_and_prints_at_its_size(tiny_root, 
     y, x = np.mgrid[0:40, 0:60]
     scan = np.dstack([x * 1000, y * 1500, np.full_like(x, 30000)]).astype(np.uint16)  # faceless: written as it is
     (tmp_path / "in").mkdir()
-    write_image(tmp_path / "in" / "scan.tif", scan, icc=PROFILE, exif=_exif(300.0), xmp=XMP, dpi=(300.0, 300.0))
+    write_image(tmp_path / "in" / "scan.tif", scan, meta=Metadata(PROFILE, _exif(300.0), XMP, (300.0, 300.0)))
     Image.fromarray(np.dstack([(x * 4).astype(np.uint8), (y * 6).astype(np.uint8)]), "LA").save(
         tmp_path / "in" / "cutout.tif", dpi=(150, 150))
     code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--upscale", "2", "--bg-upsampler", "none",
@@ -88,10 +89,10 @@ def test_a_scan_keeps_its_profile_depth_alpha_and_prints_at_its_size(tiny_root, 
     assert code == 0, out + err
     written = read_image(tmp_path / "out" / "scan.tif")
     assert written.pixels.dtype == np.uint16 and written.pixels.shape == (80, 120, 3)
-    assert written.icc == PROFILE and written.xmp == XMP and written.dpi == pytest.approx((600.0, 600.0))
+    assert written.meta.icc == PROFILE and written.meta.xmp == XMP and written.meta.dpi == pytest.approx((600.0, 600.0))
     assert Image.open(tmp_path / "out" / "scan.tif").getexif()[0x8298] == "(c) Grandma"
     cutout = read_image(tmp_path / "out" / "cutout.tif")
-    assert cutout.gray_alpha and cutout.dpi == pytest.approx((300.0, 300.0))
+    assert cutout.gray_alpha and cutout.meta.dpi == pytest.approx((300.0, 300.0))
     assert np.abs(cutout.pixels[..., 3].astype(int) - np.kron(y * 6, np.ones((2, 2), int))).max() <= 6
     rows = json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())
     assert len(rows) == 2 and "cannot hold" not in out + err, out + err
@@ -107,7 +108,7 @@ def test_a_sideways_photos_density_is_turned_with_it(tmp_path):
     exif[0x0112] = 6
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "s.jpg", exif=exif.tobytes(), dpi=(300, 200))
     photo = read_image(tmp_path / "s.jpg")
-    assert photo.pixels.shape[:2] == (6, 4) and photo.dpi == (200.0, 300.0)
+    assert photo.pixels.shape[:2] == (6, 4) and photo.meta.dpi == (200.0, 300.0)
 
 
 def test_a_pngs_text_and_a_jpegs_comment_are_written_back(tiny_root, tmp_path, cli):
@@ -129,7 +130,7 @@ def test_a_pngs_text_and_a_jpegs_comment_are_written_back(tiny_root, tmp_path, c
     Image.fromarray(flat).save(tmp_path / "in" / "gen.png", pnginfo=info)
     Image.fromarray(flat).save(tmp_path / "in" / "shot.jpg", comment="scanned by Uncle Bob", quality=95)
     deep = np.zeros((40, 60, 3), np.uint16) + 20000  # a 16-bit PNG: its chunks are written by mgfr, not Pillow
-    write_image(tmp_path / "in" / "deep.png", deep, text=(("Title", "Hochzeit"), ("Author", "Pawe\u0142")))
+    write_image(tmp_path / "in" / "deep.png", deep, meta=Metadata(text=(("Title", "Hochzeit"), ("Author", "Pawe\u0142"))))
     common = ("--model-root", tiny_root, *COMMON)
     code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", *common)
     assert code == 0, out + err
@@ -146,3 +147,31 @@ def test_a_pngs_text_and_a_jpegs_comment_are_written_back(tiny_root, tmp_path, c
     restorer = Restorer.load(tiny_root, detector="retinaface_mobile0.25", device="cpu", offline=True)
     result = restorer.restore(Image.open(tmp_path / "in" / "gen.png"), steps=1)
     assert result.image.info["parameters"].startswith("portrait of grandma")
+
+
+def test_the_iptc_block_of_a_jpeg_or_tiff_is_written_back(tmp_path):
+    """The IPTC-IIM block (captions, keywords, credits of older captioning tools) of a JPEG (Photoshop's APP13
+    resource, after another resource) or a TIFF (tag 33723) was dropped; written back into JPEG and 8/16-bit TIFF."""
+    import io
+    import struct
+
+    from PIL import IptcImagePlugin
+
+    def dataset(record, number, value):
+        return b"\x1c" + bytes([record, number]) + struct.pack(">H", len(value)) + value
+
+    iim = dataset(2, 0, b"\x00\x04") + dataset(2, 120, b"Grandma at the lake") + dataset(2, 25, b"family")
+    other = b"8BIM\x04\x0c\x03abc" + struct.pack(">I", 3) + b"xyz\0"  # a named, odd-sized resource first
+    body = b"Photoshop 3.0\0" + other + b"8BIM\x04\x04\0\0" + struct.pack(">I", len(iim)) + iim + b"\0" * (len(iim) & 1)
+    buf = io.BytesIO()  # (Pillow writes `extra` as given: the APP13 segment)
+    segment = b"\xff\xed" + struct.pack(">H", 2 + len(body)) + body
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(buf, "JPEG", extra=segment)
+    (tmp_path / "in.jpg").write_bytes(buf.getvalue())
+    photo = read_image(tmp_path / "in.jpg")
+    assert photo.meta.iptc == iim
+    deep = photo.pixels.astype(np.uint16) * 257
+    for name, pixels in (("o.jpg", photo.pixels), ("o.tif", photo.pixels), ("o16.tif", deep)):
+        write_image(tmp_path / name, pixels, meta=photo.meta)
+        got = IptcImagePlugin.getiptcinfo(Image.open(tmp_path / name))
+        assert got and got[(2, 120)] == b"Grandma at the lake" and got[(2, 25)] == b"family", name
+        assert read_image(tmp_path / name).meta.iptc == iim, name

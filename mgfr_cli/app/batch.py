@@ -22,7 +22,6 @@ from mgfr_cli.faces.conditions import (ConditionSpec, FaceConditions, FlagOverri
                                        own_references_note, resolve_specs)
 from mgfr_cli.errors import InputError, MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
-from mgfr_cli.faces.metadata import scaled_dpi
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
 from mgfr_cli.app.paste import paste_back, upscaled_like
 from mgfr_cli.app.outputs import (dropped_note, earlier_recipes, earlier_rows, existing_output, output_path,
@@ -302,8 +301,7 @@ class BatchRestorer:
                 from mgfr_cli.faces.io import as_gray_alpha
 
                 pixels = as_gray_alpha(pixels)
-            write_image(p.target, pixels, icc=p.photo.icc, exif=p.photo.exif, xmp=p.photo.xmp,
-                        dpi=scaled_dpi(p.photo.dpi, pixels.shape[1] / p.photo.width), text=p.photo.text)
+            write_image(p.target, pixels, meta=p.photo.meta.scaled(pixels.shape[1] / p.photo.width))
             p.written = pixels if self.reporter is not None else None  # held only for the page
             kept = save_face_crops(job, p.item, p.faces, restored) if job.save_faces else ""
         except OSError as exc:

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mgfr_cli.errors import InputError, OutputError
-from mgfr_cli.faces.metadata import (JPEG_SEGMENT, deep_tiff, density, fitting_profile, png_gray_alpha, png_with,
-                                     save_options, sized_exif, texts, upright_exif, upright_xmp)
+from mgfr_cli.faces.metadata import Metadata, deep_tiff, metadata_of, png_gray_alpha, png_with, save_options
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
@@ -40,13 +39,9 @@ class Photo:
 
     pixels: np.ndarray
     path: Path | None = None
-    icc: bytes | None = None  # the colour profile, written back into the output
+    meta: Metadata = Metadata()  # profile, EXIF, XMP, density, text, IPTC: written back into the output
     note: str = ""  # what could not be kept (e.g. frames of an animation), for the run's summary
     gray_alpha: bool = False  # a gray+alpha source held as RGBA here: written back as gray+alpha
-    exif: bytes | None = None  # the EXIF (date, camera, place), orientation 1 (pixels upright): written back
-    xmp: bytes | None = None  # the XMP (keywords, ratings, people, captions), orientation 1: written back
-    dpi: tuple[float, float] | None = None  # pixel density (a scan's), upright: written back scaled with the size
-    text: tuple[tuple[str, str], ...] = ()  # a PNG's text chunks, a JPEG's comment: written back where they fit
 
     @property
     def height(self) -> int:
@@ -160,16 +155,15 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
 def _pil_photo(im, data: bytes = b"", path: Path | None = None, note: str = "") -> Photo:
     """The :class:`Photo` of a loaded PIL image (a file's, with its ``data``, or a caller's): upright by its EXIF
     orientation, read after loading (Pillow turns a TIFF, pillow-heif a HEIC, upright itself and drops the tag),
-    its profile, EXIF and XMP kept."""
+    its metadata kept."""
     try:
         orientation = im.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are
         orientation = 1
     # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
     gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
-    return Photo(_apply_orientation(_pil_to_array(im, data), orientation), path, im.info.get("icc_profile") or None,
-                 note, gray_alpha, upright_exif(im), upright_xmp(im.info.get("xmp")), density(im, orientation),
-                 texts(im))
+    return Photo(_apply_orientation(_pil_to_array(im, data), orientation), path, metadata_of(im, orientation), note,
+                 gray_alpha)
 
 
 def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
@@ -270,14 +264,10 @@ def format_drops(photo: Photo, ext: str) -> list[str]:
                                     ("16 bits", photo.pixels.dtype == np.uint16)) if lost]
 
 
-def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: bytes | None = None,
-                exif: bytes | None = None, xmp: bytes | None = None, dpi: tuple[float, float] | None = None,
-                text: tuple = ()) -> None:
+def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, meta: Metadata = Metadata()) -> None:
     """Encode ``pixels`` (RGB(A) order, like :attr:`Photo.pixels`; ``(H, W, 2)``: gray+alpha) and place it at
-    ``path`` atomically, with the metadata given (:mod:`faces.metadata`): ``icc`` a colour profile (one of another
-    colour space than the pixels', as a CMYK photo's once converted to RGB, is left out), ``exif`` (its pixel
-    dimensions and density set to the image's) and ``xmp`` (not BMP), ``dpi`` the density, ``text`` (key, value)
-    pairs (PNG: all; JPEG: the ``Comment``); in every format and depth mgfr writes, what the format can hold."""
+    ``path`` atomically, with what its format holds of ``meta`` (:meth:`Metadata.for_file`), in every format and
+    depth mgfr writes."""
     import cv2
 
     path = Path(path)
@@ -291,20 +281,13 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
             px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
         if px.ndim == 3 and px.shape[2] == 4 and ext != ".webp":  # WebP holds alpha (its 8 bits only)
             px = px[:, :, :3]
-    icc = fitting_profile(icc, px)
-    exif, xmp = (None, None) if ext == ".bmp" else (exif, xmp)
-    if exif:
-        exif = sized_exif(exif, px.shape[1], px.shape[0], JPEG_SEGMENT if ext in (".jpg", ".jpeg") else None, dpi)
+    meta = meta.for_file(ext, px)
     gray_alpha = px.ndim == 3 and px.shape[2] == 2
     if ext in (".tif", ".tiff") and px.dtype == np.uint16:
-        atomic_write_bytes(path, deep_tiff(px, icc, exif, xmp, dpi))
-        return
-    if ext == ".png" and (px.dtype == np.uint16 or gray_alpha):  # what Pillow does not write: chunks added
-        data = png_gray_alpha(px) if gray_alpha else _cv2_encode(path, px, [])
-        atomic_write_bytes(path, png_with(data, icc, exif, xmp, dpi, text))
-        return
-    text = tuple(text) if ext == ".png" else tuple((k, v) for k, v in text if k == "Comment" and ext in (".jpg", ".jpeg"))
-    if icc or exif or xmp or dpi or text or gray_alpha:  # Pillow writes the metadata (and a gray+alpha TIFF)
+        atomic_write_bytes(path, deep_tiff(px, meta))
+    elif ext == ".png" and (px.dtype == np.uint16 or gray_alpha):  # what Pillow does not write: chunks added
+        atomic_write_bytes(path, png_with(png_gray_alpha(px) if gray_alpha else _cv2_encode(path, px, []), meta))
+    elif meta or gray_alpha:  # Pillow writes the metadata (and a gray+alpha TIFF)
         from PIL import Image
 
         buf = io.BytesIO()
@@ -312,14 +295,14 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, icc: by
                ".tiff": "TIFF"}[ext]
         extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
         try:
-            Image.fromarray(px).save(buf, fmt, **extra, **save_options(fmt, icc, exif, xmp, dpi, text))
+            Image.fromarray(px).save(buf, fmt, **extra, **save_options(fmt, meta))
         except ValueError:  # metadata Pillow will not write (too long, malformed): never the pixels lost for it
             buf = io.BytesIO()
             Image.fromarray(px).save(buf, fmt, **extra)
         atomic_write_bytes(path, buf.getvalue())
-        return
-    atomic_write_bytes(path, _cv2_encode(path, px, [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg")
-                                         else []))
+    else:
+        atomic_write_bytes(path, _cv2_encode(path, px, [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg")
+                                             else []))
 
 
 def _cv2_encode(path: Path, px: np.ndarray, params: list) -> bytes:

@@ -1,9 +1,9 @@
-"""What a photo carries besides its pixels, kept from the input into the restored output: the colour profile (when
-it describes the output's pixels), the EXIF (date, camera, place) and the XMP (ratings, keywords, people), both with
-their orientation set to 1 because the pixels are turned upright when read, the pixel density (a scan's dots per
-inch, scaled with ``--upscale`` so it prints at the same size) and the text a PNG or JPEG holds (a PNG's title,
-author, comments, a generator's ``parameters``; a JPEG's comment). Pillow writes them into 8-bit files; the files it
-cannot write (16-bit PNG and TIFF, gray+alpha PNG) get them here (:func:`png_with`, :func:`deep_tiff`)."""
+"""What a photo carries besides its pixels (:class:`Metadata`), kept from the input into the restored output.
+
+Read once (:func:`metadata_of`), written by :func:`faces.io.write_image` in what each format holds
+(:meth:`Metadata.for_file`): Pillow writes them into 8-bit files; the files it cannot write (16-bit PNG and TIFF,
+gray+alpha PNG) get them here (:func:`png_with`, :func:`deep_tiff`).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +11,53 @@ import io
 import re
 import struct
 import zlib
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """A photo's metadata: EXIF and XMP with their orientation set to 1 (the pixels are turned upright when read),
+    the colour profile, the pixel density (a scan's dots per inch, upright), text (a PNG's title, author, comments,
+    a generator's ``parameters``; a JPEG's ``Comment``) and the IPTC-IIM block of older captioning tools."""
+
+    icc: bytes | None = None
+    exif: bytes | None = None
+    xmp: bytes | None = None
+    dpi: tuple[float, float] | None = None
+    text: tuple[tuple[str, str], ...] = ()
+    iptc: bytes | None = None
+
+    def scaled(self, factor: float) -> "Metadata":
+        """For an output ``factor`` times the photo's size: the density scaled, so it prints at the same size."""
+        return replace(self, dpi=(self.dpi[0] * factor, self.dpi[1] * factor)) if self.dpi else self
+
+    def for_file(self, ext: str, pixels: np.ndarray) -> "Metadata":
+        """What a ``ext`` file of ``pixels`` holds of it: the profile where it describes them; EXIF and XMP but in
+        BMP, the EXIF's pixel size and density the image's (trimmed to a JPEG's segment); text whole in PNG, the
+        ``Comment`` in JPEG; IPTC in JPEG and TIFF."""
+        jpeg, exif = ext in (".jpg", ".jpeg"), None
+        if self.exif and ext != ".bmp":
+            exif = sized_exif(self.exif, pixels.shape[1], pixels.shape[0], JPEG_SEGMENT if jpeg else None, self.dpi)
+        return Metadata(fitting_profile(self.icc, pixels), exif, None if ext == ".bmp" else self.xmp, self.dpi,
+                        self.text if ext == ".png" else tuple((k, v) for k, v in self.text if k == "Comment" and jpeg),
+                        self.iptc if jpeg or ext in (".tif", ".tiff") else None)
+
+    def pil_info(self, pixels: np.ndarray) -> dict:
+        """Where Pillow keeps them in an image's ``info`` (``save(..., exif=im.info["exif"])`` writes them back)."""
+        pairs = (*self.text, ("icc_profile", fitting_profile(self.icc, pixels)), ("exif", self.exif),
+                 ("xmp", self.xmp), ("dpi", self.dpi))
+        return {k: v for k, v in pairs if v}
+
+    def __bool__(self) -> bool:
+        return any((self.icc, self.exif, self.xmp, self.dpi, self.text, self.iptc))
+
+
+def metadata_of(im, orientation: int = 1) -> Metadata:
+    """The metadata of a loaded PIL image whose pixels are turned upright from ``orientation``."""
+    return Metadata(im.info.get("icc_profile") or None, upright_exif(im), upright_xmp(im.info.get("xmp")),
+                    density(im, orientation), texts(im), iptc_of(im))
 
 # TIFF tags that describe how the file's own pixels are laid out (a TIFF's EXIF is its IFD0): never carried over
 LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 292, 293, 317, 320, 322, 323, 324,
@@ -53,6 +98,8 @@ def fitting_profile(icc: bytes | None, pixels: np.ndarray) -> bytes | None:
     return icc if icc and icc[16:20] == (b"GRAY" if gray else b"RGB ") else None
 
 
+# ImageMagick's hex copies of a PNG's EXIF and XMP: their orientation is the stored pixels', not the upright output's
+RAW_PROFILES = {"Raw profile type exif", "Raw profile type APP1", "Raw profile type xmp"}
 JPEG_SEGMENT = 65000  # what a JPEG's APP1 segment holds (64 KB, less its headers), EXIF and XMP alike
 
 
@@ -80,47 +127,74 @@ def sized_exif(exif: bytes, width: int, height: int, limit: int | None = None,
     return data if limit is None or len(data) <= limit else None
 
 
-def save_options(fmt: str, icc: bytes | None, exif: bytes | None, xmp: bytes | None,
-                 dpi: tuple[float, float] | None, text: tuple = ()) -> dict:
-    """Pillow's ``save`` keywords that embed the metadata (``exif`` already sized by :func:`sized_exif`) in a
-    ``fmt`` file (JPEG, PNG, WebP, TIFF; BMP: the density alone; text: PNG's chunks, a JPEG's comment)."""
-    extra: dict = {"dpi": dpi} if dpi and fmt != "WEBP" else {}  # (WebP has no density of its own: its EXIF's)
-    comment = dict(text).get("Comment")
+def save_options(fmt: str, meta: Metadata) -> dict:
+    """Pillow's ``save`` keywords that embed ``meta`` (:meth:`Metadata.for_file`'s) in a ``fmt`` file."""
+    extra: dict = {"dpi": meta.dpi} if meta.dpi and fmt != "WEBP" else {}  # (WebP's density is its EXIF's)
+    comment = dict(meta.text).get("Comment")
     if fmt == "JPEG" and comment:
         extra["comment"] = comment.encode("utf-8")
-    if icc:
-        extra["icc_profile"] = icc
-    if fmt == "TIFF" and (exif or xmp):  # a TIFF's EXIF is its own first directory; its XMP, tag 700 there
+    if fmt == "JPEG" and meta.iptc:
+        extra["extra"] = iptc_segment(meta.iptc)  # (Pillow's key for segments it writes as given)
+    if meta.icc:
+        extra["icc_profile"] = meta.icc
+    if fmt == "TIFF" and (meta.exif or meta.xmp or meta.iptc):  # a TIFF's EXIF is its first directory: XMP, IPTC too
         from PIL import Image
 
         tags = Image.Exif()
-        if exif:
-            tags.load(exif)
-        if xmp:
-            tags[700] = xmp
+        if meta.exif:
+            tags.load(meta.exif)
+        if meta.xmp:
+            tags[700] = meta.xmp
+        if meta.iptc:
+            tags[33723] = meta.iptc
         extra["exif"] = tags
         return extra
-    if exif:
-        extra["exif"] = exif
-    if (xmp or text) and fmt == "PNG":  # Pillow writes a PNG's XMP as the iTXt chunk readers look for
+    if meta.exif:
+        extra["exif"] = meta.exif
+    if (meta.xmp or meta.text) and fmt == "PNG":  # Pillow writes a PNG's XMP as the iTXt chunk readers look for
         from PIL import PngImagePlugin
 
         extra["pnginfo"] = PngImagePlugin.PngInfo()
-        for key, value in text:  # (iTXt where Latin-1 cannot hold it)
+        for key, value in meta.text:  # (iTXt where Latin-1 cannot hold it)
             extra["pnginfo"].add_text(key, value, zip=len(value) > 1024)
-        if xmp:
-            extra["pnginfo"].add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
-    elif xmp and (fmt != "JPEG" or len(xmp) <= JPEG_SEGMENT):  # (no extended XMP in JPEG)
-        extra["xmp"] = xmp
+        if meta.xmp:
+            extra["pnginfo"].add_itxt("XML:com.adobe.xmp", meta.xmp.decode("utf-8", "replace"))
+    elif meta.xmp and (fmt != "JPEG" or len(meta.xmp) <= JPEG_SEGMENT):  # (no extended XMP in JPEG)
+        extra["xmp"] = meta.xmp
     return extra
 
 
+def iptc_of(im) -> bytes | None:
+    """The IPTC-IIM block (captions, keywords, credits) of a JPEG (Photoshop's APP13 resource 0x0404) or a TIFF
+    (tag 33723), as bytes; None when it has none."""
+    if im.format == "TIFF":
+        value = getattr(im, "tag_v2", {}).get(33723)
+        return bytes(value) if isinstance(value, bytes) and value else None
+    data = b"".join(body[14:] for kind, body in getattr(im, "applist", ())
+                    if kind == "APP13" and body.startswith(b"Photoshop 3.0\0"))
+    at = 0
+    while data[at:at + 4] == b"8BIM" and at + 12 <= len(data):  # id, padded Pascal name, size, padded data
+        ident = int.from_bytes(data[at + 4:at + 6], "big")
+        at += 6 + ((data[at + 6] + 2) & ~1)
+        size = int.from_bytes(data[at:at + 4], "big")
+        if ident == 0x0404:
+            return data[at + 4:at + 4 + size] or None
+        at += 4 + size + (size & 1)
+    return None
+
+
+def iptc_segment(iim: bytes) -> bytes:
+    """A JPEG APP13 segment holding ``iim`` as Photoshop's IPTC resource; empty when it does not fit one."""
+    body = b"Photoshop 3.0\0" + b"8BIM\x04\x04\0\0" + struct.pack(">I", len(iim)) + iim + b"\0" * (len(iim) & 1)
+    return b"\xff\xed" + struct.pack(">H", 2 + len(body)) + body if len(body) <= 65533 else b""
+
+
 def texts(im) -> tuple[tuple[str, str], ...]:
-    """A PNG's text chunks but its XMP and ImageMagick's raw EXIF/IPTC copies (which hold the old orientation), and a
+    """A PNG's text chunks but its XMP and ImageMagick's raw EXIF/XMP copies (which hold the old orientation), and a
     JPEG's or GIF's comment (as ``Comment``; UTF-8, else Latin-1)."""
     if im.format == "PNG":
         return tuple((str(k), str(v)) for k, v in getattr(im, "text", {}).items()
-                     if k != "XML:com.adobe.xmp" and not str(k).startswith("Raw profile type"))
+                     if k != "XML:com.adobe.xmp" and k not in RAW_PROFILES)
     comment = im.info.get("comment") if im.format in ("JPEG", "GIF") else None
     if not comment:
         return ()
@@ -144,11 +218,6 @@ def density(im, orientation: int = 1) -> tuple[float, float] | None:
     return (y, x) if orientation in (5, 6, 7, 8) else (x, y)
 
 
-def scaled_dpi(dpi: tuple[float, float] | None, factor: float) -> tuple[float, float] | None:
-    """The density of an output ``factor`` times the input's size: it prints at the input's size."""
-    return (dpi[0] * factor, dpi[1] * factor) if dpi else None
-
-
 def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
@@ -163,20 +232,19 @@ def png_gray_alpha(px: np.ndarray) -> bytes:
             + png_chunk(b"IEND", b""))
 
 
-def png_with(data: bytes, icc: bytes | None, exif: bytes | None, xmp: bytes | None,
-             dpi: tuple[float, float] | None, text: tuple = ()) -> bytes:
+def png_with(data: bytes, meta: Metadata) -> bytes:
     """A PNG another encoder wrote (OpenCV's 16-bit one, :func:`png_gray_alpha`) with the chunks Pillow writes into an
     8-bit one, placed after its header: the colour profile (iCCP), density (pHYs), EXIF (eXIf), XMP and text."""
-    chunks = b""
-    if icc:
-        chunks += png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
-    if dpi:  # pixels per metre
-        chunks += png_chunk(b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
+    chunks, exif = b"", meta.exif
+    if meta.icc:
+        chunks += png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(meta.icc))
+    if meta.dpi:  # pixels per metre
+        chunks += png_chunk(b"pHYs", struct.pack(">IIB", *(round(v / 0.0254) for v in meta.dpi), 1))
     if exif:
         chunks += png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
-    if xmp:
-        chunks += png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + xmp)
-    for key, value in text:
+    if meta.xmp:
+        chunks += png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + meta.xmp)
+    for key, value in meta.text:
         try:
             chunks += png_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
         except UnicodeEncodeError:  # iTXt: UTF-8, uncompressed, no language
@@ -185,27 +253,28 @@ def png_with(data: bytes, icc: bytes | None, exif: bytes | None, xmp: bytes | No
     return data[:head] + chunks + data[head:]
 
 
-def deep_tiff(pixels: np.ndarray, icc: bytes | None, exif: bytes | None, xmp: bytes | None,
-              dpi: tuple[float, float] | None) -> bytes:
-    """A 16-bit TIFF (gray, gray+alpha, RGB, RGBA; Deflate) with the colour profile, XMP, density and the EXIF's
+def deep_tiff(pixels: np.ndarray, meta: Metadata) -> bytes:
+    """A 16-bit TIFF (gray, gray+alpha, RGB, RGBA; Deflate) with the colour profile, XMP, IPTC, density and the EXIF's
     first-directory text (camera, date, artist, copyright, description): tifffile writes no EXIF sub-directory, so
     the Exif and GPS directories of a 16-bit TIFF's EXIF are not carried (the XMP usually repeats them)."""
     import tifffile
     from PIL import Image
 
     tags = []
-    if exif:
+    if meta.exif:
         parsed = Image.Exif()
-        parsed.load(exif)
+        parsed.load(meta.exif)
         tags = [(tag, "s", 0, value, True) for tag, value in sorted(parsed.items())
                 if isinstance(value, str) and tag not in LAYOUT_TAGS and value.isascii()]
-    if xmp:
-        tags.append((700, "B", len(xmp), xmp, True))
+    if meta.xmp:
+        tags.append((700, "B", len(meta.xmp), meta.xmp, True))
+    if meta.iptc:
+        tags.append((33723, 7, len(meta.iptc), meta.iptc, True))  # (UNDEFINED, as Pillow writes it)
     colour = pixels.ndim == 3 and pixels.shape[2] >= 3
     alpha = pixels.ndim == 3 and pixels.shape[2] in (2, 4)
     buf = io.BytesIO()
     tifffile.imwrite(buf, pixels, photometric="rgb" if colour else "minisblack", planarconfig="contig",
-                     extrasamples=("unassalpha",) if alpha else None, compression="zlib", iccprofile=icc,
-                     resolution=dpi, resolutionunit="inch" if dpi else None, metadata=None, software=False,
+                     extrasamples=("unassalpha",) if alpha else None, compression="zlib", iccprofile=meta.icc,
+                     resolution=meta.dpi, resolutionunit="inch" if meta.dpi else None, metadata=None, software=False,
                      extratags=tags)
     return buf.getvalue()
