@@ -188,10 +188,18 @@ def photo_of(image) -> Photo:
     return Photo(np.ascontiguousarray(px))
 
 
+def _is_deep(im, data: bytes) -> bool:
+    """A PNG or TIFF of 16 bits a sample, which Pillow reads as 8-bit RGB(A)."""
+    if im.format == "PNG":
+        return len(data) > 24 and data[24] == 16  # IHDR's bit depth
+    bits = getattr(im, "tag_v2", {}).get(258, ()) if im.format == "TIFF" else ()
+    return 16 in (bits if isinstance(bits, tuple) else (bits,))
+
+
 def _pil_to_array(im, data: bytes) -> np.ndarray:
     """Pillow reads most modes; 16-bit colour PNG/TIFF comes from OpenCV, which keeps the depth."""
     mode = im.mode
-    if data and mode in ("RGB", "RGBA") and im.format in ("PNG", "TIFF"):
+    if data and mode in ("RGB", "RGBA") and _is_deep(im, data):  # (an 8-bit one is not decoded twice)
         import cv2
 
         deep = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
