@@ -52,13 +52,14 @@ def test_every_depth_and_format_keeps_profile_exif_xmp_and_density(tmp_path, nam
 
 
 @pytest.mark.parametrize("name, dtype, alpha_as", [
-    ("ga.tif", np.uint8, "gray+alpha"), ("ga.webp", np.uint8, "rgba"), ("ga16.tif", np.uint16, "rgba"),
+    ("ga.tif", np.uint8, "gray+alpha"), ("ga.webp", np.uint8, "rgba"), ("ga16.tif", np.uint16, "gray+alpha"),
     ("ga16.png", np.uint16, "gray+alpha"), ("ga.png", np.uint8, "gray+alpha"),
 ])
 def test_a_gray_photos_alpha_is_kept_in_every_format_that_holds_alpha(tmp_path, name, dtype, alpha_as):
     """A gray+alpha photo written as TIFF (its own format, under --ext auto) or WebP lost its alpha without a word
-    (both hold alpha: the summary said nothing was lost); now kept, as gray+alpha where the format and Pillow's
-    reader allow, else as RGBA of the gray. Its PNG keeps its metadata now too."""
+    (both hold alpha: the summary said nothing was lost); now kept, as gray+alpha where the format holds it (a 16-bit
+    one, which Pillow cannot read, is read with tifffile), else as RGBA of the gray. Its PNG keeps its metadata now
+    too."""
     top = np.iinfo(dtype).max
     gray = np.random.default_rng(1).integers(0, top, (6, 8), dtype=dtype)
     alpha = np.tile(np.linspace(0, top, 8).astype(dtype), (6, 1))
@@ -69,7 +70,9 @@ def test_a_gray_photos_alpha_is_kept_in_every_format_that_holds_alpha(tmp_path, 
     assert np.abs(back.pixels[..., 3].astype(int) - alpha).max() <= (2 if lossy else 0)
     seen = alpha > 0  # (WebP drops what is under fully transparent pixels)
     assert np.abs(back.pixels[..., 0].astype(int) - gray)[seen].max() <= (8 if lossy else 0)
-    assert back.meta.xmp == XMP and Image.open(tmp_path / name).getexif()[0x010F] == "Nikon"
+    exif = Image.Exif()
+    exif.load(back.meta.exif)
+    assert back.meta.xmp == XMP and exif[0x010F] == "Nikon"
 
 
 def test_a_scan_keeps_its_profile_depth_alpha_and_prints_at_its_size(tiny_root, tmp_path, cli):
@@ -175,3 +178,39 @@ def test_the_iptc_block_of_a_jpeg_or_tiff_is_written_back(tmp_path):
         got = IptcImagePlugin.getiptcinfo(Image.open(tmp_path / name))
         assert got and got[(2, 120)] == b"Grandma at the lake" and got[(2, 25)] == b"family", name
         assert read_image(tmp_path / name).meta.iptc == iim, name
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # (Pillow's, on the junk file)
+def test_tiffs_pillow_cannot_decode_are_read_with_tifffile(tmp_path):
+    """A retoucher's 16-bit RGBA TIFF with a spot channel beside it, a float RGB TIFF and a premultiplied one were
+    "not a readable image"; read now (alpha made straight, the extra channel said dropped, turned upright by its
+    orientation, its profile and density kept), and over --max-megapixels refused before decoding."""
+    import tifffile
+
+    from mgfr_cli.errors import InputError
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 65535, (6, 8, 3), dtype=np.uint16)
+    alpha = np.tile(np.linspace(1000, 65535, 8).astype(np.uint16), (6, 1))
+    spot = rng.integers(0, 65535, (6, 8), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "spot.tif", np.dstack([rgb, alpha, spot]), photometric="rgb",
+                     extrasamples=("unassalpha", "unspecified"), iccprofile=PROFILE, resolution=(300, 300),
+                     resolutionunit="inch", extratags=[(274, "H", 1, 6, True)])  # stored sideways
+    photo = read_image(tmp_path / "spot.tif")
+    upright = np.rot90(np.dstack([rgb, alpha]), 3)  # orientation 6: a quarter turn clockwise
+    assert photo.pixels.dtype == np.uint16 and np.array_equal(photo.pixels, upright)
+    assert "1 extra channel(s) not kept" in photo.note and photo.meta.icc == PROFILE
+    assert photo.meta.dpi == pytest.approx((300.0, 300.0))
+    premultiplied = (rgb.astype(np.float64) * alpha[..., None] / 65535).round().astype(np.uint16)
+    tifffile.imwrite(tmp_path / "pre.tif", np.dstack([premultiplied, alpha, spot]), photometric="rgb",
+                     extrasamples=("assocalpha", "unspecified"))
+    straight = read_image(tmp_path / "pre.tif").pixels
+    assert np.abs(straight[..., :3].astype(int) - rgb).max() <= 66000 / 1000  # (rounding at the lowest alpha)
+    floats = rng.random((6, 8, 3), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "float.tif", floats, photometric="rgb")
+    assert np.abs(read_image(tmp_path / "float.tif").pixels.astype(int) - np.rint(floats * 255)).max() <= 1
+    with pytest.raises(InputError, match="over the limit of 1e-05"):
+        read_image(tmp_path / "spot.tif", max_megapixels=0.00001)
+    (tmp_path / "junk.tif").write_bytes(b"II*\0" + b"\xff" * 64)
+    with pytest.raises(InputError, match="junk.tif: not a readable image; nor by tifffile"):
+        read_image(tmp_path / "junk.tif")

@@ -130,6 +130,12 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
     _open_heif()
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half a photo
     Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1e6)  # --max-megapixels decides, not Pillow's own default
+
+    def check_size(width: int, height: int) -> None:
+        if width * height / 1e6 > max_megapixels:
+            raise InputError(f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
+                             f"{max_megapixels:g} (raise it with --max-megapixels)")
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -137,19 +143,27 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
         except Image.DecompressionBombError:
             raise InputError(f"{path}: image too large to decode safely (raise --max-megapixels)") from None
         except (UnidentifiedImageError, OSError, ValueError):
-            raise InputError(f"{path}: not a readable image") from None
-        megapixels = im.width * im.height / 1e6
-        if megapixels > max_megapixels:
-            raise InputError(
-                f"{path}: {im.width}x{im.height} is {megapixels:.0f} megapixels, over the limit of "
-                f"{max_megapixels:g} (raise it with --max-megapixels)"
-            )
+            return _tiff_photo(data, path, check_size, "not a readable image")
+        check_size(im.width, im.height)
         try:
             im.load()
         except (OSError, ValueError, SyntaxError) as exc:
-            raise InputError(f"{path}: truncated or corrupt image ({exc})") from None
+            return _tiff_photo(data, path, check_size, f"truncated or corrupt image ({exc})")
         frames = getattr(im, "n_frames", 1)
         return _pil_photo(im, data, path, f"only the first of {frames} frames restored" if frames > 1 else "")
+
+
+def _tiff_photo(data: bytes, path: Path, check_size, why: str) -> Photo:
+    """A TIFF Pillow could not decode, read with tifffile (:mod:`faces.tiff`); else ``why`` Pillow could not."""
+    from mgfr_cli.faces.tiff import is_tiff, read_tiff
+
+    if not is_tiff(data):
+        raise InputError(f"{path}: {why}")
+    try:
+        pixels, orientation, gray_alpha, meta, note = read_tiff(data, check_size)
+    except ValueError as exc:
+        raise InputError(f"{path}: {why}; nor by tifffile ({exc})") from None
+    return Photo(_apply_orientation(pixels, orientation), path, meta, note, gray_alpha)
 
 
 def _pil_photo(im, data: bytes = b"", path: Path | None = None, note: str = "") -> Photo:
@@ -281,9 +295,8 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, meta: M
     path = Path(path)
     ext = path.suffix.lower()
     px = pixels
-    if px.ndim == 3 and px.shape[2] == 2 and not (ext == ".png" or ext in (".tif", ".tiff") and px.dtype == np.uint8):
-        # gray+alpha: PNG and an 8-bit TIFF hold it; WebP and a 16-bit TIFF (which Pillow cannot read) as RGBA
-        px = np.ascontiguousarray(px[:, :, [0, 0, 0, 1]] if ext in (".webp", ".tif", ".tiff") else px[:, :, 0])
+    if px.ndim == 3 and px.shape[2] == 2 and ext not in (".png", ".tif", ".tiff"):  # gray+alpha: PNG, TIFF hold it
+        px = np.ascontiguousarray(px[:, :, [0, 0, 0, 1]] if ext == ".webp" else px[:, :, 0])  # WebP's alpha: RGBA
     if ext in (".jpg", ".jpeg", ".bmp", ".webp"):
         if px.dtype == np.uint16:
             px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
