@@ -16,14 +16,19 @@ from rich.text import Text
 from mgfr_cli.errors import ConfigError, MgfrError, UsageError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
                       OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, check_outputs, finite, given, quiet_libraries, repeated_options, unused_after, unused_flags, resolve_device, selection as face_selection,
-                      shard)
-from mgfr_cli.app.terminal import (announce_downloads, download_progress, err, notes, open_library, out, run_batch, shown,
-                                   summary)
+                      shard, show_version)
+from mgfr_cli.app.terminal import (announce_downloads, checklist, download_progress, err, notes, open_library, out,
+                                   run_batch, shown, summary)
 from mgfr_cli.app.weights_cli import ManifestOpt, weights_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="MGFR: multi-modal guided diffusion face restoration (prompts, references, identity).")
 app.add_typer(weights_app, name="weights")
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print mgfr's version (and torch's, diffusers') and exit.")] = False):
+    pass
 
 
 @app.command()
@@ -360,11 +365,7 @@ def doctor(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
     from mgfr_cli.weights.files import load_manifest, resolve_root
 
     report = diagnose(resolve_root(model_root), load_manifest(manifest))
-    for section, rows in report.sections.items():
-        out.print(section, style="bold")
-        for ok, label, detail in rows:
-            out.print(Text.assemble("  ", ("ok", "green") if ok else ("no", "red"), f"  {label}"
-                                    + (f": {detail}" if detail else "")))
+    checklist(report.sections)
     raise typer.Exit(0 if report.healthy else 1)
 
 

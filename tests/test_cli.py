@@ -24,6 +24,18 @@ def test_help_is_instant_and_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
+def test_version_names_mgfr_torch_and_diffusers_without_importing_torch():
+    """`mgfr --version` (what a bug report starts with) was "No such option"."""
+    from importlib.metadata import version
+
+    code = "import sys; from mgfr_cli.cli import main; sys.argv=['mgfr','--version']\n" \
+           "try: main()\nexcept SystemExit as e: print('torch' in sys.modules, e.code)"
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    line, imported = done.stdout.strip().splitlines()
+    assert line.startswith(f"mgfr {version('mgfr')} (torch {version('torch')}, diffusers {version('diffusers')}, Python ")
+    assert imported == "False 0", done.stdout + done.stderr
+
+
 def test_help_shows_every_option_and_default_in_80_columns(monkeypatch):
     """Each command's help names every option in full and keeps each default the help text states in brackets
     (rich's help cut names to '--identity-guid...' at 80 columns and read '[default: ...]' as markup)."""

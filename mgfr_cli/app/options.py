@@ -52,6 +52,25 @@ RefThresholdOpt = Annotated[float, typer.Option("--ref-threshold", callback=fini
 MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, max=100000, callback=finite, help="Refuse larger images (decompression-bomb guard).")]
 
 
+def show_version(value: bool) -> None:
+    """``mgfr --version``: mgfr's version, with torch's and diffusers' as installed (read without importing them)."""
+    if not value:
+        return
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from mgfr_cli import __version__
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    typer.echo(f"mgfr {__version__} (torch {of('torch')}, diffusers {of('diffusers')}, Python {platform.python_version()})")
+    raise typer.Exit()
+
+
 def quiet_libraries() -> None:
     """diffusers and transformers print progress bars and notices per model load; the CLI has its own."""
     from diffusers.utils import logging as dlog

@@ -177,3 +177,12 @@ def notes(lines) -> None:
         return
     for line in filter(None, lines):
         err.print(Text.assemble(("note:", "yellow"), f" {line}"))
+
+
+def checklist(sections: dict) -> None:
+    """``doctor``'s report: per section, a line per check (ok/no, what, why)."""
+    for section, rows in sections.items():
+        out.print(section, style="bold")
+        for ok, label, detail in rows:
+            out.print(Text.assemble("  ", ("ok", "green") if ok else ("no", "red"), f"  {label}"
+                                    + (f": {detail}" if detail else "")))
