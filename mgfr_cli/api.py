@@ -266,8 +266,10 @@ class Restorer:
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.helper import FaceSelection
 
-        rgb = _as_photo(ref)[0].rgb8()
+        from mgfr_cli.faces.conditions import read_reference
+
         source = Path(ref) if isinstance(ref, (str, Path)) else None
+        rgb = read_reference(source) if source is not None else _as_photo(ref)[0].rgb8()
         if aligned:
             return self.helper.as_aligned(rgb, source)
         found = self.helper.detect(rgb, FaceSelection(largest_face=True))

@@ -50,7 +50,7 @@ def test_the_readme_files_example_runs_as_written(api_root, tmp_path, monkeypatc
     assert (tmp_path / "restored" / "mgfr-summary.json").is_file()
 
 
-def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):
+def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut, tmp_path):
     import cv2
 
     from mgfr_cli import Restorer
@@ -67,6 +67,9 @@ def test_arrays_in_arrays_out_and_the_clis_errors(api_root, astronaut):
         restorer.restore(small, steps=1, seed=-1)
     with pytest.raises(InputError, match="face 5 does not exist"):
         restorer.restore(small, steps=1, face_index=5)
+    (tmp_path / "clip.mp4").write_bytes(b"\0" * 64)  # a clip given as a reference: named as the reference
+    with pytest.raises(InputError, match=r"^reference .*clip.mp4: a clip, not a photo"):
+        restorer.restore(small, steps=1, refs=[tmp_path / "clip.mp4"])
     blank = restorer.restore(np.full((64, 64, 3), 127, np.uint8), steps=1)
     assert blank.faces == [] and blank.notes == ["no face detected"]
     gradient = np.repeat(np.arange(0, 192, 3, dtype=np.uint8)[None, :, None], 48, axis=0).repeat(3, axis=2)

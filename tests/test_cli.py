@@ -94,6 +94,8 @@ def test_batch_with_bad_inputs_keeps_going(tiny_root, astronaut, tmp_path, cli):
     (inp / "noref.yaml").write_text("refs: [missing.jpg]\n")
     _write(inp / "refnoface.png", astronaut)
     (inp / "refnoface.yaml").write_text("refs: [noface.png]\n")
+    _write(inp / "refjunk.png", astronaut)
+    (inp / "refjunk.yaml").write_text("refs: [text.jpg]\n")
     snapshot = {p: p.read_bytes() for p in inp.rglob("*") if p.is_file()}
     code, out, err = cli("restore", inp, "-o", tmp_path / "out", "--recursive", "--model-root", tiny_root, *FAST)
     assert code == 1
@@ -104,6 +106,8 @@ def test_batch_with_bad_inputs_keeps_going(tiny_root, astronaut, tmp_path, cli):
     for expected in ["empty file", "not a readable image", "truncated or corrupt", "malformed YAML",
                      "missing.jpg does not exist", "no face detected", "reference"]:
         assert expected in text, expected
+    rows = {Path(r["source"]).name: r for r in json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())}
+    assert rows["refjunk.png"]["detail"] == f"reference {inp / 'text.jpg'}: not a readable image"  # named as such
     assert {p: p.read_bytes() for p in inp.rglob("*") if p.is_file()} == snapshot  # inputs untouched
     leftovers = [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".") or p.suffix in (".tmp", ".part")]
     assert leftovers == []

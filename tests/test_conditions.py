@@ -1,6 +1,6 @@
 import pytest
 
-from mgfr_cli.faces.conditions import ConditionSpec, expand_refs, read_sidecar, resolve_specs
+from mgfr_cli.faces.conditions import ConditionSpec, expand_refs, read_reference, read_sidecar, resolve_specs
 from mgfr_cli.errors import ConfigError, InputError
 
 
@@ -84,6 +84,17 @@ def test_expand_refs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no images"):
         expand_refs((tmp_path / "empty",))
+
+
+def test_a_reference_that_is_no_photo_is_named_as_the_reference(tmp_path):
+    """A clip or a text file given as a reference failed as "<file>: not a readable image" (which file of the photo's
+    was it?); named as the reference now, a clip said to be one."""
+    (tmp_path / "clip.mp4").write_bytes(b"\0" * 64)
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(InputError, match=r"^reference .*clip.mp4: a clip, not a photo"):
+        read_reference(tmp_path / "clip.mp4")
+    with pytest.raises(InputError, match=r"^reference .*notes.jpg: not a readable image$"):
+        read_reference(tmp_path / "notes.jpg")
 
 
 def test_yaml_settings_the_flags_replace_are_said_after_the_run(tiny_root, astronaut, tmp_path, cli):

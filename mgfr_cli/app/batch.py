@@ -19,7 +19,7 @@ import numpy as np
 
 from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import (ConditionSpec, FaceConditions, FlagOverrides, condition_sources, expand_refs,
-                                       own_references_note, resolve_specs)
+                                       own_references_note, read_reference, resolve_specs)
 from mgfr_cli.errors import InputError, MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
@@ -235,7 +235,7 @@ class BatchRestorer:
         for path in files:
             key = path.resolve()
             if key not in cache:
-                rgb = read_image(path, job.max_megapixels).rgb8()
+                rgb = read_reference(path, job.max_megapixels)
                 if job.has_aligned:  # aligned inputs: their references are aligned crops too
                     cache[key] = self.helper.as_aligned(rgb, path)
                     refs.append(cache[key])

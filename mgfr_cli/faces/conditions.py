@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mgfr_cli.configs import check_keys, expect_type, read_yaml
 from mgfr_cli.errors import ConfigError, InputError
-from mgfr_cli.faces.io import is_image_file, is_video_file, same_photo
+from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, is_image_file, is_video_file, read_image, same_photo
 
 FOLDER_YAML = "mgfr.yaml"
 _KEYS = {"prompt", "negative_prompt", "refs"}
@@ -210,3 +210,14 @@ def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tup
         else:
             raise InputError(f"{r}: reference not found")
     return tuple(out)
+
+
+def read_reference(path: Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS):
+    """A reference photo's 8-bit RGB pixels; a clip, or a file that is no readable image, is an error naming it as
+    the reference (the photo it was given for fails with it)."""
+    if is_video_file(path):
+        raise InputError(f"reference {path}: a clip, not a photo (save a frame that shows the face as a photo)")
+    try:
+        return read_image(path, max_megapixels).rgb8()
+    except InputError as exc:
+        raise InputError(f"reference {exc}") from None
