@@ -16,7 +16,7 @@ from rich.text import Text
 from mgfr_cli.errors import ConfigError, MgfrError, UsageError
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
                       OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, check_outputs, finite, given, quiet_libraries, repeated_options, unused_after, unused_flags, resolve_device, selection as face_selection,
-                      shard, show_version)
+                      check_refs, shard, show_version)
 from mgfr_cli.app.terminal import (announce_downloads, checklist, download_progress, err, notes, open_library, out,
                                    run_batch, shown, summary)
 from mgfr_cli.app.weights_cli import ManifestOpt, weights_app
@@ -94,9 +94,7 @@ def restore(
                     scheduler=scheduler or "ddpm", color_fix=color_fix, start_from=start_from).check()
     selection = face_selection(only_center_face, largest_face, face_index, min_face_size)
     flags = ConditionSpec(prompt=prompt, negative_prompt=negative_prompt, refs=tuple(ref) if ref else None)
-    for r in ref or ():
-        if not r.exists():
-            raise MgfrError(f"--ref {r}: not found")
+    check_refs(ref or (), max_megapixels)  # a bad --ref fails the run at once, not every photo one by one
     resolve_device(device, precision)  # a bad --device/--precision fails before any download
     quiet_libraries()
     rank, world = shard()

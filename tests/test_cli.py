@@ -164,6 +164,20 @@ def test_usage_errors_exit_2(cli, tmp_path):
     assert code == 2
 
 
+def test_a_bad_ref_flag_stops_the_run_before_any_photo(cli, tmp_path, astronaut):
+    """`--ref` naming a missing file, a clip or a file that is no image would fail every photo of the batch, one by
+    one, after each was read and its faces found: the run stops at once with one line, nothing written."""
+    _write(tmp_path / "in" / "a.png", astronaut)
+    (tmp_path / "clip.mp4").write_bytes(b"\0" * 64)
+    (tmp_path / "notes.jpg").write_text("not an image")
+    for ref, said in (("missing.jpg", "--ref {}: not found"), ("clip.mp4", "reference {}: a clip, not a photo"),
+                      ("notes.jpg", "reference {}: not a readable image")):
+        code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "o", "--ref", tmp_path / ref,
+                             "--model-root", tmp_path / "no-weights", "--offline")
+        assert code == 1 and said.format(tmp_path / ref) in " ".join(err.split()), out + err
+        assert not (tmp_path / "o").exists()
+
+
 def test_align_writes_crops_and_tables(detector_root, group_photo, astronaut, tmp_path, cli):
     _write(tmp_path / "in" / "group.jpg", group_photo)
     _write(tmp_path / "in" / "astro.jpg", astronaut)

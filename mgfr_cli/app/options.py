@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mgfr_cli.errors import ConfigError
+from mgfr_cli.errors import ConfigError, MgfrError
 
 
 def finite(value):
@@ -50,6 +50,17 @@ RefLibraryOpt = Annotated[Optional[Path], typer.Option("--ref-library", help="A 
 RefKOpt = Annotated[int, typer.Option("--ref-k", min=1, max=32, help="References taken from --ref-library per face.")]
 RefThresholdOpt = Annotated[float, typer.Option("--ref-threshold", callback=finite, min=-1, max=1, help="Least identity similarity (cosine) for a library face to be taken.")]
 MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, max=100000, callback=finite, help="Refuse larger images (decompression-bomb guard).")]
+
+
+def check_refs(refs, max_megapixels: float) -> None:
+    """``--ref``: each must exist; a file must be a photo mgfr reads (it would fail every photo it is given for)."""
+    from mgfr_cli.faces.conditions import read_reference
+
+    for r in refs:
+        if not r.exists():
+            raise MgfrError(f"--ref {r}: not found")
+        if r.is_file():
+            read_reference(r, max_megapixels)
 
 
 def show_version(value: bool) -> None:
