@@ -211,6 +211,10 @@ def test_tiffs_pillow_cannot_decode_are_read_with_tifffile(tmp_path):
     assert np.abs(read_image(tmp_path / "float.tif").pixels.astype(int) - np.rint(floats * 255)).max() <= 1
     with pytest.raises(InputError, match="over the limit of 1e-05"):
         read_image(tmp_path / "spot.tif", max_megapixels=0.00001)
+    tifffile.imwrite(tmp_path / "wide.tif", np.zeros((4, 4, 9), np.float32), photometric="rgb", planarconfig="contig",
+                     extrasamples=("unspecified",) * 6)  # 36 bytes a pixel: refused before it is decoded
+    with pytest.raises(InputError, match="9 samples of 32 bits a pixel"):
+        read_image(tmp_path / "wide.tif")
     (tmp_path / "junk.tif").write_bytes(b"II*\0" + b"\xff" * 64)
     with pytest.raises(InputError, match="junk.tif: not a readable image; nor by tifffile"):
         read_image(tmp_path / "junk.tif")

@@ -19,6 +19,7 @@ from mgfr_cli.faces.metadata import Metadata
 
 MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and big TIFF, either byte order
 ALPHA = {1: "associated", 2: "unassociated"}  # ExtraSamples values that are an alpha
+MAX_PIXEL_BYTES = 32  # decoded bytes a pixel at most (RGBA of 64-bit floats): --max-megapixels bounds the rest
 
 
 def is_tiff(data: bytes) -> bool:
@@ -36,6 +37,8 @@ def read_tiff(data: bytes, check_size: Callable[[int, int], None]) -> tuple[np.n
             page = tif.pages.first
             photometric, extras = int(page.photometric), tuple(int(e) for e in page.extrasamples or ())
             check_size(int(page.imagewidth), int(page.imagelength))
+            if page.samplesperpixel * page.dtype.itemsize > MAX_PIXEL_BYTES:  # memory: bounded as Pillow's is
+                raise ValueError(f"{page.samplesperpixel} samples of {page.dtype.itemsize * 8} bits a pixel")
             pixels = page.asarray()
             tags = {tag.code: tag.value for tag in page.tags}
             pages = len(tif.pages)
