@@ -189,7 +189,7 @@ def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
 
 def photo_of(image) -> Photo:
     """A :class:`Photo` of an in-memory image, in its own form: a PIL image (any mode, turned upright by its EXIF
-    orientation as a file is, its colour profile, EXIF and XMP kept) or a ``(H, W)``, ``(H, W, 2|3|4)``
+    orientation as a file is, its metadata kept) or a ``(H, W)``, ``(H, W, 2|3|4)``
     uint8/uint16 array (gray, gray+alpha, RGB, RGBA)."""
     if hasattr(image, "convert"):  # PIL: as a file is read (Image.open's are lazy: loaded first, as a file's)
         image.load()
