@@ -23,7 +23,7 @@ from mgfr_cli.faces.metadata import Metadata, deep_tiff, metadata_of, png_gray_a
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mts", ".m2ts", ".mpg", ".mpeg", ".vob", ".3gp", ".wmv", ".flv")
 DEFAULT_MAX_MEGAPIXELS = 100.0
 
 # EXIF orientation tag value -> (number of 90-degree counter-clockwise turns, mirror first)
