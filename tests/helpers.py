@@ -180,3 +180,22 @@ class LanczosUpsampler:
 
         self.sizes.append(size)
         return cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
+
+
+def mux_tone(out, stream, freq: float, rate: int, samples: int, layout: str = "mono") -> None:
+    """Encode ``samples`` of a ``freq`` Hz tone into the audio ``stream`` of the PyAV container ``out`` (resampled to
+    the codec's sample format and frame size), then flush it."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    tone = (0.3 * np.sin(2 * np.pi * freq * np.arange(samples) / rate)).astype(np.float32)
+    frame = av.AudioFrame.from_ndarray(np.stack([tone] * (2 if layout == "stereo" else 1)), format="fltp",
+                                       layout=layout)
+    frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+    resampler = av.AudioResampler(format=stream.codec_context.codec.audio_formats[0].name, layout=layout, rate=rate,
+                                  frame_size=stream.codec_context.frame_size or None)
+    for f in [*resampler.resample(frame), *resampler.resample(None)]:
+        out.mux(stream.encode(f))
+    out.mux(stream.encode(None))

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers import mux_tone
+
 av = pytest.importorskip("av")
 
 FAST = ["--steps", "2", "--detector", "retinaface_mobile0.25", "--device", "cpu"]
@@ -448,13 +450,7 @@ def _scene(path, size=(128, 96), audio=(), frames=6, tags=None):
         out.mux(v.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
     out.mux(v.encode(None))
     for k, a in enumerate(streams):
-        tone = (0.3 * np.sin(2 * np.pi * (440 + 220 * k) * np.arange(8000) / 16000)).astype(np.float32)[None]
-        frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = 16000, 0, Fraction(1, 16000)
-        for f in av.AudioResampler(format=a.codec_context.codec.audio_formats[0].name, layout="mono",
-                                   rate=16000).resample(frame):
-            out.mux(a.encode(f))
-        out.mux(a.encode(None))
+        mux_tone(out, a, 440 + 220 * k, 16000, 8000)
     out.close()
     return path
 

@@ -1,11 +1,11 @@
 """The containers home videos come in (AVCHD camcorders, DVD and MPEG-2 camcorders, old phones, Windows Movie Maker,
 iTunes exports) are restored as clips, not skipped as "not an image format"."""
 
-from fractions import Fraction
-
 import av
 import numpy as np
 import pytest
+
+from helpers import mux_tone
 
 FAST = ["--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu"]
 
@@ -22,14 +22,7 @@ def _home_video(path, fmt: str, vcodec: str, acodec: str, rate: int = 48000, fra
         frame = np.dstack([(x + 9 * i) % 256, y * 2, np.full_like(x, 80)]).astype(np.uint8)
         out.mux(v.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
     out.mux(v.encode(None))
-    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate * frames // 25) / rate)).astype(np.float32)
-    frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
-    frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
-    resampler = av.AudioResampler(format=a.codec_context.codec.audio_formats[0].name, layout="stereo", rate=rate,
-                                  frame_size=a.codec_context.frame_size or None)
-    for f in [*resampler.resample(frame), *resampler.resample(None)]:
-        out.mux(a.encode(f))
-    out.mux(a.encode(None))
+    mux_tone(out, a, 440, rate, rate * frames // 25, "stereo")
     out.close()
     return path
 
