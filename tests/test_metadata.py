@@ -218,3 +218,25 @@ def test_tiffs_pillow_cannot_decode_are_read_with_tifffile(tmp_path):
     (tmp_path / "junk.tif").write_bytes(b"II*\0" + b"\xff" * 64)
     with pytest.raises(InputError, match="junk.tif: not a readable image; nor by tifffile"):
         read_image(tmp_path / "junk.tif")
+
+
+def test_a_pngs_metadata_does_not_change_how_its_pixels_are_encoded(tmp_path):
+    """A PNG with metadata went through Pillow's encoder at its default level, 8x slower than OpenCV's (6.1 s against
+    0.75 s for a 12 MP photo here), and most photos carry a density: every PNG's pixels are encoded alike now, the
+    metadata's chunks beside them."""
+    import zlib
+
+    def idat(path):
+        data, at, out = path.read_bytes(), 8, b""
+        while at < len(data):
+            n = int.from_bytes(data[at:at + 4], "big")
+            out += data[at + 8:at + 8 + n] if data[at + 4:at + 8] == b"IDAT" else b""
+            at += 12 + n
+        return out
+
+    y, x = np.mgrid[0:64, 0:96]
+    pixels = np.dstack([x * 2, y * 3, (x + y) % 256]).astype(np.uint8)
+    write_image(tmp_path / "plain.png", pixels)
+    write_image(tmp_path / "tagged.png", pixels, meta=Metadata(PROFILE, _exif(), XMP, (300.0, 300.0), (("a", "b"),)))
+    assert idat(tmp_path / "tagged.png") == idat(tmp_path / "plain.png")
+    assert len(zlib.decompress(idat(tmp_path / "tagged.png"))) == 64 * (96 * 3 + 1)  # (the rows, each filtered)

@@ -306,14 +306,13 @@ def write_image(path: str | Path, pixels: np.ndarray, quality: int = 95, meta: M
     gray_alpha = px.ndim == 3 and px.shape[2] == 2
     if ext in (".tif", ".tiff") and px.dtype == np.uint16:
         atomic_write_bytes(path, deep_tiff(px, meta))
-    elif ext == ".png" and (px.dtype == np.uint16 or gray_alpha):  # what Pillow does not write: chunks added
+    elif ext == ".png":  # OpenCV's encoder (5x Pillow's speed; 16 bits), the metadata's chunks added
         atomic_write_bytes(path, png_with(png_gray_alpha(px) if gray_alpha else _cv2_encode(path, px, []), meta))
     elif meta or gray_alpha:  # Pillow writes the metadata (and a gray+alpha TIFF)
         from PIL import Image
 
         buf = io.BytesIO()
-        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
-               ".tiff": "TIFF"}[ext]
+        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}[ext]
         extra = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
         try:
             Image.fromarray(px).save(buf, fmt, **extra, **save_options(fmt, meta))

@@ -1,8 +1,8 @@
 """What a photo carries besides its pixels (:class:`Metadata`), kept from the input into the restored output.
 
 Read once (:func:`metadata_of`), written by :func:`faces.io.write_image` in what each format holds
-(:meth:`Metadata.for_file`): Pillow writes them into 8-bit files; the files it cannot write (16-bit PNG and TIFF,
-gray+alpha PNG) get them here (:func:`png_with`, :func:`deep_tiff`).
+(:meth:`Metadata.for_file`): Pillow writes them into JPEG, WebP, 8-bit TIFF and BMP files; PNGs (encoded by OpenCV,
+faster than Pillow) and 16-bit TIFFs get them here (:func:`png_with`, :func:`deep_tiff`).
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ def sized_exif(exif: bytes, width: int, height: int, limit: int | None = None,
 
 
 def save_options(fmt: str, meta: Metadata) -> dict:
-    """Pillow's ``save`` keywords that embed ``meta`` (:meth:`Metadata.for_file`'s) in a ``fmt`` file."""
+    """Pillow's ``save`` keywords that embed ``meta`` (:meth:`Metadata.for_file`'s) in a ``fmt`` file (JPEG, WebP,
+    TIFF, BMP; PNGs get theirs from :func:`png_with`)."""
     extra: dict = {"dpi": meta.dpi} if meta.dpi and fmt != "WEBP" else {}  # (WebP's density is its EXIF's)
     comment = dict(meta.text).get("Comment")
     if fmt == "JPEG" and comment:
@@ -151,15 +152,7 @@ def save_options(fmt: str, meta: Metadata) -> dict:
         return extra
     if meta.exif:
         extra["exif"] = meta.exif
-    if (meta.xmp or meta.text) and fmt == "PNG":  # Pillow writes a PNG's XMP as the iTXt chunk readers look for
-        from PIL import PngImagePlugin
-
-        extra["pnginfo"] = PngImagePlugin.PngInfo()
-        for key, value in meta.text:  # (iTXt where Latin-1 cannot hold it)
-            extra["pnginfo"].add_text(key, value, zip=len(value) > 1024)
-        if meta.xmp:
-            extra["pnginfo"].add_itxt("XML:com.adobe.xmp", meta.xmp.decode("utf-8", "replace"))
-    elif meta.xmp and (fmt != "JPEG" or len(meta.xmp) <= JPEG_SEGMENT):  # (no extended XMP in JPEG)
+    if meta.xmp and (fmt != "JPEG" or len(meta.xmp) <= JPEG_SEGMENT):  # (no extended XMP in JPEG)
         extra["xmp"] = meta.xmp
     return extra
 
@@ -228,13 +221,13 @@ def png_gray_alpha(px: np.ndarray) -> bytes:
     big = px.astype(">u2") if px.dtype == np.uint16 else px
     raw = b"".join(b"\x00" + big[y].tobytes() for y in range(h))
     head = struct.pack(">IIBBBBB", w, h, 16 if px.dtype == np.uint16 else 8, 4, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", head) + png_chunk(b"IDAT", zlib.compress(raw, 6))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", head) + png_chunk(b"IDAT", zlib.compress(raw, 1))
             + png_chunk(b"IEND", b""))
 
 
 def png_with(data: bytes, meta: Metadata) -> bytes:
-    """A PNG another encoder wrote (OpenCV's 16-bit one, :func:`png_gray_alpha`) with the chunks Pillow writes into an
-    8-bit one, placed after its header: the colour profile (iCCP), density (pHYs), EXIF (eXIf), XMP and text."""
+    """A PNG (OpenCV's, :func:`png_gray_alpha`'s) with ``meta``'s chunks placed after its header: the colour profile
+    (iCCP), density (pHYs), EXIF (eXIf), XMP (iTXt, as Adobe's readers look for it) and text (tEXt, else iTXt)."""
     chunks, exif = b"", meta.exif
     if meta.icc:
         chunks += png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(meta.icc))
