@@ -112,7 +112,7 @@ def sized_exif(exif: bytes, width: int, height: int, limit: int | None = None,
 
     parsed = Image.Exif()
     parsed.load(exif)
-    sub = parsed.get_ifd(0x8769)  # the Exif IFD: PixelXDimension, PixelYDimension
+    sub = parsed.get_ifd(0x8769) if 0x8769 in parsed else {}  # the Exif IFD: PixelXDimension, PixelYDimension
     for tag, value in ((0xA002, width), (0xA003, height)):
         if tag in sub:
             sub[tag] = value
@@ -138,7 +138,7 @@ def save_options(fmt: str, meta: Metadata) -> dict:
         extra["extra"] = iptc_segment(meta.iptc)  # (Pillow's key for segments it writes as given)
     if meta.icc:
         extra["icc_profile"] = meta.icc
-    if fmt == "TIFF" and (meta.exif or meta.xmp or meta.iptc):  # a TIFF's EXIF is its first directory: XMP, IPTC too
+    if fmt == "TIFF":  # a TIFF's EXIF is its first directory: XMP, IPTC and the predictor go there too
         from PIL import Image
 
         tags = Image.Exif()
@@ -148,8 +148,10 @@ def save_options(fmt: str, meta: Metadata) -> dict:
             tags[700] = meta.xmp
         if meta.iptc:
             tags[33723] = meta.iptc
-        extra["exif"] = tags
-        return extra
+        if any(k in tags and tags.get_ifd(k) for k in (0x8769, 0x8825)):  # only Pillow's own writer keeps them (raw)
+            return {**extra, "exif": tags}
+        tags[317] = 2  # LZW with horizontal differencing, as OpenCV writes a TIFF (raw is 2.4x larger)
+        return {**extra, "exif": tags, "compression": "tiff_lzw"}
     if meta.exif:
         extra["exif"] = meta.exif
     if meta.xmp and (fmt != "JPEG" or len(meta.xmp) <= JPEG_SEGMENT):  # (no extended XMP in JPEG)
@@ -201,7 +203,10 @@ def texts(im) -> tuple[tuple[str, str], ...]:
 
 def density(im, orientation: int = 1) -> tuple[float, float] | None:
     """The image's pixel density (dots per inch: Pillow's ``dpi`` of a JPEG, PNG, TIFF or BMP), as the upright
-    pixels have it (a quarter turn swaps its axes); None when it records none or a senseless one."""
+    pixels have it (a quarter turn swaps its axes); None when it records none (Pillow gives a TIFF without one 1 dpi)
+    or a senseless one."""
+    if im.format == "TIFF" and 282 not in getattr(im, "tag_v2", {}):
+        return None
     try:
         x, y = (float(v) for v in im.info["dpi"])
     except (KeyError, TypeError, ValueError):
@@ -267,7 +272,8 @@ def deep_tiff(pixels: np.ndarray, meta: Metadata) -> bytes:
     alpha = pixels.ndim == 3 and pixels.shape[2] in (2, 4)
     buf = io.BytesIO()
     tifffile.imwrite(buf, pixels, photometric="rgb" if colour else "minisblack", planarconfig="contig",
-                     extrasamples=("unassalpha",) if alpha else None, compression="zlib", iccprofile=meta.icc,
+                     extrasamples=("unassalpha",) if alpha else None, compression="zlib", predictor=True,
+                     compressionargs={"level": 1}, iccprofile=meta.icc,
                      resolution=meta.dpi, resolutionunit="inch" if meta.dpi else None, metadata=None, software=False,
                      extratags=tags)
     return buf.getvalue()
