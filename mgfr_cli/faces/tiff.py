@@ -27,9 +27,9 @@ def is_tiff(data: bytes) -> bool:
 
 
 def read_tiff(data: bytes, check_size: Callable[[int, int], None]) -> tuple[np.ndarray, int, bool, Metadata, str]:
-    """``(pixels, orientation, gray_alpha, metadata, note)`` of the first page, upright's density; ``check_size``
-    (width, height) raises before it is decoded when it is too large; ValueError when it is not gray or RGB
-    (palette, CMYK, YCbCr, Lab: Pillow's job) or tifffile cannot decode it."""
+    """``(pixels, orientation, gray_alpha, metadata, note)`` of the first page (pixels as stored, the density as the
+    upright ones have it); ``check_size(width, height)`` raises before it is decoded when it is too large;
+    ValueError when it is not gray or RGB (palette, CMYK, YCbCr, Lab: Pillow's job) or tifffile cannot decode it."""
     import tifffile
 
     try:
@@ -76,6 +76,8 @@ def read_tiff(data: bytes, check_size: Callable[[int, int], None]) -> tuple[np.n
 def _depth(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype in (np.uint8, np.uint16):
         return pixels.copy()
+    if pixels.dtype == bool:  # bilevel
+        return pixels.astype(np.uint8) * 255
     if pixels.dtype.kind == "f":  # as Pillow's float TIFFs: 0..1 is the usual range, else 0..255
         px = np.nan_to_num(pixels.astype(np.float32))
         return np.clip(np.rint(px * (255.0 if px.max(initial=0.0) <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
