@@ -266,3 +266,17 @@ def test_a_tiff_with_metadata_is_compressed_as_one_without(tmp_path):
     for name in ("dpi.tif", "deep.tif", "camera.tif"):
         back = read_image(tmp_path / name).pixels
         assert np.array_equal(back, pixels if back.dtype == np.uint8 else pixels.astype(np.uint16) * 257), name
+
+
+def test_a_channel_pillow_leaves_out_of_a_tiff_is_said(tmp_path):
+    """An 8-bit RGBA TIFF with a spot channel beside it is read by Pillow, which drops the spot channel without a
+    word; the summary says so now, as for the TIFFs tifffile reads."""
+    import tifffile
+
+    rgba = np.random.default_rng(4).integers(0, 255, (6, 8, 4), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "spot8.tif", np.dstack([rgba, rgba[..., 0]]), photometric="rgb",
+                     extrasamples=("unassalpha", "unspecified"))
+    photo = read_image(tmp_path / "spot8.tif")
+    assert np.array_equal(photo.pixels, rgba) and photo.note == "1 extra channel(s) not kept (only colour and alpha are)"
+    tifffile.imwrite(tmp_path / "plain.tif", rgba, photometric="rgb", extrasamples=("unassalpha",))
+    assert read_image(tmp_path / "plain.tif").note == ""

@@ -20,6 +20,7 @@ import numpy as np
 
 from mgfr_cli.errors import InputError, OutputError
 from mgfr_cli.faces.metadata import Metadata, deep_tiff, metadata_of, png_gray_alpha, png_with, save_options
+from mgfr_cli.faces.tiff import dropped_by_pillow, is_tiff, read_tiff
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
@@ -150,13 +151,12 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
         except (OSError, ValueError, SyntaxError) as exc:
             return _tiff_photo(data, path, check_size, f"truncated or corrupt image ({exc})")
         frames = getattr(im, "n_frames", 1)
-        return _pil_photo(im, data, path, f"only the first of {frames} frames restored" if frames > 1 else "")
+        notes = [f"only the first of {frames} frames restored"] * (frames > 1) + dropped_by_pillow(im)
+        return _pil_photo(im, data, path, "; ".join(notes))
 
 
 def _tiff_photo(data: bytes, path: Path, check_size, why: str) -> Photo:
     """A TIFF Pillow could not decode, read with tifffile (:mod:`faces.tiff`); else ``why`` Pillow could not."""
-    from mgfr_cli.faces.tiff import is_tiff, read_tiff
-
     if not is_tiff(data):
         raise InputError(f"{path}: {why}")
     try:

@@ -73,6 +73,13 @@ def read_tiff(data: bytes, check_size: Callable[[int, int], None]) -> tuple[np.n
     return np.ascontiguousarray(pixels), orientation, gray_alpha, _metadata(tags, orientation), "; ".join(notes)
 
 
+def dropped_by_pillow(im) -> list[str]:
+    """What Pillow leaves out of a TIFF it reads: samples beyond its mode's (a spot channel, a saved selection)."""
+    samples = getattr(im, "tag_v2", {}).get(277, 0) if im.format == "TIFF" else 0
+    extra = int(samples if isinstance(samples, int) else 0) - len(im.getbands())
+    return [f"{extra} extra channel(s) not kept (only colour and alpha are)"] if extra > 0 else []
+
+
 def _depth(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype in (np.uint8, np.uint16):
         return pixels.copy()
