@@ -1,5 +1,6 @@
 """What a photo carries besides its pixels survives restoration in every format and depth mgfr writes: the colour
-profile, EXIF, XMP, the pixel density, and a gray+alpha photo's alpha."""
+profile, EXIF, XMP, the pixel density, text, IPTC, a gray+alpha photo's alpha; TIFFs Pillow cannot decode are read;
+metadata never makes an output slower to write or larger."""
 
 import json
 
@@ -13,8 +14,6 @@ from mgfr_cli.faces.metadata import Metadata
 COMMON = ("--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
 XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
        b'<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="4"/></rdf:RDF></x:xmpmeta>')
-
-
 PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # (its header holds the time made)
 
 
