@@ -279,3 +279,27 @@ def test_a_channel_pillow_leaves_out_of_a_tiff_is_said(tmp_path):
     assert np.array_equal(photo.pixels, rgba) and photo.note == "1 extra channel(s) not kept (only colour and alpha are)"
     tifffile.imwrite(tmp_path / "plain.tif", rgba, photometric="rgb", extrasamples=("unassalpha",))
     assert read_image(tmp_path / "plain.tif").note == ""
+
+
+def test_a_pngs_gamma_and_chromaticities_are_written_back(tmp_path):
+    """A PNG's gAMA and cHRM (an old Mac's 1.8-gamma PNG; browsers show it by them) and sRGB chunks were dropped, so
+    its restored copy showed lighter or darker; they are written back into its PNG output."""
+    import struct
+    import zlib
+
+    import cv2
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    pixels = np.random.default_rng(5).integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    plain = cv2.imencode(".png", pixels[..., ::-1])[1].tobytes()
+    mac = chunk(b"gAMA", struct.pack(">I", 55556)) + chunk(b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000,
+                                                                                 30000, 60000, 15000, 6000))
+    for name, chunks, info in (("mac.png", mac, {"gamma": 0.55556}), ("srgb.png", chunk(b"sRGB", b"\1"), {"srgb": 1})):
+        (tmp_path / name).write_bytes(plain[:33] + chunks + plain[33:])
+        photo = read_image(tmp_path / name)
+        write_image(tmp_path / f"out_{name}", photo.pixels, meta=photo.meta)
+        written = Image.open(tmp_path / f"out_{name}").info
+        assert {k: written.get(k) for k in info} == info, written
+    assert Image.open(tmp_path / "out_mac.png").info["chromaticity"] == (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)

@@ -20,7 +20,8 @@ import numpy as np
 class Metadata:
     """A photo's metadata: EXIF and XMP with their orientation set to 1 (the pixels are turned upright when read),
     the colour profile, the pixel density (a scan's dots per inch, upright), text (a PNG's title, author, comments,
-    a generator's ``parameters``; a JPEG's ``Comment``) and the IPTC-IIM block of older captioning tools."""
+    a generator's ``parameters``; a JPEG's ``Comment``), the IPTC-IIM block of older captioning tools and a PNG's
+    colour chunks (its gamma: browsers show an old Mac's 1.8-gamma PNG by it)."""
 
     icc: bytes | None = None
     exif: bytes | None = None
@@ -28,6 +29,7 @@ class Metadata:
     dpi: tuple[float, float] | None = None
     text: tuple[tuple[str, str], ...] = ()
     iptc: bytes | None = None
+    png_colour: tuple[tuple[bytes, bytes], ...] = ()  # a PNG's sRGB, gAMA, cHRM chunks (name, body): how to show it
 
     def scaled(self, factor: float) -> "Metadata":
         """For an output ``factor`` times the photo's size: the density scaled, so it prints at the same size."""
@@ -36,13 +38,14 @@ class Metadata:
     def for_file(self, ext: str, pixels: np.ndarray) -> "Metadata":
         """What a ``ext`` file of ``pixels`` holds of it: the profile where it describes them; EXIF and XMP but in
         BMP, the EXIF's pixel size and density the image's (trimmed to a JPEG's segment); text whole in PNG, the
-        ``Comment`` in JPEG; IPTC in JPEG and TIFF."""
+        ``Comment`` in JPEG; IPTC in JPEG and TIFF; the colour chunks in PNG."""
         jpeg, exif = ext in (".jpg", ".jpeg"), None
         if self.exif and ext != ".bmp":
             exif = sized_exif(self.exif, pixels.shape[1], pixels.shape[0], JPEG_SEGMENT if jpeg else None, self.dpi)
         return Metadata(fitting_profile(self.icc, pixels), exif, None if ext == ".bmp" else self.xmp, self.dpi,
                         self.text if ext == ".png" else tuple((k, v) for k, v in self.text if k == "Comment" and jpeg),
-                        self.iptc if jpeg or ext in (".tif", ".tiff") else None)
+                        self.iptc if jpeg or ext in (".tif", ".tiff") else None,
+                        self.png_colour if ext == ".png" else ())
 
     def pil_info(self, pixels: np.ndarray) -> dict:
         """Where Pillow keeps them in an image's ``info`` (``save(..., exif=im.info["exif"])`` writes them back)."""
@@ -51,13 +54,13 @@ class Metadata:
         return {k: v for k, v in pairs if v}
 
     def __bool__(self) -> bool:
-        return any((self.icc, self.exif, self.xmp, self.dpi, self.text, self.iptc))
+        return any((self.icc, self.exif, self.xmp, self.dpi, self.text, self.iptc, self.png_colour))
 
 
 def metadata_of(im, orientation: int = 1) -> Metadata:
     """The metadata of a loaded PIL image whose pixels are turned upright from ``orientation``."""
     return Metadata(im.info.get("icc_profile") or None, upright_exif(im), upright_xmp(im.info.get("xmp")),
-                    density(im, orientation), texts(im), iptc_of(im))
+                    density(im, orientation), texts(im), iptc_of(im), png_colour(im))
 
 # TIFF tags that describe how the file's own pixels are laid out (a TIFF's EXIF is its IFD0): never carried over
 LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 292, 293, 317, 320, 322, 323, 324,
@@ -201,6 +204,23 @@ def texts(im) -> tuple[tuple[str, str], ...]:
     return (("Comment", comment),)
 
 
+def png_colour(im) -> tuple[tuple[bytes, bytes], ...]:
+    """A PNG's sRGB, gAMA and cHRM chunks, rebuilt from what Pillow read of them."""
+    if im.format != "PNG":
+        return ()
+    info, chunks = im.info, []
+    try:
+        if "srgb" in info:
+            chunks.append((b"sRGB", bytes([int(info["srgb"])])))
+        if info.get("gamma"):
+            chunks.append((b"gAMA", struct.pack(">I", round(float(info["gamma"]) * 100000))))
+        if len(info.get("chromaticity", ())) == 8:
+            chunks.append((b"cHRM", struct.pack(">8I", *(round(float(v) * 100000) for v in info["chromaticity"]))))
+    except (TypeError, ValueError, struct.error):  # a malformed chunk: left out
+        return ()
+    return tuple(chunks)
+
+
 def density(im, orientation: int = 1) -> tuple[float, float] | None:
     """The image's pixel density (dots per inch: Pillow's ``dpi`` of a JPEG, PNG, TIFF or BMP), as the upright
     pixels have it (a quarter turn swaps its axes); None when it records none (Pillow gives a TIFF without one 1 dpi)
@@ -231,9 +251,10 @@ def png_gray_alpha(px: np.ndarray) -> bytes:
 
 
 def png_with(data: bytes, meta: Metadata) -> bytes:
-    """A PNG (OpenCV's, :func:`png_gray_alpha`'s) with ``meta``'s chunks placed after its header: the colour profile
-    (iCCP), density (pHYs), EXIF (eXIf), XMP (iTXt, as Adobe's readers look for it) and text (tEXt, else iTXt)."""
-    chunks, exif = b"", meta.exif
+    """A PNG (OpenCV's, :func:`png_gray_alpha`'s) with ``meta``'s chunks placed after its header: its colour chunks,
+    profile (iCCP), density (pHYs), EXIF (eXIf), XMP (iTXt, as Adobe's readers look for it) and text (tEXt, else
+    iTXt)."""
+    chunks, exif = b"".join(png_chunk(name, body) for name, body in meta.png_colour), meta.exif
     if meta.icc:
         chunks += png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(meta.icc))
     if meta.dpi:  # pixels per metre
