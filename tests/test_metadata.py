@@ -185,7 +185,7 @@ def test_the_iptc_block_of_a_jpeg_or_tiff_is_written_back(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # (Pillow's, on the junk file)
-def test_tiffs_pillow_cannot_decode_are_read_with_tifffile(tmp_path):
+def test_tiffs_pillow_cannot_decode_are_read_with_tifffile(tmp_path, caplog):
     """A retoucher's 16-bit RGBA TIFF with a spot channel beside it, a float RGB TIFF and a premultiplied one were
     "not a readable image"; read now (alpha made straight, the extra channel said dropped, turned upright by its
     orientation, its profile and density kept), and over --max-megapixels refused before decoding."""
@@ -222,6 +222,10 @@ def test_tiffs_pillow_cannot_decode_are_read_with_tifffile(tmp_path):
     (tmp_path / "junk.tif").write_bytes(b"II*\0" + b"\xff" * 64)
     with pytest.raises(InputError, match="junk.tif: not a readable image; nor by tifffile"):
         read_image(tmp_path / "junk.tif")
+    (tmp_path / "header.tif").write_bytes(b"II*\0\x08\0\0\0")  # a header and nothing else (a copy cut short)
+    with pytest.raises(InputError, match=r"header.tif: not a readable image; nor by tifffile \(no image it can decode\)$"):
+        read_image(tmp_path / "header.tif")
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]  # its own warnings not printed besides
 
 
 def test_a_pngs_metadata_does_not_change_how_its_pixels_are_encoded(tmp_path):

@@ -30,8 +30,13 @@ def read_tiff(data: bytes, check_size: Callable[[int, int], None]) -> tuple[np.n
     """``(pixels, orientation, gray_alpha, metadata, note)`` of the first page (pixels as stored, the density as the
     upright ones have it); ``check_size(width, height)`` raises before it is decoded when it is too large;
     ValueError when it is not gray or RGB (palette, CMYK, YCbCr, Lab: Pillow's job) or tifffile cannot decode it."""
+    import logging
+
     import tifffile
 
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its warnings on a damaged file, while mgfr reads one: the error line says it
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages.first
@@ -45,7 +50,10 @@ def read_tiff(data: bytes, check_size: Callable[[int, int], None]) -> tuple[np.n
     except MgfrError:
         raise
     except Exception as exc:  # noqa: BLE001 - tifffile's errors are many kinds: one line for the caller
-        raise ValueError(str(exc) or type(exc).__name__) from None
+        said = str(exc) if isinstance(exc, (ValueError, OSError)) else ""  # (tifffile's format errors are these)
+        raise ValueError(said if len(said) > 3 else "no image it can decode") from None
+    finally:
+        logger.setLevel(level)
     if photometric not in (0, 1, 2):  # min-is-white, min-is-black, RGB
         raise ValueError(f"photometric interpretation {photometric} (not gray or RGB)")
     if pixels.ndim == 3 and int(page.planarconfig) == 2:  # planes first
