@@ -117,3 +117,20 @@ def test_yaml_settings_the_flags_replace_are_said_after_the_run(tiny_root, astro
     assert (f"note: --prompt: used instead of the prompt in 2 YAML file(s) ({folder / 'a.yaml'}, {folder / 'b.yaml'})"
             in text), text
     assert text.count("used instead of") == 1  # negative_prompt and refs: no flag replaced them
+
+
+def test_same_photo_is_the_same_file_by_any_path_or_a_byte_copy(tmp_path):
+    """What a references folder leaves out for the photo being restored: the photo by another spelling, a link or
+    a hard link to it, or a copy of its bytes; not another photo of the same size, nor a missing file."""
+    from mgfr_cli.faces.io import same_photo
+
+    (tmp_path / "sub").mkdir()
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"\xff\xd8" + bytes(range(256)) * 4)
+    (tmp_path / "copy.jpg").write_bytes(photo.read_bytes())
+    (tmp_path / "other.jpg").write_bytes(b"\xff\xd8" + bytes(range(255, -1, -1)) * 4)
+    (tmp_path / "link.jpg").symlink_to(photo)
+    (tmp_path / "hard.jpg").hardlink_to(photo)
+    for same in (tmp_path / "sub" / ".." / "a.jpg", tmp_path / "link.jpg", tmp_path / "hard.jpg", tmp_path / "copy.jpg"):
+        assert same_photo(same, photo), same
+    assert not same_photo(tmp_path / "other.jpg", photo) and not same_photo(tmp_path / "gone.jpg", photo)

@@ -203,7 +203,7 @@ def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tup
             if not images:
                 raise InputError(f"{r}: reference folder holds no images")
             made = restore_outputs(r, [p.name for p in r.iterdir()]) or set()
-            theirs = [p for p in images if p.resolve() not in made] or images  # all restore's: asked for as such
+            theirs = [p for p in images if not made or p.resolve() not in made] or images  # all restore's: as asked
             out += [p for p in theirs if own is None or not same_photo(p, own)]
         elif r.is_file():
             out.append(r)

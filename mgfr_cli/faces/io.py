@@ -262,9 +262,9 @@ def same_photo(a: Path, b: Path) -> bool:
     """The same file, or a copy of it (the same bytes: ``IMG_1 (1).jpg``, an upload of it)."""
     import filecmp
 
-    try:
-        return Path(a).resolve() == Path(b).resolve() or (
-            Path(a).stat().st_size == Path(b).stat().st_size and filecmp.cmp(a, b, shallow=False))
+    try:  # (two stats: resolving both paths cost 0.2 ms a pair, a 200-photo references folder 40 ms a face)
+        sa, sb = os.stat(a), os.stat(b)
+        return os.path.samestat(sa, sb) or (sa.st_size == sb.st_size and filecmp.cmp(a, b, shallow=False))
     except OSError:
         return False
 
