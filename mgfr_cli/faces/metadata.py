@@ -62,6 +62,7 @@ def metadata_of(im, orientation: int = 1) -> Metadata:
     return Metadata(im.info.get("icc_profile") or None, upright_exif(im), upright_xmp(im.info.get("xmp")),
                     density(im, orientation), texts(im), iptc_of(im), png_colour(im))
 
+
 # TIFF tags that describe how the file's own pixels are laid out (a TIFF's EXIF is its IFD0): never carried over
 LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 292, 293, 317, 320, 322, 323, 324,
                325, 338, 339, 340, 341, 513, 514, 529, 530, 531, 532}
