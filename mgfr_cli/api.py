@@ -155,8 +155,9 @@ class Restorer:
             background = paste_back(self.helper, self.upsampler, photo, [], [], upscale)
             return RestoreResult(_like(background, photo, kind), [], notes + ["no face detected"])
         path = Path(image) if isinstance(image, (str, Path)) else None
-        given = _expand(refs, path)  # a references folder holding the photo gives it the others
-        if len(given) < len(_expand(refs)):
+        left_out: list = []
+        given = _expand(refs, path, left_out)  # a references folder holding the photo gives it the others
+        if left_out:
             notes.append(own_references_note([path]))
         references = tuple(self._reference(r, has_aligned) for r in given)
         conditions = [FaceConditions(prompt, negative_prompt, references) if references or library is None else
@@ -308,12 +309,12 @@ def _library_options(library, ref_k, ref_threshold, refs) -> list[str]:
     return [f"{', '.join(named)}: not used without a library"] if named and library is None else []
 
 
-def _expand(refs, photo: Path | None = None) -> list:
+def _expand(refs, photo: Path | None = None, left_out: list | None = None) -> list:
     from mgfr_cli.faces.conditions import expand_refs
 
     out = []
     for r in refs or ():
-        out += list(expand_refs((Path(r),), photo)) if isinstance(r, (str, Path)) else [r]
+        out += list(expand_refs((Path(r),), photo, left_out)) if isinstance(r, (str, Path)) else [r]
     return out
 
 

@@ -229,8 +229,9 @@ class BatchRestorer:
                     ) -> tuple[AlignedFace, ...]:
         """The aligned references of ``spec``; a references folder holding ``source`` (the photo being restored) gives
         it the others (said after the run)."""
-        refs, files = [], expand_refs(spec.refs, source)
-        if source is not None and len(files) < len(expand_refs(spec.refs)):
+        refs, left_out = [], []
+        files = expand_refs(spec.refs, source, left_out)  # (listed once a face)
+        if left_out:
             self.own_refs[source] = None
         for path in files:
             key = path.resolve()

@@ -187,12 +187,13 @@ def own_references_note(photos: list[Path]) -> str:
             f"gives a photo the others; name a file to use it)")
 
 
-def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tuple[Path, ...]:
+def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None, left_out: list | None = None
+                ) -> tuple[Path, ...]:
     """Reference files: given files as they are, folders as the images directly in them (sorted), but ``photo``,
     the one being restored, or a copy of it (``restore family/ --ref family/`` gives each photo the others; a file
     named as its own reference is used, as named), and the outputs ``mgfr restore`` wrote there beside the user's
     photos (its summary lists them: restored faces are mgfr's inventions; a folder of outputs only is used as it
-    is, as asked)."""
+    is, as asked). ``left_out`` gets the files left out as ``photo`` (its copies)."""
     from mgfr_cli.ownership import restore_outputs
 
     own = Path(photo) if photo is not None else None
@@ -204,7 +205,11 @@ def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None) -> tup
                 raise InputError(f"{r}: reference folder holds no images")
             made = restore_outputs(r, [p.name for p in r.iterdir()]) or set()
             theirs = [p for p in images if not made or p.resolve() not in made] or images  # all restore's: as asked
-            out += [p for p in theirs if own is None or not same_photo(p, own)]
+            for p in theirs:
+                if own is None or not same_photo(p, own):
+                    out.append(p)
+                elif left_out is not None:
+                    left_out.append(p)
         elif r.is_file():
             out.append(r)
         else:
