@@ -307,3 +307,59 @@ def test_a_pngs_gamma_and_chromaticities_are_written_back(tmp_path):
         written = Image.open(tmp_path / f"out_{name}").info
         assert {k: written.get(k) for k in info} == info, written
     assert Image.open(tmp_path / "out_mac.png").info["chromaticity"] == (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
+
+
+def test_what_describes_the_inputs_bytes_is_not_carried(tmp_path):
+    """A Photoshop TIFF's first directory (its EXIF) held its layers, its resources (a thumbnail of the unrestored
+    photo) and a CMYK profile: all were written into the restored copy, so Photoshop opened the old layers instead
+    of the restored pixels and the RGB output of a CMYK TIFF carried the CMYK profile. A phone's XMP claimed a
+    motion photo's clip and an Ultra HDR gain map appended to the input (not to the output) and held a thumbnail;
+    its pixel size and density were the input's. None of it is carried now; the rest of the metadata is."""
+    import tifffile
+    from PIL import TiffImagePlugin
+
+    cmyk_profile = bytearray(PROFILE)
+    cmyk_profile[16:20] = b"CMYK"
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[271], tags[34377], tags[37724] = "Canon", b"8BIM\x04\x0c" + bytes(64), b"Adobe Photoshop Document Data Block"
+    tags.tagtype[34377], tags.tagtype[37724] = 1, 7
+    pixels = np.random.default_rng(0).integers(0, 255, (30, 40, 4), dtype=np.uint8)
+    Image.fromarray(pixels, "CMYK").save(tmp_path / "layered.tif", tiffinfo=tags, icc_profile=bytes(cmyk_profile))
+    photo = read_image(tmp_path / "layered.tif")
+    for name in ("out.tif", "out.jpg", "out.png"):
+        write_image(tmp_path / name, photo.pixels, meta=photo.meta)
+        written = Image.open(tmp_path / name)
+        kept = set(written.getexif())
+        assert 271 in kept and not kept & {34377, 37724, 34675}, (name, sorted(kept))
+        assert not written.info.get("icc_profile"), name
+
+    phone = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+             b'<rdf:Description xmlns:GCamera="http://ns.google.com/photos/1.0/camera/" xmlns:tiff='
+             b'"http://ns.adobe.com/tiff/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/" xmlns:xmp="http://ns.adobe.'
+             b'com/xap/1.0/" xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/" GCamera:MotionPhoto="1" '
+             b'GCamera:MotionPhotoVersion="1" hdrgm:Version="1.0" tiff:Orientation="6" exif:PixelXDimension="40" '
+             b'xmp:Rating="5"><tiff:ImageLength>30</tiff:ImageLength><tiff:XResolution>72/1</tiff:XResolution>'
+             b'<Container:Directory><rdf:Seq><rdf:li rdf:parseType="Resource"><Container:Item Item:Mime="video/mp4" '
+             b'Item:Semantic="MotionPhoto" Item:Length="2374568"/></rdf:li></rdf:Seq></Container:Directory>'
+             b'<xmp:Thumbnails><rdf:Alt><rdf:li>/9j/4AAQSkZJRg</rdf:li></rdf:Alt></xmp:Thumbnails>'
+             b'</rdf:Description></rdf:RDF></x:xmpmeta>')
+    rgb = np.ascontiguousarray(pixels[:, :, :3])
+    Image.fromarray(rgb).save(tmp_path / "phone.jpg", xmp=phone, dpi=(72, 72))
+    photo = read_image(tmp_path / "phone.jpg")
+    double = np.repeat(np.repeat(photo.pixels, 2, 0), 2, 1)
+    assert double.shape[:2] == (80, 60)  # turned upright by the XMP's orientation (Pillow reads it as the EXIF's)
+    for name in ("phone_out.jpg", "phone_out.png", "phone_out.tif"):
+        write_image(tmp_path / name, double, meta=photo.meta.scaled(2))
+        xmp = read_image(tmp_path / name).meta.xmp
+        for stale in (b"GCamera:MotionPhoto", b"hdrgm:Version", b"Container:", b"Thumbnails", b"/9j/"):
+            assert stale not in xmp, (name, stale)
+        assert b'xmp:Rating="5"' in xmp and b'tiff:Orientation="1"' in xmp, name
+        assert b'exif:PixelXDimension="60"' in xmp and b"<tiff:ImageLength>80</tiff:ImageLength>" in xmp, name
+        assert b"<tiff:XResolution>144/1</tiff:XResolution>" in xmp, name
+    info = photo.meta.scaled(2).pil_info(double)  # the Python API's PIL result: the same
+    assert b'exif:PixelXDimension="60"' in info["xmp"] and b"Container:" not in info["xmp"]
+
+    sideways = np.random.default_rng(1).random((6, 8, 3), dtype=np.float32)  # read by tifffile, not Pillow
+    tifffile.imwrite(tmp_path / "float.tif", sideways, photometric="rgb", extratags=[
+        (274, "H", 1, 6, True), (700, "B", len(phone), phone, True)])
+    assert b'tiff:Orientation="1"' in read_image(tmp_path / "float.tif").meta.xmp

@@ -37,20 +37,22 @@ class Metadata:
 
     def for_file(self, ext: str, pixels: np.ndarray) -> "Metadata":
         """What a ``ext`` file of ``pixels`` holds of it: the profile where it describes them; EXIF and XMP but in
-        BMP, the EXIF's pixel size and density the image's (trimmed to a JPEG's segment); text whole in PNG, the
+        BMP, their pixel size and density the image's (the EXIF trimmed to a JPEG's segment); text whole in PNG, the
         ``Comment`` in JPEG; IPTC in JPEG and TIFF; the colour chunks in PNG."""
         jpeg, exif = ext in (".jpg", ".jpeg"), None
         if self.exif and ext != ".bmp":
             exif = sized_exif(self.exif, pixels.shape[1], pixels.shape[0], JPEG_SEGMENT if jpeg else None, self.dpi)
-        return Metadata(fitting_profile(self.icc, pixels), exif, None if ext == ".bmp" else self.xmp, self.dpi,
+        xmp = sized_xmp(self.xmp, pixels.shape[1], pixels.shape[0], self.dpi) if self.xmp and ext != ".bmp" else None
+        return Metadata(fitting_profile(self.icc, pixels), exif, xmp, self.dpi,
                         self.text if ext == ".png" else tuple((k, v) for k, v in self.text if k == "Comment" and jpeg),
                         self.iptc if jpeg or ext in (".tif", ".tiff") else None,
                         self.png_colour if ext == ".png" else ())
 
     def pil_info(self, pixels: np.ndarray) -> dict:
-        """Where Pillow keeps them in an image's ``info`` (``save(..., exif=im.info["exif"])`` writes them back)."""
-        pairs = (*self.text, ("icc_profile", fitting_profile(self.icc, pixels)), ("exif", self.exif),
-                 ("xmp", self.xmp), ("dpi", self.dpi))
+        """Where Pillow keeps them in an image's ``info`` (``save(..., exif=im.info["exif"])`` writes them back), as
+        a file of ``pixels`` holds them (the profile where it fits, the EXIF's and XMP's pixel size and density)."""
+        meta = self.for_file(".png", pixels)
+        pairs = (*meta.text, ("icc_profile", meta.icc), ("exif", meta.exif), ("xmp", meta.xmp), ("dpi", meta.dpi))
         return {k: v for k, v in pairs if v}
 
     def __bool__(self) -> bool:
@@ -66,6 +68,16 @@ def metadata_of(im, orientation: int = 1) -> Metadata:
 # TIFF tags that describe how the file's own pixels are laid out (a TIFF's EXIF is its IFD0): never carried over
 LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 292, 293, 317, 320, 322, 323, 324,
                325, 338, 339, 340, 341, 513, 514, 529, 530, 531, 532}
+# IFD0 tags of a TIFF's (or an odd EXIF's) that are not carried in the EXIF either: those that hold the unrestored
+# pixels or point into the input's bytes (SubIFDs, Photoshop's resources with their thumbnail, its layers, which
+# Photoshop opens instead of the pixels), and those carried on their own (the profile, by the fitting rule; XMP,
+# upright; IPTC)
+STALE_TAGS = {330, 34377, 37724, 34675, 700, 33723}
+# XMP properties of what is not carried into the output: a thumbnail of the unrestored photo, a motion photo's clip
+# and an Ultra HDR photo's gain map (appended to the input's file: a reader of the output's XMP would look for them)
+XMP_STALE = re.compile(rb'\s(?:GCamera:(?:MotionPhoto|MicroVideo)\w*|hdrgm:\w+)\s*=\s*(["\']).*?\1'
+                       rb'|<((?:xmp|xap):Thumbnails|Container:Directory|GCamera:(?:MotionPhoto|MicroVideo)\w*'
+                       rb'|hdrgm:\w+)\b[^>]*?(?:/>|>.*?</\2\s*>)', re.S)
 
 
 def upright_xmp(xmp) -> bytes | None:
@@ -73,8 +85,27 @@ def upright_xmp(xmp) -> bytes | None:
     if not xmp:
         return None
     xmp = xmp.encode() if isinstance(xmp, str) else bytes(xmp)
-    xmp = re.sub(rb'(tiff:Orientation\s*=\s*["\'])\d(["\'])', rb"\g<1>1\2", xmp)
-    return re.sub(rb"(<tiff:Orientation>)\s*\d\s*(</tiff:Orientation>)", rb"\g<1>1\2", xmp)
+    return XMP_STALE.sub(b"", xmp_set(xmp, {"tiff:Orientation": 1}))
+
+
+def xmp_set(xmp: bytes, values: dict[str, object]) -> bytes:
+    """``xmp`` with the numbers (or rationals) it records (attribute or element) under a name of ``values`` set to
+    its value there."""
+    for name, value in values.items():
+        key, value = re.escape(name.encode()), str(value).encode()
+        xmp = re.sub(rb'(\s' + key + rb'\s*=\s*["\'])[\d./]+(["\'])', lambda m: m[1] + value + m[2], xmp)
+        xmp = re.sub(rb"(<" + key + rb">)\s*[\d./]+\s*(</" + key + rb">)", lambda m: m[1] + value + m[2], xmp)
+    return xmp
+
+
+def sized_xmp(xmp: bytes, width: int, height: int, dpi: tuple[float, float] | None) -> bytes:
+    """``xmp`` with the pixel size and density it records (if any) set to the written image's, as in its EXIF."""
+    values: dict[str, object] = {"tiff:ImageWidth": width, "tiff:ImageLength": height,
+                                 "exif:PixelXDimension": width, "exif:PixelYDimension": height}
+    if dpi:
+        x, y = (f"{round(v)}/1" if abs(v - round(v)) < 1e-6 else f"{round(v * 10000)}/10000" for v in dpi)
+        values.update({"tiff:XResolution": x, "tiff:YResolution": y, "tiff:ResolutionUnit": 2})  # (in inches)
+    return xmp_set(xmp, values)
 
 
 def upright_exif(im) -> bytes | None:
@@ -87,7 +118,7 @@ def upright_exif(im) -> bytes | None:
             return None
         exif = Image.Exif()  # a copy: the image's own (a caller's PIL image) is left as it is
         exif.load(im.getexif().tobytes())
-        for tag in LAYOUT_TAGS & set(exif):  # a TIFF's own layout (sizes, strips, samples): not the output's
+        for tag in (LAYOUT_TAGS | STALE_TAGS) & set(exif):  # a TIFF's own layout (sizes, strips), its layers...
             del exif[tag]
         exif[0x0112] = 1
         return exif.tobytes()

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from mgfr_cli.errors import MgfrError
-from mgfr_cli.faces.metadata import Metadata
+from mgfr_cli.faces.metadata import Metadata, upright_xmp
 
 MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and big TIFF, either byte order
 ALPHA = {1: "associated", 2: "unassociated"}  # ExtraSamples values that are an alpha
@@ -116,7 +116,7 @@ def _metadata(tags: dict, orientation: int) -> Metadata:
             dpi = dpi[::-1] if orientation in (5, 6, 7, 8) else dpi
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
         pass
-    return Metadata(icc=raw(34675), exif=_text_exif(tags), xmp=raw(700), dpi=dpi, iptc=raw(33723))
+    return Metadata(icc=raw(34675), exif=_text_exif(tags), xmp=upright_xmp(raw(700)), dpi=dpi, iptc=raw(33723))
 
 
 def _text_exif(tags: dict) -> bytes | None:
