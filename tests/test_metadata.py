@@ -314,7 +314,8 @@ def test_what_describes_the_inputs_bytes_is_not_carried(tmp_path):
     photo) and a CMYK profile: all were written into the restored copy, so Photoshop opened the old layers instead
     of the restored pixels and the RGB output of a CMYK TIFF carried the CMYK profile. A phone's XMP claimed a
     motion photo's clip and an Ultra HDR gain map appended to the input (not to the output) and held a thumbnail;
-    its pixel size and density were the input's. None of it is carried now; the rest of the metadata is."""
+    its pixel size and density were the input's. None of it is carried now (the clip and gain map said not kept);
+    the rest of the metadata is."""
     import tifffile
     from PIL import TiffImagePlugin
 
@@ -346,6 +347,7 @@ def test_what_describes_the_inputs_bytes_is_not_carried(tmp_path):
     rgb = np.ascontiguousarray(pixels[:, :, :3])
     Image.fromarray(rgb).save(tmp_path / "phone.jpg", xmp=phone, dpi=(72, 72))
     photo = read_image(tmp_path / "phone.jpg")
+    assert photo.note == "its motion photo's clip not kept; its HDR gain map (shown as SDR) not kept"  # (summary)
     double = np.repeat(np.repeat(photo.pixels, 2, 0), 2, 1)
     assert double.shape[:2] == (80, 60)  # turned upright by the XMP's orientation (Pillow reads it as the EXIF's)
     for name in ("phone_out.jpg", "phone_out.png", "phone_out.tif"):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mgfr_cli.errors import InputError, OutputError
-from mgfr_cli.faces.metadata import Metadata, deep_tiff, metadata_of, png_gray_alpha, png_with, save_options
+from mgfr_cli.faces.metadata import Metadata, appended_parts, deep_tiff, metadata_of, png_gray_alpha, png_with, save_options
 from mgfr_cli.faces.tiff import dropped_by_pillow, is_tiff, read_tiff
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
@@ -151,7 +151,8 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
         except (OSError, ValueError, SyntaxError) as exc:
             return _tiff_photo(data, path, check_size, f"truncated or corrupt image ({exc})")
         frames = getattr(im, "n_frames", 1)
-        notes = [f"only the first of {frames} frames restored"] * (frames > 1) + dropped_by_pillow(im)
+        notes = ([f"only the first of {frames} frames restored"] * (frames > 1) + dropped_by_pillow(im)
+                 + appended_parts(im.info.get("xmp")))
         return _pil_photo(im, data, path, "; ".join(notes))
 
 

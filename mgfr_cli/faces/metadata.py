@@ -88,6 +88,15 @@ def upright_xmp(xmp) -> bytes | None:
     return XMP_STALE.sub(b"", xmp_set(xmp, {"tiff:Orientation": 1}))
 
 
+def appended_parts(xmp) -> list[str]:
+    """What a phone appends to a photo's file and names in its XMP, which the restored copy does not hold."""
+    xmp = xmp.encode() if isinstance(xmp, str) else bytes(xmp or b"")
+    parts = (("motion photo's clip",
+              rb"GCamera:(?:MotionPhoto|MicroVideo)(?:\s*=\s*[\"']|>)1|Item:Semantic=[\"']MotionPhoto"),
+             ("HDR gain map (shown as SDR)", rb"hdrgm:Version|Item:Semantic=[\"']GainMap"))
+    return [f"its {name} not kept" for name, pattern in parts if re.search(pattern, xmp)]
+
+
 def xmp_set(xmp: bytes, values: dict[str, object]) -> bytes:
     """``xmp`` with the numbers (or rationals) it records (attribute or element) under a name of ``values`` set to
     its value there."""
