@@ -23,7 +23,8 @@ from mgfr_cli.faces.metadata import Metadata, appended_parts, deep_tiff, metadat
 from mgfr_cli.faces.tiff import dropped_by_pillow, is_tiff, read_tiff
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif",
+                    ".heic", ".heif")  # (.jfif: what Windows names a JPEG saved from a browser)
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mts", ".m2ts", ".mpg", ".mpeg", ".vob", ".3gp", ".wmv", ".flv")
 DEFAULT_MAX_MEGAPIXELS = 100.0
 
@@ -251,11 +252,11 @@ WRITABLE = ("jpg", "png", "webp", "bmp", "tif", "tiff")
 
 def plain_ext(requested_ext: str, source: Path) -> str:
     """The extension ``requested_ext`` gives ``source`` before looking at its pixels (``auto``: the input's,
-    ``jpeg`` as ``jpg``, formats mgfr does not write as ``png``)."""
+    ``jpeg``, ``jfif``, ``jpe`` as ``jpg``, formats mgfr does not write as ``png``)."""
     if requested_ext != "auto":
         return requested_ext
     ext = source.suffix.lower().lstrip(".")
-    ext = "jpg" if ext == "jpeg" else ext
+    ext = "jpg" if ext in ("jpeg", "jfif", "jpe") else ext
     return ext if ext in WRITABLE else "png"
 
 
