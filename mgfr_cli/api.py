@@ -138,6 +138,8 @@ class Restorer:
                                                                                    face_upsample)
         notes += _yaml_beside(image)
         photo, kind = _as_photo(image)  # restored in colour, returned in its own form (gray, alpha, 16 bit)
+        if photo.note:  # what it is restored without (frames after the first, a motion photo's clip), as the CLI says
+            notes.append(f"{image if kind == 'path' else 'the image'}: {photo.note}")
         rgb = photo.rgb8()
         settings = self.settings(seed=seed, **sampling)
         if not 0 < upscale < float("inf"):

@@ -151,10 +151,7 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
             im.load()
         except (OSError, ValueError, SyntaxError) as exc:
             return _tiff_photo(data, path, check_size, f"truncated or corrupt image ({exc})")
-        frames = getattr(im, "n_frames", 1)
-        notes = ([f"only the first of {frames} frames restored"] * (frames > 1) + dropped_by_pillow(im)
-                 + appended_parts(im.info.get("xmp")))
-        return _pil_photo(im, data, path, "; ".join(notes))
+        return _pil_photo(im, data, path)
 
 
 def _tiff_photo(data: bytes, path: Path, check_size, why: str) -> Photo:
@@ -168,10 +165,13 @@ def _tiff_photo(data: bytes, path: Path, check_size, why: str) -> Photo:
     return Photo(_apply_orientation(pixels, orientation), path, meta, note, gray_alpha)
 
 
-def _pil_photo(im, data: bytes = b"", path: Path | None = None, note: str = "") -> Photo:
+def _pil_photo(im, data: bytes = b"", path: Path | None = None) -> Photo:
     """The :class:`Photo` of a loaded PIL image (a file's, with its ``data``, or a caller's): upright by its EXIF
     orientation, read after loading (Pillow turns a TIFF, pillow-heif a HEIC, upright itself and drops the tag),
-    its metadata kept."""
+    its metadata kept, what is not kept said in its note (frames after the first, channels, a phone's appendices)."""
+    frames = getattr(im, "n_frames", 1)
+    note = "; ".join([f"only the first of {frames} frames restored"] * (frames > 1) + dropped_by_pillow(im)
+                     + appended_parts(im.info.get("xmp")))
     try:
         orientation = im.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are
