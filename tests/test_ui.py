@@ -232,6 +232,20 @@ def test_sliders_no_face_could_use_are_said(server, photo, tmp_path):
     assert "Not used" not in status, status
 
 
+def test_what_a_photo_is_restored_without_is_said_under_it(server, photo, tmp_path):
+    """An animated GIF is restored from its first frame: the CLI's summary and the API say so, the page said
+    nothing. Said under the result now."""
+    from PIL import Image
+
+    from mgfr_cli.app.ui import restore_one
+
+    _, models = server
+    face = Image.open(photo[0]).convert("RGB")
+    face.save(tmp_path / "wink.gif", save_all=True, append_images=[face.rotate(2), face.rotate(4)], duration=100)
+    *_, status = restore_one(models, str(tmp_path / "wink.gif"), None, "", "", 4.0, 2.0, 1, 0, "every face",
+                             "wavelet", 1, True, tmp_path / "w")
+    assert "only the first of 3 frames restored" in status, status
+
 
 def test_the_control_strength_slider_reaches_the_sampler(server, photo, monkeypatch):
     """The page's control strength is what every denoising step is given (through the page's own API)."""

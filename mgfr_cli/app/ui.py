@@ -148,6 +148,8 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     status = describe(models, restorer.ignored) + library_found(outcome) + unused_sliders(restorer, settings, prof)
     if restorer.guided:
         status += f" References steered the face by identity guidance (strength {settings.identity_guidance:g})."
+    if outcome.detail and not clip:  # what the photo is restored without (frames, a motion photo's clip), as listed
+        status += f" Note: {plain(outcome.detail)}."
     if clip:
         flicker = "; ".join(f"track {t['track']}: {t['frames']} frames, flicker {t['flicker']['restored']:.1f} "
                             f"(input {t['flicker']['input']:.1f})" for t in outcome.tracks)
