@@ -311,3 +311,17 @@ def test_a_pil_image_is_turned_upright_once_as_its_file_is(tmp_path):
         Image.fromarray(stored).save(tmp_path / name, exif=exif.tobytes())
         upright = read_image(tmp_path / name).pixels.shape
         assert photo_of(Image.open(tmp_path / name)).pixels.shape == upright == (80, 60, 3), name
+
+
+def test_an_animations_note_names_the_frame_restored(tmp_path):
+    """A file is restored from its first frame; a caller's PIL image from the frame it shows (seeked to): the note
+    says which (it said 'the first' of both)."""
+    from mgfr_cli.faces.io import photo_of
+
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (0, 100, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
+    assert read_image(tmp_path / "anim.gif").note == "only the first of 3 frames restored"
+    shown = Image.open(tmp_path / "anim.gif")
+    shown.seek(2)
+    photo = photo_of(shown)
+    assert photo.note == "only frame 3 of 3 restored" and photo.pixels.mean() == 200
