@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from mgfr_cli.faces.io import read_image, write_image
-from mgfr_cli.faces.metadata import Metadata
+from mgfr_cli.faces.metadata import Metadata, appended_parts, upright_xmp
 
 COMMON = ("--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
 XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
@@ -360,6 +360,10 @@ def test_what_describes_the_inputs_bytes_is_not_carried(tmp_path):
         assert b"<tiff:XResolution>144/1</tiff:XResolution>" in xmp, name
     info = photo.meta.scaled(2).pil_info(double)  # the Python API's PIL result: the same
     assert b'exif:PixelXDimension="60"' in info["xmp"] and b"Container:" not in info["xmp"]
+
+    iphone = phone.replace(b'hdrgm:Version="1.0"', b'HDRGainMap:HDRGainMapVersion="131072"')  # a HEIC's aux image
+    assert appended_parts(iphone) == ["its motion photo's clip not kept", "its HDR gain map (shown as SDR) not kept"]
+    assert b"HDRGainMap" not in upright_xmp(iphone)
 
     sideways = np.random.default_rng(1).random((6, 8, 3), dtype=np.float32)  # read by tifffile, not Pillow
     tifffile.imwrite(tmp_path / "float.tif", sideways, photometric="rgb", extratags=[

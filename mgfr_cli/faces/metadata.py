@@ -74,10 +74,11 @@ LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 
 # upright; IPTC)
 STALE_TAGS = {330, 34377, 37724, 34675, 700, 33723}
 # XMP properties of what is not carried into the output: a thumbnail of the unrestored photo, a motion photo's clip
-# and an Ultra HDR photo's gain map (appended to the input's file: a reader of the output's XMP would look for them)
-XMP_STALE = re.compile(rb'\s(?:GCamera:(?:MotionPhoto|MicroVideo)\w*|hdrgm:\w+)\s*=\s*(["\']).*?\1'
+# and an HDR photo's gain map (Ultra HDR's, appended to the file; an iPhone HEIC's, an auxiliary image): a reader of
+# the output's XMP would look for them
+XMP_STALE = re.compile(rb'\s(?:GCamera:(?:MotionPhoto|MicroVideo)\w*|hdrgm:\w+|HDRGainMap:\w+)\s*=\s*(["\']).*?\1'
                        rb'|<((?:xmp|xap):Thumbnails|Container:Directory|GCamera:(?:MotionPhoto|MicroVideo)\w*'
-                       rb'|hdrgm:\w+)\b[^>]*?(?:/>|>.*?</\2\s*>)', re.S)
+                       rb'|hdrgm:\w+|HDRGainMap:\w+)\b[^>]*?(?:/>|>.*?</\2\s*>)', re.S)
 
 
 def upright_xmp(xmp) -> bytes | None:
@@ -89,11 +90,11 @@ def upright_xmp(xmp) -> bytes | None:
 
 
 def appended_parts(xmp) -> list[str]:
-    """What a phone appends to a photo's file and names in its XMP, which the restored copy does not hold."""
+    """What a phone adds to a photo's file and names in its XMP, which the restored copy does not hold."""
     xmp = xmp.encode() if isinstance(xmp, str) else bytes(xmp or b"")
     parts = (("motion photo's clip",
               rb"GCamera:(?:MotionPhoto|MicroVideo)(?:\s*=\s*[\"']|>)1|Item:Semantic=[\"']MotionPhoto"),
-             ("HDR gain map (shown as SDR)", rb"hdrgm:Version|Item:Semantic=[\"']GainMap"))
+             ("HDR gain map (shown as SDR)", rb"hdrgm:Version|HDRGainMap:HDRGainMapVersion|Item:Semantic=[\"']GainMap"))
     return [f"its {name} not kept" for name, pattern in parts if re.search(pattern, xmp)]
 
 
