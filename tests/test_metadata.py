@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from mgfr_cli.faces.io import read_image, write_image
+from mgfr_cli.faces.io import photo_of, read_image, write_image
 from mgfr_cli.faces.metadata import Metadata, appended_parts, upright_xmp
 
 COMMON = ("--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
@@ -364,6 +364,12 @@ def test_what_describes_the_inputs_bytes_is_not_carried(tmp_path):
     iphone = phone.replace(b'hdrgm:Version="1.0"', b'HDRGainMap:HDRGainMapVersion="131072"')  # a HEIC's aux image
     assert appended_parts(iphone) == ["its motion photo's clip not kept", "its HDR gain map (shown as SDR) not kept"]
     assert b"HDRGainMap" not in upright_xmp(iphone)
+    portrait = {"depth_images": [object()], "aux": {"urn:com:apple:photo:2020:aux:hdrgainmap": [52]}}  # pillow-heif's
+    assert appended_parts(None, portrait) == ["its HDR gain map (shown as SDR) not kept",
+                                              "its depth map (a portrait's) not kept"]
+    heic = Image.new("RGB", (8, 6))
+    heic.info.update(portrait)  # as pillow-heif opens an iPhone portrait: the note made where every photo is read
+    assert photo_of(heic).note == "its HDR gain map (shown as SDR) not kept; its depth map (a portrait's) not kept"
 
     sideways = np.random.default_rng(1).random((6, 8, 3), dtype=np.float32)  # read by tifffile, not Pillow
     tifffile.imwrite(tmp_path / "float.tif", sideways, photometric="rgb", extratags=[

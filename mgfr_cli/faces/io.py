@@ -171,7 +171,7 @@ def _pil_photo(im, data: bytes = b"", path: Path | None = None) -> Photo:
     its metadata kept, what is not kept said in its note (frames after the first, channels, a phone's appendices)."""
     frames, at = getattr(im, "n_frames", 1), im.tell() if hasattr(im, "tell") else 0  # (a caller's: the one shown)
     shown = f"only frame {at + 1} of {frames} restored" if at else f"only the first of {frames} frames restored"
-    note = "; ".join([shown] * (frames > 1) + dropped_by_pillow(im) + appended_parts(im.info.get("xmp")))
+    note = "; ".join([shown] * (frames > 1) + dropped_by_pillow(im) + appended_parts(im.info.get("xmp"), im.info))
     try:
         orientation = im.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are

@@ -89,13 +89,19 @@ def upright_xmp(xmp) -> bytes | None:
     return XMP_STALE.sub(b"", xmp_set(xmp, {"tiff:Orientation": 1}))
 
 
-def appended_parts(xmp) -> list[str]:
-    """What a phone adds to a photo's file and names in its XMP, which the restored copy does not hold."""
+def appended_parts(xmp, info: dict | None = None) -> list[str]:
+    """What a phone adds to a photo's file beside its picture, named in its XMP (or, for a HEIC, in pillow-heif's
+    ``info``), which the restored copy does not hold."""
     xmp = xmp.encode() if isinstance(xmp, str) else bytes(xmp or b"")
-    parts = (("motion photo's clip",
+    info = info or {}
+    gain_map = any("hdrgainmap" in str(kind).lower() for kind in info.get("aux", {}))  # (an iPhone HEIC's)
+    parts = (("motion photo's clip", False,
               rb"GCamera:(?:MotionPhoto|MicroVideo)(?:\s*=\s*[\"']|>)1|Item:Semantic=[\"']MotionPhoto"),
-             ("HDR gain map (shown as SDR)", rb"hdrgm:Version|HDRGainMap:HDRGainMapVersion|Item:Semantic=[\"']GainMap"))
-    return [f"its {name} not kept" for name, pattern in parts if re.search(pattern, xmp)]
+             ("HDR gain map (shown as SDR)", gain_map,
+              rb"hdrgm:Version|HDRGainMap:HDRGainMapVersion|Item:Semantic=[\"']GainMap"),
+             ("depth map (a portrait's)", bool(info.get("depth_images")), None))
+    return [f"its {name} not kept" for name, found, pattern in parts
+            if found or (pattern and re.search(pattern, xmp))]
 
 
 def xmp_set(xmp: bytes, values: dict[str, object]) -> bytes:
