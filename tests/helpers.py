@@ -199,3 +199,32 @@ def mux_tone(out, stream, freq: float, rate: int, samples: int, layout: str = "m
     for f in [*resampler.resample(frame), *resampler.resample(None)]:
         out.mux(stream.encode(f))
     out.mux(stream.encode(None))
+
+
+def cmyk_profile(cyan_lab: tuple[float, float, float]) -> bytes:
+    """A small ICC v2 CMYK printer profile (one lut8 A2B0 table, 2 grid points): no ink is white paper, full cyan
+    shows as ``cyan_lab``, any other full ink as black; built here because no CMYK profile ships with this machine."""
+    import struct
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def lab(L: float, a: float, b: float) -> bytes:  # lut8's PCS encoding
+        return bytes([round(L * 255 / 100), round(a + 128), round(b + 128)])
+
+    ramp = bytes(range(256))
+    clut = b"".join(lab(100, 0, 0) if not any((c, m, y, k)) else lab(*cyan_lab) if (c, m, y, k) == (1, 0, 0, 0)
+                    else lab(0, 0, 0) for c in (0, 1) for m in (0, 1) for y in (0, 1) for k in (0, 1))
+    a2b0 = (b"mft1" + bytes(4) + bytes([4, 3, 2, 0]) + b"".join(s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+            + ramp * 4 + clut + ramp * 3)
+    text = b"test CMYK\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    wtpt = b"XYZ " + bytes(4) + s15(0.9642) + s15(1.0) + s15(0.8249)
+    tags, body, at = [], b"", 128 + 4 + 12 * 3
+    for sig, data in ((b"desc", desc), (b"wtpt", wtpt), (b"A2B0", a2b0)):
+        tags.append(sig + struct.pack(">II", at + len(body), len(data)))
+        body += data + bytes(-len(data) % 4)
+    size = at + len(body)
+    header = (struct.pack(">I", size) + bytes(4) + b"\x02\x10\0\0" + b"prtrCMYKLab " + bytes(12) + b"acsp"
+              + bytes(28) + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(48))
+    return header + struct.pack(">I", 3) + b"".join(tags) + body

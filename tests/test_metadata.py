@@ -375,3 +375,25 @@ def test_what_describes_the_inputs_bytes_is_not_carried(tmp_path):
     tifffile.imwrite(tmp_path / "float.tif", sideways, photometric="rgb", extratags=[
         (274, "H", 1, 6, True), (700, "B", len(phone), phone, True)])
     assert b'tiff:Orientation="1"' in read_image(tmp_path / "float.tif").meta.xmp
+
+
+def test_a_cmyk_photo_is_shown_as_its_profile_says(tmp_path):
+    """A CMYK JPEG (a press photo, a print shop's scan) came out in Pillow's formula's colours, which ignore what its
+    inks look like (full cyan became (0, 255, 255), a colour no ink prints); its CMYK profile now converts it, as
+    Photoshop and browsers show it (checked against skimage's Lab -> sRGB of the profile's cyan). A damaged profile
+    falls back to the formula rather than failing the photo."""
+    from skimage.color import lab2rgb
+
+    from helpers import cmyk_profile
+
+    cyan = (55.0, -37.0, -50.0)
+    pixels = np.zeros((8, 16, 4), np.uint8)
+    pixels[:, 8:, 0] = 255  # left: bare paper; right: full cyan
+    Image.fromarray(pixels, "CMYK").save(tmp_path / "press.jpg", icc_profile=cmyk_profile(cyan), quality=100)
+    rgb = read_image(tmp_path / "press.jpg").pixels.astype(int)
+    expected = np.round(lab2rgb(np.array([[cyan]])) * 255).astype(int)[0, 0]  # (D65 white: adapted as littleCMS does)
+    assert np.abs(rgb[:, 12] - expected).max() <= 3, (rgb[4, 12], expected)
+    assert np.abs(rgb[:, 2] - 255).max() <= 2  # paper is white
+    broken = cmyk_profile(cyan)[:400]  # cut short in its colour table
+    Image.fromarray(pixels, "CMYK").save(tmp_path / "broken.jpg", icc_profile=broken, quality=100)
+    assert np.abs(read_image(tmp_path / "broken.jpg").pixels[4, 12].astype(int) - (0, 255, 255)).max() <= 3

@@ -141,7 +141,7 @@ def test_runs_sharing_a_library_take_turns(helper, people, tmp_path):
     """While another run holds the cache (refreshing it), a refresh waits, then finds its faces embedded."""
     import threading
 
-    from mgfr_cli.faces.io import folder_lock
+    from mgfr_cli.files import folder_lock
 
     lib = tmp_path / "lib"
     _save(lib / "p.png", cv2.resize(people[0], None, fx=2.0, fy=2.0))

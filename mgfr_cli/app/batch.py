@@ -27,8 +27,8 @@ from mgfr_cli.app.paste import paste_back, upscaled_like
 from mgfr_cli.app.outputs import (dropped_note, earlier_recipes, earlier_rows, existing_output, output_path,
                                   own_folders, own_outputs, recipe, refuse_outputs_onto_inputs,
                                   remove_stale_temporaries, save_face_crops, skipped_as_done)
-from mgfr_cli.faces.io import (DEFAULT_MAX_MEGAPIXELS, Photo, check_output_folder, format_drops, is_video_file,
-                               read_image, write_image)
+from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, format_drops, is_video_file, read_image, write_image
+from mgfr_cli.files import check_output_folder
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
 FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from mgfr_cli.errors import OutputError
-from mgfr_cli.faces.io import Photo, atomic_write_bytes
+from mgfr_cli.faces.io import Photo
+from mgfr_cli.files import atomic_write_bytes
 from mgfr_cli.ownership import PAGE_MARK
 
 FOLDER = "_report"
@@ -125,7 +126,7 @@ class Report:
 
     def write(self) -> None:
         from mgfr_cli.app.summary import place
-        from mgfr_cli.faces.io import folder_lock
+        from mgfr_cli.files import folder_lock
 
         self.folder.mkdir(parents=True, exist_ok=True)
         with folder_lock(self.folder):

@@ -74,7 +74,7 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
     what is on disk."""
     import json
 
-    from mgfr_cli.faces.io import atomic_write_bytes, folder_lock
+    from mgfr_cli.files import atomic_write_bytes, folder_lock
 
     rows = [_row(o) for o in outcomes]
     if not merge:
@@ -139,7 +139,7 @@ def write_share(output: Path, rank: int, world: int, outcomes, notes=(), tally=N
     to merge. Written whole in one step (process 0 never reads half a file); a user's file of that name is kept."""
     import json
 
-    from mgfr_cli.faces.io import atomic_write_bytes
+    from mgfr_cli.files import atomic_write_bytes
     from mgfr_cli.ownership import is_json_rows, own_or_free
 
     path, _ = own_or_free(output / f"mgfr-summary-{rank}-of-{world}.json",  # also an earlier version's (rows)

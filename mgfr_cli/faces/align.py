@@ -15,7 +15,8 @@ from typing import Callable, Container
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, Outcome, collect_inputs
 from mgfr_cli.errors import MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import FaceHelper, FaceSelection
-from mgfr_cli.faces.io import atomic_write_bytes, check_output_folder, read_image, write_image
+from mgfr_cli.faces.io import read_image, write_image
+from mgfr_cli.files import atomic_write_bytes, check_output_folder
 
 FIELDS = ["source", "face_index", "crop", "score", "x1", "y1", "x2", "y2"] + [
     f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in ("x", "y")] + [

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mgfr_cli.errors import InputError, OutputError
-from mgfr_cli.faces.metadata import Metadata, appended_parts, deep_tiff, metadata_of, png_gray_alpha, png_with, save_options
+from mgfr_cli.errors import InputError
+from mgfr_cli.files import atomic_write_bytes
+from mgfr_cli.faces.metadata import (Metadata, appended_parts, cmyk_by_profile, deep_tiff, metadata_of,
+                                     png_gray_alpha, png_with, save_options)
 from mgfr_cli.faces.tiff import dropped_by_pillow, is_tiff, read_tiff
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
@@ -235,7 +235,8 @@ def _pil_to_array(im, data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
     if mode in ("LA", "PA", "RGBA", "La", "RGBa"):
         return np.asarray(im.convert("RGBA"))
-    return np.asarray(im.convert("RGB"))  # RGB, CMYK, YCbCr, LAB, HSV
+    by_profile = cmyk_by_profile(im)  # (a CMYK photo's profile says what its inks look like)
+    return by_profile if by_profile is not None else np.asarray(im.convert("RGB"))  # RGB, CMYK, YCbCr, LAB, HSV
 
 
 def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -336,65 +337,3 @@ def _cv2_encode(path: Path, px: np.ndarray, params: list) -> bytes:
     if not ok:
         raise InputError(f"{path}: cannot encode an image as {path.suffix.lower()}")
     return buf.tobytes()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
-    try:  # mkstemp inside: a Ctrl-C right after it still removes the temporary file
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def folder_lock(folder: Path):
-    """An exclusive lock held on ``folder`` itself (``flock`` on its descriptor: no lock file left behind), across
-    processes and across threads; released when the block ends, or when the process dies."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    with _flocked(os.open(folder, os.O_RDONLY)):
-        yield
-
-
-@contextmanager
-def file_lock(path: Path):
-    """:func:`folder_lock` on a lock file of its own (made empty where missing, and left in place): for a file
-    replaced whole on each write (its inode changes, so a lock on it guards nothing), in a folder whose own lock
-    another step already holds."""
-    with _flocked(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)):
-        yield
-
-
-@contextmanager
-def _flocked(fd: int):
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def check_output_folder(output: Path) -> None:
-    """Fail before any work when the output folder cannot take a file (a real probe: permission bits say
-    nothing to root, and a read-only mount only shows on writing)."""
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output):
-            pass
-    except OSError as exc:
-        raise OutputError(f"{output}: output folder is not writable ({exc.strerror or exc})") from None

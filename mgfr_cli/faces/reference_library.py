@@ -19,7 +19,8 @@ from typing import Callable, Collection
 import numpy as np
 
 from mgfr_cli.errors import InputError, MgfrError
-from mgfr_cli.faces.io import atomic_write_bytes, folder_lock, read_image, same_photo
+from mgfr_cli.faces.io import read_image, same_photo
+from mgfr_cli.files import atomic_write_bytes, folder_lock
 
 CACHE = ".mgfr-library"
 OUT_CACHE = "_library-cache"  # in the output folder, when the library folder is read-only

@@ -128,10 +128,11 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
     import json
     from pathlib import Path
 
-    from mgfr_cli.faces.io import check_output_folder
+    from mgfr_cli.files import check_output_folder
     from mgfr_cli.faces.inputs import FAILED, RESTORED, Outcome, collect_inputs
     from mgfr_cli.errors import MgfrError, unexpected
-    from mgfr_cli.faces.io import atomic_write_bytes, read_image, write_image
+    from mgfr_cli.faces.io import read_image, write_image
+    from mgfr_cli.files import atomic_write_bytes
 
     from mgfr_cli.ownership import own_or_free
 

@@ -241,7 +241,7 @@ def write_csv(report: EvalReport, path: Path) -> str:
     import csv
     import io
 
-    from mgfr_cli.faces.io import atomic_write_bytes
+    from mgfr_cli.files import atomic_write_bytes
     from mgfr_cli.ownership import own_or_free
 
     path, note = own_or_free(Path(path), is_eval_csv)

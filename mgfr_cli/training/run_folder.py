@@ -57,7 +57,7 @@ def check_base(run_dir: Path, base_path: Path, resume: bool) -> str:
 
 
 def record_base(run_dir: Path, base_path: Path, mark: str) -> None:
-    from mgfr_cli.faces.io import atomic_write_bytes
+    from mgfr_cli.files import atomic_write_bytes
 
     record = {"path": str(Path(base_path).resolve()), "fingerprint": mark}
     atomic_write_bytes(Path(run_dir) / BASE_RECORD, json.dumps(record).encode())

@@ -116,7 +116,7 @@ RUN_CONFIG_MARK = "# mgfr train: this run's config, flags applied (--resume cont
 def save_config(cfg: TrainConfig, path: Path) -> None:
     import yaml
 
-    from mgfr_cli.faces.io import atomic_write_bytes
+    from mgfr_cli.files import atomic_write_bytes
 
     data = asdict(cfg)
     for k in _NESTED:

@@ -21,7 +21,7 @@ from typing import Callable
 
 from mgfr_cli.configs import check_keys, expect_type, read_yaml
 from mgfr_cli.errors import ConfigError, WeightsError
-from mgfr_cli.faces.io import folder_lock
+from mgfr_cli.files import folder_lock
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 MANIFEST = REPO_WEIGHTS / "manifest.yaml"  # $MGFR_MANIFEST, when set, replaces it (mirrors, tests)
@@ -187,7 +187,7 @@ def read_pins(root: Path) -> dict:
 def write_pin(root: Path, rel: str, digest: str) -> None:
     import yaml
 
-    from mgfr_cli.faces.io import atomic_write_bytes, file_lock
+    from mgfr_cli.files import atomic_write_bytes, file_lock
 
     with file_lock(root / f".{PINS}.lock"):  # two fetches pinning at once: each reads the other's pin
         pins = read_pins(root)
