@@ -2,7 +2,9 @@
 
 Read once (:func:`metadata_of`), written by :func:`faces.io.write_image` in what each format holds
 (:meth:`Metadata.for_file`): Pillow writes them into JPEG, WebP, 8-bit TIFF and BMP files; PNGs (encoded by OpenCV,
-faster than Pillow) and 16-bit TIFFs get them here (:func:`png_with`, :func:`deep_tiff`).
+faster than Pillow) and 16-bit TIFFs get them here (:func:`png_with`, :func:`deep_tiff`). What describes the input's
+own bytes (a TIFF's layers, a phone's appended clip) is left out and said (:func:`appended_parts`); a CMYK photo's
+profile converts its pixels (:func:`cmyk_by_profile`).
 """
 
 from __future__ import annotations
