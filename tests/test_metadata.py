@@ -397,3 +397,27 @@ def test_a_cmyk_photo_is_shown_as_its_profile_says(tmp_path):
     broken = cmyk_profile(cyan)[:400]  # cut short in its colour table
     Image.fromarray(pixels, "CMYK").save(tmp_path / "broken.jpg", icc_profile=broken, quality=100)
     assert np.abs(read_image(tmp_path / "broken.jpg").pixels[4, 12].astype(int) - (0, 255, 255)).max() <= 3
+
+
+def test_a_damaged_exif_is_said_in_the_summary_not_in_pillows_words(tmp_path):
+    """A JPEG whose EXIF runs past its end printed Pillow's 'UserWarning: Truncated File Read' (two lines naming a
+    Pillow source file, not the photo) into the run's output. It is the photo's note now; what parses is kept."""
+    import struct
+    import warnings
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "EOS 5D Mark IV with a long model name"
+    raw = bytearray(exif.tobytes())
+    at = raw.find(struct.pack(">H", 0x0110))
+    raw[at + 4:at + 8] = struct.pack(">I", 5000)  # the model's length: past the end of the block
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "damaged.jpg", exif=bytes(raw))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        photo = read_image(tmp_path / "damaged.jpg")
+    assert not shown, [str(w.message) for w in shown]
+    assert photo.note == "its metadata is damaged (kept as far as it reads)"
+    kept = Image.Exif()
+    kept.load(photo.meta.exif)
+    assert kept[0x010F] == "Canon"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "sound.jpg", exif=exif.tobytes())
+    assert read_image(tmp_path / "sound.jpg").note == ""

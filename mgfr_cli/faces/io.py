@@ -138,7 +138,8 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
             raise InputError(f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
                              f"{max_megapixels:g} (raise it with --max-megapixels)")
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as warned:  # (Pillow's words on a damaged EXIF name no file)
+        warnings.simplefilter("always", UserWarning)
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             im = Image.open(io.BytesIO(data))
@@ -151,7 +152,7 @@ def read_image(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS)
             im.load()
         except (OSError, ValueError, SyntaxError) as exc:
             return _tiff_photo(data, path, check_size, f"truncated or corrupt image ({exc})")
-        return _pil_photo(im, data, path)
+        return _pil_photo(im, data, path, warned)
 
 
 def _tiff_photo(data: bytes, path: Path, check_size, why: str) -> Photo:
@@ -165,21 +166,26 @@ def _tiff_photo(data: bytes, path: Path, check_size, why: str) -> Photo:
     return Photo(_apply_orientation(pixels, orientation), path, meta, note, gray_alpha)
 
 
-def _pil_photo(im, data: bytes = b"", path: Path | None = None) -> Photo:
+def _pil_photo(im, data: bytes = b"", path: Path | None = None, warned: list = ()) -> Photo:
     """The :class:`Photo` of a loaded PIL image (a file's, with its ``data``, or a caller's): upright by its EXIF
     orientation, read after loading (Pillow turns a TIFF, pillow-heif a HEIC, upright itself and drops the tag),
-    its metadata kept, what is not kept said in its note (frames after the first, channels, a phone's appendices)."""
+    its metadata kept, what is not kept said in its note (frames after the first, channels, a phone's appendices, a
+    damaged EXIF: Pillow's warnings while it was opened, ``warned``, or read here)."""
     frames, at = getattr(im, "n_frames", 1), im.tell() if hasattr(im, "tell") else 0  # (a caller's: the one shown)
     shown = f"only frame {at + 1} of {frames} restored" if at else f"only the first of {frames} frames restored"
-    note = "; ".join([shown] * (frames > 1) + dropped_by_pillow(im) + appended_parts(im.info.get("xmp"), im.info))
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are
-        orientation = 1
+    notes = [shown] * (frames > 1) + dropped_by_pillow(im) + appended_parts(im.info.get("xmp"), im.info)
+    with warnings.catch_warnings(record=True) as damaged:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are
+            orientation = 1
+        meta = metadata_of(im, orientation)
+    notes += ["its metadata is damaged (kept as far as it reads)"] * any(  # (Pillow's EXIF and TIFF tag reader)
+        "TiffImagePlugin" in w.filename or "EXIF" in str(w.message) for w in [*warned, *damaged])
     # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
     gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
-    return Photo(_apply_orientation(_pil_to_array(im, data), orientation), path, metadata_of(im, orientation), note,
-                 gray_alpha)
+    return Photo(_apply_orientation(_pil_to_array(im, data), orientation), path, meta, "; ".join(notes), gray_alpha)
 
 
 def as_gray_alpha(pixels: np.ndarray) -> np.ndarray:
