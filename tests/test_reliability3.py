@@ -286,6 +286,7 @@ def test_a_claim_skip_never_replaces_another_runs_result(tmp_path):
     first.add(Outcome(src, RESTORED, "", out / "a.png", 1), Photo(rgb), [face], [rgb], [{}], after=rgb)
     second.add(Outcome(src, SKIPPED, "another mgfr run (process 1) is restoring it"))
     second.add(Outcome(tmp_path / "b.png", RESTORED, "", out / "b.png", 1), Photo(rgb), [face], [rgb], [{}], after=rgb)
+    second.flush()  # (as the run's end does)
     assert "2 restored, 0 not restored" in (out / "index.html").read_text()
     summary = out / "mgfr-summary.json"
     write_summary(summary, [Outcome(src, RESTORED, "", out / "a.png", 1)], merge=True)

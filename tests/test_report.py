@@ -44,6 +44,7 @@ def test_a_clips_link_reaches_its_file_whatever_its_name(tmp_path):
         (out / "v" / n).write_bytes(b"")
         track = {"track": 0, "frames": 3, "flicker": {"input": 1.0, "restored": 0.5, "pairs": 2}}
         report.add(Outcome(tmp_path / n, RESTORED, "3 frames", out / "v" / n, 1, tracks=(track,)))
+    report.flush()
     page = (out / "index.html").read_text()
     hrefs = [html.unescape(h) for h in re.findall(r"<a href='([^']*)'", page)]
     assert len(hrefs) == len(names)
@@ -114,3 +115,69 @@ def test_an_older_pages_relative_outputs_are_the_same_outputs(tmp_path, monkeypa
                                  Photo(rgb), after=rgb)
     entries = json.loads((tmp_path / "out" / "_report" / "entries.json").read_text())
     assert [e["output"] for e in entries] == [str(tmp_path / "out" / "a.png")], entries
+
+
+def test_a_large_page_is_not_rewritten_after_every_photo(tmp_path, monkeypatch):
+    """The page was rewritten whole after every photo: at 10,000 entries that took 0.5 s a photo here (a
+    10,000-photo batch spent ~40 min on it). Rewrites are spaced by ten times what the last one took; what was not
+    written yet is written when the run ends."""
+    from mgfr_cli.app import report as page
+    from mgfr_cli.faces.inputs import NO_FACE, Outcome
+
+    clock, writes = [1000.0], []
+    real = page.atomic_write_bytes
+
+    def slow_write(path, data):  # a large page: each file takes a quarter second
+        clock[0] += 0.25
+        writes.append(path.name)
+        real(path, data)
+
+    monkeypatch.setattr(page.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(page, "atomic_write_bytes", slow_write)
+    report = page.Report(tmp_path / "out")
+    for i in range(100):  # a photo every tenth of a second, for 10 s
+        report.add(Outcome(tmp_path / f"{i}.png", NO_FACE, "no face detected"))
+        clock[0] += 0.1
+    assert writes.count("index.html") == 2, writes  # the first, then one 5 s after it (ten times its 0.5 s)
+    report.flush()
+    entries = json.loads((tmp_path / "out" / "_report" / "entries.json").read_text())
+    assert len(entries) == 100 and "0 restored, 100 not restored" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_a_runs_page_lists_every_photo_however_its_rewrites_are_spaced(tiny_root, astronaut, tmp_path, cli,
+                                                                        monkeypatch):
+    """The batch writes what the spacing held back when it ends (three photos, only the first add written)."""
+    from mgfr_cli.app.report import Report
+
+    monkeypatch.setattr(Report, "SPACING", 1e9)
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), np.ascontiguousarray(astronaut[::4, ::4, ::-1]))
+    code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, "--steps",
+                         "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    assert code == 0, out + err
+    assert "3 restored, 0 not restored" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_a_stopped_runs_page_lists_what_it_did(tiny_root, astronaut, tmp_path, cli, monkeypatch):
+    """Ctrl-C while the third photo is written: the page lists the two restored before it, though the spacing
+    held the second's rewrite back."""
+    from mgfr_cli.app import batch
+    from mgfr_cli.app.report import Report
+
+    monkeypatch.setattr(Report, "SPACING", 1e9)
+    real = batch.write_image
+
+    def stop_at_the_third(path, *args, **kwargs):
+        if path.name.startswith("2"):
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "write_image", stop_at_the_third)
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), np.ascontiguousarray(astronaut[::4, ::4, ::-1]))
+    code, out, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, "--steps",
+                         "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
+    assert code != 0
+    assert "2 restored, 0 not restored" in (tmp_path / "out" / "index.html").read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -171,8 +172,15 @@ class BatchRestorer:
                 from mgfr_cli.app.video import restore_clip
 
                 finish(restore_clip(self, job, it, inputs))
+        except BaseException:  # Ctrl-C, a fatal write error: the page as far as the run got, its own error said
+            if self.reporter is not None:
+                with suppress(Exception):
+                    self.reporter.flush()
+            raise
         finally:  # also on Ctrl-C and a fatal write error: no claim outlives the run
             self.claims.release_all()
+        if self.reporter is not None:
+            self.reporter.flush()
         if self.own_refs:
             self.notes.append(own_references_note(list(self.own_refs)))
         self.notes += overrides.notes() + dropped_note(job.ext, [(o.source, self.drops[o.source]) for o in outcomes

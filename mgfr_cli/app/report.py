@@ -2,9 +2,10 @@
 
 One entry per photo: a before/after slider, each face aligned and restored, the conditions it was
 restored with and where they came from; then the photos that failed or had no face, with the reason.
-The page is rewritten (atomically) after every photo, so an interrupted run still has a valid page, and
-its entries are kept in ``OUT/_report/entries.json``, so a resumed run adds to the page instead of
-starting it again. Images are small JPEG copies under ``OUT/_report/`` (browsers cannot show 16-bit PNG
+The page is rewritten (atomically) as photos are done, at most as often as keeps rewriting it under a tenth
+of the run (a 10,000-photo page takes half a second to rewrite), and when the run ends or is stopped, so an
+interrupted run still has a valid page; its entries are kept in ``OUT/_report/entries.json``, so a resumed run
+adds to the page instead of starting it again. Images are small JPEG copies under ``OUT/_report/`` (browsers cannot show 16-bit PNG
 or TIFF, and the page must not depend on where the inputs are); CSS and JS are inline.
 """
 
@@ -14,6 +15,7 @@ import hashlib
 import html
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +59,8 @@ class Report:
     output, as a summary row is (``--suffix _a`` then ``--suffix _b``: both shown); a photo's result replaces its
     entry without an output (a failure)."""
 
+    SPACING = 10  # a rewrite waits ten times what the last one took: the page costs a run under a tenth of its time
+
     def __init__(self, output: Path, title: str = "mgfr restore"):
         from mgfr_cli.ownership import is_mgfr_page, own_or_free
 
@@ -69,6 +73,7 @@ class Report:
         self.title = title
         self.entries: dict[str, dict] = self._saved()  # photo -> {its output (None: a failure) -> entry}
         self.mine: dict[tuple, dict] = {}  # this run's entries by (photo, output)
+        self.next_write, self.unwritten = 0.0, False  # (monotonic time) rewrites spaced by SPACING times their cost
 
     def _saved(self) -> dict[str, dict]:
         from mgfr_cli.ownership import recorded_output
@@ -122,12 +127,20 @@ class Report:
                 _jpeg(self.output / b, r, FACE)
                 entry["faces"].append({"index": f.index, "aligned": a, "restored": b, **(c or {})})
         self.entries.setdefault(source, {})[key[1]] = self.mine[key] = entry
-        self.write()
+        self.unwritten = True
+        if time.monotonic() >= self.next_write:
+            self.write()
+
+    def flush(self) -> None:
+        """Write what :meth:`add` has not written yet (at the end of a run, or when it is stopped)."""
+        if self.unwritten:
+            self.write()
 
     def write(self) -> None:
         from mgfr_cli.app.summary import place
         from mgfr_cli.files import folder_lock
 
+        started = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
         with folder_lock(self.folder):
             merged = self._saved()
@@ -137,6 +150,7 @@ class Report:
             entries = [e for per in merged.values() for e in per.values()]
             atomic_write_bytes(self.folder / "entries.json", json.dumps(entries, indent=1).encode())
             atomic_write_bytes(self.page, render(self.title, entries).encode())
+        self.unwritten, self.next_write = False, time.monotonic() + self.SPACING * (time.monotonic() - started)
 
 
 def _e(text) -> str:
