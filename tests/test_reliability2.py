@@ -345,9 +345,11 @@ def test_folder_walk_says_which_files_it_skipped(tiny_root, small, tmp_path, cli
     (tmp_path / "in" / "p.yaml").write_text("prompt: brown eyes\n")  # a sidecar: not worth a line
     Image.fromarray(small).save(tmp_path / "in" / "download.jfif", "JPEG")  # a browser's JPEG saved on Windows
     Image.fromarray(small).save(tmp_path / "in" / "scan.JPE", "JPEG")
+    (tmp_path / "in" / "IMG_E0001.AAE").write_text("<plist/>")  # an iPhone export's edits: a companion, unlisted
     code, out, _ = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
     text = " ".join(out.split())
     assert code == 0 and "holiday.cr2" in text and "not an image format mgfr reads (.cr2)" in text
     assert "p.yaml" not in text and "jfif" not in text.lower() and "JPE" not in text, text  # read, not skipped
+    assert "AAE" not in text, text
     for name in ("download.jpg", "scan.jpg"):  # written as JPEGs, as a .jpeg is
         assert Image.open(tmp_path / "out" / name).format == "JPEG", name

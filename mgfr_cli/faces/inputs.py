@@ -135,8 +135,10 @@ def _relative(path: Path, root: Path) -> Path:
     return rel
 
 
-# Files that live beside photos and are not meant as images: not worth a line in the summary.
-COMPANION_FILES = (".yaml", ".yml", ".txt", ".json", ".csv", ".md", ".xmp", ".ini", ".db", ".html")
+# Files that live beside photos and are not meant as images: not worth a line in the summary (.aae: an iPhone's
+# edits, one beside each edited photo of an export; .thm: a camera's clip thumbnail; .pp3, .dop: raw editors')
+COMPANION_FILES = (".yaml", ".yml", ".txt", ".json", ".csv", ".md", ".xmp", ".ini", ".db", ".html", ".aae", ".thm",
+                   ".pp3", ".dop")
 NOT_AN_IMAGE = "not an image format mgfr reads"
 OUTPUT_EXISTS = "output exists (use --overwrite)"  # a resumed run's skip: counted, not listed
 OWN_OUTPUT = "written here by an earlier run of this command (its record lists it): an output, not an input"
