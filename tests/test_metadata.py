@@ -421,3 +421,11 @@ def test_a_damaged_exif_is_said_in_the_summary_not_in_pillows_words(tmp_path):
     assert kept[0x010F] == "Canon"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "sound.jpg", exif=exif.tobytes())
     assert read_image(tmp_path / "sound.jpg").note == ""
+    import tifffile  # a tag with one value too many (Pillow: 'Metadata Warning'): read, neither printed nor "damaged"
+
+    tifffile.imwrite(tmp_path / "odd.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb",
+                     extratags=[(274, "H", 2, (1, 1), True)])  # orientation, twice
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        photo = read_image(tmp_path / "odd.tif")
+    assert not shown and photo.note == "", ([str(w.message) for w in shown], photo.note)

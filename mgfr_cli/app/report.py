@@ -5,8 +5,8 @@ restored with and where they came from; then the photos that failed or had no fa
 The page is rewritten (atomically) as photos are done, at most as often as keeps rewriting it under a tenth
 of the run (a 10,000-photo page takes half a second to rewrite), and when the run ends or is stopped, so an
 interrupted run still has a valid page; its entries are kept in ``OUT/_report/entries.json``, so a resumed run
-adds to the page instead of starting it again. Images are small JPEG copies under ``OUT/_report/`` (browsers cannot show 16-bit PNG
-or TIFF, and the page must not depend on where the inputs are); CSS and JS are inline.
+adds to the page instead of starting it again. Images are small JPEG copies under ``OUT/_report/`` (browsers
+cannot show 16-bit PNG or TIFF, and the page must not depend on where the inputs are); CSS and JS are inline.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from mgfr_cli.errors import InputError
-from mgfr_cli.files import atomic_write_bytes
 from mgfr_cli.faces.metadata import (Metadata, appended_parts, cmyk_by_profile, deep_tiff, metadata_of,
                                      png_gray_alpha, png_with, save_options)
 from mgfr_cli.faces.tiff import dropped_by_pillow, is_tiff, read_tiff
+from mgfr_cli.files import atomic_write_bytes
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif",
@@ -181,8 +181,8 @@ def _pil_photo(im, data: bytes = b"", path: Path | None = None, warned: list = (
         except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are
             orientation = 1
         meta = metadata_of(im, orientation)
-    notes += ["its metadata is damaged (kept as far as it reads)"] * any(  # (Pillow's EXIF and TIFF tag reader)
-        "TiffImagePlugin" in w.filename or "EXIF" in str(w.message) for w in [*warned, *damaged])
+    notes += ["its metadata is damaged (kept as far as it reads)"] * any(  # (Pillow's EXIF and TIFF tag reader's
+        word in str(w.message).lower() for w in [*warned, *damaged] for word in ("corrupt", "truncated"))  # words)
     # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
     gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
     return Photo(_apply_orientation(_pil_to_array(im, data), orientation), path, meta, "; ".join(notes), gray_alpha)
