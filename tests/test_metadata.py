@@ -362,10 +362,10 @@ def test_what_describes_the_inputs_bytes_is_not_carried(tmp_path):
     assert b'exif:PixelXDimension="60"' in info["xmp"] and b"Container:" not in info["xmp"]
 
     iphone = phone.replace(b'hdrgm:Version="1.0"', b'HDRGainMap:HDRGainMapVersion="131072"')  # a HEIC's aux image
-    assert appended_parts(iphone) == ["its motion photo's clip not kept", "its HDR gain map (shown as SDR) not kept"]
+    assert appended_parts({"xmp": iphone}) == ["its motion photo's clip not kept", "its HDR gain map (shown as SDR) not kept"]
     assert b"HDRGainMap" not in upright_xmp(iphone)
     portrait = {"depth_images": [object()], "aux": {"urn:com:apple:photo:2020:aux:hdrgainmap": [52]}}  # pillow-heif's
-    assert appended_parts(None, portrait) == ["its HDR gain map (shown as SDR) not kept",
+    assert appended_parts(portrait) == ["its HDR gain map (shown as SDR) not kept",
                                               "its depth map (a portrait's) not kept"]
     heic = Image.new("RGB", (8, 6))
     heic.info.update(portrait)  # as pillow-heif opens an iPhone portrait: the note made where every photo is read

@@ -170,19 +170,17 @@ def _pil_photo(im, data: bytes = b"", path: Path | None = None, warned: list = (
     """The :class:`Photo` of a loaded PIL image (a file's, with its ``data``, or a caller's): upright by its EXIF
     orientation, read after loading (Pillow turns a TIFF, pillow-heif a HEIC, upright itself and drops the tag),
     its metadata kept, what is not kept said in its note (frames after the first, channels, a phone's appendices, a
-    damaged EXIF: Pillow's warnings while it was opened, ``warned``, or read here)."""
+    damaged EXIF: the warnings :func:`read_image` records while it opens and reads the file, ``warned``)."""
     frames, at = getattr(im, "n_frames", 1), im.tell() if hasattr(im, "tell") else 0  # (a caller's: the one shown)
     shown = f"only frame {at + 1} of {frames} restored" if at else f"only the first of {frames} frames restored"
-    notes = [shown] * (frames > 1) + dropped_by_pillow(im) + appended_parts(im.info.get("xmp"), im.info)
-    with warnings.catch_warnings(record=True) as damaged:
-        warnings.simplefilter("always", UserWarning)
-        try:
-            orientation = im.getexif().get(0x0112, 1)
-        except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are
-            orientation = 1
-        meta = metadata_of(im, orientation)
+    notes = [shown] * (frames > 1) + dropped_by_pillow(im) + appended_parts(im.info)
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as they are
+        orientation = 1
+    meta = metadata_of(im, orientation)
     notes += ["its metadata is damaged (kept as far as it reads)"] * any(  # (Pillow's EXIF and TIFF tag reader's
-        word in str(w.message).lower() for w in [*warned, *damaged] for word in ("corrupt", "truncated"))  # words)
+        word in str(w.message).lower() for w in warned for word in ("corrupt", "truncated"))  # words)
     # gray+alpha: Pillow's LA, and 16-bit PNGs of colour type 4 (which Pillow reports as RGBA)
     gray_alpha = im.mode in ("LA", "La") or (data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 4)
     return Photo(_apply_orientation(_pil_to_array(im, data), orientation), path, meta, "; ".join(notes), gray_alpha)

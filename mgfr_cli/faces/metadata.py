@@ -91,11 +91,11 @@ def upright_xmp(xmp) -> bytes | None:
     return XMP_STALE.sub(b"", xmp_set(xmp, {"tiff:Orientation": 1}))
 
 
-def appended_parts(xmp, info: dict | None = None) -> list[str]:
+def appended_parts(info: dict) -> list[str]:
     """What a phone adds to a photo's file beside its picture, named in its XMP (or, for a HEIC, in pillow-heif's
-    ``info``), which the restored copy does not hold."""
-    xmp = xmp.encode() if isinstance(xmp, str) else bytes(xmp or b"")
-    info = info or {}
+    ``info``: a PIL image's), which the restored copy does not hold."""
+    xmp = info.get("xmp") or b""
+    xmp = xmp.encode() if isinstance(xmp, str) else bytes(xmp)
     gain_map = any("hdrgainmap" in str(kind).lower() for kind in info.get("aux", {}))  # (an iPhone HEIC's)
     parts = (("motion photo's clip", False,
               rb"GCamera:(?:MotionPhoto|MicroVideo)(?:\s*=\s*[\"']|>)1|Item:Semantic=[\"']MotionPhoto"),
