@@ -19,7 +19,7 @@ import numpy as np
 from mgfr_cli.errors import InputError
 from mgfr_cli.faces.metadata import (Metadata, appended_parts, cmyk_by_profile, deep_tiff, metadata_of,
                                      png_gray_alpha, png_with, save_options)
-from mgfr_cli.faces.tiff import dropped_by_pillow, is_tiff, read_tiff
+from mgfr_cli.faces.tiff import dropped_by_pillow, floats_to_8bit, is_tiff, read_tiff
 from mgfr_cli.files import atomic_write_bytes
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
@@ -228,10 +228,8 @@ def _pil_to_array(im, data: bytes) -> np.ndarray:
             return cv2.cvtColor(deep, code)
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         return np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
-    if mode == "F":  # float TIFF: 0..1 is the usual range (else 0..255)
-        px = np.nan_to_num(np.asarray(im, dtype=np.float32))
-        scale = 255.0 if px.max(initial=0.0) <= 1.0 else 1.0
-        return np.clip(np.rint(px * scale), 0, 255).astype(np.uint8)
+    if mode == "F":  # float TIFF
+        return floats_to_8bit(np.asarray(im, dtype=np.float32))
     if mode in ("1", "L"):
         return np.asarray(im.convert("L"))
     if mode == "P":

@@ -88,14 +88,19 @@ def dropped_by_pillow(im) -> list[str]:
     return [f"{extra} extra channel(s) not kept (only colour and alpha are)"] if extra > 0 else []
 
 
+def floats_to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """A float image's 8 bits, as for Pillow's float TIFFs: 0..1 is the usual range, else 0..255."""
+    px = np.nan_to_num(pixels.astype(np.float32))
+    return np.clip(np.rint(px * (255.0 if px.max(initial=0.0) <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+
+
 def _depth(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype in (np.uint8, np.uint16):
         return pixels.copy()
     if pixels.dtype == bool:  # bilevel
         return pixels.astype(np.uint8) * 255
-    if pixels.dtype.kind == "f":  # as Pillow's float TIFFs: 0..1 is the usual range, else 0..255
-        px = np.nan_to_num(pixels.astype(np.float32))
-        return np.clip(np.rint(px * (255.0 if px.max(initial=0.0) <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+    if pixels.dtype.kind == "f":
+        return floats_to_8bit(pixels)
     if pixels.dtype.itemsize >= 4:  # 32-bit integers: their top 16 bits
         return (np.clip(pixels.astype(np.int64), 0, None) >> (8 * pixels.dtype.itemsize - 16)).astype(np.uint16)
     return np.clip(pixels.astype(np.int64), 0, None).astype(np.uint16)  # (signed 8/16-bit)
