@@ -181,3 +181,21 @@ def test_a_stopped_runs_page_lists_what_it_did(tiny_root, astronaut, tmp_path, c
                          "1", "--detector", "retinaface_mobile0.25", "--device", "cpu")
     assert code != 0
     assert "2 restored, 0 not restored" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_a_killed_runs_temporary_files_of_the_page_are_removed(tmp_path):
+    """A run killed while it wrote a face's thumbnail left '_report/.<name>.jpg.<random>.tmp' that no later run
+    removed (its photo was done, so nothing rewrote that thumbnail). The page's files are made under its folder's
+    lock, so a temporary one found while holding it was left by a killed run: the next run removes it."""
+    from mgfr_cli.app.report import Report
+
+    out = tmp_path / "out"
+    (out / "_report").mkdir(parents=True)
+    (out / "_report" / "entries.json").write_text(json.dumps([{"source": str(tmp_path / "a.png"), "name": "a.png",
+                                                               "status": "no face", "detail": "", "output": None}]))
+    left = [out / "_report" / ".bfa145684df2_00_a.jpg.6vnwb7kk.tmp", out / ".index.html.x1y2z3.tmp"]
+    for p in left:
+        p.write_bytes(b"half a file")
+    (out / ".notes.tmp.txt").write_text("the user's")
+    Report(out)
+    assert not any(p.exists() for p in left) and (out / ".notes.tmp.txt").exists()

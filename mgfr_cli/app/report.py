@@ -11,6 +11,7 @@ cannot show 16-bit PNG or TIFF, and the page must not depend on where the inputs
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import html
 import json
@@ -22,7 +23,7 @@ import numpy as np
 
 from mgfr_cli.errors import OutputError
 from mgfr_cli.faces.io import Photo
-from mgfr_cli.files import atomic_write_bytes
+from mgfr_cli.files import atomic_write_bytes, folder_lock
 from mgfr_cli.ownership import PAGE_MARK
 
 FOLDER = "_report"
@@ -71,6 +72,9 @@ class Report:
             self.note = "; ".join(filter(None, (self.note, f"{self.output / FOLDER} holds files mgfr did not write: "
                                                              f"kept, and the page's images written to {self.folder.name}")))
         self.title = title
+        with folder_lock(self.folder):  # a temporary file seen under the page's lock was left by a killed run
+            for stale in [*self.folder.glob(".*.tmp"), *self.output.glob(f".{glob.escape(self.page.name)}.*.tmp")]:
+                stale.unlink(missing_ok=True)
         self.entries: dict[str, dict] = self._saved()  # photo -> {its output (None: a failure) -> entry}
         self.mine: dict[tuple, dict] = {}  # this run's entries by (photo, output)
         self.next_write, self.unwritten = 0.0, False  # (monotonic time) rewrites spaced by SPACING times their cost
@@ -115,17 +119,18 @@ class Report:
         if photo is not None and after is not None and outcome.status == "restored":
             tag = hashlib.sha1("\0".join(key).encode("utf-8", "surrogateescape")).hexdigest()[:12]
             rel = self.folder.name
-            _jpeg(self.folder / f"{tag}_before.jpg", photo.rgb8(), THUMB)
             if after.ndim == 3 and after.shape[2] == 2:  # gray+alpha as written: its gray
                 after = after[:, :, 0]
-            _jpeg(self.folder / f"{tag}_after.jpg", Photo(after).rgb8(), THUMB)
             entry["before"], entry["after"] = f"{rel}/{tag}_before.jpg", f"{rel}/{tag}_after.jpg"
             entry["faces"] = []
-            for f, r, c in zip(faces, restored, conditions or [None] * len(faces)):
-                a, b = f"{rel}/{tag}_{f.index:02d}_a.jpg", f"{rel}/{tag}_{f.index:02d}_r.jpg"
-                _jpeg(self.output / a, f.crop, FACE)
-                _jpeg(self.output / b, r, FACE)
-                entry["faces"].append({"index": f.index, "aligned": a, "restored": b, **(c or {})})
+            with folder_lock(self.folder):  # (every temporary file of the page's is made under its lock)
+                _jpeg(self.folder / f"{tag}_before.jpg", photo.rgb8(), THUMB)
+                _jpeg(self.folder / f"{tag}_after.jpg", Photo(after).rgb8(), THUMB)
+                for f, r, c in zip(faces, restored, conditions or [None] * len(faces)):
+                    a, b = f"{rel}/{tag}_{f.index:02d}_a.jpg", f"{rel}/{tag}_{f.index:02d}_r.jpg"
+                    _jpeg(self.output / a, f.crop, FACE)
+                    _jpeg(self.output / b, r, FACE)
+                    entry["faces"].append({"index": f.index, "aligned": a, "restored": b, **(c or {})})
         self.entries.setdefault(source, {})[key[1]] = self.mine[key] = entry
         self.unwritten = True
         if time.monotonic() >= self.next_write:
@@ -138,7 +143,6 @@ class Report:
 
     def write(self) -> None:
         from mgfr_cli.app.summary import place
-        from mgfr_cli.files import folder_lock
 
         started = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
