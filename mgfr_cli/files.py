@@ -6,12 +6,43 @@ leaves a half-written file; locks are ``flock`` on a descriptor, released when t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from mgfr_cli.errors import OutputError
+
+NAME_MAX = 255  # bytes in one file name (Linux and macOS file systems; Windows: 255 characters, more than enough)
+TEMP_EXTRA = 12  # what mkstemp adds to a prefix: 8 random characters and '.tmp'
+
+
+def fit_name(name: str, tail: str = "", room: int = NAME_MAX) -> str:
+    """``name + tail`` when it fits in ``room`` bytes, else ``name``'s start (whole characters) and 8 hex digits of its
+    hash before ``tail``: a file mgfr names after a user's (a temporary beside it, a claim, a face crop, an output with
+    --suffix) can be made whatever the length of the user's name, and two long names that start alike stay two."""
+    size = len(os.fsencode(tail))
+    if len(os.fsencode(name)) + size <= room:
+        return name + tail
+    head, used = "", 0
+    for ch in name:
+        used += len(os.fsencode(ch))
+        if used > room - size - 9:
+            break
+        head += ch
+    return f"{head}~{hashlib.sha1(os.fsencode(name)).hexdigest()[:8]}{tail}"
+
+
+def hidden_beside(target: Path, tag: str) -> Path:
+    """mgfr's own hidden file for ``target`` in its folder: ``.<name><tag>``, the name shortened where that would not
+    fit."""
+    return target.with_name("." + fit_name(target.name, tag, NAME_MAX - 1))
+
+
+def temp_prefix(target: Path) -> str:
+    """The start of the name of every temporary file made for ``target`` (``.<name>.``, shortened to fit)."""
+    return "." + fit_name(target.name, ".", NAME_MAX - 1 - TEMP_EXTRA)
 
 
 def _umask() -> int:
@@ -25,7 +56,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:  # mkstemp inside: a Ctrl-C right after it still removes the temporary file
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from mgfr_cli.errors import OutputError
+from mgfr_cli.files import temp_prefix
 
 ADAPTER_FILES = frozenset({"config.json", "diffusion_pytorch_model.safetensors", "conversion.json"})
 PAGE_MARK = '<meta name="generator" content="mgfr">'
@@ -63,7 +64,7 @@ def replace_folder(tmp: Path, final: Path, is_ours: Callable[[Path], bool], what
                           f"empty folder")
     aside = None
     if final.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        aside = Path(tempfile.mkdtemp(prefix=temp_prefix(final) + "old-", dir=final.parent))
         os.replace(final, aside / final.name)
     os.replace(tmp, final)
     if aside is not None:
@@ -73,7 +74,7 @@ def replace_folder(tmp: Path, final: Path, is_ours: Callable[[Path], bool], what
 def temp_folder_beside(final: Path) -> Path:
     """A new, empty hidden folder beside ``final`` (never a name that already exists)."""
     Path(final).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(final).name}.", suffix=".tmp", dir=Path(final).parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(Path(final)), suffix=".tmp", dir=Path(final).parent))
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the folder mgfr leaves gets the usual permissions

@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from mgfr_cli.files import hidden_beside, temp_prefix
+
 SUFFIX = ".mgfr-claim"
 UNWRITTEN_GRACE_S = 60.0  # a claim file still empty this long after its creation was left by a crash
 _PROCESS_HELD: set[Path] = set()  # claims held by any run of this process (the web page and a batch, say)
@@ -23,7 +25,7 @@ _PROCESS_LOCK = threading.Lock()
 
 
 def claim_file(target: Path) -> Path:
-    return target.with_name(f".{target.name}{SUFFIX}")
+    return hidden_beside(target, SUFFIX)
 
 
 class Claims:
@@ -45,7 +47,7 @@ class Claims:
         for _ in range(3):
             tmp = None
             try:  # written beside, then linked into place: a claim appears whole or not at all, even under kill -9
-                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=path.parent)
+                fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=path.parent)
                 with os.fdopen(fd, "w") as f:
                     json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
                 os.link(tmp, path)

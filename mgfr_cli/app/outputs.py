@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from mgfr_cli.errors import InputError, UsageError
 from mgfr_cli.faces.inputs import InputItem, Outcome, inside
 from mgfr_cli.faces.io import Photo, output_format, plain_ext
+from mgfr_cli.files import fit_name, temp_prefix
 
 if TYPE_CHECKING:
     from mgfr_cli.app.batch import RestoreJob
@@ -19,8 +20,7 @@ if TYPE_CHECKING:
 def output_path(job: RestoreJob, item: InputItem, photo: Photo | None) -> Path:
     """Where ``item``'s output goes; always inside ``job.output`` (checked, whatever the suffix or glob)."""
     ext = output_format(photo, job.ext, item.path) if photo is not None else plain_ext(job.ext, item.path)
-    rel = item.relative
-    target = job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}"
+    target = named(job.output, item.relative, f"{job.suffix}.{ext}")
     if not inside(target, job.output.resolve()):
         raise InputError(f"{item.path}: its output {target} would be outside {job.output}; not written")
     return target
@@ -35,7 +35,13 @@ def output_candidates(job: RestoreJob, item: InputItem) -> list[Path]:
         exts = ["mp4"]
     else:
         exts = [plain_ext(job.ext, item.path)] + (["png"] if job.ext == "auto" else [])
-    return [job.output / rel.parent / f"{rel.stem}{job.suffix}.{ext}" for ext in exts]
+    return [named(job.output, rel, f"{job.suffix}.{ext}") for ext in exts]
+
+
+def named(folder: Path, rel: Path, tail: str) -> Path:
+    """``folder/rel``'s folder, and ``rel``'s stem with ``tail`` (a suffix and extension) as its name, shortened where
+    a name that long cannot be made (the stem's start and a hash: a long input name still gets its output)."""
+    return folder / rel.parent / fit_name(rel.stem, tail)
 
 
 def earlier_rows(job: RestoreJob) -> list[dict]:
@@ -117,9 +123,8 @@ def save_face_crops(job: RestoreJob, item: InputItem, faces, restored) -> str:
 
     rel, kept = item.relative, []
     for f, r in zip(faces, restored):
-        stem = job.output / FACES_DIR / rel.parent / f"{rel.stem}_{f.index:02d}"
-        for path, pixels in ((stem.with_name(stem.name + "_aligned.png"), f.crop),
-                             (stem.with_name(stem.name + "_restored.png"), r)):
+        for path, pixels in ((named(job.output / FACES_DIR, rel, f"_{f.index:02d}_aligned.png"), f.crop),
+                             (named(job.output / FACES_DIR, rel, f"_{f.index:02d}_restored.png"), r)):
             if (path.exists() or path.is_symlink()) and not job.overwrite:
                 kept.append(path.name)
             else:
@@ -130,7 +135,7 @@ def save_face_crops(job: RestoreJob, item: InputItem, faces, restored) -> str:
 def remove_stale_temporaries(target: Path) -> None:
     """Temporary files of ``target`` left by a run that was killed mid-write (``atomic_write_bytes``)."""
     if target.parent.is_dir():
-        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        for stale in target.parent.glob(f"{glob.escape(temp_prefix(target))}*.tmp"):
             stale.unlink(missing_ok=True)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from mgfr_cli.errors import OutputError
 from mgfr_cli.faces.io import Photo
-from mgfr_cli.files import atomic_write_bytes, folder_lock
+from mgfr_cli.files import atomic_write_bytes, folder_lock, temp_prefix
 from mgfr_cli.ownership import PAGE_MARK
 
 FOLDER = "_report"
@@ -73,7 +73,8 @@ class Report:
                                                              f"kept, and the page's images written to {self.folder.name}")))
         self.title = title
         with folder_lock(self.folder):  # a temporary file seen under the page's lock was left by a killed run
-            for stale in [*self.folder.glob(".*.tmp"), *self.output.glob(f".{glob.escape(self.page.name)}.*.tmp")]:
+            page_temporaries = self.output.glob(f"{glob.escape(temp_prefix(self.page))}*.tmp")
+            for stale in [*self.folder.glob(".*.tmp"), *page_temporaries]:
                 stale.unlink(missing_ok=True)
         self.entries: dict[str, dict] = self._saved()  # photo -> {its output (None: a failure) -> entry}
         self.mine: dict[tuple, dict] = {}  # this run's entries by (photo, output)

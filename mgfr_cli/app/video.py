@@ -92,11 +92,11 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
     from mgfr_cli.errors import MgfrError, OutputError, unexpected
     from mgfr_cli.faces.conditions import FaceConditions, resolve_specs
     from mgfr_cli.app.batch import FATAL_WRITE_ERRORS
-    from mgfr_cli.app.outputs import skipped_as_done
+    from mgfr_cli.app.outputs import named, skipped_as_done
     from mgfr_cli.faces.inputs import FAILED
 
     rel = item.relative
-    target = job.output / rel.parent / f"{rel.stem}{job.suffix}.mp4"
+    target = named(job.output, rel, f"{job.suffix}.mp4")
     if target.resolve() in inputs:
         return Outcome(item.path, FAILED, f"{item.path}: output {target} would overwrite an input")
     if target.exists() and not job.overwrite:

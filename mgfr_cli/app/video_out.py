@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mgfr_cli.faces.video_io import Colour
+from mgfr_cli.files import hidden_beside
 
 # tags a muxer writes of its own (and the rotation already applied to the pixels): never copied from the input
 MUXER_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder", "handler_name", "vendor_id", "rotate",
@@ -21,7 +22,7 @@ class Segments:
     whole piece. Joined (packets copied, nothing encoded again) into the output with the audio at the end."""
 
     def __init__(self, target: Path, key: str):
-        self.dir = target.with_name(f".{target.name}.segments")
+        self.dir = hidden_beside(target, ".segments")
         self.dir.mkdir(parents=True, exist_ok=True)
         stamp = self.dir / "key.txt"
         if stamp.is_file() and stamp.read_text() != key:  # another input or other settings: start again
@@ -47,7 +48,7 @@ class Segments:
     def join(self, target: Path, source, n: int) -> list[str]:
         import av
 
-        tmp = target.with_name(f".{target.name}.partial.mp4")
+        tmp = hidden_beside(target, ".partial.mp4")
         out = av.open(str(tmp), "w", format="mp4")
         try:
             first = av.open(str(self.path(0)))

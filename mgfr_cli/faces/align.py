@@ -16,7 +16,7 @@ from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, Outcome, collect_in
 from mgfr_cli.errors import MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import FaceHelper, FaceSelection
 from mgfr_cli.faces.io import read_image, write_image
-from mgfr_cli.files import atomic_write_bytes, check_output_folder
+from mgfr_cli.files import atomic_write_bytes, check_output_folder, fit_name
 
 FIELDS = ["source", "face_index", "crop", "score", "x1", "y1", "x2", "y2"] + [
     f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in ("x", "y")] + [
@@ -103,7 +103,7 @@ def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list
         outcomes.append(Outcome(item.path, NO_FACE, "no face detected"))
         return
     rel = item.relative
-    crops = [output / rel.parent / f"{rel.stem}_{f.index:02d}.png" for f in faces]
+    crops = [output / rel.parent / fit_name(rel.stem, f"_{f.index:02d}.png") for f in faces]
     mine = next((c for c in crops if c.exists() and str(c.resolve()) not in written), None)
     if mine is not None:
         outcomes.append(Outcome(item.path, FAILED, f"{mine} exists and was not written by mgfr align; not replaced"))
@@ -144,7 +144,7 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
         return
     rel = item.relative
     for t in tracks:
-        crop_path = output / rel.parent / f"{rel.stem}_track_{t.index:02d}.png"
+        crop_path = output / rel.parent / fit_name(rel.stem, f"_track_{t.index:02d}.png")
         if crop_path.exists() and str(crop_path.resolve()) not in written:
             outcomes.append(Outcome(item.path, FAILED, f"{crop_path} exists and was not written by mgfr align; not replaced"))
             return
