@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mgfr_cli.errors import InputError
-from mgfr_cli.faces.io import Photo, output_format, read_image, write_image
+from mgfr_cli.faces.io import Photo, output_format, photo_of, read_image, write_image
 from mgfr_cli.faces.metadata import Metadata
 
 
@@ -325,3 +325,30 @@ def test_an_animations_note_names_the_frame_restored(tmp_path):
     shown.seek(2)
     photo = photo_of(shown)
     assert photo.note == "only frame 3 of 3 restored" and photo.pixels.mean() == 200
+
+
+def test_32_bit_integer_images_are_read_by_what_their_values_span(tmp_path):
+    """A 32-bit integer TIFF came out white (an unsigned one: Pillow holds it as signed, so past 2**31 it went below
+    zero, and the rest was clipped at 65535), or nearly black (one holding 8-bit values, as Pillow writes its mode I:
+    taken for 16 bits), and Pillow's and tifffile's readers disagreed. One rule now, for files and PIL images."""
+    import tifffile
+
+    gray = np.tile(np.arange(256, dtype=np.uint32), (4, 1))
+    tifffile.imwrite(tmp_path / "full.tif", gray * 16843009)  # unsigned, the whole 32-bit range (Pillow: mode I)
+    tifffile.imwrite(tmp_path / "signed.tif", (gray.astype(np.int64) * 8421504 - 2**30).astype(np.int32))
+    tifffile.imwrite(tmp_path / "rgb.tif", np.dstack([gray * 257] * 3), photometric="rgb")  # 16-bit values (tifffile)
+    Image.fromarray(gray.astype(np.uint8)).convert("I").save(tmp_path / "pillow.tif")  # 8-bit values in 32 bits
+    wide = read_image(tmp_path / "full.tif").pixels
+    assert wide.dtype == np.uint16 and np.array_equal(wide >> 8, gray)
+    assert np.array_equal(read_image(tmp_path / "rgb.tif").pixels[..., 1] >> 8, gray)
+    below = read_image(tmp_path / "signed.tif").pixels  # signed: below zero is black, 2**31 - 1 white
+    assert below.dtype == np.uint16 and below[0, 0] == 0 and below[0, 255] >> 8 == 127  # (2**30 of 2**31)
+    in_memory = photo_of(Image.fromarray(gray.astype(np.uint8)).convert("I")).pixels
+    for eight in (read_image(tmp_path / "pillow.tif").pixels, in_memory):
+        assert eight.dtype == np.uint8 and np.array_equal(eight, gray)
+
+
+def test_an_image_without_pixels_is_one_clear_error():
+    for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((4, 0), np.uint16), Image.new("RGB", (0, 3))):
+        with pytest.raises(InputError, match="the image has no pixels"):
+            photo_of(empty)

@@ -19,7 +19,7 @@ import numpy as np
 from mgfr_cli.errors import InputError
 from mgfr_cli.faces.metadata import (Metadata, appended_parts, cmyk_by_profile, deep_tiff, metadata_of,
                                      png_gray_alpha, png_with, save_options)
-from mgfr_cli.faces.tiff import dropped_by_pillow, floats_to_8bit, is_tiff, read_tiff
+from mgfr_cli.faces.tiff import dropped_by_pillow, floats_to_8bit, ints_to_depth, is_tiff, read_tiff
 from mgfr_cli.files import atomic_write_bytes
 
 # The one list of formats mgfr reads, by name and in folder walks alike (GIF and AVIF: first frame).
@@ -197,6 +197,9 @@ def photo_of(image) -> Photo:
     """A :class:`Photo` of an in-memory image, in its own form: a PIL image (any mode, turned upright by its EXIF
     orientation as a file is, its metadata kept) or a ``(H, W)``, ``(H, W, 2|3|4)``
     uint8/uint16 array (gray, gray+alpha, RGB, RGBA)."""
+    dims = tuple(image.size) if hasattr(image, "convert") else np.shape(image)
+    if 0 in dims:
+        raise InputError(f"the image has no pixels (its size is {dims})")
     if hasattr(image, "convert"):  # PIL: as a file is read (Image.open's are lazy: loaded first, as a file's)
         image.load()
         return _pil_photo(image)
@@ -226,8 +229,13 @@ def _pil_to_array(im, data: bytes) -> np.ndarray:
         if deep is not None and deep.dtype == np.uint16 and deep.ndim == 3:
             code = cv2.COLOR_BGRA2RGBA if deep.shape[2] == 4 else cv2.COLOR_BGR2RGB
             return cv2.cvtColor(deep, code)
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        return np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
+    if mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(im, dtype=np.uint16)
+    if mode == "I":  # 32-bit integers; Pillow holds an unsigned TIFF's as signed (above 2**31: below 0)
+        px = np.asarray(im, dtype=np.int32)
+        kind = getattr(im, "tag_v2", {}).get(339, 1) if im.format == "TIFF" else 2  # SampleFormat: 1 unsigned
+        unsigned = 2 not in (kind if isinstance(kind, tuple) else (kind,))
+        return ints_to_depth(px.view(np.uint32) if unsigned else px)
     if mode == "F":  # float TIFF
         return floats_to_8bit(np.asarray(im, dtype=np.float32))
     if mode in ("1", "L"):

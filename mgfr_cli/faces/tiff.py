@@ -94,6 +94,19 @@ def floats_to_8bit(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(px * (255.0 if px.max(initial=0.0) <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
 
 
+def ints_to_depth(pixels: np.ndarray) -> np.ndarray:
+    """A 32-bit integer image in 8 or 16 bits. What its values span says what they are, as for floats: a writer that
+    kept 8-bit values in 32 bits (Pillow's mode I) gives 0..255, a 16-bit one 0..65535, else the type's whole range
+    is used (its top 16 bits); below 0 is black."""
+    px = np.clip(pixels.astype(np.int64), 0, None)
+    top = int(px.max(initial=0))
+    if top <= 255:
+        return px.astype(np.uint8)
+    if top <= 65535:
+        return px.astype(np.uint16)
+    return (px >> (8 * pixels.dtype.itemsize - (pixels.dtype.kind == "i") - 16)).astype(np.uint16)
+
+
 def _depth(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype in (np.uint8, np.uint16):
         return pixels.copy()
@@ -101,8 +114,8 @@ def _depth(pixels: np.ndarray) -> np.ndarray:
         return pixels.astype(np.uint8) * 255
     if pixels.dtype.kind == "f":
         return floats_to_8bit(pixels)
-    if pixels.dtype.itemsize >= 4:  # 32-bit integers: their top 16 bits
-        return (np.clip(pixels.astype(np.int64), 0, None) >> (8 * pixels.dtype.itemsize - 16)).astype(np.uint16)
+    if pixels.dtype.itemsize >= 4:  # 32-bit integers
+        return ints_to_depth(pixels)
     return np.clip(pixels.astype(np.int64), 0, None).astype(np.uint16)  # (signed 8/16-bit)
 
 
