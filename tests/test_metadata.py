@@ -3,6 +3,7 @@ profile, EXIF, XMP, the pixel density, text, IPTC, a gray+alpha photo's alpha; T
 metadata never makes an output slower to write or larger."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -429,3 +430,24 @@ def test_a_damaged_exif_is_said_in_the_summary_not_in_pillows_words(tmp_path):
         warnings.simplefilter("always")
         photo = read_image(tmp_path / "odd.tif")
     assert not shown and photo.note == "", ([str(w.message) for w in shown], photo.note)
+
+
+def test_a_restored_file_is_a_new_instance_of_the_photos_document(tmp_path):
+    """The photo's XMP was copied with its ``xmpMM:InstanceID``, so a catalogue (Lightroom, a DAM) took the restored
+    file for the photo's own file. The output gets an instance ID of its own, the same for the same pixels (a rerun
+    writes the same bytes), in attribute and element form; the document ID and the history are kept."""
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/" xmpMM:DocumentID="xmp.did:d1" '
+           b'xmpMM:InstanceID="xmp.iid:photo"><xmpMM:History><rdf:Seq><rdf:li stEvt:instanceID="xmp.iid:photo"/>'
+           b'</rdf:Seq></xmpMM:History></rdf:Description></rdf:RDF></x:xmpmeta>')
+    pixels = np.random.default_rng(0).integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    for name in ("a.jpg", "a.png", "a.tif", "b.jpg"):
+        write_image(tmp_path / name, pixels if name != "b.jpg" else 255 - pixels, meta=Metadata(xmp=xmp))
+    ids = {}
+    for name in ("a.jpg", "a.png", "a.tif", "b.jpg"):
+        written = read_image(tmp_path / name).meta.xmp
+        ids[name] = re.search(rb'xmpMM:InstanceID="([^"]*)"', written)[1]
+        assert b'xmpMM:DocumentID="xmp.did:d1"' in written and b'stEvt:instanceID="xmp.iid:photo"' in written
+    assert ids["a.jpg"] == ids["a.png"] == ids["a.tif"] != b"xmp.iid:photo" and ids["b.jpg"] != ids["a.jpg"]
+    element = Metadata(xmp=b"<x><xmpMM:InstanceID>uuid:photo</xmpMM:InstanceID></x>").for_file(".png", pixels).xmp
+    assert element == b"<x><xmpMM:InstanceID>" + ids["a.jpg"] + b"</xmpMM:InstanceID></x>"

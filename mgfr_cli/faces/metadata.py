@@ -9,9 +9,11 @@ profile converts its pixels (:func:`cmyk_by_profile`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import struct
+import uuid
 import zlib
 from dataclasses import dataclass, replace
 
@@ -44,7 +46,9 @@ class Metadata:
         jpeg, exif = ext in (".jpg", ".jpeg"), None
         if self.exif and ext != ".bmp":
             exif = sized_exif(self.exif, pixels.shape[1], pixels.shape[0], JPEG_SEGMENT if jpeg else None, self.dpi)
-        xmp = sized_xmp(self.xmp, pixels.shape[1], pixels.shape[0], self.dpi) if self.xmp and ext != ".bmp" else None
+        xmp = None
+        if self.xmp and ext != ".bmp":
+            xmp = new_instance(sized_xmp(self.xmp, pixels.shape[1], pixels.shape[0], self.dpi), pixels)
         return Metadata(fitting_profile(self.icc, pixels), exif, xmp, self.dpi,
                         self.text if ext == ".png" else tuple((k, v) for k, v in self.text if k == "Comment" and jpeg),
                         self.iptc if jpeg or ext in (".tif", ".tiff") else None,
@@ -124,6 +128,20 @@ def sized_xmp(xmp: bytes, width: int, height: int, dpi: tuple[float, float] | No
         x, y = (f"{round(v)}/1" if abs(v - round(v)) < 1e-6 else f"{round(v * 10000)}/10000" for v in dpi)
         values.update({"tiff:XResolution": x, "tiff:YResolution": y, "tiff:ResolutionUnit": 2})  # (in inches)
     return xmp_set(xmp, values)
+
+
+INSTANCE_ID = re.compile(rb'(\sxmpMM:InstanceID\s*=\s*(["\'])).*?(\2)|(<xmpMM:InstanceID>)[^<]*(</xmpMM:InstanceID>)')
+
+
+def new_instance(xmp: bytes, pixels: np.ndarray) -> bytes:
+    """``xmp`` with an ``xmpMM:InstanceID`` of its own: the restored file is a new instance of the photo's document
+    (its ``DocumentID`` kept), not the photo's file, which a catalogue would take it for. Made from the pixels, so a
+    rerun writes the same bytes."""
+    if b"InstanceID" not in xmp:
+        return xmp
+    digest = hashlib.blake2b(np.ascontiguousarray(pixels), digest_size=16).digest()
+    iid = b"xmp.iid:" + str(uuid.UUID(bytes=digest)).encode()
+    return INSTANCE_ID.sub(lambda m: (m[1] + iid + m[3]) if m[1] else (m[4] + iid + m[5]), xmp)
 
 
 def upright_exif(im) -> bytes | None:
