@@ -105,3 +105,43 @@ def check_output_folder(output: Path) -> None:
             pass
     except OSError as exc:
         raise OutputError(f"{output}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+class Journal:
+    """What a run has written so far, a JSON line a file, appended beside the record it ends in (``.NAME.journal``
+    beside ``NAME``) as each file is made: a run stopped before it writes its record (Ctrl-C, ``kill -9``, the OOM
+    killer, a power cut) still leaves the next run knowing which files are its outputs (never inputs, replaced
+    only by mgfr). The record's writer folds the lines in and removes the journal, under the folder's lock."""
+
+    def __init__(self, record: Path):
+        self.path = hidden_beside(Path(record), ".journal")
+
+    def add(self, row: dict) -> None:
+        import json
+
+        line = (json.dumps(row, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)) + "\n").encode()
+        with folder_lock(self.path.parent):  # (never between another run's reading and removing it)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    def rows(self) -> list[dict]:
+        """The rows appended (a line cut short by a kill left out)."""
+        import json
+
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except OSError:
+            return []
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        return [r for r in rows if isinstance(r, dict)]
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)

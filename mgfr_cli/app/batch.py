@@ -25,6 +25,7 @@ from mgfr_cli.errors import InputError, MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
 from mgfr_cli.app.paste import paste_back, upscaled_like
+from mgfr_cli.app.summary import journal, row_of
 from mgfr_cli.app.outputs import (dropped_note, earlier_recipes, earlier_rows, existing_output, output_path,
                                   own_folders, own_outputs, recipe, refuse_outputs_onto_inputs,
                                   remove_stale_temporaries, save_face_crops, skipped_as_done)
@@ -136,10 +137,12 @@ class BatchRestorer:
         inputs = {it.path.resolve() for it in items + videos}
         ref_cache: dict[Path, AlignedFace] = {}  # one run's aligned references, by file
         overrides = FlagOverrides(job.flags)  # sidecar settings the flags replaced: said after the run
+        written = journal(job.output)  # each output's row as it is made: a run stopped before its summary resumes
 
         def finish(o: Outcome):
             if o.status in (RESTORED, NO_FACE) and o.output is not None:  # what a later run resumes by
                 o = replace(o, recipe=recipe(job, o.source, faceless=o.status == NO_FACE))
+                written.add(row_of(o))
             if o.status == RESTORED:
                 overrides.add(o.source)
             outcomes.append(o)

@@ -45,16 +45,20 @@ def named(folder: Path, rel: Path, tail: str) -> Path:
 
 
 def earlier_rows(job: RestoreJob) -> list[dict]:
-    """The rows of the output folder's summary (what earlier runs wrote, and with what), read once per run."""
+    """The rows of the output folder's summary (what earlier runs wrote, and with what), then its journal's (what a
+    run stopped before writing its summary wrote), read once per run."""
     import json
 
     from mgfr_cli.app.summary import summary_path
+    from mgfr_cli.files import Journal
 
+    path = summary_path(job.output)[0]
     try:
-        rows = json.loads(summary_path(job.output)[0].read_text())
+        rows = json.loads(path.read_text())
     except (OSError, ValueError):
-        return []
-    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("source"), str)] if isinstance(rows, list) else []
+        rows = []
+    rows = (rows if isinstance(rows, list) else []) + Journal(path).rows()
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("source"), str)]
 
 
 def own_outputs(earlier: list[dict], output: Path) -> set[Path]:

@@ -26,7 +26,15 @@ def summary_path(output: Path, name: str = SUMMARY) -> tuple[Path, str]:
     return own_or_free(output / name, lambda p: is_json_rows(p, ROW_KEYS))
 
 
-def _row(o: Outcome) -> dict:
+def journal(output: Path):
+    """The summary's journal (:class:`~mgfr_cli.files.Journal`): each output's row as it is written, so a run
+    stopped before it writes the summary still leaves its outputs known as mgfr's."""
+    from mgfr_cli.files import Journal
+
+    return Journal(summary_path(output)[0])
+
+
+def row_of(o: Outcome) -> dict:
     return {"source": source_key(o.source), "status": o.status, "detail": o.detail,
             "output": source_key(o.output) if o.output else None, "faces": o.faces,  # resolved: read from anywhere
             **({"identity": list(o.identity)} if o.identity else {}),
@@ -74,9 +82,10 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
     what is on disk."""
     import json
 
-    from mgfr_cli.files import atomic_write_bytes, folder_lock
+    from mgfr_cli.files import Journal, atomic_write_bytes, folder_lock
 
-    rows = [_row(o) for o in outcomes]
+    rows = [row_of(o) for o in outcomes]
+    journaled = Journal(path)
     if not merge:
         atomic_write_bytes(path, json.dumps(rows, indent=1).encode())
         return
@@ -93,9 +102,11 @@ def write_summary(path: Path, outcomes, merge: bool = False) -> None:
         merged: dict[str, dict] = {}  # photo -> {its output (None: a row without one) -> row}
         for r in old:
             merged.setdefault(r["source"], {})[output_of(r)] = r
-        for r in rows:
+        stopped = [r for r in journaled.rows() if isinstance(r.get("source"), str)]  # runs stopped before their summary
+        for r in stopped + rows:
             place(merged.setdefault(r["source"], {}), output_of(r), r)
         atomic_write_bytes(path, json.dumps([r for per in merged.values() for r in per.values()], indent=1).encode())
+        journaled.clear()
 
 
 # -- the processes of one launch (accelerate launch / torchrun) ------------------------------------------
@@ -144,7 +155,7 @@ def write_share(output: Path, rank: int, world: int, outcomes, notes=(), tally=N
 
     path, _ = own_or_free(output / f"mgfr-summary-{rank}-of-{world}.json",  # also an earlier version's (rows)
                           lambda p: _read_share(p) is not None or is_json_rows(p, ROW_KEYS))
-    data = {"mgfr": SHARE_MARK, "rows": [_row(o) for o in outcomes], "notes": list(notes), "tally": tally or {}}
+    data = {"mgfr": SHARE_MARK, "rows": [row_of(o) for o in outcomes], "notes": list(notes), "tally": tally or {}}
     atomic_write_bytes(path, json.dumps(data, indent=1).encode())
 
 

@@ -16,7 +16,7 @@ from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, Outcome, collect_in
 from mgfr_cli.errors import MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import FaceHelper, FaceSelection
 from mgfr_cli.faces.io import read_image, write_image
-from mgfr_cli.files import atomic_write_bytes, check_output_folder, fit_name
+from mgfr_cli.files import Journal, atomic_write_bytes, check_output_folder, fit_name
 
 FIELDS = ["source", "face_index", "crop", "score", "x1", "y1", "x2", "y2"] + [
     f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in ("x", "y")] + [
@@ -29,13 +29,18 @@ def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelect
     check_output_folder(output)  # a file, a read-only mount: one line before any work
     tables = _table_paths(output)
     # the crops an earlier align wrote here (by resolved path): those may be written again, and are never inputs
-    earlier = {_crop_key(r["crop"], output): r for r in _rows_listed(tables[1])}
+    journal = Journal(tables[1])  # and those of a run stopped before it wrote the tables (Ctrl-C, kill -9)
+    earlier = {_crop_key(r["crop"], output): r for r in _rows_listed(tables[1]) + journal.rows()
+               if isinstance(r.get("crop"), str)}
     items, outcomes = collect_inputs(inputs, recursive, exclude=output, own=earlier.keys())
     rows = []
     try:
         for item in items:
             try:
+                done = len(rows)
                 _align_one(helper, item, output, selection, max_megapixels, rows, outcomes, earlier)
+                for row in rows[done:]:
+                    journal.add(row)
             except OSError:
                 raise  # a full disk: below
             except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the rest
@@ -165,3 +170,4 @@ def _write_tables(tables: tuple[Path, Path], rows: list) -> None:
     tables[0].parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(tables[0], buf.getvalue().encode())
     atomic_write_bytes(tables[1], json.dumps(rows, indent=1).encode())
+    Journal(tables[1]).clear()

@@ -128,11 +128,10 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
     import json
     from pathlib import Path
 
-    from mgfr_cli.files import check_output_folder
     from mgfr_cli.faces.inputs import FAILED, RESTORED, Outcome, collect_inputs
     from mgfr_cli.errors import MgfrError, unexpected
     from mgfr_cli.faces.io import read_image, write_image
-    from mgfr_cli.files import atomic_write_bytes
+    from mgfr_cli.files import Journal, atomic_write_bytes, check_output_folder
 
     from mgfr_cli.ownership import own_or_free
 
@@ -142,6 +141,8 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
     # mgfr's own earlier copies: still listed after this run (a run over other photos into the same folder keeps
     # their parameters, and a later run may write them again); never inputs (``-o`` may be the input folder)
     params = json.loads(record.read_text()) if record.is_file() else {}
+    journal = Journal(record)  # the copies of a run stopped before it wrote params.json (Ctrl-C, kill -9): mgfr's
+    params.update({r["copy"]: r["params"] for r in journal.rows() if isinstance(r.get("copy"), str)})
     params = {k: v for k, v in params.items() if (output / Path(k).with_suffix(".png")).is_file()}  # still there
     written = set(params)
     items, outcomes = collect_inputs(inputs, recursive, exclude=output,
@@ -165,10 +166,12 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
             outcomes.append(Outcome(item.path, FAILED, unexpected(item.path, exc)))
             continue
         params[str(item.relative)] = p
+        journal.add({"copy": str(item.relative), "params": p})
         outcomes.append(Outcome(item.path, RESTORED, "", target, 0))
     if note:
         on_note(note)
     atomic_write_bytes(record, json.dumps(params, indent=1, default=list).encode())
+    journal.clear()
     return outcomes
 
 
