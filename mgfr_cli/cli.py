@@ -89,7 +89,7 @@ def restore(
     from mgfr_cli.model.identity_guidance import reference_notes
     from mgfr_cli.model.pipeline import DiffusionRestorer, RestoreSettings
 
-    check_outputs(video_noise, ext, suffix)
+    check_outputs(output, video_noise, ext, suffix)
     RestoreSettings(guidance_quality=guidance_quality or 0.0, guidance_attribute=guidance_attribute,
                     scheduler=scheduler or "ddpm", color_fix=color_fix, start_from=start_from).check()
     selection = face_selection(only_center_face, largest_face, face_index, min_face_size)
@@ -210,10 +210,12 @@ def align(
     """Detect and align every face to FFHQ-style crops, with faces.csv and faces.json listing them."""
     from mgfr_cli.faces.align import align_inputs
     from mgfr_cli.faces.helper import FaceHelper
+    from mgfr_cli.files import not_a_file
     from mgfr_cli.weights.files import resolve_root
 
     selection = face_selection(only_center_face, largest_face, face_index, min_face_size)
     dev, _ = resolve_device(device)
+    not_a_file(output)  # before the detector loads
     helper = FaceHelper(resolve_root(model_root), detector.value, face_size=face_size, device=dev, use_parse=False)
     outcomes = align_inputs(helper, inputs, output, selection, recursive, max_megapixels, lambda n: notes([n]))
     raise typer.Exit(summary(outcomes, "mgfr align", done="aligned"))

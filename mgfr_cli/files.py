@@ -96,9 +96,16 @@ def _flocked(fd: int):
         os.close(fd)  # closing releases the lock
 
 
+def not_a_file(output: Path) -> None:
+    """Fail when ``-o`` names a file (``-o restored.jpg``, as another tool's output option may): it names a folder."""
+    if Path(output).exists() and not Path(output).is_dir():
+        raise OutputError(f"{output}: is a file, not a folder (-o names the folder the outputs are written into)")
+
+
 def check_output_folder(output: Path) -> None:
     """Fail before any work when the output folder cannot take a file (a real probe: permission bits say
     nothing to root, and a read-only mount only shows on writing)."""
+    not_a_file(output)
     try:
         output.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output):

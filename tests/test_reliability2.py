@@ -188,12 +188,22 @@ def test_model_yaml_null_and_deep_yaml(tmp_path):
         read_yaml(tmp_path / "deep.yaml")
 
 
-def test_output_problems_of_align_eval_and_weights(detector_root, small, tmp_path, cli):
+def test_output_problems_of_align_eval_and_weights(detector_root, small, tmp_path, cli, monkeypatch):
     _png(tmp_path / "in" / "p.png", small)
     (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("MGFR_OFFLINE", "1")
+    code, _, err = cli("align", tmp_path / "in", "-o", tmp_path / "afile", "--model-root", tmp_path / "empty")
+    assert code == 1 and "afile: is a file, not a folder" in err  # before the (missing) detector is looked for
     code, _, err = cli("align", tmp_path / "in", "-o", tmp_path / "afile", "--detector", "retinaface_mobile0.25",
                        "--model-root", detector_root, "--device", "cpu")
-    assert code == 1 and "not writable" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "afile: is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    # restore: said before any model loads (this root has no weights: their error would come first), the file kept
+    code, _, err = cli("restore", tmp_path / "in", "-o", tmp_path / "afile", "--model-root", tmp_path / "empty",
+                       "--offline")
+    assert code == 1 and "afile: is a file, not a folder (-o names the folder" in err
+    assert (tmp_path / "afile").read_text() == "x"
+    code, _, err = cli("degrade", tmp_path / "in", "-o", tmp_path / "afile")
+    assert code == 1 and "afile: is a file, not a folder" in err
     # eval: tiny images are listed, -o naming a folder is refused up front
     for d in ("pred", "gt"):
         _png(tmp_path / d / "big.png", small)

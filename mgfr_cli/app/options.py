@@ -110,8 +110,11 @@ def resolve_device(device: Device, precision: str = "auto"):
     return "cpu", dtypes.get(precision, torch.float32)
 
 
-def check_outputs(video_noise: str, ext: str, suffix: str) -> None:
+def check_outputs(output: Path, video_noise: str, ext: str, suffix: str) -> None:
     """``restore``'s output options, refused before anything loads."""
+    from mgfr_cli.files import not_a_file
+
+    not_a_file(output)
     if video_noise not in ("track", "frame"):
         raise typer.BadParameter("--video-noise must be track or frame")
     if ext not in ("auto", "png", "jpg"):
