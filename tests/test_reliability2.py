@@ -204,6 +204,16 @@ def test_output_problems_of_align_eval_and_weights(detector_root, small, tmp_pat
     assert (tmp_path / "afile").read_text() == "x"
     code, _, err = cli("degrade", tmp_path / "in", "-o", tmp_path / "afile")
     assert code == 1 and "afile: is a file, not a folder" in err
+    # a folder flag naming a file, or a library that is not there: a usage error before anything loads (the
+    # recogniser's weights were asked for first, then the library said not a folder after the models loaded)
+    for flag, path, said in (("--ref-library", "afile", "is a file"), ("--ref-library", "gone", "does not exist"),
+                             ("--model-root", "afile", "is a file")):
+        code, _, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", flag, tmp_path / path, "--offline")
+        assert code == 2 and f"'{flag}'" in err and said in err, err
+    for path, said in (("afile", "afile (there, but not an adapter folder"), ("gone", "gone (an adapter folder")):
+        code, _, err = cli("restore", tmp_path / "in", "-o", tmp_path / "out", "--checkpoint", tmp_path / path,
+                           "--model-root", detector_root, "--offline")
+        assert code == 1 and said in err, err  # (a file named as the adapter was called missing)
     # eval: tiny images are listed, -o naming a folder is refused up front
     for d in ("pred", "gt"):
         _png(tmp_path / d / "big.png", small)

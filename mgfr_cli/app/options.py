@@ -39,14 +39,14 @@ class Detector(str, Enum):
 # -- options shared by several commands (defined once) -------------------------------------------
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks cuda when present (fp16 there, fp32 on cpu).")]
 ModelRootOpt = Annotated[Optional[Path], typer.Option(
-    "--model-root", help="Folder of weight files [default: $MGFR_HOME, else the repo's weights/].")]
+    "--model-root", file_okay=False, help="Folder of weight files [default: $MGFR_HOME, else the repo's weights/].")]
 DetectorOpt = Annotated[Detector, typer.Option(help="Face detector (facexlib RetinaFace).")]
 OnlyCenterOpt = Annotated[bool, typer.Option("--only-center-face", help="Keep only the face nearest the centre.")]
 LargestOpt = Annotated[bool, typer.Option("--largest-face", help="Keep only the largest face.")]
 FaceIndexOpt = Annotated[Optional[int], typer.Option("--face-index", min=0, help="Keep only face K (0 = leftmost).")]
 MinFaceOpt = Annotated[float, typer.Option("--min-face-size", min=0, callback=finite, help="Ignore faces whose eye distance is below PX.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of folder inputs.")]
-RefLibraryOpt = Annotated[Optional[Path], typer.Option("--ref-library", help="A folder of photos of the people in your photos (any layout): each face restored gets the library's best matches as references (--ref and sidecars win).")]
+RefLibraryOpt = Annotated[Optional[Path], typer.Option("--ref-library", exists=True, file_okay=False, help="A folder of photos of the people in your photos (any layout): each face restored gets the library's best matches as references (--ref and sidecars win).")]
 RefKOpt = Annotated[int, typer.Option("--ref-k", min=1, max=32, help="References taken from --ref-library per face.")]
 RefThresholdOpt = Annotated[float, typer.Option("--ref-threshold", callback=finite, min=-1, max=1, help="Least identity similarity (cosine) for a library face to be taken.")]
 MaxMpOpt = Annotated[float, typer.Option("--max-megapixels", min=0.01, max=100000, callback=finite, help="Refuse larger images (decompression-bomb guard).")]

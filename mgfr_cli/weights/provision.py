@@ -110,8 +110,9 @@ def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: 
                 missing.append((original, DEFAULT_PUBLIC, f"mgfr weights fetch {DEFAULT_PUBLIC}"))
             convert.append(DEFAULT_PUBLIC)
         else:
-            missing.append((checkpoint, None, "an adapter folder or `mgfr train` run folder; or leave --checkpoint out "
-                                              "to use the public DiffBIR prior"))
+            there = "there, but not " if Path(checkpoint).exists() else ""  # (a file, a run without a checkpoint yet)
+            missing.append((checkpoint, None, f"{there}an adapter folder or `mgfr train` run folder with a checkpoint; "
+                                              "or leave --checkpoint out to use the public DiffBIR prior"))
     cleaner_file = None
     if cleaner == "auto":  # what the adapter was trained with (a DiffBIR LCA: on cleaned faces)
         cleaner = profile_of({"source": source}).default_cleaner
