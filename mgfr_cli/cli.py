@@ -225,11 +225,11 @@ def align(
 def train(
     ctx: typer.Context,
     stage: Annotated[int, typer.Option(min=1, max=2, help="1: LQ branch with prompts; 2: reference/identity branch.")],
-    data: Annotated[Path, typer.Option(help="Stage 1: folder of aligned HQ faces; stage 2: one folder per identity.")],
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Stage 1: folder of aligned HQ faces; stage 2: one folder per identity.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoints, logs, final adapter).")],
     base: Annotated[Optional[Path], typer.Option(help="Stable Diffusion base [default: MODEL_ROOT/sd21-base].")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Training config YAML (every knob); flags override it.")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Stage 1: an LCA to fine-tune (e.g. MODEL_ROOT/diffbir-v2-lca); stage 2: the stage-1 run folder or adapter to start from.")] = None,
+    init: Annotated[Optional[Path], typer.Option(exists=True, help="Stage 1: an LCA to fine-tune (e.g. MODEL_ROOT/diffbir-v2-lca); stage 2: the stage-1 run folder or adapter to start from.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o from its latest checkpoint.")] = False,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Steps to train [default: the config's, else 100000].")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per step, per process [default: the config's, else 4].")] = None,

@@ -229,6 +229,12 @@ def test_output_problems_of_align_eval_and_weights(detector_root, small, tmp_pat
 
 def test_training_problems_are_one_line(tmp_path, cli, small):
     (tmp_path / "afile").write_text("x")
+    # --data and --init that are not there: said before the base and the recogniser are looked for (a user without
+    # them fetched gigabytes before learning the data path was wrong)
+    for flags, said in ((["--data", tmp_path / "gone"], "'--data': dir"), (["--data", tmp_path / "afile"], "is a file"),
+                        (["--data", tmp_path, "--init", tmp_path / "gone"], "'--init': path")):
+        code, _, err = cli("train", "--stage", "2", *flags, "-o", tmp_path / "run", "--model-root", tmp_path / "empty")
+        assert code == 2 and said in err, err
     code, _, err = cli("train", "--stage", "1", "--data", tmp_path, "-o", tmp_path / "afile")
     assert code == 1 and "names a file" in err
     data = tmp_path / "data"
