@@ -118,7 +118,8 @@ class Journal:
     """What a run has written so far, a JSON line a file, appended beside the record it ends in (``.NAME.journal``
     beside ``NAME``) as each file is made: a run stopped before it writes its record (Ctrl-C, ``kill -9``, the OOM
     killer, a power cut) still leaves the next run knowing which files are its outputs (never inputs, replaced
-    only by mgfr). The record's writer folds the lines in and removes the journal, under the folder's lock."""
+    only by mgfr). The record's writer folds the lines in and removes the journal (restore's under the folder's
+    lock: several runs may write into one folder)."""
 
     def __init__(self, record: Path):
         self.path = hidden_beside(Path(record), ".journal")
@@ -126,13 +127,17 @@ class Journal:
     def add(self, row: dict) -> None:
         import json
 
-        line = (json.dumps(row, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)) + "\n").encode()
-        with folder_lock(self.path.parent):  # (never between another run's reading and removing it)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+        # each line after a newline of its own: one a kill cut short never swallows the next run's
+        line = ("\n" + json.dumps(row, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))).encode()
+        try:
+            with folder_lock(self.path.parent):  # (never between another run's reading and removing it)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                try:
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
+        except OSError:  # a full disk: the output is written all the same; only a stopped run's resume is poorer
+            pass
 
     def rows(self) -> list[dict]:
         """The rows appended (a line cut short by a kill left out)."""

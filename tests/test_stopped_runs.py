@@ -83,13 +83,20 @@ def test_align_and_degrade_stopped_part_way_resume(tiny_root, astronaut, tmp_pat
     assert len(record) == 3 and _hidden(out) == []
 
 
-def test_a_journal_line_cut_short_by_a_kill_is_left_out(tmp_path):
-    from mgfr_cli.files import Journal
+def test_a_journal_line_cut_short_by_a_kill_is_left_out(tmp_path, monkeypatch):
+    import mgfr_cli.files as files
 
-    journal = Journal(tmp_path / "mgfr-summary.json")
+    journal = files.Journal(tmp_path / "mgfr-summary.json")
     journal.add({"source": "a.jpg", "value": np.float32(0.5)})
-    with open(journal.path, "ab") as f:
-        f.write(b'{"source": "b.j')  # the last write of a killed run
+    with monkeypatch.context() as m:  # the last write of a killed run: half of it reached the file
+        real = os.write
+        m.setattr(files.os, "write", lambda fd, data: real(fd, data[: len(data) // 2]))
+        journal.add({"source": "b.jpg"})
     assert journal.rows() == [{"source": "a.jpg", "value": 0.5}]
+    journal.add({"source": "c.jpg"})  # the next run's line is whole
+    assert journal.rows() == [{"source": "a.jpg", "value": 0.5}, {"source": "c.jpg"}]
     journal.clear()
     assert os.listdir(tmp_path) == []
+    journal.path.mkdir()  # a journal that cannot be written (a full disk, say) never fails the output it records
+    journal.add({"source": "d.jpg"})
+    assert journal.rows() == []
