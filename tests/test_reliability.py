@@ -238,7 +238,7 @@ def test_output_that_is_a_file(tiny_root, astronaut, tmp_path, cli):
     cv2.imwrite(str(src), astronaut[..., ::-1])
     (tmp_path / "out").write_text("I am a file")
     code, _, err = cli("restore", src, "-o", tmp_path / "out", "--model-root", tiny_root, *FAST)
-    assert code == 1 and "output folder is not writable" in err
+    assert code == 1 and "out: is a file, not a folder" in err and (tmp_path / "out").read_text() == "I am a file"
 
 
 def test_disk_full_stops_cleanly(tiny_root, astronaut, tmp_path, cli, monkeypatch):

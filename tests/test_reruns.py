@@ -150,6 +150,21 @@ def test_an_output_name_that_is_an_input_under_another_name_is_refused(tiny_root
     assert code == 2 and "would overwrite the input" in err and src.read_bytes() == kept, text + err
 
 
+def test_an_output_that_is_another_photo_fails_that_photo_alone(tiny_root, photos, tmp_path, cli):
+    """`restore site -o site --suffix _r` where the user has a photo named `a_r.png` beside `a.png`: `a.png`'s output
+    would be that photo. It failed the whole run (a usage error meant for `-o photos` without a suffix); that photo
+    fails in one line now, and the others (`a_r.png` itself, `b.png`) are restored."""
+    a, b = photos
+    users = _png(a.parent / "a_r.png", cv2.imread(str(b))[:, :, ::-1])
+    kept = users.read_bytes()
+    code, text, err = cli("restore", a.parent, "-o", a.parent, "--suffix", "_r", "--model-root", tiny_root,
+                          "--steps", "1", *ALIGN)
+    said = " ".join(text.split())
+    assert code == 1 and "a.png: its output" in said and "would overwrite the input" in said, text + err
+    assert "failed │ 1 " in said and "restored │ 2 " in said and "skipped │ 0 " in said  # one outcome a photo
+    assert users.read_bytes() == kept and (a.parent / "a_r_r.png").is_file() and (a.parent / "b_r.png").is_file()
+
+
 def test_degrade_and_align_into_the_input_folder_never_read_their_own_outputs(tiny_root, astronaut, tmp_path, cli):
     """`degrade in -o in` and `align in -o in` run twice: the second run finds the first's copy and crop listed in its
     table and leaves them out of the inputs (it degraded `a.png` into `a-png.png`, aligned `a_00.png` again)."""

@@ -113,7 +113,8 @@ class BatchRestorer:
         if videos and unused:
             self.notes.append(f"{' and '.join(unused)}: not for clips ({len(videos)} here; a clip is written whole, "
                               f"as .mp4)")
-        refuse_outputs_onto_inputs(job, items + videos)
+        kept, failed = refuse_outputs_onto_inputs(job, items + videos)  # (an output that is another input: failed)
+        items, videos, outcomes = [i for i in items if i in kept], [v for v in videos if v in kept], outcomes + failed
         check_output_folder(job.output)
         self.recipes = earlier_recipes(earlier, job.output)  # what earlier runs' outputs were made with
         rank, world = job.shard

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mgfr_cli.errors import InputError, UsageError
-from mgfr_cli.faces.inputs import InputItem, Outcome, inside
+from mgfr_cli.faces.inputs import FAILED, InputItem, Outcome, inside
 from mgfr_cli.faces.io import Photo, output_format, plain_ext
 from mgfr_cli.files import fit_name, temp_prefix
 
@@ -77,20 +77,27 @@ def own_folders(output: Path) -> list[Path]:
     return [output / FACES_DIR, output / OUT_CACHE, report_folder(output)]
 
 
-def refuse_outputs_onto_inputs(job: RestoreJob, items: list[InputItem]) -> None:
+def refuse_outputs_onto_inputs(job: RestoreJob, items: list[InputItem]) -> tuple[set[InputItem], list[Outcome]]:
     """``restore photos -o photos``: every output would be its own input. A usage error, said before any work
     (not a batch of photos skipped because their "output exists"). An output name that already is an input under
     another name (``B.jpg`` for ``B.JPG`` in a case-insensitive folder: Windows and macOS drives, WSL's ``/mnt/c``,
-    SMB; a hard link) is the same file too: compared by what the names point to, not by their spelling."""
+    SMB; a hard link) is the same file too: compared by what the names point to, not by their spelling.
+    An output that is *another* input (``a.jpg``'s ``a_r.jpg`` under ``--suffix _r``, where a photo of the user's has
+    that name) fails that photo alone: returned are the inputs to restore and the outcomes of those that fail."""
     by_path = {it.path.resolve(): it.path for it in items}
     by_file = {fid: it.path for it in items if (fid := _file_id(it.path)) is not None}
+    clashed: dict[Path, Outcome] = {}
     for it in items:
         for candidate in output_candidates(job, it):
             fid = _file_id(candidate)
             same = by_path.get(candidate.resolve()) or (by_file.get(fid) if fid is not None else None)
-            if same is not None:
+            if same is not None and _file_id(same) == _file_id(it.path):
                 raise UsageError(f"-o {job.output}: the output {candidate} would overwrite the input {same}; "
                                  f"choose another -o or a --suffix")
+            if same is not None and it.path not in clashed:
+                clashed[it.path] = Outcome(it.path, FAILED, f"{it.path}: its output {candidate} would overwrite the "
+                                                            f"input {same}; not restored (choose another --suffix)")
+    return {it for it in items if it.path not in clashed}, list(clashed.values())
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
