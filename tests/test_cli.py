@@ -113,6 +113,23 @@ def test_batch_with_bad_inputs_keeps_going(tiny_root, astronaut, tmp_path, cli):
     assert leftovers == []
 
 
+def test_a_folder_without_a_photo_is_said_and_its_subfolders_counted(tiny_root, astronaut, tmp_path, cli):
+    """A folder whose photos are all in subfolders, given without --recursive, or an empty one, restored nothing and
+    said nothing (exit 0), where a pattern that matched nothing failed in one line."""
+    _write(tmp_path / "trip" / "day1" / "a.jpg", astronaut)
+    _write(tmp_path / "trip" / "day2" / "b.jpg", astronaut)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mgfr.yaml").write_text("prompt: brown eyes\n")  # a companion only
+    code, out, _ = cli("restore", tmp_path / "trip", tmp_path / "empty", tmp_path / "notes", "-o", tmp_path / "out",
+                       "--model-root", tiny_root, *FAST)
+    text = " ".join(out.split())
+    assert code == 1 and "no photo or clip in this folder; 2 in its subfolders (add --recursive)" in text, out
+    assert text.count("no photo or clip in this folder") == 3
+    code, out, _ = cli("restore", tmp_path / "trip", "-o", tmp_path / "out", "-r", "--model-root", tiny_root, *FAST)
+    assert code == 0 and (tmp_path / "out" / "day2" / "b.jpg").is_file()
+
+
 def test_rgba_and_16bit_keep_their_form(tiny_root, astronaut, tmp_path, cli):
     rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 200, np.uint8)])
     cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))

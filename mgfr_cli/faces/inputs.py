@@ -59,8 +59,13 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None 
         if path.is_dir():
             ignored: list[Path] = []
             fence = fences if inside(path, skip) else [skip]  # a folder inside -o: all of it but mgfr's own
-            items += _walk(path, recursive, fence, ignored)
+            found = _walk(path, recursive, fence, ignored)
+            items += found
             missing += [Outcome(p, SKIPPED, f"{NOT_AN_IMAGE} ({p.suffix or 'no extension'})") for p in ignored]
+            if not found and not ignored:  # nothing at all: said, as for a pattern that matches nothing
+                below = [] if recursive else _walk(path, True, fence)
+                missing.append(Outcome(path, FAILED, "no photo or clip in this folder" + (
+                    f"; {len(below)} in its subfolders (add --recursive)" if below else "")))
         elif path.exists() or path.is_symlink():
             items.append(InputItem(path, Path(path.name)))
             if own and path.resolve() in {Path(p) for p in own}:  # named, not found in a folder: said
