@@ -25,12 +25,12 @@ from mgfr_cli.errors import InputError, MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
 from mgfr_cli.app.paste import paste_back, upscaled_like
-from mgfr_cli.app.summary import journal, row_of
+from mgfr_cli.app.summary import row_of, summary_path
 from mgfr_cli.app.outputs import (dropped_note, earlier_recipes, earlier_rows, existing_output, output_path,
                                   own_folders, own_outputs, recipe, refuse_outputs_onto_inputs,
                                   remove_stale_temporaries, save_face_crops, skipped_as_done)
 from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, format_drops, is_video_file, read_image, write_image
-from mgfr_cli.files import check_output_folder
+from mgfr_cli.files import Journal, check_output_folder
 
 # Errors of the output folder itself: no later photo can be written either, so the run stops.
 FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -102,7 +102,8 @@ class BatchRestorer:
 
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
-        earlier = earlier_rows(job)  # the folder's summary, read once
+        record = summary_path(job.output)[0]  # the folder's summary, and its journal: read once
+        earlier = earlier_rows(record)
         items, outcomes = collect_inputs(job.inputs, job.recursive, exclude=job.output,
                                          own=own_outputs(earlier, job.output), own_dirs=own_folders(job.output))
         videos = [it for it in items if is_video_file(it.path)]
@@ -138,7 +139,7 @@ class BatchRestorer:
         inputs = {it.path.resolve() for it in items + videos}
         ref_cache: dict[Path, AlignedFace] = {}  # one run's aligned references, by file
         overrides = FlagOverrides(job.flags)  # sidecar settings the flags replaced: said after the run
-        written = journal(job.output)  # each output's row as it is made: a run stopped before its summary resumes
+        written = Journal(record)  # each output's row as it is made: a run stopped before its summary resumes
 
         def finish(o: Outcome):
             if o.status in (RESTORED, NO_FACE) and o.output is not None:  # what a later run resumes by

@@ -44,15 +44,13 @@ def named(folder: Path, rel: Path, tail: str) -> Path:
     return folder / rel.parent / fit_name(rel.stem, tail)
 
 
-def earlier_rows(job: RestoreJob) -> list[dict]:
-    """The rows of the output folder's summary (what earlier runs wrote, and with what), then its journal's (what a
-    run stopped before writing its summary wrote), read once per run."""
+def earlier_rows(path: Path) -> list[dict]:
+    """The rows of the output folder's summary ``path`` (what earlier runs wrote, and with what), then its journal's
+    (what a run stopped before writing its summary wrote)."""
     import json
 
-    from mgfr_cli.app.summary import summary_path
     from mgfr_cli.files import Journal
 
-    path = summary_path(job.output)[0]
     try:
         rows = json.loads(path.read_text())
     except (OSError, ValueError):

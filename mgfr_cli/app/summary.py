@@ -26,14 +26,6 @@ def summary_path(output: Path, name: str = SUMMARY) -> tuple[Path, str]:
     return own_or_free(output / name, lambda p: is_json_rows(p, ROW_KEYS))
 
 
-def journal(output: Path):
-    """The summary's journal (:class:`~mgfr_cli.files.Journal`): each output's row as it is written, so a run
-    stopped before it writes the summary still leaves its outputs known as mgfr's."""
-    from mgfr_cli.files import Journal
-
-    return Journal(summary_path(output)[0])
-
-
 def row_of(o: Outcome) -> dict:
     return {"source": source_key(o.source), "status": o.status, "detail": o.detail,
             "output": source_key(o.output) if o.output else None, "faces": o.faces,  # resolved: read from anywhere
