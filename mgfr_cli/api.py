@@ -282,13 +282,16 @@ class Restorer:
 
 
 def _idle_notes(sampling: dict, restorer) -> list[str]:
-    """The guidance keywords given that no face could act on (:meth:`DiffusionRestorer.idle`), with why."""
+    """The guidance keywords given that no face could act on (:meth:`DiffusionRestorer.idle`), with why; the words of
+    a prompt past what the text encoder reads."""
+    from mgfr_cli.model.prompts import cut_notes
+
     idle = restorer.idle()
     said = {"identity_guidance": f"identity_guidance: not used ({idle.get('identity_guidance')}"
                                  + (": give refs or a library)" if not restorer.referenced else ")"),
             "guidance_attribute": "guidance_attribute: not used (it steers away from a negative_prompt, and none was "
                                   "given)"}
-    return [said[k] for k in said if k in sampling and k in idle]
+    return [said[k] for k in said if k in sampling and k in idle] + cut_notes(restorer)
 
 
 def _yaml_beside(image) -> list[str]:

@@ -167,6 +167,8 @@ def test_a_process_tally_carries_every_count_to_process_0():
 
     other, first = restorer(), restorer()
     other.faces, other.negatives, other.referenced, other.guided = 3, 1, 2, 0
-    first.absorb(other.tally())
+    other.cut = {("negative prompt", "round long"): None}  # a prompt's words past the text encoder's length
+    first.absorb(json.loads(json.dumps(other.tally())))  # as the share file carries it
+    assert list(first.cut) == [("negative prompt", "round long")]
     assert first.tally() == other.tally() and first.idle() == other.idle()
     assert first.idle()["identity_guidance"].startswith("no recogniser") and "guidance_attribute" not in first.idle()

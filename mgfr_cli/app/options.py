@@ -164,8 +164,11 @@ def unused_flags(ctx: typer.Context, *, has_aligned: bool = False, library: bool
 
 
 def unused_after(ctx: typer.Context, restorer) -> list[str]:
-    """After a run: the flags given that no face turned out to use (``restorer``: the run's DiffusionRestorer)."""
-    lines, idle = [], restorer.idle()
+    """After a run: the flags given that no face turned out to use (``restorer``: the run's DiffusionRestorer), and
+    the words of a prompt (a flag's or a sidecar's) past what the text encoder reads."""
+    from mgfr_cli.model.prompts import cut_notes
+
+    lines, idle = cut_notes(restorer), restorer.idle()
     if given(ctx, ("identity_guidance",)) and "identity_guidance" in idle:
         lines.append(f"--identity-guidance: not used ({idle['identity_guidance']}" + (
             ": give --ref, --ref-library or a sidecar's refs)" if not restorer.referenced else ")"))

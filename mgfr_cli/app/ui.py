@@ -71,6 +71,7 @@ def library_found(outcome) -> str:
 def unused_sliders(restorer, settings, profile) -> str:
     """Sliders moved from their defaults that no face could use: said under the result, as the CLI names flags."""
     from mgfr_cli.model.pipeline import RestoreSettings
+    from mgfr_cli.model.prompts import cut_notes
 
     unused, idle = [], restorer.idle()
     if settings.guidance_attribute != RestoreSettings.guidance_attribute and "guidance_attribute" in idle:
@@ -78,7 +79,8 @@ def unused_sliders(restorer, settings, profile) -> str:
     if settings.identity_guidance != profile.default_identity_guidance and "identity_guidance" in idle:
         unused.append(f"identity guidance ({idle['identity_guidance']}" + (": upload one)" if not restorer.referenced
                                                                             else ")"))
-    return f" **Not used:** {'; '.join(unused)}." if unused else ""
+    cut = "".join(f" **Cut:** {plain(line)}." for line in cut_notes(restorer))  # a prompt's words past its length
+    return (f" **Not used:** {'; '.join(unused)}." if unused else "") + cut
 
 
 def _whole(value, name: str) -> int:

@@ -36,11 +36,32 @@ class BaseModel:
             m.eval()
         return self
 
+    def text_length(self) -> int:
+        """Tokens the text encoder reads, its start and end marks included (77 for CLIP)."""
+        return min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+
     def encode_text(self, texts: list[str], device):
-        """``(N, L, D)`` text-encoder states of ``texts``, padded to the encoder's length (77 for CLIP)."""
-        length = min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+        """``(N, L, D)`` text-encoder states of ``texts``, padded to the encoder's length (77 for CLIP); a longer
+        text is cut there (:meth:`cut_words` says what is lost)."""
+        length = self.text_length()
         tok = self.tokenizer(list(texts), padding="max_length", max_length=length, truncation=True, return_tensors="pt")
         return self.text_encoder(tok.input_ids.to(device))[0]
+
+    def cut_words(self, text: str) -> str:
+        """The words of ``text`` past the encoder's length, as written (from the word the cut falls in); ''
+        when it all fits."""
+        words, length = text.split(), self.text_length()
+
+        def fits(n: int) -> bool:
+            return len(self.tokenizer(" ".join(words[:n]), verbose=False).input_ids) <= length
+
+        if fits(len(words)):
+            return ""
+        lo, hi = 0, len(words)  # the first lo words fit, the first hi do not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return " ".join(words[lo:])
 
     def save(self, path: Path) -> None:
         """Write the standard diffusers folder layout (safetensors)."""

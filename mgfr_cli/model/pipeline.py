@@ -68,6 +68,7 @@ class RestoreOutput:
     images: list  # (S, S, 3) uint8 RGB, one per input face
     ignored: tuple = ()  # inputs this adapter cannot use (e.g. "references"), reported once per run
     guided: int = 0  # faces steered toward their references by identity guidance
+    cut: tuple = ()  # ("prompt" or "negative prompt", its words past the text encoder's length: not used)
 
 
 class MgfrPipeline:
@@ -93,6 +94,7 @@ class MgfrPipeline:
         self.dtype = dtype
         self.scaling = float(getattr(base.vae.config, "scaling_factor", 0.18215))
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._cut: dict[str, str] = {}  # prompt sentence -> its words the text encoder does not read
         self._ref_cache: dict = {}  # reference file -> (latent, identity embedding)
         self._predict_fn = self._predict
         self.notes: list[str] = []  # what the user should hear about this pipeline (e.g. another base)
@@ -144,7 +146,7 @@ class MgfrPipeline:
         if todo:
             states = self.base.encode_text(todo, self.device)
             for t, s in zip(todo, states):
-                self._prompt_cache[t] = s
+                self._prompt_cache[t], self._cut[t] = s, self.base.cut_words(t)
         return torch.stack([self._prompt_cache[t] for t in texts])
 
     def to_tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
@@ -196,13 +198,18 @@ class MgfrPipeline:
 
         # 2. Encode prompts (once per distinct prompt): positive, negative-quality, negative-attribute
         prof = self.profile
-        text_c = self.encode_prompts([prof.positive(c.prompt) for c in conditions])
+        sentences = [prof.positive(c.prompt) for c in conditions]
+        text_c = self.encode_prompts(sentences)
+        said = [("prompt", t) for t in sentences]
         text_nq = self.encode_prompts([prof.negative_quality] * b)
         has_na = [bool(c.negative_prompt) for c in conditions]
         text_na = None
         if any(has_na):
-            text_na = self.encode_prompts([prof.positive(c.negative_prompt) if c.negative_prompt
-                                           else prof.positive(c.prompt) for c in conditions])
+            negatives = [prof.positive(c.negative_prompt) if c.negative_prompt else prof.positive(c.prompt)
+                         for c in conditions]
+            text_na = self.encode_prompts(negatives)
+            said += [("negative prompt", t) for t, c in zip(negatives, conditions) if c.negative_prompt]
+        cut = tuple(dict.fromkeys((kind, self._cut[t]) for kind, t in said if self._cut[t]))  # said once each
         w_na = torch.tensor(has_na, device=self.device, dtype=self.dtype).view(b, 1, 1, 1) * settings.guidance_attribute
         texts = [text_c, text_nq] + ([text_na] if text_na is not None else [])
 
@@ -253,7 +260,7 @@ class MgfrPipeline:
         guided = int(target.active.sum()) if target is not None and guide.steps_guided else 0
         if guide is not None and not guide.steps_guided and not prof.uses_reference:
             ignored = ("references",)  # too few steps: none fell in the guidance window
-        return RestoreOutput(self.finish(latents, cond, sizes, settings.color_fix), ignored, guided)
+        return RestoreOutput(self.finish(latents, cond, sizes, settings.color_fix), ignored, guided, cut)
 
     def _alphas_cumprod(self) -> torch.Tensor:
         from diffusers import DDPMScheduler
@@ -342,6 +349,7 @@ class DiffusionRestorer:
         self.guided = 0  # faces steered by identity guidance in this run
         self.faces = self.negatives = 0  # faces restored in this run, and those with a negative-attribute prompt
         self.referenced = 0  # faces restored with references
+        self.cut: dict[tuple, None] = {}  # (which prompt, its words the text encoder did not read), in order
         self.callback = None  # callback(step, t, latents) per denoising step (the web page's progress bar)
 
     def restore(self, crops, conditions, seeds):
@@ -354,13 +362,14 @@ class DiffusionRestorer:
             crops, conditions, seeds = crops + crops[-1:] * extra, conditions + conditions[-1:] * extra, seeds + seeds[-1:] * extra
         out = self.pipeline.restore(crops, conditions, self.settings, seeds, callback=self.callback)
         self.ignored.update(out.ignored)
+        self.cut.update(dict.fromkeys(out.cut))
         self.guided += min(out.guided, n)
         return out.images[:n]
 
     def tally(self) -> dict:
         """What this run's faces used, as plain data (a process of a multi-GPU launch hands it to process 0)."""
         return {"faces": self.faces, "negatives": self.negatives, "referenced": self.referenced, "guided": self.guided,
-                "ignored": sorted(self.ignored)}
+                "ignored": sorted(self.ignored), "cut": [list(c) for c in self.cut]}
 
     def absorb(self, tally: dict) -> None:
         """Count another process's faces in (its :meth:`tally`), so the launch's notes speak for all of them."""
@@ -369,6 +378,7 @@ class DiffusionRestorer:
         self.referenced += tally.get("referenced", 0)
         self.guided += tally.get("guided", 0)
         self.ignored.update(tally.get("ignored", ()))
+        self.cut.update(dict.fromkeys(tuple(c) for c in tally.get("cut", ())))
 
     def idle(self) -> dict[str, str]:
         """The guidance settings no face of this run could act on, each with why: identity guidance when no face

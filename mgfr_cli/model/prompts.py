@@ -54,3 +54,12 @@ def attribute_text(names) -> str:
             continue
         out.append(LABEL_TEXT.get(key, key.replace("_", " ")))
     return ", ".join(out)
+
+
+def cut_notes(restorer) -> list[str]:
+    """One line per prompt longer than the text encoder reads (``restorer.cut``: which prompt, the words past it),
+    naming the words that were not used: a prompt is never shortened without a word."""
+    pipeline = restorer.pipeline
+    around = "" if pipeline.profile.plain_prompts else ", the sentence mgfr puts around it included"
+    return [f"{kind} longer than the text encoder reads ({pipeline.base.text_length()} tokens{around}): not used: "
+            f"'{words}' (shorten it)" for kind, words in restorer.cut]

@@ -197,7 +197,9 @@ class FaceDataset(torch.utils.data.Dataset):
             rgb = cv2.resize(rgb, (512, 512), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(rgb[:, ::-1]) if flip else rgb
 
-    def _prompt(self, index: int, rng: np.random.Generator) -> str:
+    def _labels(self, index: int) -> tuple[list[str], str | None]:
+        """An image's label names (its ``.txt`` caption, else its row of the label file), Male left out, and the
+        subject they give."""
         path = self.images[index]
         caption = path.with_suffix(".txt")
         if caption.is_file():
@@ -209,10 +211,34 @@ class FaceDataset(torch.utils.data.Dataset):
         # CelebA labels have a Male column, so an unlabelled-male face there is a woman; a caption may name
         # its subject itself ("woman, red lips"), as a user's --prompt may.
         subject = "man" if male else ("woman" if self.gender_labelled and not caption.is_file() else None)
+        return [n for n in names if n.lower() != "male"], subject
+
+    def _prompt(self, index: int, rng: np.random.Generator) -> str:
+        names, subject = self._labels(index)
         if rng.random() < self.prompt_cfg.subject_drop:
             subject = "person"
-        kept = [n for n in names if n.lower() != "male" and rng.random() >= self.prompt_cfg.attribute_drop]
+        kept = [n for n in names if rng.random() >= self.prompt_cfg.attribute_drop]
         return prompts.positive_prompt(", ".join(kept), subject)
+
+    def long_captions(self, base) -> list[str]:
+        """Said before training: the images whose caption with every label is longer than the text encoder reads
+        (``base``: the :class:`~mgfr_cli.model.base.BaseModel`); training cuts it, so their last labels are never
+        learnt."""
+        cut: dict[str, str] = {}  # caption -> its words past the encoder's length (most captions repeat)
+        long = []
+        for index in range(len(self.images)):
+            names, subject = self._labels(index)
+            text = prompts.positive_prompt(", ".join(names), subject)
+            if text not in cut:
+                cut[text] = base.cut_words(text)
+            if cut[text]:
+                long.append((self.images[index], cut[text]))
+        if not long:
+            return []
+        path, words = long[0]
+        return [f"{len(long)} of {len(self.images)} image(s) have a caption longer than the text encoder reads "
+                f"({base.text_length()} tokens): their last labels are cut and never learnt (e.g. "
+                f"{path.relative_to(self.data_dir)}: '{words}'); give fewer labels per image"]
 
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.images))

@@ -160,7 +160,7 @@ def _train(cfg: TrainConfig, *, base_path: Path, data_dir: Path, run_dir: Path, 
         save_config(cfg, saved)
         record_base(run_dir, base_path, base_mark)
         accelerator.init_trackers("mgfr", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
-        for line in dataset.label_notes():
+        for line in dataset.label_notes() + dataset.long_captions(base):
             accelerator.print(f"note: {line}")
         if dataset.skipped_identities:
             accelerator.print(f"skipped {len(dataset.skipped_identities)} identities with a single image: "
