@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from mgfr_cli.errors import ConfigError, MgfrError, UsageError
+from mgfr_cli.errors import ConfigError, MgfrError, UsageError, known
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
                       OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, check_outputs, finite, given, quiet_libraries, repeated_options, unused_after, unused_flags, resolve_device, selection as face_selection,
                       check_refs, shard, show_version)
@@ -371,12 +371,12 @@ def doctor(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
 
 def main() -> None:
     """Entry point: a known error is one red line (exit 1, 2 for usage); anything else keeps its traceback."""
-
     try:
         command = typer.main.get_command(app)  # built once: the check of repeated options and the run share it
         notes(repeated_options(command, sys.argv[1:]))
         code = command(standalone_mode=False)
-    except MgfrError as exc:
+    except (MgfrError, OSError) as exc:
+        exc = known(exc)  # an OSError: one line for a full disk or a read-only folder, else raised again
         err.print(Text.assemble(("error:", "red"), f" {shown(exc)}"))
         usage = isinstance(exc, UsageError) or (isinstance(exc, ConfigError) and str(exc).startswith("--"))
         sys.exit(2 if usage else 1)

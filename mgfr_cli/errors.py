@@ -5,7 +5,11 @@ Anything else that escapes is a bug and keeps its traceback, but in a batch, whe
 stop the others: :func:`unexpected` makes it that file's one-line failure (``MGFR_DEBUG=1`` raises it instead).
 """
 
+import errno
 import os
+
+# Write errors that no other file would escape (the disk, the folder or the mount, not one file): the run stops.
+STOPPING_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class MgfrError(Exception):
@@ -38,3 +42,15 @@ def unexpected(path, exc: Exception, doing: str = "") -> str:
     if os.environ.get("MGFR_DEBUG"):
         raise exc
     return f"{path}: {doing}unexpected {type(exc).__name__}: {exc} (MGFR_DEBUG=1 for a traceback)"
+
+
+def known(exc: Exception) -> "MgfrError":
+    """``exc`` as an error the user can act on, for ``cli.main``'s one line: an :class:`MgfrError`, or an ``OSError``
+    of :data:`STOPPING_WRITE_ERRORS` (a full disk, a read-only folder) met where no stage said it in its own words.
+    Anything else is raised again: a bug keeps its traceback (as does everything with ``MGFR_DEBUG=1``)."""
+    if isinstance(exc, MgfrError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in STOPPING_WRITE_ERRORS and not os.environ.get("MGFR_DEBUG"):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return OutputError(f"{where}{exc.strerror or exc}; stopped, finished files are kept")
+    raise exc

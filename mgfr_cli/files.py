@@ -61,9 +61,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:  # a write's: named
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 

@@ -8,7 +8,6 @@ photos in a background thread while the restorer works on the current batch.
 
 from __future__ import annotations
 
-import errno
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -21,7 +20,7 @@ import numpy as np
 from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import (ConditionSpec, FaceConditions, FlagOverrides, condition_sources, expand_refs,
                                        own_references_note, read_reference, resolve_specs)
-from mgfr_cli.errors import InputError, MgfrError, OutputError, unexpected
+from mgfr_cli.errors import STOPPING_WRITE_ERRORS, InputError, MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
 from mgfr_cli.app.paste import paste_back, upscaled_like
@@ -32,8 +31,6 @@ from mgfr_cli.app.outputs import (dropped_note, earlier_recipes, earlier_rows, e
 from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, format_drops, is_video_file, read_image, write_image
 from mgfr_cli.files import Journal, check_output_folder
 
-# Errors of the output folder itself: no later photo can be written either, so the run stops.
-FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 # A photo without a face is written all the same (its background: resized by --upscale, Real-ESRGAN when asked),
 # so the output folder mirrors the inputs, as GFPGAN's and CodeFormer's do.
 NO_FACE_WRITTEN = "no face detected (written without restoring)"
@@ -185,7 +182,7 @@ class BatchRestorer:
         finally:  # also on Ctrl-C and a fatal write error: no claim outlives the run
             self.claims.release_all()
         if self.reporter is not None:
-            self.reporter.flush()
+            self.notes += self.reporter.flush()  # (said where the page could not be written to the end)
         if self.own_refs:
             self.notes.append(own_references_note(list(self.own_refs)))
         self.notes += overrides.notes() + dropped_note(job.ext, [(o.source, self.drops[o.source]) for o in outcomes
@@ -262,9 +259,10 @@ class BatchRestorer:
         return tuple(refs)
 
     # -- GPU side: restore all pending faces, then paste and write each photo -------------------
-    def _restore_and_write(self, job: RestoreJob, pending: list[_Prepared]) -> list[Outcome]:
+    def _restore_and_write(self, job: RestoreJob, pending: list[_Prepared]) -> Iterator[Outcome]:
+        """Each photo's outcome as soon as it is written (the run journals it before the next is written)."""
         if not pending:
-            return []
+            return
         crops = [f.to_restore for p in pending for f in p.faces]
         conds = [c for p in pending for c in p.conditions]
         seeds = [job.seed + f.index for p in pending for f in p.faces]
@@ -273,14 +271,14 @@ class BatchRestorer:
         except MgfrError as exc:
             for p in pending:
                 self.claims.release(p.item.path)
-            return [Outcome(p.item.path, FAILED, str(exc)) for p in pending]
-        outcomes, i = [], 0
+            yield from (Outcome(p.item.path, FAILED, str(exc)) for p in pending)
+            return
+        i = 0
         for p in pending:
             n = len(p.faces)
             o = self._write(job, p, restored[i : i + n])
             o = self._record_references(o, p, restored[i : i + n])
             self.claims.release(p.item.path)
-            outcomes.append(o)
             if self.reporter is not None and o.status == RESTORED:
                 ident = {r["face"]: r for r in o.identity}
                 self.reporter.add(o, p.photo, p.faces, restored[i : i + n],
@@ -288,7 +286,7 @@ class BatchRestorer:
                                   after=p.written)
                 p.written = None
             i += n
-        return outcomes
+            yield o
 
     def _record_references(self, o: Outcome, p: _Prepared, restored: list[np.ndarray]) -> Outcome:
         """The outcome with what the library found per face and the judge's similarities before/after."""
@@ -319,7 +317,7 @@ class BatchRestorer:
             p.written = pixels if self.reporter is not None else None  # held only for the page
             kept = save_face_crops(job, p.item, p.faces, restored) if job.save_faces else ""
         except OSError as exc:
-            if exc.errno in FATAL_WRITE_ERRORS:
+            if exc.errno in STOPPING_WRITE_ERRORS:  # the folder's: no later photo could be written
                 raise OutputError(f"{job.output}: cannot write outputs ({exc.strerror}); stopped, inputs untouched, "
                                   f"finished outputs kept") from None
             return Outcome(p.item.path, FAILED, f"cannot write {p.target}: {exc.strerror or exc}")

@@ -79,6 +79,7 @@ class Report:
         self.entries: dict[str, dict] = self._saved()  # photo -> {its output (None: a failure) -> entry}
         self.mine: dict[tuple, dict] = {}  # this run's entries by (photo, output)
         self.next_write, self.unwritten = 0.0, False  # (monotonic time) rewrites spaced by SPACING times their cost
+        self.failed = ""  # why the page stopped being written (a full disk): the run goes on, and says it at its end
 
     def _saved(self) -> dict[str, dict]:
         from mgfr_cli.ownership import recorded_output
@@ -117,44 +118,67 @@ class Report:
         elif outcome.status == "skipped" and old and wrote_output(old):
             entry = old  # written without a face by an earlier run: still that
         key = (source, entry.get("output"))
+        if self.failed:
+            return
         if photo is not None and after is not None and outcome.status == "restored":
             tag = hashlib.sha1("\0".join(key).encode("utf-8", "surrogateescape")).hexdigest()[:12]
             rel = self.folder.name
             if after.ndim == 3 and after.shape[2] == 2:  # gray+alpha as written: its gray
                 after = after[:, :, 0]
             entry["before"], entry["after"] = f"{rel}/{tag}_before.jpg", f"{rel}/{tag}_after.jpg"
-            entry["faces"] = []
-            with folder_lock(self.folder):  # (every temporary file of the page's is made under its lock)
-                _jpeg(self.folder / f"{tag}_before.jpg", photo.rgb8(), THUMB)
-                _jpeg(self.folder / f"{tag}_after.jpg", Photo(after).rgb8(), THUMB)
-                for f, r, c in zip(faces, restored, conditions or [None] * len(faces)):
-                    a, b = f"{rel}/{tag}_{f.index:02d}_a.jpg", f"{rel}/{tag}_{f.index:02d}_r.jpg"
-                    _jpeg(self.output / a, f.crop, FACE)
-                    _jpeg(self.output / b, r, FACE)
-                    entry["faces"].append({"index": f.index, "aligned": a, "restored": b, **(c or {})})
+            entry["faces"], new = [], []
+
+            def thumb(name: str, rgb: np.ndarray, size: int) -> None:
+                if not (self.output / name).exists():
+                    new.append(self.output / name)
+                _jpeg(self.output / name, rgb, size)
+
+            try:
+                with folder_lock(self.folder):  # (every temporary file of the page's is made under its lock)
+                    thumb(entry["before"], photo.rgb8(), THUMB)
+                    thumb(entry["after"], Photo(after).rgb8(), THUMB)
+                    for f, r, c in zip(faces, restored, conditions or [None] * len(faces)):
+                        a, b = f"{rel}/{tag}_{f.index:02d}_a.jpg", f"{rel}/{tag}_{f.index:02d}_r.jpg"
+                        thumb(a, f.crop, FACE)
+                        thumb(b, r, FACE)
+                        entry["faces"].append({"index": f.index, "aligned": a, "restored": b, **(c or {})})
+            except OSError as exc:  # (a full disk) the images this entry added are removed: no page names them
+                for image in new:
+                    image.unlink(missing_ok=True)
+                return self._stop(exc, source)
         self.entries.setdefault(source, {})[key[1]] = self.mine[key] = entry
         self.unwritten = True
         if time.monotonic() >= self.next_write:
             self.write()
 
-    def flush(self) -> None:
-        """Write what :meth:`add` has not written yet (at the end of a run, or when it is stopped)."""
-        if self.unwritten:
+    def flush(self) -> list[str]:
+        """Write what :meth:`add` has not written yet (at the end of a run, or when it is stopped); the run's note
+        when the page could not be written to the end."""
+        if self.unwritten and not self.failed:
             self.write()
+        return [f"review page: {self.failed}"] if self.failed else []
+
+    def _stop(self, exc: OSError, source: str) -> None:
+        """The page is not written again this run (the one on disk stays whole): said at the end of the run."""
+        self.failed = (f"stopped at {Path(source).name} ({exc.strerror or exc}): the photos from it on are "
+                       f"restored and listed in mgfr-summary.json, but not shown on the page")
 
     def write(self) -> None:
         from mgfr_cli.app.summary import place
 
         started = time.monotonic()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with folder_lock(self.folder):
-            merged = self._saved()
-            for (source, output), mine in self.mine.items():  # the summary's rule: a skip never replaces a result
-                place(merged.setdefault(source, {}), output, mine)
-            self.entries = merged
-            entries = [e for per in merged.values() for e in per.values()]
-            atomic_write_bytes(self.folder / "entries.json", json.dumps(entries, indent=1).encode())
-            atomic_write_bytes(self.page, render(self.title, entries).encode())
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with folder_lock(self.folder):
+                merged = self._saved()
+                for (source, output), mine in self.mine.items():  # the summary's rule: a skip never replaces a result
+                    place(merged.setdefault(source, {}), output, mine)
+                self.entries = merged
+                entries = [e for per in merged.values() for e in per.values()]
+                atomic_write_bytes(self.folder / "entries.json", json.dumps(entries, indent=1).encode())
+                atomic_write_bytes(self.page, render(self.title, entries).encode())
+        except OSError as exc:  # the page as last written stays (each file is replaced whole)
+            return self._stop(exc, next(reversed(self.mine))[0] if self.mine else str(self.page))
         self.unwritten, self.next_write = False, time.monotonic() + self.SPACING * (time.monotonic() - started)
 
 

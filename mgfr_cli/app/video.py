@@ -89,9 +89,8 @@ def _background(iterator, size: int = QUEUE_FRAMES):
 
 def restore_clip(batch, job, item, inputs: set) -> Outcome:
     """One clip of a batch, whole; its output is ``OUT/<name>.mp4``, skipped when it exists (a resumed run)."""
-    from mgfr_cli.errors import MgfrError, OutputError, unexpected
+    from mgfr_cli.errors import STOPPING_WRITE_ERRORS, MgfrError, OutputError, unexpected
     from mgfr_cli.faces.conditions import FaceConditions, resolve_specs
-    from mgfr_cli.app.batch import FATAL_WRITE_ERRORS
     from mgfr_cli.app.outputs import named, skipped_as_done
     from mgfr_cli.faces.inputs import FAILED
 
@@ -119,7 +118,7 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
     except MgfrError as exc:
         return Outcome(item.path, FAILED, str(exc))
     except OSError as exc:
-        if exc.errno in FATAL_WRITE_ERRORS:
+        if exc.errno in STOPPING_WRITE_ERRORS:
             raise OutputError(f"{job.output}: cannot write outputs ({exc.strerror}); stopped, inputs untouched, "
                               f"finished outputs kept") from None
         return Outcome(item.path, FAILED, f"{item.path}: {exc.strerror or exc}")

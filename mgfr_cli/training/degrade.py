@@ -126,10 +126,11 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
     """``mgfr degrade``: a degraded PNG per input (image i seeded by ``[seed, i]``) and ``params.json``.
     Never writes over an input (``-o`` may be the input folder: such a photo fails, the rest go on)."""
     import json
+    from contextlib import suppress
     from pathlib import Path
 
     from mgfr_cli.faces.inputs import FAILED, RESTORED, Outcome, collect_inputs
-    from mgfr_cli.errors import MgfrError, unexpected
+    from mgfr_cli.errors import STOPPING_WRITE_ERRORS, MgfrError, OutputError, unexpected
     from mgfr_cli.faces.io import read_image, write_image
     from mgfr_cli.files import Journal, atomic_write_bytes, check_output_folder
 
@@ -160,8 +161,15 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
         except MgfrError as exc:
             outcomes.append(Outcome(item.path, FAILED, str(exc)))
             continue
-        except OSError:
-            raise  # a full disk, a read-only folder: the run stops
+        except OSError as exc:
+            if exc.errno not in STOPPING_WRITE_ERRORS:  # this file's (a name the folder refuses): the rest go on
+                outcomes.append(Outcome(item.path, FAILED, f"cannot write {target}: {exc.strerror or exc}"))
+                continue
+            with suppress(OSError):  # a full disk, a read-only folder: the run stops, the copies made are listed
+                atomic_write_bytes(record, json.dumps(params, indent=1, default=list).encode())
+                journal.clear()
+            raise OutputError(f"{output}: cannot write ({exc.strerror or exc}); stopped after "
+                              f"{sum(o.status == RESTORED for o in outcomes)} copies, inputs untouched") from None
         except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the rest
             outcomes.append(Outcome(item.path, FAILED, unexpected(item.path, exc)))
             continue

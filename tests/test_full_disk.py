@@ -1,0 +1,149 @@
+"""A full disk (or a read-only folder) met while writing: one line, never a traceback, whatever was being written
+(an output, the review page's images, a degraded copy, the summary); what was finished is kept and recorded, so the
+same command resumes in place once there is room. The disk is made full where mgfr writes (ENOSPC from the write)."""
+
+import errno
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+
+def _full(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _site(tmp_path, astronaut, n=3) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    for i in range(1, n + 1):
+        cv2.imwrite(str(site / f"p{i}.png"), np.ascontiguousarray(astronaut[:256, 100:356, ::-1]))
+    return site
+
+
+def _restore(cli, tiny_root, site, *extra):
+    return cli("restore", site, "-o", site, "--suffix", "_r", "--model-root", tiny_root, "--steps", "1",
+               "--detector", "retinaface_mobile0.25", "--device", "cpu", *extra)
+
+
+def test_a_full_disk_mid_batch_stops_in_one_line_and_the_same_command_resumes_in_place(tiny_root, astronaut,
+                                                                                        tmp_path, cli, monkeypatch):
+    """p2's output meets a full disk in the batch p1 was restored in: one line, and p1's output is recorded before
+    p2 is written, so the rerun (in place) skips it, never taking p1_r.png for a photo of the user's."""
+    import mgfr_cli.app.batch as batch
+
+    site = _site(tmp_path, astronaut)
+    real = batch.write_image
+
+    def write(path, *args, **kwargs):
+        if Path(path).name == "p2_r.png":
+            _full()
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "write_image", write)
+    code, _, err = _restore(cli, tiny_root, site)
+    assert code == 1 and "Traceback" not in err
+    assert f"error: {site}: cannot write outputs (No space left on device); stopped" in " ".join(err.split())
+    assert (site / "p1_r.png").is_file() and not (site / "p2_r.png").exists()
+    monkeypatch.setattr(batch, "write_image", real)  # room again
+    code, out, err = _restore(cli, tiny_root, site)
+    assert code == 0, err
+    assert sorted(p.name for p in site.glob("*.png")) == ["p1.png", "p1_r.png", "p2.png", "p2_r.png", "p3.png",
+                                                          "p3_r.png"]
+    assert "│ restored │      2 │" in out and "│ skipped  │      1 │" in out, out
+
+
+def test_the_review_page_meeting_a_full_disk_never_stops_the_restoration(tiny_root, astronaut, tmp_path, cli,
+                                                                        monkeypatch):
+    """The page's images of p2 cannot be written: every photo is restored all the same, the end of the run says
+    the page stopped at p2, and the page on disk names no image that is not there (p2's written ones removed)."""
+    import mgfr_cli.app.report as report
+
+    site = _site(tmp_path, astronaut)
+    real, calls = report._jpeg, []
+
+    def jpeg(path, *args):
+        calls.append(path)
+        if len(calls) == 6:  # p2's after.jpg: its before.jpg is written
+            _full()
+        return real(path, *args)
+
+    monkeypatch.setattr(report, "_jpeg", jpeg)
+    code, out, err = _restore(cli, tiny_root, site, "--report", "--batch-size", "1")
+    err = " ".join(err.split())
+    assert code == 0 and "│ restored │      3 │" in out, err
+    assert "note: review page: stopped at p2.png (No space left on device): the photos from it on are restored" in err
+    page = (site / "index.html").read_text()
+    images = [m.split("'")[0] for m in page.split("src='")[1:]]
+    assert len(images) == 4 and all((site / i).is_file() for i in images)  # p1's: before, after, its face's two
+    assert sorted(p.name for p in (site / "_report").glob("*.jpg")) == sorted(Path(i).name for i in images)
+    monkeypatch.setattr(report, "_jpeg", real)
+    # the page itself cannot be written: the run goes on, and the page of the run before stays whole
+    write = report.atomic_write_bytes
+    monkeypatch.setattr(report, "atomic_write_bytes", lambda path, data: _full() if path.name == "index.html"
+                        else write(path, data))
+    code, out, err = _restore(cli, tiny_root, site, "--report", "--overwrite")
+    assert code == 0 and "│ restored │      3 │" in out and "note: review page: stopped at" in " ".join(err.split())
+    assert (site / "index.html").read_text() == page
+
+
+def test_degrade_stops_in_one_line_with_the_copies_made_listed(tmp_path, astronaut, cli, monkeypatch):
+    """A full disk at the second copy: one line naming the folder, params.json lists the first; a name the folder
+    refuses (not a full disk) fails that file alone."""
+    import json
+
+    import mgfr_cli.faces.io as io
+
+    site = _site(tmp_path, astronaut)
+    real = io.write_image
+
+    def write(path, *args, **kwargs):
+        if Path(path).name == "p2.png":
+            _full()
+        if Path(path).name == "p3.png":
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(io, "write_image", write)
+    code, _, err = cli("degrade", site, "-o", tmp_path / "lq")
+    assert code == 1 and "Traceback" not in err
+    assert f"error: {tmp_path / 'lq'}: cannot write (No space left on device); stopped after 1 copies" in \
+        " ".join(err.split())
+    assert list(json.loads((tmp_path / "lq" / "params.json").read_text())) == ["p1.png"]
+    (site / "p2.png").unlink()
+    code, out, err = cli("degrade", site, "-o", tmp_path / "lq")
+    assert code == 1 and f"cannot write {tmp_path / 'lq' / 'p3.png'}: File name too long" in " ".join(out.split())
+    assert sorted(json.loads((tmp_path / "lq" / "params.json").read_text())) == ["p1.png"]
+
+
+def test_a_full_disk_anywhere_else_is_one_line_and_other_errors_keep_their_traceback(tiny_root, astronaut, tmp_path,
+                                                                                      cli, monkeypatch):
+    """The summary written at the end of a run meets a full disk: one line (the outputs are written, and the
+    journal beside it keeps them for the next run); an error that is not the disk's or the folder's keeps its
+    traceback, as does a full disk under MGFR_DEBUG=1."""
+    import tempfile
+
+    site = _site(tmp_path, astronaut, n=1)
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):  # the summary's temporary file: the disk fails it, naming no file (as write() does)
+        if kwargs.get("prefix", "").startswith(".mgfr-summary.json"):
+            raise failure
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    failure = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    code, _, err = _restore(cli, tiny_root, site)
+    assert code == 1 and "Traceback" not in err
+    assert " ".join(err.split()).endswith(f"error: {site / 'mgfr-summary.json'}: No space left on device; stopped, "
+                                          "finished files are kept")
+    assert (site / "p1_r.png").is_file() and (site / ".mgfr-summary.json.journal").is_file()
+    monkeypatch.setenv("MGFR_DEBUG", "1")
+    with pytest.raises(OSError, match="No space left"):
+        _restore(cli, tiny_root, site, "--overwrite")
+    monkeypatch.delenv("MGFR_DEBUG")
+    failure = OSError(errno.EIO, os.strerror(errno.EIO))
+    with pytest.raises(OSError, match="Input/output error"):
+        _restore(cli, tiny_root, site, "--overwrite")
