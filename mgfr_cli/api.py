@@ -194,7 +194,8 @@ class Restorer:
     def open_library(self, folder: str | Path, cache: str | Path | None = None, max_megapixels: float = 100.0):
         """A reference library (``--ref-library``): every face of the photos in ``folder`` (any layout) found and
         embedded once, cached beside them in ``.mgfr-library/`` (in ``cache`` when the folder is read-only;
-        default: a folder of the system's temporary directory). Load with ``library=True`` (the recogniser)."""
+        default: a folder of the system's temporary directory). Load with ``library=True`` (the recogniser). What
+        its refresh did is ``library.update`` (faces embedded, photos unreadable, a cache that could not be saved)."""
         import hashlib
         import tempfile
 

@@ -147,3 +147,31 @@ def test_a_full_disk_anywhere_else_is_one_line_and_other_errors_keep_their_trace
     failure = OSError(errno.EIO, os.strerror(errno.EIO))
     with pytest.raises(OSError, match="Input/output error"):
         _restore(cli, tiny_root, site, "--overwrite")
+
+
+def test_a_reference_library_whose_cache_meets_a_full_disk_is_used_all_the_same(helper, group_photo, tmp_path,
+                                                                                 monkeypatch):
+    """Its faces found and embedded (minutes for a large library) are searched for this run; the cache not saved is
+    said, and the next refresh embeds again (a half-written cache is never read)."""
+    import mgfr_cli.faces.reference_library as rl
+    from test_reference_library import CountingEmbed
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    cv2.imwrite(str(lib / "group.png"), group_photo)
+    write, calls = rl.atomic_write_bytes, []
+
+    def second_fails(path, data):  # the embeddings written, then the disk is full: the index is not
+        calls.append(path)
+        return _full() if len(calls) == 2 else write(path, data)
+
+    monkeypatch.setattr(rl, "atomic_write_bytes", second_fails)
+    library = rl.ReferenceLibrary(lib, helper, CountingEmbed(), tmp_path / "x")
+    update = library.refresh()
+    assert update.unsaved == "No space left on device" and library.update is update
+    assert update.embedded == len(library.rows) >= 5
+    assert library.search(library.matrix[3], 1, 0.5)[0].face == library.rows[3][1]
+    monkeypatch.setattr(rl, "atomic_write_bytes", write)
+    embed = CountingEmbed()
+    again = rl.ReferenceLibrary(lib, helper, embed, tmp_path / "x")
+    assert again.refresh().embedded == embed.faces == len(library.rows) and not again.update.unsaved

@@ -349,3 +349,26 @@ def test_file_names_in_the_status_are_shown_as_written():
 
     text = h.unescape(html)
     assert all(n in text for n in names), text
+
+
+def test_a_full_disk_under_a_job_is_a_readable_error(server, photo, monkeypatch):
+    """The page's job files meet a full disk: the CLI's one line, not Gradio's bare 'Error'; the server goes on."""
+    import errno
+    import os
+
+    from gradio_client import Client
+
+    import mgfr_cli.app.ui as ui
+
+    url, _ = server
+    real = ui.restore_one
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/tmp/mgfr-ui-x/job-9/out/astro.png")
+
+    monkeypatch.setattr(ui, "restore_one", full)
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match=r"job-9/out/astro.png: No space left on device; stopped"):
+        client.predict(*_args(photo[0]), **API)
+    monkeypatch.setattr(ui, "restore_one", real)
+    assert Path(client.predict(*_args(photo[0]), **API)[0][1]).is_file()

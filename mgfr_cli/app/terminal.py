@@ -80,6 +80,8 @@ def open_library(folder, helper, pipeline, output, max_megapixels: float):
     notes([f"reference library {shown(folder)}: {len(library.rows)} face(s) in {len(library.files)} photo(s); "
            f"{update.embedded} embedded now, the rest from the cache in {shown(library.cache)}"])
     notes(f"reference library: {shown(p)} skipped ({why})" for p, why in update.unreadable)
+    notes([f"reference library: its cache in {shown(library.cache)} not saved ({update.unsaved}): the faces are "
+           f"found for this run, and embedded again by the next"] if update.unsaved else [])
     return library
 
 

@@ -168,7 +168,7 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
 def build_app(models: UiModels, queue_size: int = 8):
     import gradio as gr
 
-    from mgfr_cli.errors import MgfrError
+    from mgfr_cli.errors import MgfrError, known
     from mgfr_cli.model.pipeline import RestoreSettings
 
     root = Path(tempfile.mkdtemp(prefix="mgfr-ui-"))
@@ -182,8 +182,8 @@ def build_app(models: UiModels, queue_size: int = 8):
         try:
             before, after, gallery, status = restore_one(models, photo, refs, prompt, negative, gq, ga, steps, seed,
                                                          faces, color, upscale, cleaner, work, progress, ig, cs, fu)
-        except MgfrError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+        except (MgfrError, OSError) as exc:  # an OSError: a full disk under the job's files, in one line (else raised)
+            raise gr.Error(str(known(exc)), print_exception=False) from None
         if before is None:  # a clip: the player shows it, the slider is for photos
             return None, gallery, after, status, gr.update(value=after, visible=True)
         return (before, after), gallery, after, status, gr.update(value=None, visible=False)

@@ -39,6 +39,7 @@ class LibraryUpdate:
     embedded: int = 0  # faces embedded by this refresh (0 when the cache held everything)
     files_read: int = 0
     unreadable: list = field(default_factory=list)  # (path, reason)
+    unsaved: str = ""  # why the cache could not be written (a full disk): the faces are embedded all the same
 
 
 class ReferenceLibrary:
@@ -59,6 +60,7 @@ class ReferenceLibrary:
         self.rows: list[tuple[str, int]] = []  # matrix row -> (relative path, face index)
         self._rows_of: dict[str, list[int]] = {}
         self._by_size: dict[int, list[str]] = {}
+        self.update = LibraryUpdate()  # what the last refresh did
 
     # -- building ------------------------------------------------------------------------------
     def refresh(self) -> LibraryUpdate:
@@ -66,7 +68,8 @@ class ReferenceLibrary:
         (the processes of a multi-GPU launch, the page and a restore) take turns: the cache's two files are
         read and written as one, and a run that waited finds the other's faces embedded."""
         with folder_lock(self.cache):
-            return self._refresh()
+            self.update = self._refresh()
+        return self.update
 
     def _refresh(self) -> LibraryUpdate:
         old_files, old_matrix = self._load()
@@ -102,7 +105,10 @@ class ReferenceLibrary:
         for rel, info in files.items():
             self._by_size.setdefault(info["size"], []).append(rel)
         if update.files_read or set(files) != set(old_files):
-            self._save()
+            try:
+                self._save()
+            except OSError as exc:  # (a torn pair of files is never read: _load checks they match)
+                update.unsaved = exc.strerror or str(exc)
         return update
 
     def _images(self) -> list[Path]:
