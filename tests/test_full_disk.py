@@ -175,3 +175,37 @@ def test_a_reference_library_whose_cache_meets_a_full_disk_is_used_all_the_same(
     embed = CountingEmbed()
     again = rl.ReferenceLibrary(lib, helper, embed, tmp_path / "x")
     assert again.refresh().embedded == embed.faces == len(library.rows) and not again.update.unsaved
+
+
+def test_align_fails_a_photo_whose_crop_the_folder_refuses_and_goes_on(helper, astronaut, tmp_path, cli,
+                                                                        detector_root, monkeypatch):
+    """A crop the folder refuses (not a full disk: a name too long, an I/O error) fails that photo alone; a full
+    disk stops the run in one line, the crops written listed."""
+    import json
+
+    import mgfr_cli.faces.align as align
+
+    site = _site(tmp_path, astronaut)
+    real = align.write_image
+
+    def write(path, *args, **kwargs):
+        if Path(path).name == "p2_00.png":
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
+        if Path(path).name == "p3_00.png" and full:
+            _full()
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(align, "write_image", write)
+    full = False
+    args = ("align", site, "-o", tmp_path / "al", "--model-root", detector_root, "--detector", "retinaface_mobile0.25",
+            "--device", "cpu")
+    code, out, err = cli(*args)
+    assert code == 1 and "cannot write its crops: File name too long" in " ".join(out.split()), out + err
+    assert sorted(p.name for p in (tmp_path / "al").glob("*.png")) == ["p1_00.png", "p3_00.png"]
+    full = True
+    code, out, err = cli(*args)  # p3's crop again (mgfr's own), into a full disk: the old one stays, still listed
+    assert code == 1 and "Traceback" not in err
+    assert f"error: {tmp_path / 'al'}: cannot write (No space left on device); stopped after 1 crop(s)" in \
+        " ".join(err.split())
+    rows = json.loads((tmp_path / "al" / "faces.json").read_text())
+    assert sorted(Path(r["crop"]).name for r in rows) == ["p1_00.png", "p3_00.png"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Container
 
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, Outcome, collect_inputs
-from mgfr_cli.errors import MgfrError, OutputError, unexpected
+from mgfr_cli.errors import STOPPING_WRITE_ERRORS, MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import FaceHelper, FaceSelection
 from mgfr_cli.faces.io import read_image, write_image
 from mgfr_cli.files import Journal, atomic_write_bytes, check_output_folder, fit_name
@@ -41,8 +41,11 @@ def align_inputs(helper: FaceHelper, inputs, output: Path, selection: FaceSelect
                 _align_one(helper, item, output, selection, max_megapixels, rows, outcomes, earlier)
                 for row in rows[done:]:
                     journal.add(row)
-            except OSError:
-                raise  # a full disk: below
+            except OSError as exc:
+                if exc.errno in STOPPING_WRITE_ERRORS:
+                    raise  # a full disk: below; else a name the folder refuses fails this photo, the rest go on
+                outcomes.append(Outcome(item.path, FAILED, f"cannot write its crops: {exc.strerror or exc}"
+                                                           + (f" ({exc.filename})" if exc.filename else "")))
             except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the rest
                 outcomes.append(Outcome(item.path, FAILED, unexpected(item.path, exc)))
         _write_tables(tables, _merged(earlier, rows))
