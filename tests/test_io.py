@@ -352,3 +352,20 @@ def test_an_image_without_pixels_is_one_clear_error():
     for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((4, 0), np.uint16), Image.new("RGB", (0, 3))):
         with pytest.raises(InputError, match="the image has no pixels"):
             photo_of(empty)
+
+
+def test_every_pil_mode_a_caller_may_hold_is_read(tmp_path):
+    """The API takes any PIL image: premultiplied gray+alpha (`La`) raised Pillow's ValueError, and native-endian
+    16-bit gray (`I;16N`) was cut to 8 bits where its siblings `I;16`, `I;16B` keep 16. Each mode against what it
+    holds."""
+    from mgfr_cli.faces.io import photo_of
+
+    y, x = np.mgrid[0:40, 0:60]
+    gray = (x * 3 + y).astype(np.uint8)
+    la = Image.fromarray(np.dstack([gray, np.full_like(gray, 255)]), "LA")
+    photo = photo_of(la.convert("La"))
+    assert photo.pixels.shape == (40, 60, 4) and np.array_equal(photo.pixels[:, :, 0], gray)
+    deep = (x * 1000 + y).astype(np.uint16)
+    for mode, order in (("I;16", "<u2"), ("I;16B", ">u2"), ("I;16N", "=u2")):
+        px = photo_of(Image.frombytes(mode, (60, 40), deep.astype(order).tobytes())).pixels
+        assert px.dtype == np.uint16 and np.array_equal(px, deep), mode

@@ -229,7 +229,7 @@ def _pil_to_array(im, data: bytes) -> np.ndarray:
         if deep is not None and deep.dtype == np.uint16 and deep.ndim == 3:
             code = cv2.COLOR_BGRA2RGBA if deep.shape[2] == 4 else cv2.COLOR_BGR2RGB
             return cv2.cvtColor(deep, code)
-    if mode in ("I;16", "I;16B", "I;16L"):
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(im, dtype=np.uint16)
     if mode == "I":  # 32-bit integers; Pillow holds an unsigned TIFF's as signed (above 2**31: below 0)
         px = np.asarray(im, dtype=np.int32)
@@ -243,8 +243,8 @@ def _pil_to_array(im, data: bytes) -> np.ndarray:
     if mode == "P":
         has_alpha = "transparency" in im.info
         return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
-    if mode in ("LA", "PA", "RGBA", "La", "RGBa"):
-        return np.asarray(im.convert("RGBA"))
+    if mode in ("LA", "PA", "RGBA", "La", "RGBa"):  # (Pillow takes premultiplied gray to RGBA only through LA)
+        return np.asarray((im.convert("LA") if mode == "La" else im).convert("RGBA"))
     by_profile = cmyk_by_profile(im)  # (a CMYK photo's profile says what its inks look like)
     return by_profile if by_profile is not None else np.asarray(im.convert("RGB"))  # RGB, CMYK, YCbCr, LAB, HSV
 
