@@ -17,8 +17,8 @@ from mgfr_cli.errors import ConfigError, MgfrError, UsageError, known
 from mgfr_cli.app.options import (Detector, DetectorOpt, Device, DeviceOpt, FaceIndexOpt, LargestOpt, MaxMpOpt, MinFaceOpt, ModelRootOpt,
                       OnlyCenterOpt, RecursiveOpt, RefKOpt, RefLibraryOpt, RefThresholdOpt, check_outputs, finite, given, quiet_libraries, repeated_options, unused_after, unused_flags, resolve_device, selection as face_selection,
                       check_refs, shard, show_version)
-from mgfr_cli.app.terminal import (announce_downloads, checklist, download_progress, err, notes, open_library, out,
-                                   run_batch, shown, summary)
+from mgfr_cli.app.terminal import (announce_downloads, checklist, download_progress, err, interrupted, notes,
+                                   open_library, out, run_batch, shown, stopping_signals, summary)
 from mgfr_cli.app.weights_cli import ManifestOpt, weights_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -370,29 +370,27 @@ def doctor(model_root: ModelRootOpt = None, manifest: ManifestOpt = None):
 
 
 def main() -> None:
-    """Entry point: a known error is one red line (exit 1, 2 for usage); anything else keeps its traceback."""
-    try:
-        command = typer.main.get_command(app)  # built once: the check of repeated options and the run share it
-        notes(repeated_options(command, sys.argv[1:]))
-        code = command(standalone_mode=False)
-    except (MgfrError, OSError) as exc:
-        exc = known(exc)  # an OSError: one line for a full disk or a read-only folder, else raised again
-        err.print(Text.assemble(("error:", "red"), f" {shown(exc)}"))
-        usage = isinstance(exc, UsageError) or (isinstance(exc, ConfigError) and str(exc).startswith("--"))
-        sys.exit(2 if usage else 1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        code = 130
-    except typer.TyperException as exc:  # usage errors from the command line (exit 2)
-        exc.show(file=sys.stderr)
-        sys.exit(exc.exit_code)
-    if code == 130:  # Ctrl-C (typer turns KeyboardInterrupt into exit code 130)
-        if "train" in sys.argv[1:2]:
-            again = " ".join(sys.argv[1:]) + ("" if "--resume" in sys.argv else " --resume")
-            err.print(Text.assemble(("interrupted", "red"), f": the checkpoints written are kept; resume with: mgfr {again}"))
-        else:
-            err.print(Text.assemble(("interrupted", "red"), ": finished outputs are kept; run the same command again to resume"))
+    """Entry point: a known error is one red line (exit 1, 2 for usage); anything else keeps its traceback. SIGTERM
+    and SIGHUP stop a command as Ctrl-C does (exit 128 + the signal)."""
+    with stopping_signals() as stopped:
+        try:
+            command = typer.main.get_command(app)  # built once: the check of repeated options and the run share it
+            notes(repeated_options(command, sys.argv[1:]))
+            code = command(standalone_mode=False)
+        except (MgfrError, OSError) as exc:
+            exc = known(exc)  # an OSError: one line for a full disk or a read-only folder, else raised again
+            err.print(Text.assemble(("error:", "red"), f" {shown(exc)}"))
+            usage = isinstance(exc, UsageError) or (isinstance(exc, ConfigError) and str(exc).startswith("--"))
+            sys.exit(2 if usage else 1)
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
+        except (typer.Abort, KeyboardInterrupt):
+            code = 130
+        except typer.TyperException as exc:  # usage errors from the command line (exit 2)
+            exc.show(file=sys.stderr)
+            sys.exit(exc.exit_code)
+        if code == 130:  # Ctrl-C (typer turns KeyboardInterrupt into exit code 130), or a signal taken as one
+            code = interrupted(sys.argv, stopped)
     sys.exit(code if isinstance(code, int) else 0)
 
 

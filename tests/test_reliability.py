@@ -110,8 +110,16 @@ def _outputs(out: Path) -> dict:
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*.png")}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def _default_signals():  # (a disposition ignored by the parent is inherited across exec: nohup's SIGHUP, say)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
 def test_interrupted_batch_resumes_without_redoing(sig, tiny_root, astronaut, tmp_path):
+    """Ctrl-C, and SIGTERM (a batch system's time limit, docker stop) and SIGHUP (the terminal closed) as Ctrl-C: the
+    line that says how to resume, no claim left (a run on another host would respect it). Killed outright (SIGKILL),
+    the same command resumes all the same."""
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     for i in range(6):
@@ -125,7 +133,7 @@ def test_interrupted_batch_resumes_without_redoing(sig, tiny_root, astronaut, tm
     # rest takes ~10 s of the child's own CPU time: the margin now scales with the load itself.
     # The child also gets the default SIGINT disposition explicitly (an ignored one is inherited across exec).
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=_default_signals)
     deadline = time.time() + 300
     while time.time() < deadline and len(list(out.glob("*.png"))) < 1:
         time.sleep(0.05)
@@ -133,8 +141,9 @@ def test_interrupted_batch_resumes_without_redoing(sig, tiny_root, astronaut, tm
     _, err = proc.communicate(timeout=120)
     done = _outputs(out)
     assert 1 <= len(done) < 6, "the run should have been stopped part-way"
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "run the same command again to resume" in err
+    if sig != signal.SIGKILL:
+        assert proc.returncode == 128 + sig and "run the same command again to resume" in err, err[-2000:]
+        assert "Traceback" not in err and not list(out.glob(".*.mgfr-claim"))
     for name, (_, data) in done.items():
         assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is not None  # whole files only
     # the resume is decided by what is on disk, not by the settings: the rest is restored with one step (time)
@@ -146,6 +155,28 @@ def test_interrupted_batch_resumes_without_redoing(sig, tiny_root, astronaut, tm
     assert all(after[name] == done[name] for name in done)  # finished outputs neither redone nor touched
     assert f"skipped │ {len(done)}" in " ".join(result.stdout.split())
     assert [p for p in out.rglob("*") if p.name.startswith(".")] == []
+
+
+def test_a_hangup_ignored_as_nohup_ignores_it_does_not_stop_the_run(tiny_root, astronaut, tmp_path):
+    """`nohup mgfr restore ...`: SIGHUP is ignored by the user's choice, and stays so (the run goes on to the end)."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(inp / f"p{i}.png"), np.ascontiguousarray(np.roll(astronaut, 40 * i, axis=1)[..., ::-1]))
+    args = [sys.executable, "-m", "mgfr_cli.cli", "restore", str(inp), "-o", str(out), "--model-root", str(tiny_root),
+            "--detector", "retinaface_mobile0.25", "--steps", "40", "--batch-size", "1", "--device", "cpu"]
+
+    def nohup():
+        _default_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=nohup)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("*.png"))) < 1:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and len(_outputs(out)) == 3, err[-2000:]
 
 
 # -- fuzzing: malformed sidecars and training configs give one line naming the file, never a traceback --

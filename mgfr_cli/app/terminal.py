@@ -5,7 +5,7 @@ Commands print through these two consoles only (stdout for results, stderr for p
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from rich.console import Console
 from rich.text import Text
@@ -188,3 +188,39 @@ def checklist(sections: dict) -> None:
         for ok, label, detail in rows:
             out.print(Text.assemble("  ", ("ok", "green") if ok else ("no", "red"), f"  {label}"
                                     + (f": {detail}" if detail else "")))
+
+
+@contextmanager
+def stopping_signals():
+    """SIGTERM (a batch system's time limit, ``docker stop``, systemd, ``timeout``) and SIGHUP (the terminal or the ssh
+    session closed) stop the command as Ctrl-C does: claims released, the review page written as far as the run got,
+    the line that says how to resume. Killed outright, a run left its claims (which a run on another host respects)
+    and its page behind. Yields ``{"signum": ...}`` once one came; the handlers before are put back after."""
+    import signal
+    import threading
+
+    stopped: dict = {}
+
+    def stop(signum, frame):
+        stopped["signum"] = signum
+        raise KeyboardInterrupt
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # (a signal ignored, as under nohup, stays ignored)
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)
+                    if signal.getsignal(s) == signal.SIG_DFL}
+    try:
+        yield stopped
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def interrupted(argv: list[str], stopped: dict) -> int:
+    """Say how a stopped command resumes; its exit code (128 + the signal: 130 for Ctrl-C, 143 for SIGTERM)."""
+    again = " ".join(argv[1:]) + ("" if "--resume" in argv else " --resume")
+    with suppress(OSError):  # (after SIGHUP the terminal may be gone)
+        err.print(Text.assemble(("interrupted", "red"), f": the checkpoints written are kept; resume with: mgfr {again}"
+                                if "train" in argv[1:2] else ": finished outputs are kept; run the same command again to "
+                                                              "resume"))
+    return 128 + int(stopped.get("signum", 2))
