@@ -80,6 +80,7 @@ class _Prepared:
     sources: str = ""  # where the conditions came from (flags, sidecar, folder YAML), for the report
     outcome: Outcome | None = None  # set when the photo is already finished (skipped, failed, no face)
     written: np.ndarray | None = None  # the pixels written, for the review page (no decoding them again)
+    why: str = ""  # why a photo with faces has none to restore (--min-face-size)
 
 
 class BatchRestorer:
@@ -217,7 +218,7 @@ class BatchRestorer:
             else:
                 faces, total = self.helper.align_faces(rgb, job.selection, item.path)
             if not faces:  # written all the same, as its background (GFPGAN's and CodeFormer's way): see _write
-                return _Prepared(item, target, photo)
+                return _Prepared(item, target, photo, why=job.selection.none_kept(total))
             specs = resolve_specs(item.path, job.flags, total)  # by each face's own number (kept or not)
             conditions = [self._conditions(f, specs[f.index], job, ref_cache, item.path) for f in faces]
             return _Prepared(item, target, photo, faces, conditions, condition_sources(item.path, job.flags))
@@ -330,7 +331,8 @@ class BatchRestorer:
                 return Outcome(p.item.path, FAILED, f"out of memory while pasting at --upscale {job.upscale:g}")
             return Outcome(p.item.path, FAILED, unexpected(p.target, exc, "cannot write: "))
         if not p.faces:
-            return Outcome(p.item.path, NO_FACE, "; ".join(filter(None, (NO_FACE_WRITTEN, p.photo.note))), p.target)
+            why = f"{p.why} (written without restoring)" if p.why else NO_FACE_WRITTEN
+            return Outcome(p.item.path, NO_FACE, "; ".join(filter(None, (why, p.photo.note))), p.target)
         return Outcome(p.item.path, RESTORED, "; ".join(filter(None, (p.photo.note, kept))), p.target, len(p.faces))
 
 

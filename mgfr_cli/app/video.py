@@ -218,8 +218,8 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
         flicker[k].restored_sum += pairs[2]
     segments.remove()
     if not tracks:
-        return Outcome(path, NO_FACE, "; ".join([f"no face in any of {count} frames (written without restoring)"]
-                                                + broke), target)
+        why = job.selection.none_kept(total, "track") or f"no face in any of {count} frames"
+        return Outcome(path, NO_FACE, "; ".join([f"{why} (written without restoring)"] + broke), target)
     figures = {t.index: flicker[t.index].figures() for t in tracks}
     note = "; ".join([f"{count} frames, {len(tracks)} track(s)"] + broke)
     frames_of = {t.index: len(t.frames) for t in tracks}

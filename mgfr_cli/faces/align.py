@@ -103,12 +103,12 @@ def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list
         return _align_video(helper, item, output, selection, max_megapixels, rows, outcomes, written)
     try:
         rgb = read_image(item.path, max_megapixels).rgb8()
-        faces = helper.detect_and_align(rgb, selection, item.path)
+        faces, found = helper.align_faces(rgb, selection, item.path)
     except MgfrError as exc:
         outcomes.append(Outcome(item.path, FAILED, str(exc)))
         return
     if not faces:
-        outcomes.append(Outcome(item.path, NO_FACE, "no face detected"))
+        outcomes.append(Outcome(item.path, NO_FACE, selection.none_kept(found) or "no face detected"))
         return
     rel = item.relative
     crops = [output / rel.parent / fit_name(rel.stem, f"_{f.index:02d}.png") for f in faces]
@@ -148,7 +148,8 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
         outcomes.append(Outcome(item.path, FAILED, str(exc)))
         return
     if not tracks:
-        outcomes.append(Outcome(item.path, NO_FACE, "no face in any frame"))
+        outcomes.append(Outcome(item.path, NO_FACE, selection.none_kept(len(tracker.tracks), "track")
+                                or "no face in any frame"))
         return
     rel = item.relative
     for t in tracks:

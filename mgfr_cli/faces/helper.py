@@ -72,6 +72,14 @@ class FaceSelection:
     min_face_size: float = 0.0  # minimum eye distance in pixels
     confidence: float = 0.8
 
+    def none_kept(self, found: int, what: str = "face") -> str:
+        """Why a photo with ``found`` faces (a clip with ``found`` tracks: ``what="track"``) has none to restore ('' when
+        it has none at all): the size floor."""
+        if found and self.face_index is not None:
+            return f"{what} {self.face_index}'s eye distance is under --min-face-size {self.min_face_size:g} px"
+        return (f"{found} {what}{'s' if found > 1 else ''} found, none with an eye distance of --min-face-size "
+                f"{self.min_face_size:g} px or more" if found else "")
+
     def rank(self, box, width: int, height: int) -> float:
         """How well a face's box fits --largest-face (its area), else --only-center-face (minus its centre's
         squared distance to the image's): the higher, the better; for photos and for a clip's tracks alike."""
@@ -174,15 +182,16 @@ class FaceHelper:
                          landmarks=np.asarray(d[5:15], np.float32).reshape(5, 2))
             for d in dets
         ]
-        faces = [f for f in faces if f.eye_distance >= selection.min_face_size]
         faces.sort(key=lambda f: (f.box[0] + f.box[2]) / 2)
-        numbered = list(enumerate(faces))
+        # numbered among every face found, left to right, then kept: a face's number (a sidecar's, --face-index's,
+        # align's crop) never depends on --min-face-size, which once gave one person's references to another
+        numbered = [(i, f) for i, f in enumerate(faces) if f.eye_distance >= selection.min_face_size]
         if selection.face_index is not None:
             if faces and selection.face_index >= len(faces):
                 raise InputError(f"face {selection.face_index} does not exist ({len(faces)} face"
                                  f"{'s' if len(faces) > 1 else ''} found; --face-index counts from 0, left to right)")
-            return numbered[selection.face_index : selection.face_index + 1], len(faces)
-        if (selection.largest_face or selection.only_center_face) and faces:
+            return [n for n in numbered if n[0] == selection.face_index], len(faces)
+        if (selection.largest_face or selection.only_center_face) and numbered:
             h, w = rgb.shape[:2]
             return [max(numbered, key=lambda n: selection.rank(n[1].box, w, h))], len(faces)
         return numbered, len(faces)

@@ -87,9 +87,9 @@ def smooth(landmarks: np.ndarray, frames: np.ndarray, sigma: float) -> np.ndarra
 
 
 def per_frame(selection):
-    """What of a :class:`FaceSelection` applies to each frame of a clip: the size and confidence floors; which
-    faces to keep is decided on whole tracks (:func:`select_tracks`)."""
-    return replace(selection, only_center_face=False, largest_face=False, face_index=None)
+    """What of a :class:`FaceSelection` applies to each frame of a clip: the confidence floor; which faces to keep
+    (the size floor too) is decided on whole tracks (:func:`select_tracks`)."""
+    return replace(selection, only_center_face=False, largest_face=False, face_index=None, min_face_size=0.0)
 
 
 def select_tracks(tracks: list[Track], selection, width: int, height: int) -> list[Track]:
@@ -97,21 +97,24 @@ def select_tracks(tracks: list[Track], selection, width: int, height: int) -> li
     a photo (in that order of precedence), each with its own number (a sidecar's ``tracks: {K: ...}`` and the
     seed count every track). K counts a clip's tracks in the order they first appear (as ``mgfr align`` lists
     them). The largest (or centre) track is the one that is the largest (nearest the centre) face in the most
-    frames: the main person, not one who is larger for a moment (ties: the earlier track)."""
-    kept = tracks
+    frames: the main person, not one who is larger for a moment (ties: the earlier track). ``--min-face-size`` keeps
+    the tracks whose face reaches it in some frame (all their frames restored: a person walking up to the camera is
+    one person throughout), and changes no track's number."""
+    kept = [t for t in tracks if max(float(np.linalg.norm(lm[0] - lm[1])) for lm in t.landmarks)
+            >= selection.min_face_size]
     if selection.face_index is not None:
         if tracks and selection.face_index >= len(tracks):  # none at all: a faceless clip, as a faceless photo
             raise InputError(f"track {selection.face_index} does not exist ({len(tracks)} track"
                              f"{'s' if len(tracks) > 1 else ''} found; in a clip --face-index counts tracks from 0, "
                              f"in the order they first appear: mgfr align lists them)")
-        kept = tracks[selection.face_index : selection.face_index + 1]
-    elif (selection.largest_face or selection.only_center_face) and tracks:
-        best: dict[int, tuple] = {}  # frame -> (rank, -track) of the best face there
-        for i, t in enumerate(tracks):
+        kept = [t for t in kept if t.index == selection.face_index]
+    elif (selection.largest_face or selection.only_center_face) and kept:
+        best: dict[int, tuple] = {}  # frame -> (rank, -position) of the best face there
+        for i, t in enumerate(kept):
             for frame, box in zip(t.frames, t.boxes):
                 best[frame] = max(best.get(frame, (float("-inf"), 0)), (selection.rank(box, width, height), -i))
-        votes = [0] * len(tracks)
+        votes = [0] * len(kept)
         for _, i in best.values():
             votes[-i] += 1
-        kept = [tracks[max(range(len(tracks)), key=lambda i: (votes[i], -i))]]
+        kept = [kept[max(range(len(kept)), key=lambda i: (votes[i], -i))]]
     return kept
