@@ -130,7 +130,7 @@ class Restorer:
         from mgfr_cli.app.batch import restore_in_batches
         from mgfr_cli.app.paste import paste_back, upscaled_like
         from mgfr_cli.errors import InputError
-        from mgfr_cli.faces.conditions import FaceConditions, own_references_note
+        from mgfr_cli.faces.conditions import FaceConditions, reference_file_notes
         from mgfr_cli.faces.helper import FaceSelection, aligned_output
         from mgfr_cli.model.pipeline import DiffusionRestorer
 
@@ -159,9 +159,9 @@ class Restorer:
         path = Path(image) if isinstance(image, (str, Path)) else None
         left_out: list = []
         given = _expand(refs, path, left_out)  # a references folder holding the photo gives it the others
-        if left_out:
-            notes.append(own_references_note([path]))
-        references = tuple(self._reference(r, has_aligned) for r in given)
+        crowded: dict = {}  # a reference holding several faces (the largest taken): said
+        references = tuple(self._reference(r, has_aligned, crowded) for r in given)
+        notes += reference_file_notes([path] if left_out else [], crowded)
         conditions = [FaceConditions(prompt, negative_prompt, references) if references or library is None else
                       FaceConditions(prompt, negative_prompt, *library.find(
                           f.crop, ref_k or 3, 0.3 if ref_threshold is None else ref_threshold,
@@ -266,7 +266,7 @@ class Restorer:
         unused = face_upsample_unused(self.upsampler, has_aligned) if face_upsample else ""
         return notes + ([f"face_upsample: {unused}"] if unused else [])
 
-    def _reference(self, ref, aligned: bool):
+    def _reference(self, ref, aligned: bool, crowded: dict):
         from mgfr_cli.errors import InputError
         from mgfr_cli.faces.helper import FaceSelection
 
@@ -276,10 +276,10 @@ class Restorer:
         rgb = read_reference(source) if source is not None else _as_photo(ref)[0].rgb8()
         if aligned:
             return self.helper.as_aligned(rgb, source)
-        found = self.helper.detect(rgb, FaceSelection(largest_face=True))
-        if not found:
+        faces, crowded[source or Path("(array)")] = self.helper.align_faces(rgb, FaceSelection(largest_face=True), source)
+        if not faces:
             raise InputError(f"reference {source or '(array)'}: no face detected")
-        return self.helper.align(rgb, found[0], 0, source)
+        return faces[0]
 
 
 def _idle_notes(sampling: dict, restorer) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from mgfr_cli.app.claims import Claims
 from mgfr_cli.faces.conditions import (ConditionSpec, FaceConditions, FlagOverrides, condition_sources, expand_refs,
-                                       own_references_note, read_reference, resolve_specs)
+                                       read_reference, reference_file_notes, resolve_specs)
 from mgfr_cli.errors import STOPPING_WRITE_ERRORS, InputError, MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import AlignedFace, FaceHelper, FaceSelection, aligned_output
 from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, SKIPPED, InputItem, Outcome, collect_inputs
@@ -97,6 +97,7 @@ class BatchRestorer:
         self.notes: list[str] = []  # said once after the run: flags that did not apply to some inputs
         self.drops: dict[Path, list[str]] = {}  # what --ext's format cannot hold of a photo: said after the run
         self.own_refs: dict[Path, None] = {}  # photos in their own references folder (left out): said after the run
+        self.crowded: dict[Path, int] = {}  # reference file -> faces in it (the largest taken): said after the run
 
     def run(self, job: RestoreJob, on_outcome: Callable[[Outcome], None] = lambda o: None,
             on_total: Callable[[int], None] = lambda n: None) -> list[Outcome]:
@@ -184,8 +185,7 @@ class BatchRestorer:
             self.claims.release_all()
         if self.reporter is not None:
             self.notes += self.reporter.flush()  # (said where the page could not be written to the end)
-        if self.own_refs:
-            self.notes.append(own_references_note(list(self.own_refs)))
+        self.notes += reference_file_notes(list(self.own_refs), self.crowded)
         self.notes += overrides.notes() + dropped_note(job.ext, [(o.source, self.drops[o.source]) for o in outcomes
                                                                   if o.output is not None and o.source in self.drops])
         return outcomes
@@ -252,10 +252,10 @@ class BatchRestorer:
                     cache[key] = self.helper.as_aligned(rgb, path)
                     refs.append(cache[key])
                     continue
-                faces = self.helper.detect(rgb, FaceSelection(largest_face=True))
+                faces, found = self.helper.align_faces(rgb, FaceSelection(largest_face=True), path)
                 if not faces:
                     raise InputError(f"reference {path}: no face detected")
-                cache[key] = self.helper.align(rgb, faces[0], 0, path)
+                cache[key], self.crowded[path] = faces[0], found  # (a group photo: said after the run)
             refs.append(cache[key])
         return tuple(refs)
 

@@ -139,8 +139,9 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
                      ref_threshold=models.ref_threshold)
     cleaner = models.pipeline.cleaner
     models.pipeline.cleaner = cleaner if use_cleaner else None  # one job at a time: safe to switch per request
+    batch = BatchRestorer(models.helper, restorer, models.upsampler, library=models.library)
     try:
-        outcome = BatchRestorer(models.helper, restorer, models.upsampler, library=models.library).run(job)[0]
+        outcome = batch.run(job)[0]
     finally:
         models.pipeline.cleaner = cleaner
     if outcome.status == NO_FACE:  # written unrestored by the batch: nothing to show here but that
@@ -150,6 +151,7 @@ def restore_one(models: UiModels, photo: str | None, refs: list[str] | None, pro
     status = describe(models, restorer.ignored) + library_found(outcome) + unused_sliders(restorer, settings, prof)
     if restorer.guided:
         status += f" References steered the face by identity guidance (strength {settings.identity_guidance:g})."
+    status += "".join(f" Note: {plain(line)}." for line in batch.notes)  # (a group photo as a reference, say)
     if outcome.detail and not clip:  # what the photo is restored without (frames, a motion photo's clip), as listed
         status += f" Note: {plain(outcome.detail)}."
     if clip:

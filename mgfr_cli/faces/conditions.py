@@ -187,6 +187,16 @@ def own_references_note(photos: list[Path]) -> str:
             f"gives a photo the others; name a file to use it)")
 
 
+def reference_file_notes(own: list[Path], faces_in: dict[Path, int]) -> list[str]:
+    """Said once after a run: the photos left out of their own references, and the references that hold several
+    faces (the largest is taken: in a group photo it may be someone else, whom identity guidance would then copy)."""
+    crowded = [f"{p.name} ({n} faces)" for p, n in faces_in.items() if n > 1]
+    return ([own_references_note(own)] if own else []) + ([
+        f"reference {', '.join(crowded[:5])}{' ...' if len(crowded) > 5 else ''}: the largest face taken from each "
+        f"(crop a reference to its person, or use --ref-library, which finds each face's matches by identity)"]
+        if crowded else [])
+
+
 def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None, left_out: list | None = None
                 ) -> tuple[Path, ...]:
     """Reference files: given files as they are, folders as the images directly in them (sorted), but ``photo``,
