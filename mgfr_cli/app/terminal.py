@@ -207,8 +207,8 @@ def stopping_signals():
 
     previous = {}
     if threading.current_thread() is threading.main_thread():  # (a signal ignored, as under nohup, stays ignored)
-        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)
-                    if signal.getsignal(s) == signal.SIG_DFL}
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None))  # (Windows:
+                    if s is not None and signal.getsignal(s) == signal.SIG_DFL}                    # no SIGHUP)
     try:
         yield stopped
     finally:
