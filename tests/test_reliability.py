@@ -115,17 +115,23 @@ def _default_signals():  # (a disposition ignored by the parent is inherited acr
         signal.signal(s, signal.SIG_DFL)
 
 
+def _restore_args(tiny_root, astronaut, tmp_path, photos: int, steps: int):
+    """Photos of the astronaut shifted sideways into ``tmp_path/in``; the restore command over them, one at a time."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for i in range(photos):
+        cv2.imwrite(str(inp / f"p{i}.png"), np.ascontiguousarray(np.roll(astronaut, 40 * i, axis=1)[..., ::-1]))
+    return out, [sys.executable, "-m", "mgfr_cli.cli", "restore", str(inp), "-o", str(out), "--model-root",
+                 str(tiny_root), "--detector", "retinaface_mobile0.25", "--steps", str(steps), "--batch-size", "1",
+                 "--device", "cpu"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
 def test_interrupted_batch_resumes_without_redoing(sig, tiny_root, astronaut, tmp_path):
     """Ctrl-C, and SIGTERM (a batch system's time limit, docker stop) and SIGHUP (the terminal closed) as Ctrl-C: the
     line that says how to resume, no claim left (a run on another host would respect it). Killed outright (SIGKILL),
     the same command resumes all the same."""
-    inp, out = tmp_path / "in", tmp_path / "out"
-    inp.mkdir()
-    for i in range(6):
-        cv2.imwrite(str(inp / f"p{i}.png"), np.ascontiguousarray(np.roll(astronaut, 40 * i, axis=1)[..., ::-1]))
-    args = [sys.executable, "-m", "mgfr_cli.cli", "restore", str(inp), "-o", str(out), "--model-root", str(tiny_root),
-            "--detector", "retinaface_mobile0.25", "--steps", "80", "--batch-size", "1", "--device", "cpu"]
+    out, args = _restore_args(tiny_root, astronaut, tmp_path, photos=6, steps=80)
     env = {**os.environ, "COLUMNS": "300"}
     # Why this test was flaky (all 6 photos done after SIGINT, in full-suite runs only): at 20 steps a tiny
     # photo took ~0.2 s, so the 5 photos after the first were done in ~1 s, and a test process descheduled
@@ -159,12 +165,7 @@ def test_interrupted_batch_resumes_without_redoing(sig, tiny_root, astronaut, tm
 
 def test_a_hangup_ignored_as_nohup_ignores_it_does_not_stop_the_run(tiny_root, astronaut, tmp_path):
     """`nohup mgfr restore ...`: SIGHUP is ignored by the user's choice, and stays so (the run goes on to the end)."""
-    inp, out = tmp_path / "in", tmp_path / "out"
-    inp.mkdir()
-    for i in range(3):
-        cv2.imwrite(str(inp / f"p{i}.png"), np.ascontiguousarray(np.roll(astronaut, 40 * i, axis=1)[..., ::-1]))
-    args = [sys.executable, "-m", "mgfr_cli.cli", "restore", str(inp), "-o", str(out), "--model-root", str(tiny_root),
-            "--detector", "retinaface_mobile0.25", "--steps", "40", "--batch-size", "1", "--device", "cpu"]
+    out, args = _restore_args(tiny_root, astronaut, tmp_path, photos=3, steps=40)
 
     def nohup():
         _default_signals()
