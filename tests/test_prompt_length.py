@@ -123,3 +123,19 @@ def test_training_says_which_captions_it_cuts(tmp_path, base, capsys):
     labels["face1.png"] = WORDS[:5]
     (data / "attributes.json").write_text(json.dumps(labels))
     assert FaceDataset(data, 1, 128, MILD, PromptConfig()).long_captions(base) == []
+
+
+def test_a_diffbir_adapter_is_not_said_to_wrap_the_prompt():
+    """A DiffBIR adapter takes the prompt as written (75 of the user's tokens): its note names no sentence around it."""
+    from types import SimpleNamespace
+
+    from mgfr_cli.model.prompts import cut_notes
+
+    def restorer(plain):
+        profile = SimpleNamespace(plain_prompts=plain)
+        return SimpleNamespace(pipeline=SimpleNamespace(profile=profile, base=SimpleNamespace(text_length=lambda: 77)),
+                               cut={("negative prompt", "round long"): None})
+
+    assert cut_notes(restorer(True)) == ["negative prompt longer than the text encoder reads (77 tokens): not used: "
+                                         "'round long' (shorten it)"]
+    assert "the sentence mgfr puts around it included" in cut_notes(restorer(False))[0]
