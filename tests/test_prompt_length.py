@@ -39,8 +39,21 @@ def test_the_words_said_cut_are_the_words_the_text_encoder_does_not_read(base):
     assert torch.equal(states(words), states(words[:kept] + other[kept:]))  # the cut words: never read
     assert not torch.equal(states(words), states(words[:kept - 1] + other[kept - 1:]))  # the last kept one: read
     assert base.cut_words(_long(75)) == "" and base.cut_words("brown eyes") == ""
-    # a word split by the cut is said from its start ("high-quality" is several tokens)
-    assert base.cut_words(_long(74) + " high-quality eyes") == "high-quality eyes"
+    # cut inside a word: from its first token not read ("high-quality" is three: high, -, quality), as written
+    assert base.cut_words(_long(74) + " High-Quality eyes") == "-Quality eyes"
+    # a prompt without spaces (as Stable Diffusion users write them): the same, checked against the encoder
+    tight = ",".join(WORDS * 8)
+    cut = base.cut_words(tight)
+    read = tight[: len(tight) - len(cut)]
+    assert read.endswith(",") and len(base.tokenizer(read).input_ids) == 78  # 75 read, this comma the 76th
+    with torch.no_grad():
+        assert torch.equal(base.encode_text([tight], "cpu"), base.encode_text([read + "sad,happy,old,red"], "cpu"))
+
+
+def test_a_tokenizer_without_offsets_says_the_tokens_it_cuts(base, monkeypatch):
+    monkeypatch.setattr(type(base.tokenizer), "is_fast", property(lambda self: False))
+    text = _long(120)
+    assert base.cut_words(text) == " ".join(text.split()[75:]) and base.cut_words(_long(75)) == ""
 
 
 def _unread(prompt: str) -> str:
@@ -114,8 +127,8 @@ def test_training_says_which_captions_it_cuts(tmp_path, base, capsys):
     assert len(notes) == 1 and notes[0].startswith("1 of 3 image(s) have a caption longer than the text encoder "
                                                    "reads (77 tokens)"), notes
     # counted by hand: the sentence takes 10 tokens, a label and its comma 2 ("a young face," 4): the first 16 labels
-    # take 34, the next 13 take 30: 74 with the start mark, and "round," (2) would leave no room for the end mark
-    assert "(e.g. face1.png: 'round, long, red, blue, green," in notes[0], notes
+    # take 34, the next 13 take 30: 75 with the start mark; "round" is the 76th, the end mark the 77th
+    assert "(e.g. face1.png: 'long, red, blue, green," in notes[0], notes
     assert notes[0].endswith("happy, round, long'); give fewer labels per image"), notes
     base.save(tmp_path / "base")
     train(_cfg(stage=1, max_steps=1), base_path=tmp_path / "base", data_dir=data, run_dir=tmp_path / "run")

@@ -14,6 +14,7 @@ from mgfr_cli.configs import ModelConfig
 from mgfr_cli.errors import WeightsError
 
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SEPARATORS = " \t\n,;"  # not said at the start of a prompt's words that were cut
 
 
 @dataclass
@@ -48,20 +49,14 @@ class BaseModel:
         return self.text_encoder(tok.input_ids.to(device))[0]
 
     def cut_words(self, text: str) -> str:
-        """The words of ``text`` past the encoder's length, as written (from the word the cut falls in); ''
-        when it all fits."""
-        words, length = text.split(), self.text_length()
-
-        def fits(n: int) -> bool:
-            return len(self.tokenizer(" ".join(words[:n]), verbose=False).input_ids) <= length
-
-        if fits(len(words)):
-            return ""
-        lo, hi = 0, len(words)  # the first lo words fit, the first hi do not
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        return " ".join(words[lo:])
+        """What of ``text`` the encoder does not read, as written: from the first token past its length (so inside a
+        word too: "brown,eyes,beard" is one word to a split on spaces, five tokens to CLIP); '' when it all fits."""
+        length = self.text_length()
+        if not getattr(self.tokenizer, "is_fast", False):  # no offsets: the tokens past it, as the tokenizer spells them
+            ids = self.tokenizer(text, verbose=False).input_ids
+            return self.tokenizer.decode(ids[length - 1 : -1]).lstrip(SEPARATORS) if len(ids) > length else ""
+        tokens = self.tokenizer(text, return_offsets_mapping=True, verbose=False)
+        return text[tokens.offset_mapping[length - 1][0]:].lstrip(SEPARATORS) if len(tokens.input_ids) > length else ""
 
     def save(self, path: Path) -> None:
         """Write the standard diffusers folder layout (safetensors)."""
