@@ -246,7 +246,7 @@ def test_one_files_surprise_never_stops_align_or_degrade(tiny_root, tmp_path, cl
     import mgfr_cli.faces.helper as helper
     import mgfr_cli.training.degrade as degrade
 
-    target, name = (helper.FaceHelper, "detect_and_align") if command == "align" else (degrade, "degrade")
+    target, name = (helper.FaceHelper, "align_faces") if command == "align" else (degrade, "degrade")
     real = getattr(target, name)
 
     def refusing(*args, **kw):
