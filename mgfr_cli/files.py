@@ -70,6 +70,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextmanager
+def disk_errors(path: Path):
+    """safetensors reports a failed write (a full disk) as its own error, ``(os error N)`` in its text: raised as the
+    OSError it is, naming ``path``, so a full disk under weights is said in one line as under any other file."""
+    import re
+
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - only safetensors' own error is looked into; the rest is raised as it is
+        found = re.search(r"\(os error (\d+)\)", str(exc)) if type(exc).__name__ == "SafetensorError" else None
+        if found is None:
+            raise
+        raise OSError(int(found.group(1)), os.strerror(int(found.group(1))), str(path)) from None
+
+
+@contextmanager
 def folder_lock(folder: Path):
     """An exclusive lock held on ``folder`` itself (``flock`` on its descriptor: no lock file left behind), across
     processes and across threads; released when the block ends, or when the process dies."""

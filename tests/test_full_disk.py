@@ -209,3 +209,77 @@ def test_align_fails_a_photo_whose_crop_the_folder_refuses_and_goes_on(helper, a
         " ".join(err.split())
     rows = json.loads((tmp_path / "al" / "faces.json").read_text())
     assert sorted(Path(r["crop"]).name for r in rows) == ["p1_00.png", "p3_00.png"]
+
+
+def _safetensors_full(*_args, **_kwargs):  # what safetensors raises when the disk fills under it
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_a_full_disk_under_safetensors_is_the_oserror_it_is(tmp_path):
+    """safetensors reports a full disk as its own error type: taken as the OSError (one line from the CLI); its other
+    errors, and other errors that merely mention an os error, are raised as they are."""
+    from safetensors import SafetensorError
+
+    from mgfr_cli.files import disk_errors
+
+    with pytest.raises(OSError) as caught, disk_errors(tmp_path / "w.safetensors"):
+        _safetensors_full()
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "w.safetensors")
+    for exc in (SafetensorError("invalid header"), ValueError("(os error 28)")):
+        with pytest.raises(type(exc), match=str(exc).replace("(", r"\(").replace(")", r"\)")), disk_errors(tmp_path):
+            raise exc
+
+
+def test_weights_convert_and_trainings_caches_meet_a_full_disk_in_one_line(tmp_path, cli, monkeypatch):
+    """`weights convert` into a full disk: one line, no hidden folder left (it was a traceback); a training cache:
+    its partial file removed."""
+    import torch
+    from safetensors.torch import load_file
+
+    import safetensors.torch
+    from mgfr_cli.model.adapter import MgfrAdapter
+    from mgfr_cli.training.caches import _save
+
+    fixtures = Path(__file__).resolve().parent / "fixtures"
+    state = {k[len("diffbir."):]: v for k, v in load_file(fixtures / "diffbir" / "diffbir_tiny_golden.safetensors").items()
+             if k.startswith("diffbir.")}
+    torch.save(state, tmp_path / "v2.pth")
+    monkeypatch.setattr(MgfrAdapter, "save_pretrained", _safetensors_full)
+    out = tmp_path / "out" / "lca"
+    code, _, err = cli("weights", "convert", "diffbir", tmp_path / "v2.pth", "-o", out, "--base",
+                       fixtures / "diffbir_e2e" / "tiny_models" / "sd21-base")
+    assert code == 1 and "Traceback" not in err, err
+    assert f"error: {out}: No space left on device; stopped" in " ".join(err.split())
+    assert not out.exists() and list((tmp_path / "out").iterdir()) == []
+
+    real = safetensors.torch.save_file
+
+    def partial(tensors, path, metadata=None):
+        Path(path).write_bytes(b"\0" * 100)  # what was written before the disk filled
+        _safetensors_full()
+
+    monkeypatch.setattr(safetensors.torch, "save_file", partial)
+    with pytest.raises(OSError, match="No space left"):
+        _save({"x": torch.zeros(3)}, tmp_path / "cache.safetensors")
+    assert list(tmp_path.glob("cache*")) == []
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    _save({"x": torch.zeros(3)}, tmp_path / "cache.safetensors")
+    assert load_file(tmp_path / "cache.safetensors")["x"].shape == (3,)
+
+
+def test_the_trained_adapter_meets_a_full_disk_as_the_oserror_it_is(tmp_path, monkeypatch):
+    """The EMA adapter written at the end of a run (and in each checkpoint) into a full disk: the OSError the CLI says
+    in one line, and no hidden folder left beside it."""
+    from diffusers.training_utils import EMAModel
+
+    from helpers import tiny_adapter, tiny_base
+    from mgfr_cli.model.adapter import MgfrAdapter
+    from mgfr_cli.training.checkpoints import save_ema_adapter
+
+    adapter = tiny_adapter(tiny_base())
+    monkeypatch.setattr(MgfrAdapter, "save_pretrained", _safetensors_full)
+    with pytest.raises(OSError, match="No space left") as caught:
+        save_ema_adapter(adapter, EMAModel(adapter.parameters()), tmp_path / "adapter")
+    assert caught.value.filename == str(tmp_path / "adapter") and list(tmp_path.iterdir()) == []

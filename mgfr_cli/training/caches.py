@@ -12,7 +12,7 @@ import torch
 def identity_cache(dataset, identity_path: Path, device, run_dir: Path, accelerator) -> None:
     """ArcFace embeddings of every image, computed once by the main process (on its own GPU), written to
     ``RUN_DIR/identity-cache.safetensors`` and read by the others."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from mgfr_cli.faces.identity import IdentityEncoder
 
@@ -20,9 +20,7 @@ def identity_cache(dataset, identity_path: Path, device, run_dir: Path, accelera
     if accelerator.is_main_process:
         dataset.prepare_identity(IdentityEncoder(identity_path, str(device)))
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({str(i): torch.from_numpy(e).contiguous() for i, e in dataset.id_embeddings.items()}, tmp)
-        os.replace(tmp, path)
+        _save({str(i): torch.from_numpy(e).contiguous() for i, e in dataset.id_embeddings.items()}, path)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         dataset.id_embeddings = {int(k): v.numpy() for k, v in load_file(path).items()}
@@ -38,7 +36,7 @@ def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerat
     import json
 
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     path = run_dir / "latent-cache.safetensors"
     keys = [_image_key(p, dataset.resolution, scaling) + base_mark for p in dataset.images]
@@ -71,9 +69,7 @@ def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerat
         latents = torch.stack(rows)
         if todo or len(old_keys) != n:
             run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            save_file({"latents": latents.contiguous()}, tmp, metadata={"keys": json.dumps(keys)})
-            os.replace(tmp, path)
+            _save({"latents": latents.contiguous()}, path, metadata={"keys": json.dumps(keys)})
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         latents = load_file(path)["latents"]
@@ -87,3 +83,19 @@ def _image_key(path: Path, resolution: int, scaling: float) -> str:
 
 def encode_latents(base, images, scaling, device, dtype):
     return base.vae.encode(images.to(device, dtype)).latent_dist.mode() * scaling
+
+
+def _save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """``tensors`` into ``path`` whole or not at all (a full disk: the partial file removed, one line said)."""
+    from safetensors.torch import save_file
+
+    from mgfr_cli.files import disk_errors
+
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with disk_errors(path):
+            save_file(tensors, tmp, metadata=metadata)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)

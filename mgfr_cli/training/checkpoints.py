@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from mgfr_cli.errors import OutputError, WeightsError
+from mgfr_cli.files import disk_errors
 from mgfr_cli.ownership import is_mgfr_adapter, replace_folder, temp_folder_beside
 
 
@@ -43,7 +44,8 @@ def save_ema_adapter(adapter, ema, folder: Path) -> None:
     ema.store(params)
     ema.copy_to(params)
     try:
-        adapter.save_pretrained(tmp, safe_serialization=True)
+        with disk_errors(folder):
+            adapter.save_pretrained(tmp, safe_serialization=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -204,6 +204,7 @@ def convert_diffbir(src: Path, out: Path, *, unet_config: dict, source: str = "d
     the working folder. The adapter is written into a fresh hidden folder beside it and renamed into place."""
     import torch
 
+    from mgfr_cli.files import disk_errors
     from mgfr_cli.ownership import is_empty_dir, is_mgfr_adapter, refuse_protected, replace_folder, temp_folder_beside
 
     out = Path(out)
@@ -226,7 +227,8 @@ def convert_diffbir(src: Path, out: Path, *, unet_config: dict, source: str = "d
     adapter.load_state_dict({k: v.to(torch.float32) for k, v in mapped.items()}, strict=True)
     tmp = temp_folder_beside(out)
     try:
-        adapter.save_pretrained(tmp, safe_serialization=True)
+        with disk_errors(out):
+            adapter.save_pretrained(tmp, safe_serialization=True)
         (tmp / "conversion.json").write_text(json.dumps({"source": source, "from": str(src), "tensors": len(mapped)}, indent=1))
     except BaseException:
         import shutil
