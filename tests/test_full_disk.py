@@ -283,3 +283,23 @@ def test_the_trained_adapter_meets_a_full_disk_as_the_oserror_it_is(tmp_path, mo
     with pytest.raises(OSError, match="No space left") as caught:
         save_ema_adapter(adapter, EMAModel(adapter.parameters()), tmp_path / "adapter")
     assert caught.value.filename == str(tmp_path / "adapter") and list(tmp_path.iterdir()) == []
+
+
+def test_a_page_folder_left_by_a_run_stopped_at_its_first_entry_is_taken_back(tiny_root, astronaut, tmp_path, cli):
+    """A run stopped (Ctrl-C, SIGTERM, a full disk) while writing its first page entry leaves `_report/` with an image
+    and a temporary file, and no entries.json yet: the next run took it for the user's folder (its page went to
+    `_report-mgfr-2`, the temporary file stayed). It is mgfr's: taken back and cleaned. A user's file there still
+    keeps it the user's."""
+    site = _site(tmp_path, astronaut, n=2)
+    left = site / "_report"
+    left.mkdir()
+    (left / "0123456789ab_before.jpg").write_bytes(b"\xff\xd8")
+    (left / ".0123456789ab_after.jpg.k3j2h1g0.tmp").write_bytes(b"\xff")
+    code, out, err = _restore(cli, tiny_root, site, "--report")
+    assert code == 0, out + err
+    assert (left / "entries.json").is_file() and not (site / "_report-mgfr-2").exists()
+    assert not list(left.glob(".*.tmp"))
+    (left / "holiday.jpg").write_bytes(b"\xff\xd8")
+    (left / "entries.json").unlink()
+    code, out, err = _restore(cli, tiny_root, site, "--report", "--overwrite")
+    assert code == 0 and (site / "_report-mgfr-2" / "entries.json").is_file() and (left / "holiday.jpg").is_file()

@@ -16,6 +16,7 @@ import hashlib
 import html
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -42,14 +43,20 @@ def _jpeg(path: Path, rgb: np.ndarray, longest: int) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
+# What the page writes in its folder: its images, its entries, their temporary files (a run stopped while writing
+# its first entry leaves only these, and no entries.json yet: still mgfr's folder, taken back and cleaned)
+PAGE_FILE = re.compile(r"\.?([0-9a-f]{12}_(before|after|\d{2}_[ar])\.jpg|entries\.json)(\..+\.tmp)?")
+
+
 def report_folder(output: Path) -> Path:
     """``OUT/_report``, unless a folder of that name holds files mgfr did not put there."""
     from mgfr_cli.ownership import is_json_rows
 
     for n in range(1, 100):
         folder = output / (FOLDER if n == 1 else f"{FOLDER}-mgfr-{n}")
-        if not folder.exists() or (folder.is_dir() and not folder.is_symlink()
-                                   and (not any(folder.iterdir()) or is_json_rows(folder / "entries.json", {"source"}))):
+        if not folder.exists() or (folder.is_dir() and not folder.is_symlink() and (
+                all(PAGE_FILE.fullmatch(p.name) and p.is_file() for p in folder.iterdir())
+                or is_json_rows(folder / "entries.json", {"source"}))):
             return folder
     raise OutputError(f"{output}: no free folder for the review page's images")
 
