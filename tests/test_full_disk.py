@@ -87,6 +87,13 @@ def test_the_review_page_meeting_a_full_disk_never_stops_the_restoration(tiny_ro
     code, out, err = _restore(cli, tiny_root, site, "--report", "--overwrite")
     assert code == 0 and "│ restored │      3 │" in out and "note: review page: stopped at" in " ".join(err.split())
     assert (site / "index.html").read_text() == page
+    # written after p1, then not before the end (spaced): the stop names p2, the first photo the page lacks
+    monkeypatch.setattr(report.Report, "SPACING", 1e9)
+    pages = []
+    monkeypatch.setattr(report, "atomic_write_bytes", lambda path, data: _full() if path.name == "index.html" and (
+        pages.append(path) or len(pages) > 1) else write(path, data))
+    code, out, err = _restore(cli, tiny_root, site, "--report", "--overwrite", "--batch-size", "1")
+    assert code == 0 and "note: review page: stopped at p2.png (No space left" in " ".join(err.split()), err
 
 
 def test_degrade_stops_in_one_line_with_the_copies_made_listed(tmp_path, astronaut, cli, monkeypatch):
@@ -299,6 +306,10 @@ def test_a_page_folder_left_by_a_run_stopped_at_its_first_entry_is_taken_back(ti
     assert code == 0, out + err
     assert (left / "entries.json").is_file() and not (site / "_report-mgfr-2").exists()
     assert not list(left.glob(".*.tmp"))
+    from mgfr_cli.app.report import PAGE_FILE
+
+    written = [p.name for p in left.iterdir()]  # every name the page makes is one it knows as its own
+    assert any(n.endswith("_00_r.jpg") for n in written) and all(PAGE_FILE.fullmatch(n) for n in written), written
     (left / "holiday.jpg").write_bytes(b"\xff\xd8")
     (left / "entries.json").unlink()
     code, out, err = _restore(cli, tiny_root, site, "--report", "--overwrite")

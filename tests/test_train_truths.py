@@ -192,15 +192,26 @@ def test_checkpoints_are_pruned_and_a_diverged_run_writes_no_adapter(world, tmp_
     assert not (tmp_path / "boom" / "adapter").exists() and not list((tmp_path / "boom").glob("checkpoints/step-*"))
 
 
-def test_a_full_disk_leaves_no_partial_checkpoint(world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("writer", ["torch", "safetensors"])
+def test_a_full_disk_leaves_no_partial_checkpoint(world, tmp_path, monkeypatch, writer):
+    """A full disk under either writer (safetensors says it as its own error type): one line, nothing partial."""
     import errno
+
+    import safetensors.torch
 
     import mgfr_cli.training.checkpoints as ck
 
     def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if writer == "torch":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        from safetensors import SafetensorError
 
-    monkeypatch.setattr(ck.torch, "save", full)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    if writer == "torch":
+        monkeypatch.setattr(ck.torch, "save", full)
+    else:
+        monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(OutputError, match="No space left"):
         train(_cfg(stage=1, max_steps=2, checkpoint_every=1), base_path=world["base"], data_dir=world["s1"],
               run_dir=tmp_path / "run")

@@ -43,8 +43,14 @@ def _jpeg(path: Path, rgb: np.ndarray, longest: int) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
-# What the page writes in its folder: its images, its entries, their temporary files (a run stopped while writing
-# its first entry leaves only these, and no entries.json yet: still mgfr's folder, taken back and cleaned)
+def image_name(key: tuple, part: str) -> str:
+    """The page's image ``part`` (``before``, ``after``, a face's ``NN_a`` aligned and ``NN_r`` restored crop) of
+    the entry ``key`` (its photo and output): named by their hash, so a rerun's entry replaces its own images."""
+    return hashlib.sha1("\0".join(key).encode("utf-8", "surrogateescape")).hexdigest()[:12] + f"_{part}.jpg"
+
+
+# What the page writes in its folder: its images (image_name), its entries, their temporary files (a run stopped
+# while writing its first entry leaves only these, and no entries.json yet: still mgfr's folder, taken back)
 PAGE_FILE = re.compile(r"\.?([0-9a-f]{12}_(before|after|\d{2}_[ar])\.jpg|entries\.json)(\..+\.tmp)?")
 
 
@@ -85,7 +91,8 @@ class Report:
                 stale.unlink(missing_ok=True)
         self.entries: dict[str, dict] = self._saved()  # photo -> {its output (None: a failure) -> entry}
         self.mine: dict[tuple, dict] = {}  # this run's entries by (photo, output)
-        self.next_write, self.unwritten = 0.0, False  # (monotonic time) rewrites spaced by SPACING times their cost
+        self.next_write = 0.0  # (monotonic time) rewrites spaced by SPACING times their cost
+        self.unwritten: list[str] = []  # the photos added since the page was last written
         self.failed = ""  # why the page stopped being written (a full disk): the run goes on, and says it at its end
 
     def _saved(self) -> dict[str, dict]:
@@ -128,11 +135,10 @@ class Report:
         if self.failed:
             return
         if photo is not None and after is not None and outcome.status == "restored":
-            tag = hashlib.sha1("\0".join(key).encode("utf-8", "surrogateescape")).hexdigest()[:12]
             rel = self.folder.name
             if after.ndim == 3 and after.shape[2] == 2:  # gray+alpha as written: its gray
                 after = after[:, :, 0]
-            entry["before"], entry["after"] = f"{rel}/{tag}_before.jpg", f"{rel}/{tag}_after.jpg"
+            entry["before"], entry["after"] = f"{rel}/{image_name(key, 'before')}", f"{rel}/{image_name(key, 'after')}"
             entry["faces"], new = [], []
 
             def thumb(name: str, rgb: np.ndarray, size: int) -> None:
@@ -145,7 +151,7 @@ class Report:
                     thumb(entry["before"], photo.rgb8(), THUMB)
                     thumb(entry["after"], Photo(after).rgb8(), THUMB)
                     for f, r, c in zip(faces, restored, conditions or [None] * len(faces)):
-                        a, b = f"{rel}/{tag}_{f.index:02d}_a.jpg", f"{rel}/{tag}_{f.index:02d}_r.jpg"
+                        a, b = (f"{rel}/{image_name(key, f'{f.index:02d}_{part}')}" for part in "ar")
                         thumb(a, f.crop, FACE)
                         thumb(b, r, FACE)
                         entry["faces"].append({"index": f.index, "aligned": a, "restored": b, **(c or {})})
@@ -154,7 +160,7 @@ class Report:
                     image.unlink(missing_ok=True)
                 return self._stop(exc, source)
         self.entries.setdefault(source, {})[key[1]] = self.mine[key] = entry
-        self.unwritten = True
+        self.unwritten.append(source)
         if time.monotonic() >= self.next_write:
             self.write()
 
@@ -185,8 +191,8 @@ class Report:
                 atomic_write_bytes(self.folder / "entries.json", json.dumps(entries, indent=1).encode())
                 atomic_write_bytes(self.page, render(self.title, entries).encode())
         except OSError as exc:  # the page as last written stays (each file is replaced whole)
-            return self._stop(exc, next(reversed(self.mine))[0] if self.mine else str(self.page))
-        self.unwritten, self.next_write = False, time.monotonic() + self.SPACING * (time.monotonic() - started)
+            return self._stop(exc, self.unwritten[0] if self.unwritten else str(self.page))
+        self.unwritten, self.next_write = [], time.monotonic() + self.SPACING * (time.monotonic() - started)
 
 
 def _e(text) -> str:

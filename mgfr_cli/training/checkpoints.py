@@ -67,8 +67,10 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
         tmp = temp_folder_beside(final)
         try:
             (tmp / "state").mkdir(parents=True)
-            save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, tmp / "state" / "adapter.safetensors")
-            save_file({str(i): p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}, tmp / "state" / "ema.safetensors")
+            with disk_errors(tmp / "state"):
+                save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, tmp / "state" / "adapter.safetensors")
+                save_file({str(i): p.detach().contiguous() for i, p in enumerate(ema.shadow_params)},
+                          tmp / "state" / "ema.safetensors")
             torch.save(optimizer.state_dict(), tmp / "state" / "optimizer.pt")
             meta = {"step": step, "processes": accelerator.num_processes, "lr_scheduler": lr_scheduler.state_dict(),
                     "ema": {"optimization_step": ema.optimization_step, "decay": ema.decay},
@@ -80,9 +82,9 @@ def write_checkpoint(accelerator, adapter, optimizer, lr_scheduler, ema, run_dir
                 shutil.copy(saved, tmp / "config.yaml")
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            # a full disk (safetensors reports it as its own error): no partial checkpoint left, one line
-            if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
-                why = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            # a full disk: no partial checkpoint left, one line
+            if isinstance(exc, OSError):
+                why = exc.strerror or str(exc).splitlines()[0]
                 raise OutputError(f"{run_dir}: cannot write checkpoint step-{step} ({why}); nothing partial was "
                                   f"left, earlier checkpoints are kept") from None
             raise
