@@ -23,6 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mgfr_cli.files import resolved
+
 
 @dataclass
 class FaceResult:
@@ -201,7 +203,7 @@ class Restorer:
 
         from mgfr_cli.faces.reference_library import library_of
 
-        tag = hashlib.sha1(str(Path(folder).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        tag = hashlib.sha1(str(resolved(folder)).encode("utf-8", "surrogateescape")).hexdigest()[:12]
         library = library_of(Path(folder), self.helper, self.pipeline.recogniser,
                              Path(cache) if cache else Path(tempfile.gettempdir()) / f"mgfr-library-{tag}", max_megapixels)
         library.refresh()

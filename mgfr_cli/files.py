@@ -18,6 +18,25 @@ NAME_MAX = 255  # bytes in one file name (Linux and macOS file systems; Windows:
 TEMP_EXTRA = 12  # what mkstemp adds to a prefix: 8 random characters and '.tmp'
 
 
+def resolved(path) -> Path:
+    """``Path(path).resolve()``, but a symbolic link loop (``a.png -> a.png``, in a photo folder, a reference folder, a
+    sidecar's list) is resolved as far as it goes instead of raising: the file then fails where it is read, as any
+    unreadable file does ("Too many levels of symbolic links"), and never stops a whole run (Python 3.11's pathlib
+    raises RuntimeError there; 3.13's does not)."""
+    return Path(os.path.realpath(path))
+
+
+def why_missing(path) -> str:
+    """Why a named file cannot be opened: ``not found``, or the broken symbolic link it is (to nothing, or a loop)."""
+    if not os.path.islink(path):
+        return "not found"
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return f"a broken symbolic link ({exc.strerror})"
+    return "not found"
+
+
 def fit_name(name: str, tail: str = "", room: int = NAME_MAX) -> str:
     """``name + tail`` when it fits in ``room`` bytes, else ``name``'s start (whole characters) and 8 hex digits of its
     hash before ``tail``: a file mgfr names after a user's (a temporary beside it, a claim, a face crop, an output with

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from mgfr_cli.errors import OutputError
-from mgfr_cli.files import temp_prefix
+from mgfr_cli.files import resolved, temp_prefix
 
 ADAPTER_FILES = frozenset({"config.json", "diffusion_pytorch_model.safetensors", "conversion.json"})
 PAGE_MARK = '<meta name="generator" content="mgfr">'
@@ -42,11 +42,11 @@ def is_empty_dir(folder: Path) -> bool:
 
 def refuse_protected(out: Path, protected: dict[str, Path | None], flag: str = "-o") -> None:
     """Refuse ``out`` when it is, or holds, a protected path (the source, the model root, the working folder)."""
-    target = Path(out).resolve()
+    target = resolved(out)
     for what, path in protected.items():
         if path is None:
             continue
-        p = Path(path).resolve()
+        p = resolved(path)
         if p == target or target in p.parents:
             raise OutputError(f"{flag} {out}: would replace {what} ({path}); choose a new folder")
 
@@ -145,13 +145,13 @@ def recorded_output(value: str, folder: Path) -> Path:
     ``..``)."""
     path = Path(value)
     if path.is_absolute():
-        return path.resolve()
-    out = Path(folder).resolve()
+        return resolved(path)
+    out = resolved(folder)
     for base in (Path.cwd(), out, *out.parents):
-        candidate = (base / path).resolve()
+        candidate = resolved(base / path)
         if (candidate == out or out in candidate.parents) and candidate.is_file():
             return candidate
-    return path.resolve()
+    return resolved(path)
 
 
 def restore_outputs(folder: Path, names) -> set[Path] | None:

@@ -33,7 +33,7 @@ def test_no_yaml_means_defaults(tmp_path):
 @pytest.mark.parametrize("text,message", [
     ("prompt: [1, 2]\n", "key 'prompt' must be text"),
     ("promt: brown eyes\n", "unknown key 'promt'"),
-    ("refs: [nowhere.jpg]\n", "does not exist"),
+    ("refs: [nowhere.jpg]\n", "nowhere.jpg: not found"),
     ("faces:\n  x: {prompt: a}\n", "is not a face index"),
     ("faces:\n  0: {colour: red}\n", "faces.0: unknown key 'colour'"),
     ("faces:\n  0: {prompt: a}\ntracks:\n  0: {prompt: b}\n", "'faces' and 'tracks' name the same people"),
@@ -79,7 +79,7 @@ def test_folder_yaml_may_not_hold_faces(tmp_path):
 def test_expand_refs(tmp_path):
     _photo(tmp_path)
     assert [p.name for p in expand_refs((tmp_path / "refs",))] == ["a.jpg", "b.png"]
-    with pytest.raises(InputError, match="reference not found"):
+    with pytest.raises(InputError, match="missing.jpg: not found"):
         expand_refs((tmp_path / "missing.jpg",))
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no images"):

@@ -59,6 +59,8 @@ def _library(tmp_path, people, astronaut):
                                                                40, 0, 60, 0, cv2.BORDER_REFLECT))
     _save(lib / "misc" / "astronaut.png", astronaut)
     (lib / "misc" / "broken.jpg").write_text("not an image")
+    (lib / "misc" / "loop.png").symlink_to("loop.png")  # broken links: a loop, and a photo moved away
+    (lib / "misc" / "moved.jpg").symlink_to(tmp_path / "elsewhere.jpg")
     return lib
 
 
@@ -67,7 +69,8 @@ def test_each_degraded_face_finds_its_own_person_first(helper, people, astronaut
     embed = CountingEmbed()
     library = ReferenceLibrary(lib, helper, embed, tmp_path / "out" / "_library-cache")
     update = library.refresh()
-    assert [p.name for p, _ in update.unreadable] == ["broken.jpg"]  # listed, not fatal
+    assert [p.name for p, _ in update.unreadable] == ["broken.jpg", "loop.png", "moved.jpg"]  # listed, not fatal
+    assert "loop.png: cannot read (Too many levels of symbolic links)" in update.unreadable[1][1]
     assert library.cache == lib / CACHE and (lib / CACHE / "index.json").is_file()
     n_faces = len(library.rows)
     assert n_faces >= 2 * len(people) + 1 and embed.faces == n_faces

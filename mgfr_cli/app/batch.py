@@ -29,7 +29,7 @@ from mgfr_cli.app.outputs import (dropped_note, earlier_recipes, earlier_rows, e
                                   own_folders, own_outputs, recipe, refuse_outputs_onto_inputs,
                                   remove_stale_temporaries, save_face_crops, skipped_as_done)
 from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, Photo, format_drops, is_video_file, read_image, write_image
-from mgfr_cli.files import Journal, check_output_folder
+from mgfr_cli.files import Journal, check_output_folder, resolved
 
 # A photo without a face is written all the same (its background: resized by --upscale, Real-ESRGAN when asked),
 # so the output folder mirrors the inputs, as GFPGAN's and CodeFormer's do.
@@ -135,7 +135,7 @@ class BatchRestorer:
             self.notes += [f"review page: {self.reporter.note}"] if self.reporter.note else []
             for o in outcomes:
                 self.reporter.add(o)
-        inputs = {it.path.resolve() for it in items + videos}
+        inputs = {resolved(it.path) for it in items + videos}
         ref_cache: dict[Path, AlignedFace] = {}  # one run's aligned references, by file
         overrides = FlagOverrides(job.flags)  # sidecar settings the flags replaced: said after the run
         written = Journal(record)  # each output's row as it is made: a run stopped before its summary resumes
@@ -204,7 +204,7 @@ class BatchRestorer:
             target = output_path(job, item, photo)
             if drops := format_drops(photo, target.suffix):  # --ext jpg on a photo with alpha or 16 bits
                 self.drops[item.path] = drops
-            if target.resolve() in inputs:
+            if resolved(target) in inputs:
                 raise InputError(f"{item.path}: output {target} would overwrite an input; choose another -o or --suffix")
             holder = self.claims.take(item.path, target)
             if holder is not None:
@@ -245,7 +245,7 @@ class BatchRestorer:
         if left_out:
             self.own_refs[source] = None
         for path in files:
-            key = path.resolve()
+            key = resolved(path)
             if key not in cache:
                 rgb = read_reference(path, job.max_megapixels)
                 if job.has_aligned:  # aligned inputs: their references are aligned crops too

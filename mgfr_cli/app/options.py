@@ -56,9 +56,11 @@ def check_refs(refs, max_megapixels: float) -> None:
     """``--ref``: each must exist; a file must be a photo mgfr reads (it would fail every photo it is given for)."""
     from mgfr_cli.faces.conditions import read_reference
 
+    from mgfr_cli.files import why_missing
+
     for r in refs:
         if not r.exists():
-            raise MgfrError(f"--ref {r}: not found")
+            raise MgfrError(f"--ref {r}: {why_missing(r)}")
         if r.is_file():
             read_reference(r, max_megapixels)
 

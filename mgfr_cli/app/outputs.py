@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from mgfr_cli.errors import InputError, UsageError
 from mgfr_cli.faces.inputs import FAILED, InputItem, Outcome, inside
 from mgfr_cli.faces.io import Photo, output_format, plain_ext
-from mgfr_cli.files import fit_name, temp_prefix
+from mgfr_cli.files import fit_name, resolved, temp_prefix
 
 if TYPE_CHECKING:
     from mgfr_cli.app.batch import RestoreJob
@@ -21,7 +21,7 @@ def output_path(job: RestoreJob, item: InputItem, photo: Photo | None) -> Path:
     """Where ``item``'s output goes; always inside ``job.output`` (checked, whatever the suffix or glob)."""
     ext = output_format(photo, job.ext, item.path) if photo is not None else plain_ext(job.ext, item.path)
     target = named(job.output, item.relative, f"{job.suffix}.{ext}")
-    if not inside(target, job.output.resolve()):
+    if not inside(target, resolved(job.output)):
         raise InputError(f"{item.path}: its output {target} would be outside {job.output}; not written")
     return target
 
@@ -82,13 +82,13 @@ def refuse_outputs_onto_inputs(job: RestoreJob, items: list[InputItem]) -> tuple
     SMB; a hard link) is the same file too: compared by what the names point to, not by their spelling.
     An output that is *another* input (``a.jpg``'s ``a_r.jpg`` under ``--suffix _r``, where a photo of the user's has
     that name) fails that photo alone: returned are the inputs to restore and the outcomes of those that fail."""
-    by_path = {it.path.resolve(): it.path for it in items}
+    by_path = {resolved(it.path): it.path for it in items}
     by_file = {fid: it.path for it in items if (fid := _file_id(it.path)) is not None}
     clashed: dict[Path, Outcome] = {}
     for it in items:
         for candidate in output_candidates(job, it):
             fid = _file_id(candidate)
-            same = by_path.get(candidate.resolve()) or (by_file.get(fid) if fid is not None else None)
+            same = by_path.get(resolved(candidate)) or (by_file.get(fid) if fid is not None else None)
             if same is not None and _file_id(same) == _file_id(it.path):
                 raise UsageError(f"-o {job.output}: the output {candidate} would overwrite the input {same}; "
                                  f"choose another -o or a --suffix")
@@ -163,12 +163,12 @@ def recipe_text(settings, models: str, flags, upscale: float, selection, has_ali
     import json
     from dataclasses import asdict
 
-    refs = sorted(str(Path(r).resolve()) for r in flags.refs) if flags.refs else None
+    refs = sorted(str(resolved(r)) for r in flags.refs) if flags.refs else None
     sampling = {k: v for k, v in asdict(settings).items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
     what = {"settings": sampling, "models": models, "prompt": flags.prompt, "negative": flags.negative_prompt,
             "refs": refs, "ref_images": refs_mark(refs) if refs else None,  # another photo under the same name
             "upscale": upscale, "selection": asdict(selection), "has_aligned": has_aligned,
-            "library": [str(Path(library).resolve()), ref_k, ref_threshold] if library is not None else None,
+            "library": [str(resolved(library)), ref_k, ref_threshold] if library is not None else None,
             **({"face_upsample": True} if face_upsample else {})}  # added later: absent at its default
     return json.dumps(what, sort_keys=True, default=str)
 
@@ -265,6 +265,6 @@ def skipped_as_done(job: RestoreJob, source: Path, done: Path, recipes: dict) ->
     settings than this run's (another --prompt, --steps, sidecar...): listed with the way to redo it."""
     from mgfr_cli.faces.inputs import OUTPUT_EXISTS, SKIPPED
 
-    made, faceless = recipes.get(str(Path(done).resolve()), ("", False))
+    made, faceless = recipes.get(str(resolved(done)), ("", False))
     other = bool(made and job.recipe and made != recipe(job, source, faceless))
     return Outcome(source, SKIPPED, OTHER_SETTINGS if other else OUTPUT_EXISTS, done)

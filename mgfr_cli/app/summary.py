@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mgfr_cli.faces.inputs import NO_FACE, RESTORED, SKIPPED, Outcome
+from mgfr_cli.files import resolved
 from mgfr_cli.ownership import SUMMARY, recorded_output
 from mgfr_cli.ownership import SUMMARY_KEYS as ROW_KEYS
 
@@ -14,8 +15,8 @@ def source_key(path) -> str:
     """How a photo is named in every record: its resolved path, so a relative and an absolute spelling of one
     file are one photo."""
     try:
-        return str(Path(path).resolve())
-    except (OSError, RuntimeError):
+        return str(resolved(path))
+    except OSError:  # (a working folder that is gone)
         return str(Path(path).absolute())
 
 

@@ -28,6 +28,7 @@ from mgfr_cli.app.video_out import Segments, SegmentWriter
 from mgfr_cli.errors import InputError
 from mgfr_cli.faces.inputs import NO_FACE, RESTORED, Outcome
 from mgfr_cli.faces.video_io import colour_of, depth, frames, open_video, pixel_aspect
+from mgfr_cli.files import resolved
 
 SEGMENT_FRAMES = 96  # frames per encoded piece: what a stopped run keeps
 WINDOW_FRAMES = 8  # frames restored together (and held in memory) at most
@@ -96,7 +97,7 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
 
     rel = item.relative
     target = named(job.output, rel, f"{job.suffix}.mp4")
-    if target.resolve() in inputs:
+    if resolved(target) in inputs:
         return Outcome(item.path, FAILED, f"{item.path}: output {target} would overwrite an input")
     if target.exists() and not job.overwrite:
         return skipped_as_done(job, item.path, target, batch.recipes)
@@ -170,7 +171,7 @@ def restore_video(batch, job, item, target: Path, conditions, seed_per: str = "t
         broke.append(f"{bits}-bit video written as 8-bit H.264")
     st = path.stat()
     colour = colour_of(vin)
-    segments = Segments(target, "|".join(map(str, (path.resolve(), st.st_size, st.st_mtime_ns, job.seed, job.crf,
+    segments = Segments(target, "|".join(map(str, (resolved(path), st.st_size, st.st_mtime_ns, job.seed, job.crf,
                                                    job.upscale, seed_per, getattr(batch.restorer, "settings", None),
                                                    _conditions_key(conds), job.recipe, colour, aspect,
                                                    any(b.startswith("interlaced") for b in broke)))))

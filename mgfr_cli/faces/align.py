@@ -16,7 +16,7 @@ from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, Outcome, collect_in
 from mgfr_cli.errors import STOPPING_WRITE_ERRORS, MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import FaceHelper, FaceSelection
 from mgfr_cli.faces.io import read_image, write_image
-from mgfr_cli.files import Journal, atomic_write_bytes, check_output_folder, fit_name
+from mgfr_cli.files import Journal, atomic_write_bytes, check_output_folder, fit_name, resolved
 
 FIELDS = ["source", "face_index", "crop", "score", "x1", "y1", "x2", "y2"] + [
     f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in ("x", "y")] + [
@@ -112,13 +112,13 @@ def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list
         return
     rel = item.relative
     crops = [output / rel.parent / fit_name(rel.stem, f"_{f.index:02d}.png") for f in faces]
-    mine = next((c for c in crops if c.exists() and str(c.resolve()) not in written), None)
+    mine = next((c for c in crops if c.exists() and str(resolved(c)) not in written), None)
     if mine is not None:
         outcomes.append(Outcome(item.path, FAILED, f"{mine} exists and was not written by mgfr align; not replaced"))
         return
     for f, crop_path in zip(faces, crops):
         write_image(crop_path, f.crop)
-        row = {"source": str(item.path), "face_index": f.index, "crop": str(crop_path.resolve()),
+        row = {"source": str(item.path), "face_index": f.index, "crop": str(resolved(crop_path)),
                "score": round(f.score, 4),
                **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in f.box)))}
         row.update(dict(zip(FIELDS[8:18], (round(float(v), 2) for v in f.landmarks.reshape(-1)))))
@@ -154,11 +154,11 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
     rel = item.relative
     for t in tracks:
         crop_path = output / rel.parent / fit_name(rel.stem, f"_track_{t.index:02d}.png")
-        if crop_path.exists() and str(crop_path.resolve()) not in written:
+        if crop_path.exists() and str(resolved(crop_path)) not in written:
             outcomes.append(Outcome(item.path, FAILED, f"{crop_path} exists and was not written by mgfr align; not replaced"))
             return
         write_image(crop_path, firsts[t.index].crop)
-        row = {"source": str(item.path), "face_index": t.index, "crop": str(crop_path.resolve()), "score": "",
+        row = {"source": str(item.path), "face_index": t.index, "crop": str(resolved(crop_path)), "score": "",
                **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 2) for v in t.boxes[0]))),
                "frame": t.frames[0], "frames": len(t.frames)}
         row.update(dict(zip(FIELDS[8:18], (round(float(v), 2) for v in t.landmarks[0].reshape(-1)))))

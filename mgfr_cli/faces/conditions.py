@@ -20,6 +20,7 @@ from pathlib import Path
 from mgfr_cli.configs import check_keys, expect_type, read_yaml
 from mgfr_cli.errors import ConfigError, InputError
 from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, is_image_file, is_video_file, read_image, same_photo
+from mgfr_cli.files import resolved, why_missing
 
 FOLDER_YAML = "mgfr.yaml"
 _KEYS = {"prompt", "negative_prompt", "refs"}
@@ -76,7 +77,7 @@ def _parse_spec(data: dict, where: str, base_dir: Path) -> ConditionSpec:
         refs = tuple(base_dir / r for r in refs)
         for r in refs:
             if not r.exists():
-                raise ConfigError(f"{where}: key 'refs': {r} does not exist")
+                raise ConfigError(f"{where}: key 'refs': {r}: {why_missing(r)}")
     return ConditionSpec(prompt=prompt, negative_prompt=negative, refs=refs)
 
 
@@ -177,7 +178,7 @@ class FlagOverrides:
 
 def _same(value):
     """A setting as compared: references by the files they are (from the command line or a YAML's folder)."""
-    return tuple(Path(r).resolve() for r in value) if isinstance(value, tuple) else value
+    return tuple(resolved(r) for r in value) if isinstance(value, tuple) else value
 
 
 def own_references_note(photos: list[Path]) -> str:
@@ -210,11 +211,13 @@ def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None, left_o
     out: list[Path] = []
     for r in refs or ():
         if r.is_dir():
-            images = sorted(p for p in r.iterdir() if p.is_file() and is_image_file(p))
+            # (a broken link among them is read, and fails as any unreadable reference: never left out unsaid)
+            images = sorted(p for p in r.iterdir() if (p.is_file() or p.is_symlink() and not p.is_dir())
+                            and is_image_file(p))
             if not images:
                 raise InputError(f"{r}: reference folder holds no images")
             made = restore_outputs(r, [p.name for p in r.iterdir()]) or set()
-            theirs = [p for p in images if not made or p.resolve() not in made] or images  # all restore's: as asked
+            theirs = [p for p in images if not made or resolved(p) not in made] or images  # all restore's: as asked
             for p in theirs:
                 if own is None or not same_photo(p, own):
                     out.append(p)
@@ -223,7 +226,7 @@ def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None, left_o
         elif r.is_file():
             out.append(r)
         else:
-            raise InputError(f"{r}: reference not found")
+            raise InputError(f"reference {r}: {why_missing(r)}")
     return tuple(out)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Collection, Sequence
 
 from mgfr_cli.faces.io import is_image_file, is_video_file
+from mgfr_cli.files import resolved
 
 RESTORED, SKIPPED, NO_FACE, FAILED = "restored", "skipped", "no face", "failed"
 
@@ -52,8 +53,8 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None 
     """
     items: list[InputItem] = []
     missing: list[Outcome] = []
-    skip = exclude.resolve() if exclude is not None else None
-    fences = [Path(d).resolve() for d in own_dirs]
+    skip = resolved(exclude) if exclude is not None else None
+    fences = [resolved(d) for d in own_dirs]
     for spec in inputs:
         path = Path(spec)
         if path.is_dir():
@@ -68,7 +69,7 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None 
                     f"; {len(below)} in its subfolders (add --recursive)" if below else "")))
         elif path.exists() or path.is_symlink():
             items.append(InputItem(path, Path(path.name)))
-            if own and path.resolve() in {Path(p) for p in own}:  # named, not found in a folder: said
+            if own and resolved(path) in {Path(p) for p in own}:  # named, not found in a folder: said
                 missing.append(Outcome(path, SKIPPED, OWN_OUTPUT))
         elif glob.has_magic(spec):
             matches = sorted(glob.glob(spec, recursive=recursive))
@@ -87,7 +88,7 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None 
     unique = []
     for it in items:
         key = it.path.absolute()
-        if key not in seen and not (own and it.path.resolve() in own):
+        if key not in seen and not (own and resolved(it.path) in own):
             seen.add(key)
             unique.append(it)
     return _distinct_names(unique), missing
@@ -116,7 +117,7 @@ def inside(path: Path, folder: Path | None) -> bool:
     if folder is None:
         return False
     try:
-        path.resolve().relative_to(folder)
+        resolved(path).relative_to(folder)
         return True
     except ValueError:
         return False
@@ -182,4 +183,4 @@ def photos_below(folder: Path, outputs: bool = False, skip: Callable[[Path], boo
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not skip(here / d)
                              and not (listed is not None and is_restore_folder(d)))
         out += [here / n for n in filenames if not n.startswith(".") and is_image_file(here / n)]
-    return sorted(p for p in out if outputs or p.resolve() not in made)
+    return sorted(p for p in out if outputs or resolved(p) not in made)

@@ -77,7 +77,11 @@ class ReferenceLibrary:
         files, vectors = {}, []
         for path in self._images():
             rel = str(path.relative_to(self.folder))
-            st = path.stat()
+            try:
+                st = path.stat()
+            except OSError as exc:  # a broken link: said with the unreadable files
+                update.unreadable.append((path, f"{path}: cannot read ({exc.strerror})"))
+                continue
             known = old_files.get(rel)
             if known is not None and known["size"] == st.st_size and known["mtime"] == st.st_mtime_ns:
                 rows = known["rows"]

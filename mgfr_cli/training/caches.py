@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from mgfr_cli.files import resolved
+
 
 def identity_cache(dataset, identity_path: Path, device, run_dir: Path, accelerator) -> None:
     """ArcFace embeddings of every image, computed once by the main process (on its own GPU), written to
@@ -78,7 +80,7 @@ def latent_cache(dataset, base, scaling, run_dir: Path, dtype, device, accelerat
 
 def _image_key(path: Path, resolution: int, scaling: float) -> str:
     st = Path(path).stat()  # by resolved path: `--data photos` and `--data ../x/photos` (a resume elsewhere) agree
-    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{resolution}|{scaling}|flip"
+    return f"{resolved(path)}|{st.st_size}|{st.st_mtime_ns}|{resolution}|{scaling}|flip"
 
 
 def encode_latents(base, images, scaling, device, dtype):

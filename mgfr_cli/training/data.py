@@ -22,6 +22,7 @@ from mgfr_cli.training.degrade import DegradeConfig, degrade, negative_target
 from mgfr_cli.errors import ConfigError, InputError, OutputError
 from mgfr_cli.faces.io import read_image
 from mgfr_cli.faces.inputs import photos_below
+from mgfr_cli.files import resolved
 
 
 Chance = Annotated[float, Field(ge=0, le=1)]
@@ -295,7 +296,7 @@ def align_dataset(helper, src: Path, dst: Path) -> tuple[Path, list[Path]]:
 
     marker, started = dst / ".mgfr-aligned.json", dst / ".mgfr-aligning"
     images = list_images(src)
-    made_from = {"source": str(src.resolve()), "images": _listing(src, images)}  # what the copy is of
+    made_from = {"source": str(resolved(src)), "images": _listing(src, images)}  # what the copy is of
     if marker.is_file():
         made = json.loads(marker.read_text())
         if made.get("images", made_from["images"]) != made_from["images"]:  # (a copy made before this record: taken)
@@ -335,9 +336,15 @@ def _listing(src: Path, images: list[Path]) -> str:
     """The images of ``src`` by name and size (not time: a copied folder is the same data)."""
     import hashlib
 
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size
+        except OSError:  # a broken link: listed as such (it is skipped as unreadable)
+            return -1
+
     h = hashlib.sha1()
     for p in images:
-        h.update(f"{p.relative_to(src)}\0{p.stat().st_size}\0".encode("utf-8", "surrogateescape"))
+        h.update(f"{p.relative_to(src)}\0{size(p)}\0".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 
 

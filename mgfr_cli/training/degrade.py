@@ -13,6 +13,8 @@ import numpy as np
 from pydantic import AfterValidator, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
+from mgfr_cli.files import resolved
+
 
 def _ordered(pair):
     if pair[0] > pair[1]:
@@ -147,12 +149,12 @@ def degrade_inputs(inputs, output, cfg: DegradeConfig, seed: int, recursive: boo
     params = {k: v for k, v in params.items() if (output / Path(k).with_suffix(".png")).is_file()}  # still there
     written = set(params)
     items, outcomes = collect_inputs(inputs, recursive, exclude=output,
-                                     own={(output / Path(k).with_suffix(".png")).resolve() for k in written})
-    sources = {it.path.resolve() for it in items}
+                                     own={resolved(output / Path(k).with_suffix(".png")) for k in written})
+    sources = {resolved(it.path) for it in items}
     for i, item in enumerate(items):
         target = output / item.relative.with_suffix(".png")
         try:
-            if target.resolve() in sources:
+            if resolved(target) in sources:
                 raise MgfrError(f"{item.path}: its degraded copy {target} would overwrite an input; choose another -o")
             if target.exists() and str(item.relative) not in written:
                 raise MgfrError(f"{item.path}: {target} exists and was not written by mgfr degrade; not replaced")

@@ -21,6 +21,7 @@ import torch
 from mgfr_cli.errors import MgfrError
 from mgfr_cli.faces.helper import load_torch_weights
 from mgfr_cli.faces.io import read_image
+from mgfr_cli.files import resolved
 
 LPIPS_TRUNK = "alexnet-owt-7be5be79.pth"
 PSNR_CAP = 100.0  # identical images: PSNR is infinite; report this cap instead
@@ -95,13 +96,13 @@ def index_images(folder: Path, restored: bool = False) -> tuple[dict[str, Path],
     from mgfr_cli.training.data import list_images
 
     made = (restore_rows(folder, [p.name for p in Path(folder).iterdir()]) or {}) if restored else {}
-    read = {Path(s).resolve() for s in made.values()} - set(made)  # its inputs, when -o was their folder
+    read = {resolved(s) for s in made.values()} - set(made)  # its inputs, when -o was their folder
     found: dict[str, list[Path]] = {}
     for p in list_images(folder, outputs=restored):
         rel = p.relative_to(folder)
-        if is_restore_folder(rel.parts[0]) or p.resolve() in read:  # what restore keeps beside its outputs, reads
+        if is_restore_folder(rel.parts[0]) or resolved(p) in read:  # what restore keeps beside its outputs, reads
             continue
-        source = made.get(p.resolve())
+        source = made.get(resolved(p))
         found.setdefault(str(rel.parent / Path(source).stem if source else rel.with_suffix("")), []).append(p)
     index = {k: v[0] for k, v in found.items() if len(v) == 1}
     problems = [(p, f"ambiguous: {len(v)} images named {k}.* ({', '.join(q.suffix for q in v)}); rename all but one")

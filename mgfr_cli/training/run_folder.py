@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from mgfr_cli.errors import InputError, OutputError
+from mgfr_cli.files import resolved
 
 LOCK = ".mgfr-train.lock"
 BASE_RECORD = ".mgfr-base.json"  # the base a run trains against: its path and weights fingerprint
@@ -59,7 +60,7 @@ def check_base(run_dir: Path, base_path: Path, resume: bool) -> str:
 def record_base(run_dir: Path, base_path: Path, mark: str) -> None:
     from mgfr_cli.files import atomic_write_bytes
 
-    record = {"path": str(Path(base_path).resolve()), "fingerprint": mark}
+    record = {"path": str(resolved(base_path)), "fingerprint": mark}
     atomic_write_bytes(Path(run_dir) / BASE_RECORD, json.dumps(record).encode())
 
 

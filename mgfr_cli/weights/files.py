@@ -21,7 +21,7 @@ from typing import Callable
 
 from mgfr_cli.configs import check_keys, expect_type, read_yaml
 from mgfr_cli.errors import ConfigError, WeightsError
-from mgfr_cli.files import folder_lock
+from mgfr_cli.files import folder_lock, resolved
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 MANIFEST = REPO_WEIGHTS / "manifest.yaml"  # $MGFR_MANIFEST, when set, replaces it (mirrors, tests)
@@ -127,8 +127,8 @@ def _plain_relative(path: str) -> bool:
 def inside_root(root: Path, rel: str) -> Path:
     """``root / rel``, refused when it leaves ``root`` (a symbolic link inside the root pointing out, say)."""
     path = root / rel
-    real_root = root.resolve()
-    if real_root != path.resolve() and real_root not in path.resolve().parents:
+    real_root = resolved(root)
+    if real_root != resolved(path) and real_root not in resolved(path).parents:
         raise WeightsError(f"{path}: resolves outside the model root {root}; not written")
     return path
 

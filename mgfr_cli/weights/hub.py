@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from mgfr_cli.errors import WeightsError
+from mgfr_cli.files import resolved
 
 HUB_SOURCE = re.compile(r"^https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/?(?P<sub>.*)$")
 
@@ -105,7 +106,7 @@ def link_into_root(cached: Path, dest: Path, expected: str | None, what: str) ->
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_symlink():
         dest.unlink()  # a link mgfr made earlier (the cache moved, say): never a real file of the user's
-    os.symlink(cached.resolve(), dest)
+    os.symlink(resolved(cached), dest)
     return digest
 
 
@@ -114,6 +115,6 @@ def where(path: Path) -> str:
     if not path.exists():
         return "missing"
     if path.is_symlink():
-        target = path.resolve()
-        return f"HF cache ({target})" if cache_dir().resolve() in target.parents else f"link ({target})"
+        target = resolved(path)
+        return f"HF cache ({target})" if resolved(cache_dir()) in target.parents else f"link ({target})"
     return "model root"

@@ -1,0 +1,98 @@
+"""Broken symbolic links among a user's files: a link to itself (a loop) or to a file moved away. Python 3.11's
+pathlib raises RuntimeError where it resolves a loop, which stopped a whole `restore` or `degrade` with a traceback;
+a broken link is now one file that cannot be read, named with why, as any unreadable file."""
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+LOOP = "Too many levels of symbolic links"
+RUN = ("--steps", "1", "--detector", "retinaface_mobile0.25", "--device", "cpu", "--identity-guidance", "0")
+
+
+@pytest.fixture
+def photos(tmp_path, astronaut):
+    """A folder of one photo (a face), a link to itself and a link to a photo moved away."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "astro.png"), np.ascontiguousarray(astronaut[:256, 100:356, ::-1]))
+    (folder / "loop.png").symlink_to("loop.png")
+    (folder / "moved.jpg").symlink_to(tmp_path / "gone.jpg")
+    return folder
+
+
+def _rows(out: Path) -> dict:
+    return {Path(r["source"]).name: r for r in json.loads((out / "mgfr-summary.json").read_text())}
+
+
+def test_resolved_is_resolve_that_never_raises_on_a_loop(photos, monkeypatch):
+    from mgfr_cli.files import resolved
+
+    monkeypatch.chdir(photos.parent)
+    for p in (Path("photos/astro.png"), Path("photos/../photos/moved.jpg"), photos / "nothing", Path(".")):
+        assert resolved(p) == p.resolve()
+    with pytest.raises(RuntimeError):  # (what it stands in for, on this Python)
+        (photos / "loop.png").resolve()
+    assert resolved(photos / "loop.png") == photos / "loop.png"
+
+
+def test_restore_of_a_folder_or_of_a_named_link_fails_the_link_alone(tiny_root, photos, tmp_path, cli):
+    code, out, err = cli("restore", photos, "-o", tmp_path / "out", "--model-root", tiny_root, *RUN)
+    assert code == 1 and "Traceback" not in err, out + err
+    rows = _rows(tmp_path / "out")
+    assert rows["astro.png"]["status"] == "restored" and (tmp_path / "out" / "astro.png").is_file()
+    assert rows["loop.png"]["status"] == "failed" and LOOP in rows["loop.png"]["detail"]
+    moved = rows["gone.jpg"]  # (a photo is recorded as the file it is: a link by its target)
+    assert moved["status"] == "failed" and "moved.jpg: cannot read (No such file" in moved["detail"]
+    code, out, err = cli("restore", photos / "loop.png", photos / "astro.png", "-o", tmp_path / "named",
+                         "--model-root", tiny_root, *RUN)
+    assert code == 1 and _rows(tmp_path / "named")["loop.png"]["status"] == "failed", out + err
+
+
+@pytest.mark.parametrize("command", ["degrade", "align"])
+def test_degrade_and_align_fail_the_link_alone(tiny_root, photos, tmp_path, cli, command):
+    extra = ("--detector", "retinaface_mobile0.25", "--model-root", tiny_root) if command == "align" else ()
+    code, out, err = cli(command, photos, "-o", tmp_path / "out", *extra)
+    said = " ".join((out + err).split())
+    assert code == 1 and "Traceback" not in said and f"loop.png: cannot read ({LOOP})" in said, said
+    assert (tmp_path / "out" / ("astro.png" if command == "degrade" else "astro_00.png")).is_file()
+
+
+def test_a_broken_link_as_a_reference_is_named_with_why(tiny_root, photos, tmp_path, cli):
+    """--ref naming one: one line at the start. A references folder holding one: it fails the photos it is given
+    for, as any unreadable reference does (it was left out unsaid). A sidecar naming one: its key and why."""
+    ref = photos / "loop.png"
+    code, _, err = cli("restore", photos / "astro.png", "-o", tmp_path / "a", "--ref", ref, "--model-root", tiny_root,
+                       *RUN)
+    assert code == 1 and f"--ref {ref}: a broken symbolic link ({LOOP})" in " ".join(err.split()), err
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    os.link(photos / "astro.png", refs / "her.png")
+    (refs / "loop.png").symlink_to("loop.png")
+    code, out, err = cli("restore", photos / "astro.png", "-o", tmp_path / "b", "--ref", refs / "her.png", "--ref",
+                         refs, "--model-root", tiny_root, *RUN)
+    detail = _rows(tmp_path / "b")["astro.png"]["detail"]
+    assert code == 1 and f"reference {refs / 'loop.png'}: cannot read ({LOOP})" in detail, out + err
+    side = tmp_path / "side"
+    side.mkdir()
+    os.link(photos / "astro.png", side / "astro.png")
+    (side / "astro.yaml").write_text("refs: [loop.png]\n")
+    (side / "loop.png").symlink_to("loop.png")
+    code, out, err = cli("restore", side / "astro.png", "-o", tmp_path / "c", "--model-root", tiny_root, *RUN)
+    detail = _rows(tmp_path / "c")["astro.png"]["detail"]
+    assert code == 1 and f"key 'refs': {side / 'loop.png'}: a broken symbolic link ({LOOP})" in detail, out + err
+
+
+def test_training_data_with_a_broken_link_is_listed_not_a_traceback(photos, tmp_path):
+    """`train --align` lists its data by name and size: a broken link there was an OSError; it is skipped as
+    unreadable (the list of images, and whether the aligned copy is of them, still known)."""
+    from mgfr_cli.training.data import _listing, list_images, unreadable
+
+    images = list_images(photos)
+    assert [p.name for p in images] == ["astro.png", "loop.png", "moved.jpg"]
+    assert _listing(photos, images) != _listing(photos, images[:1])
+    assert [r.split(": ", 1)[0] for r in unreadable(images)] == [str(photos / "loop.png"), str(photos / "moved.jpg")]
