@@ -133,9 +133,17 @@ def _flocked(fd: int):
 
 
 def not_a_file(output: Path) -> None:
-    """Fail when ``-o`` names a file (``-o restored.jpg``, as another tool's output option may): it names a folder."""
-    if Path(output).exists() and not Path(output).is_dir():
+    """Fail when ``-o`` names a file (``-o restored.jpg``, as another tool's output option may): it names a folder.
+    One not there yet named as a photo or a clip is refused too (a folder ``restored.jpg`` was made)."""
+    from mgfr_cli.faces.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+    output = Path(output)
+    if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: is a file, not a folder (-o names the folder the outputs are written into)")
+    if not output.exists() and output.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
+        raise OutputError(f"{output}: named as a file ({output.suffix}), and -o names the folder the outputs are "
+                          f"written into, each named as its input: give a folder (one of this name is used if it "
+                          f"exists)")
 
 
 def check_output_folder(output: Path) -> None:

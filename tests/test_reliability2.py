@@ -204,6 +204,16 @@ def test_output_problems_of_align_eval_and_weights(detector_root, small, tmp_pat
     assert (tmp_path / "afile").read_text() == "x"
     code, _, err = cli("degrade", tmp_path / "in", "-o", tmp_path / "afile")
     assert code == 1 and "afile: is a file, not a folder" in err
+    # -o named as a photo or a clip, not there yet: refused, not made a folder of that name; made first, it is used
+    for command, name in (("restore", "p_restored.jpg"), ("align", "faces.PNG"), ("degrade", "lq.mp4")):
+        extra = {"restore": ("--model-root", tmp_path / "empty", "--offline"),
+                 "align": ("--model-root", tmp_path / "empty")}.get(command, ())
+        code, _, err = cli(command, tmp_path / "in", "-o", tmp_path / name, *extra)
+        assert code == 1 and f"{name}: named as a file ({Path(name).suffix}), and -o names the folder" in \
+            " ".join(err.split()) and not (tmp_path / name).exists(), err
+    (tmp_path / "lq.mp4").mkdir()
+    code, _, err = cli("degrade", tmp_path / "in", "-o", tmp_path / "lq.mp4")
+    assert code == 0 and (tmp_path / "lq.mp4" / "p.png").is_file(), err
     # a folder flag naming a file, or a library that is not there: a usage error before anything loads (the
     # recogniser's weights were asked for first, then the library said not a folder after the models loaded)
     for flag, path, said in (("--ref-library", "afile", "is a file"), ("--ref-library", "gone", "does not exist"),
