@@ -96,3 +96,24 @@ def test_training_data_with_a_broken_link_is_listed_not_a_traceback(photos, tmp_
     assert [p.name for p in images] == ["astro.png", "loop.png", "moved.jpg"]
     assert _listing(photos, images) != _listing(photos, images[:1])
     assert [r.split(": ", 1)[0] for r in unreadable(images)] == [str(photos / "loop.png"), str(photos / "moved.jpg")]
+
+
+def test_a_recursive_pattern_never_goes_into_a_linked_folder(tmp_path, monkeypatch):
+    """`restore 'photos/**/*.png' --recursive` with a link to a folder above (`again -> .`): glob followed it, and
+    listed the photo 41 times (again/again/...; two such links: without end); as the folder walk, links to folders
+    are not followed. A wildcard still never matches a hidden name; patterns without `**` are glob's."""
+    from mgfr_cli.faces.inputs import collect_inputs
+
+    folder = tmp_path / "photos"
+    (folder / "2019" / ".thumbs").mkdir(parents=True)
+    for name in ("a.png", "2019/b.png", "2019/.thumbs/b.png", "2019/.c.png"):
+        (folder / name).write_bytes(b"")
+    (folder / "again").symlink_to(".")
+    monkeypatch.chdir(tmp_path)
+    for spec in ("photos/**/*.png", str(folder / "**" / "*.png"), "photos/**"):
+        items, missing = collect_inputs([spec], recursive=True)
+        assert sorted(str(it.relative) for it in items) == ["2019/b.png", "a.png"] and not missing, spec
+    items, _ = collect_inputs(["photos"], recursive=True)
+    assert sorted(str(it.relative) for it in items) == ["2019/b.png", "a.png"]
+    items, _ = collect_inputs(["photos/*/*.png"], recursive=False)  # named levels: as the shell, through the link
+    assert sorted(str(it.relative) for it in items) == ["2019/b.png", "again/a.png"]

@@ -72,7 +72,7 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None 
             if own and resolved(path) in {Path(p) for p in own}:  # named, not found in a folder: said
                 missing.append(Outcome(path, SKIPPED, OWN_OUTPUT))
         elif glob.has_magic(spec):
-            matches = sorted(glob.glob(spec, recursive=recursive))
+            matches = _glob(spec, recursive)
             root = _glob_root(spec)
             fence = fences if inside(root, skip) else [skip]
             for m in matches:
@@ -121,6 +121,20 @@ def inside(path: Path, folder: Path | None) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _glob(pattern: str, recursive: bool) -> list[str]:
+    """``glob.glob``'s matches, but ``**`` never goes into a linked folder, as folders are walked (glob's follows
+    links: one to a folder above it, ``photos/all -> ..``, made it list without end)."""
+    if not (recursive and "**" in pattern):
+        return sorted(glob.glob(pattern, recursive=recursive))
+    root = _glob_root(pattern)
+    rest = Path(*Path(pattern).parts[len(root.parts):])
+    if rest.name == "**":  # glob's `**` at the end also lists the files (pathlib's: folders only)
+        rest = rest / "*"
+    dots = any(part.startswith(".") for part in rest.parts)  # glob's rule: a wildcard never matches a dot name
+    return sorted(str(m) for m in root.glob(str(rest))
+                  if dots or not any(part.startswith(".") for part in m.parts[len(root.parts):]))
 
 
 def _glob_root(pattern: str) -> Path:
