@@ -6,6 +6,7 @@ The cache is a folder made here in huggingface_hub's layout (``models--OWNER--RE
 
 import hashlib
 import http.server
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -151,3 +152,31 @@ def test_a_file_in_the_model_root_wins(hub_world, tiny_root, astronaut, cli):
                          "--model-root", w["root"], *ARGS)
     assert code == 0, out + err
     assert not any(p.is_symlink() for p in (w["root"] / "sd21-base").rglob("*"))
+
+
+def test_a_moved_or_cleared_cache_is_linked_again_and_a_users_own_link_is_kept(hub_world, astronaut, cli, monkeypatch):
+    """The cache the model root's links point into moved (HF_HUB_CACHE on another disk): they pointed at nothing and
+    restore failed in diffusers' words ("no file named config.json"), with no way back but deleting sd21-base by
+    hand. They are made again from the cache as it is now; a cleared cache is missing weights, said as such. A link
+    of the user's own (to a drive not mounted) is never replaced by a fetch: said, and kept."""
+    w = hub_world
+    photo = _photo(w["tmp"], astronaut)
+    run = ["--offline", "--model-root", w["root"], *ARGS]
+    assert cli("restore", photo, "-o", w["tmp"] / "out", *run)[0] == 0
+    moved = w["tmp"] / "other-disk" / "hub"
+    shutil.move(str(w["cache"]), str(moved))
+    monkeypatch.setenv("HF_HUB_CACHE", str(moved))
+    code, out, err = cli("restore", photo, "-o", w["tmp"] / "out2", *run)
+    unet = w["root"] / "sd21-base" / "unet" / "diffusion_pytorch_model.safetensors"
+    assert code == 0 and moved.resolve() in unet.resolve().parents, out + err
+    shutil.rmtree(moved)
+    code, _, err = cli("restore", photo, "-o", w["tmp"] / "out3", *run)
+    line = " ".join(err.split())
+    assert code == 1 and f"missing weights: {w['root'] / 'sd21-base'} (mgfr weights fetch sd21-base" in line, err
+    detector = w["root"] / MOBILENET.name
+    detector.unlink()
+    detector.symlink_to("/media/usb-drive/weights/" + MOBILENET.name)
+    code, _, err = cli("weights", "fetch", "retinaface_mobile0.25", "--model-root", w["root"])
+    line = " ".join(err.split())
+    assert code == 1 and "a link to /media/usb-drive/weights/" in line and "which is not there" in line, err
+    assert os.readlink(detector) == "/media/usb-drive/weights/" + MOBILENET.name

@@ -125,10 +125,11 @@ def _plain_relative(path: str) -> bool:
 
 
 def inside_root(root: Path, rel: str) -> Path:
-    """``root / rel``, refused when it leaves ``root`` (a symbolic link inside the root pointing out, say)."""
+    """``root / rel``, refused when its folder leaves ``root`` (a link to a folder inside the root pointing out, say).
+    The file itself may be a link: one is replaced, never written through."""
     path = root / rel
-    real_root = resolved(root)
-    if real_root != resolved(path) and real_root not in resolved(path).parents:
+    real_root, real = resolved(root), resolved(path.parent) / path.name
+    if real_root not in real.parents:
         raise WeightsError(f"{path}: resolves outside the model root {root}; not written")
     return path
 
@@ -265,6 +266,10 @@ def fetch_entry(entry: Entry, root: Path, *, allow_unpinned: bool = False, timeo
             status = check_entry(Entry(entry.name, entry.sources, (f,)), root, pins)[0]
             if status.state in ("verified", "present (unpinned)"):
                 continue
+            if dest.is_symlink() and not hub.is_cache_link(dest):  # the user's: never replaced by mgfr
+                raise WeightsError(f"{dest}: a link to {os.readlink(dest)}, " + (
+                    "which is not there (a drive not mounted?)" if not dest.exists() else f"which is {status.state}")
+                    + ": fix what it points to, or delete the link to fetch a copy")
             expected = f.sha256 or pins.get(f.path)
             if expected is None and not allow_unpinned:
                 raise WeightsError(f"{entry.name}: {f.path} has no pinned SHA-256 in the manifest; fetch with "

@@ -104,10 +104,16 @@ def link_into_root(cached: Path, dest: Path, expected: str | None, what: str) ->
         raise WeightsError(f"{what}: the Hugging Face cache's copy {cached} has SHA-256 {digest[:12]}..., the manifest "
                            f"says {expected[:12]}...; refused (delete it from the cache and fetch again)")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_symlink():
-        dest.unlink()  # a link mgfr made earlier (the cache moved, say): never a real file of the user's
+    if is_cache_link(dest):
+        dest.unlink()  # a link mgfr made earlier (the cache moved, say): never a file or a link of the user's
     os.symlink(resolved(cached), dest)
     return digest
+
+
+def is_cache_link(path: Path) -> bool:
+    """A link :func:`link_into_root` made: to a file of a Hugging Face cache (a blob, or a snapshot's file where the
+    cache holds no links), wherever that cache is or was (moved or cleared, the link points at nothing: made again)."""
+    return path.is_symlink() and re.search(r"(^|/)models--[^/]+/(blobs|snapshots)/", os.readlink(path)) is not None
 
 
 def where(path: Path) -> str:

@@ -86,9 +86,12 @@ def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: 
 
     missing, convert = [], []
 
+    entries = {e.name: e for e in manifest.entries}
+
     def need(path: Path, entry: str | None, hint: str):
-        if not path.exists():
-            missing.append((path, entry, hint))
+        files = entries[entry].files if entry in entries else ()
+        if not path.exists() or any((root / f.path).is_symlink() and not (root / f.path).exists() for f in files):
+            missing.append((path, entry, hint))  # (a file linked from a Hugging Face cache since moved or cleared)
 
     det_file = None
     if detector is not None:
