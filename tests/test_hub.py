@@ -173,6 +173,11 @@ def test_a_moved_or_cleared_cache_is_linked_again_and_a_users_own_link_is_kept(h
     code, _, err = cli("restore", photo, "-o", w["tmp"] / "out3", *run)
     line = " ".join(err.split())
     assert code == 1 and f"missing weights: {w['root'] / 'sd21-base'} (mgfr weights fetch sd21-base" in line, err
+    from mgfr_cli.errors import WeightsError
+    from mgfr_cli.model.base import load_base
+
+    with pytest.raises(WeightsError, match=r"file\(s\) link to nothing .*mgfr weights fetch sd21-base"):
+        load_base(w["root"] / "sd21-base")  # as train and `weights convert --base` load it
     detector = w["root"] / MOBILENET.name
     detector.unlink()
     detector.symlink_to("/media/usb-drive/weights/" + MOBILENET.name)

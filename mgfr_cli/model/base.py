@@ -7,6 +7,7 @@ benchmarks. Nothing here downloads: a missing file is a :class:`WeightsError` na
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,10 @@ def load_base(path: Path, dtype=None) -> BaseModel:
         if not (path / part).is_dir():
             raise WeightsError(f"{path}: base model folder lacks {part}/ (expected the diffusers layout "
                                f"{', '.join(p + '/' for p in BASE_PARTS)}; get it with: mgfr weights fetch sd21-base)")
+    broken = [p for p in sorted(path.rglob("*")) if p.is_symlink() and not p.exists()]
+    if broken:  # (links into a Hugging Face cache moved or cleared since: diffusers would say "no file named ...")
+        raise WeightsError(f"{path}: {len(broken)} file(s) link to nothing ({broken[0].relative_to(path)} -> "
+                           f"{os.readlink(broken[0])}); get them again with: mgfr weights fetch sd21-base")
     kw = {"torch_dtype": dtype} if dtype is not None else {}
     try:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", **kw)
