@@ -99,6 +99,32 @@ def test_a_photo_without_a_face_is_written_and_stays_done(tiny_root, photos, tmp
     assert code == 0 and text.count("made with other settings") == 2, text + err
 
 
+def test_a_photo_changed_since_its_output_was_made_is_said(tiny_root, photos, tmp_path, cli):
+    """A photo replaced by a new scan or an edit after it was restored: the rerun skipped it as done, unsaid, and its
+    output stayed the old photo's. It is listed with the way to redo it; a copy of the folder that lost the files'
+    times is the same photos (nothing listed). Older summaries (a recipe without the photo's mark) say nothing."""
+    a, b = photos
+    out = tmp_path / "out"
+    args = ("restore", tmp_path / "in", "-o", out, "--model-root", tiny_root, "--steps", "1", *ALIGN)
+    assert cli(*args)[0] == 0
+    edited = cv2.imread(str(a))
+    edited[:20] = 0  # (one band darkened: the file's size may not change, its bytes do)
+    cv2.imwrite(str(a), edited)
+    os.utime(b, ns=(1, 1))  # b's time lost (copied without -p), its bytes the same
+    code, text, err = cli(*args)
+    lines = [line for line in text.splitlines() if "earlier version" in line]
+    assert code == 0 and len(lines) == 1 and "a.png" in lines[0] and "--overwrite to redo it" in lines[0], text + err
+    rows = json.loads((out / "mgfr-summary.json").read_text())
+    for r in rows:
+        r["recipe"] = r["recipe"].split("/")[0]  # as a summary written before the photo's mark
+    (out / "mgfr-summary.json").write_text(json.dumps(rows))
+    code, text, err = cli(*args)
+    assert code == 0 and "earlier version" not in text and "other settings" not in text, text + err
+    code, text, err = cli(*args, "--overwrite")
+    assert code == 0 and "│ restored │      2 │" in text, text + err
+    assert "earlier version" not in cli(*args)[1]
+
+
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 

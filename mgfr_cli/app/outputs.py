@@ -150,6 +150,7 @@ def remove_stale_temporaries(target: Path) -> None:
 
 # -- what an output was made with: a rerun with other settings does not pass their outputs off as its own -----------
 OTHER_SETTINGS = "output exists, made with other settings (--overwrite to redo it)"
+OTHER_SOURCE = "output exists, made from an earlier version of this file (--overwrite to redo it)"
 
 
 LATER_DEFAULTS = {"control_strength": 1.0}  # settings added after outputs were made: at their default, not written
@@ -178,10 +179,11 @@ FACELESS_KEYS = ("models", "upscale", "selection", "has_aligned")  # what a phot
 
 def recipe(job: RestoreJob, source: Path, faceless: bool = False) -> str:
     """What ``source``'s output is made with: the run's settings, a clip's ``--crf`` and ``--video-noise``, the
-    text of the photo's sidecar and folder ``mgfr.yaml`` and the reference images they name; empty when the job
-    states no settings (a test's job, the web page's one photo). ``faceless``: of an output written without a face,
-    only what it depends on (the models, detector and upsampler included, the upscale, which faces are kept):
-    another ``--steps`` or ``--prompt`` does not make it "made with other settings"."""
+    text of the photo's sidecar and folder ``mgfr.yaml`` and the reference images they name; then, after a ``/``,
+    what the photo itself is (:func:`source_mark`). Empty when the job states no settings (a test's job, the web
+    page's one photo). ``faceless``: of an output written without a face, only what it depends on (the models,
+    detector and upsampler included, the upscale, which faces are kept): another ``--steps`` or ``--prompt`` does
+    not make it "made with other settings"."""
     import hashlib
     import json
 
@@ -197,16 +199,31 @@ def recipe(job: RestoreJob, source: Path, faceless: bool = False) -> str:
     h = hashlib.sha1(text.encode("utf-8", "surrogateescape"))
     if is_video_file(source):
         h.update(f"clip crf={job.crf} noise={job.video_noise}".encode())
-    if faceless:
-        return h.hexdigest()[:16]
-    for p in (sidecar_path(Path(source)), Path(source).parent / FOLDER_YAML):
+    for p in () if faceless else (sidecar_path(Path(source)), Path(source).parent / FOLDER_YAML):
         try:
             h.update(p.read_bytes()[: 1 << 20] if p is not None else b"")
             st = p.stat() if p is not None else None
         except OSError:
             st = None
         h.update(b"\0" + (refs_mark(_sidecar_refs(p, st.st_size, st.st_mtime_ns)).encode() if st is not None else b""))
-    return h.hexdigest()[:16]
+    return f"{h.hexdigest()[:16]}/{source_mark(source)}"
+
+
+def source_mark(path: Path) -> str:
+    """What a photo or clip is, read cheaply: its size and its first and last 16 KB. A new scan, an edit, a re-export
+    changes them (its output is then from an earlier version); a copy that lost its file times does not."""
+    import hashlib
+    import os
+
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(1 << 14)
+            f.seek(max(size - (1 << 14), len(head)))
+            tail = f.read(1 << 14)
+    except OSError:
+        return ""
+    return hashlib.sha1(f"{size}\0".encode() + head + tail).hexdigest()[:12]
 
 
 @lru_cache(maxsize=4096)
@@ -266,5 +283,9 @@ def skipped_as_done(job: RestoreJob, source: Path, done: Path, recipes: dict) ->
     from mgfr_cli.faces.inputs import OUTPUT_EXISTS, SKIPPED
 
     made, faceless = recipes.get(str(resolved(done)), ("", False))
-    other = bool(made and job.recipe and made != recipe(job, source, faceless))
-    return Outcome(source, SKIPPED, OTHER_SETTINGS if other else OUTPUT_EXISTS, done)
+    if not (made and job.recipe):
+        return Outcome(source, SKIPPED, OUTPUT_EXISTS, done)
+    (settings, _, was), (now, _, source_now) = made.partition("/"), recipe(job, source, faceless).partition("/")
+    detail = OTHER_SETTINGS if settings != now else OTHER_SOURCE if was and source_now and was != source_now \
+        else OUTPUT_EXISTS  # (a record of before the photo's own mark: its settings alone)
+    return Outcome(source, SKIPPED, detail, done)
