@@ -104,7 +104,7 @@ def test_batch_with_bad_inputs_keeps_going(tiny_root, astronaut, tmp_path, cli):
     assert gray.ndim == 2  # grayscale stays grayscale, in the mirrored sub-folder
     text = " ".join(out.split())
     for expected in ["empty file", "not a readable image", "truncated or corrupt", "malformed YAML",
-                     "missing.jpg does not exist", "no face detected", "reference"]:
+                     "missing.jpg: not found", "no face detected", "reference"]:
         assert expected in text, expected
     rows = {Path(r["source"]).name: r for r in json.loads((tmp_path / "out" / "mgfr-summary.json").read_text())}
     assert rows["refjunk.png"]["detail"] == f"reference {inp / 'text.jpg'}: not a readable image"  # named as such
