@@ -23,9 +23,12 @@ def read_yaml(path: Path) -> dict:
     _Loader = _loader()
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        from mgfr_cli.files import why_missing
+
+        missing = isinstance(exc, FileNotFoundError) or Path(path).is_symlink() and not Path(path).exists()
+        raise ConfigError(f"{path}: " + (why_missing(path) if missing else f"cannot read ({exc.strerror or exc})")) from None
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
     try:
         data = yaml.load(text, Loader=_Loader)

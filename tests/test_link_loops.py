@@ -117,3 +117,17 @@ def test_a_recursive_pattern_never_goes_into_a_linked_folder(tmp_path, monkeypat
     assert sorted(str(it.relative) for it in items) == ["2019/b.png", "a.png"]
     items, _ = collect_inputs(["photos/*/*.png"], recursive=False)  # named levels: as the shell, through the link
     assert sorted(str(it.relative) for it in items) == ["2019/b.png", "again/a.png"]
+
+
+def test_a_sidecar_or_folder_yaml_that_is_a_broken_link_is_said_not_passed_over(tiny_root, photos, tmp_path, cli):
+    """Sidecars linked to one shared file, then that file moved: the photos were restored without their prompt and
+    references, unsaid (a sidecar was looked for with is_file). Each fails, naming the link and why."""
+    (photos / "astro.yaml").symlink_to(tmp_path / "shared" / "prompt.yaml")
+    code, out, err = cli("restore", photos / "astro.png", "-o", tmp_path / "a", "--model-root", tiny_root, *RUN)
+    detail = _rows(tmp_path / "a")["astro.png"]["detail"]
+    assert code == 1 and detail == f"{photos / 'astro.yaml'}: a broken symbolic link (No such file or directory)", detail
+    (photos / "astro.yaml").unlink()
+    (photos / "mgfr.yaml").symlink_to("mgfr.yaml")
+    code, out, err = cli("restore", photos / "astro.png", "-o", tmp_path / "b", "--model-root", tiny_root, *RUN)
+    detail = _rows(tmp_path / "b")["astro.png"]["detail"]
+    assert code == 1 and detail == f"{photos / 'mgfr.yaml'}: a broken symbolic link ({LOOP})", detail

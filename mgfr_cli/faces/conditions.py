@@ -107,9 +107,14 @@ def sidecar_path(photo: Path) -> Path | None:
     its own: that file is the folder's defaults, for every photo there)."""
     for ext in (".yaml", ".yml"):
         p = photo.with_suffix(ext)
-        if p.is_file() and p.name != FOLDER_YAML:
+        if _there(p) and p.name != FOLDER_YAML:
             return p
     return None
+
+
+def _there(path: Path) -> bool:
+    """A YAML file, or a broken link in its place (read, it fails naming why: never passed over unsaid)."""
+    return path.is_file() or path.is_symlink() and not path.is_dir()
 
 
 def condition_sources(photo: Path, flags: ConditionSpec) -> str:
@@ -120,7 +125,7 @@ def condition_sources(photo: Path, flags: ConditionSpec) -> str:
     side = sidecar_path(photo)
     if side is not None:
         found.append(side.name)
-    if (photo.parent / FOLDER_YAML).is_file():
+    if _there(photo.parent / FOLDER_YAML):
         found.append(f"{photo.parent.name}/{FOLDER_YAML}")
     return ", ".join(found) or "defaults"
 
@@ -128,7 +133,7 @@ def condition_sources(photo: Path, flags: ConditionSpec) -> str:
 def resolve_specs(photo: Path, flags: ConditionSpec, num_faces: int) -> list[ConditionSpec]:
     """One spec per face of ``photo``, merged by the precedence in the module docstring."""
     folder_yaml = photo.parent / FOLDER_YAML
-    folder = read_sidecar(folder_yaml, allow_faces=False).top if folder_yaml.is_file() else ConditionSpec()
+    folder = read_sidecar(folder_yaml, allow_faces=False).top if _there(folder_yaml) else ConditionSpec()
     side_path = sidecar_path(photo)
     side = read_sidecar(side_path) if side_path else SidecarConditions(ConditionSpec(), {})
     clip = is_video_file(photo)  # its people are tracks, numbered in the order they first appear
