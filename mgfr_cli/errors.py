@@ -41,6 +41,8 @@ def unexpected(path, exc: Exception, doing: str = "") -> str:
     error itself is raised again, traceback and all (call it inside the ``except`` block)."""
     if os.environ.get("MGFR_DEBUG"):
         raise exc
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # (its path is the one too long: not repeated)
+        return f"{path}: {doing}a path of its output is too long for the file system ({exc.strerror}): give a shorter -o"
     return f"{path}: {doing}unexpected {type(exc).__name__}: {exc} (MGFR_DEBUG=1 for a traceback)"
 
 

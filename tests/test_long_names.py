@@ -109,3 +109,25 @@ def test_a_long_named_folder_is_replaced_through_temporary_folders_beside_it(tmp
         (tmp / "step.json").write_text(text)
         replace_folder(tmp, final, lambda p: (p / "step.json").is_file(), "a run")
     assert (final / "step.json").read_text() == "second" and os.listdir(tmp_path) == [final.name]
+
+
+def test_an_output_path_over_the_systems_limit_fails_that_photo_alone(tiny_root, astronaut, tmp_path, cli):
+    """A photo or clip deep in folders whose mirrored output path is over 4096 bytes (PATH_MAX) under -o: the look for
+    its earlier output raised ENAMETOOLONG out of the batch, a traceback that stopped every photo. It fails alone."""
+    deep = tmp_path / "in"
+    for level in range(16):
+        deep = deep / (f"{level:02d}" + "x" * 240)
+    deep.mkdir(parents=True)
+    face = np.ascontiguousarray(astronaut[:256, 100:356, ::-1])
+    cv2.imwrite(str(deep / "a.png"), face)
+    _write_clip(deep / "c.mp4", np.ascontiguousarray(cv2.resize(face, (320, 320))[..., ::-1]), frames=2)
+    cv2.imwrite(str(tmp_path / "in" / "b.png"), face)
+    out = tmp_path / ("o" * 240)
+    assert len(os.fsencode(out / deep.relative_to(tmp_path / "in") / "a.png")) > 4096
+    code, text, err = cli("restore", tmp_path / "in", "-r", "-o", out, "--model-root", tiny_root, *FAST)
+    rows = {os.path.basename(r["source"]): r for r in json.loads((out / "mgfr-summary.json").read_text())}
+    assert code == 1 and "Traceback" not in err and rows["b.png"]["status"] == "restored", text + err
+    for name in ("a.png", "c.mp4"):  # a photo, and a clip (its own path through the batch)
+        assert rows[name]["status"] == "failed"
+        assert rows[name]["detail"].endswith(": a path of its output is too long for the file system (File name too "
+                                             "long): give a shorter -o")

@@ -192,10 +192,10 @@ class BatchRestorer:
 
     # -- CPU side: read, detect, align, resolve conditions -------------------------------------
     def _prepare(self, job: RestoreJob, item: InputItem, inputs: set[Path], ref_cache: dict) -> _Prepared:
-        done = None if job.overwrite else existing_output(job, item)
-        if done is not None:
-            return _Prepared(item, done, outcome=skipped_as_done(job, item.path, done, self.recipes))
         try:
+            done = None if job.overwrite else existing_output(job, item)
+            if done is not None:
+                return _Prepared(item, done, outcome=skipped_as_done(job, item.path, done, self.recipes))
             photo = read_image(item.path, job.max_megapixels)
             out_mp = photo.width * photo.height * max(job.upscale, 1.0) ** 2 / 1e6
             if out_mp > job.max_megapixels:  # the upscaled output counts too: it is what gets allocated

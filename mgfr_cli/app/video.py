@@ -90,20 +90,17 @@ def _background(iterator, size: int = QUEUE_FRAMES):
 
 def restore_clip(batch, job, item, inputs: set) -> Outcome:
     """One clip of a batch, whole; its output is ``OUT/<name>.mp4``, skipped when it exists (a resumed run)."""
+    import errno
+
     from mgfr_cli.errors import STOPPING_WRITE_ERRORS, MgfrError, OutputError, unexpected
     from mgfr_cli.faces.conditions import FaceConditions, resolve_specs
     from mgfr_cli.app.outputs import named, skipped_as_done
     from mgfr_cli.faces.inputs import FAILED
 
-    rel = item.relative
-    target = named(job.output, rel, f"{job.suffix}.mp4")
-    if resolved(target) in inputs:
-        return Outcome(item.path, FAILED, f"{item.path}: output {target} would overwrite an input")
-    if target.exists() and not job.overwrite:
-        return skipped_as_done(job, item.path, target, batch.recipes)
     if job.has_aligned:
         return Outcome(item.path, FAILED, f"{item.path}: a clip is not an aligned face (--has-aligned is for 512 "
                                           f"face crops): restore clips without it")
+    target = named(job.output, item.relative, f"{job.suffix}.mp4")
 
     def conditions(tracks: list, crops: dict, total: int) -> dict:
         """Each track's conditions, by its number among the clip's ``total`` tracks (kept or not); a track without
@@ -115,6 +112,10 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
                                     batch._references(specs[t.index], job, cache)) for t in tracks}
 
     try:
+        if resolved(target) in inputs:
+            return Outcome(item.path, FAILED, f"{item.path}: output {target} would overwrite an input")
+        if target.exists() and not job.overwrite:
+            return skipped_as_done(job, item.path, target, batch.recipes)
         return restore_video(batch, job, item, target, conditions, job.video_noise)
     except MgfrError as exc:
         return Outcome(item.path, FAILED, str(exc))
@@ -122,7 +123,8 @@ def restore_clip(batch, job, item, inputs: set) -> Outcome:
         if exc.errno in STOPPING_WRITE_ERRORS:
             raise OutputError(f"{job.output}: cannot write outputs ({exc.strerror}); stopped, inputs untouched, "
                               f"finished outputs kept") from None
-        return Outcome(item.path, FAILED, f"{item.path}: {exc.strerror or exc}")
+        return Outcome(item.path, FAILED, unexpected(item.path, exc) if exc.errno == errno.ENAMETOOLONG
+                       else f"{item.path}: {exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - in a batch, one clip's surprise (PyAV's, FFmpeg's) must not stop the rest
         return Outcome(item.path, FAILED, unexpected(item.path, exc) + "; the pieces written are kept for a rerun")
 
