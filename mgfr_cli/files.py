@@ -140,6 +140,8 @@ def not_a_file(output: Path) -> None:
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: is a file, not a folder (-o names the folder the outputs are written into)")
+    if output.is_symlink() and not output.exists():  # (mkdir said "File exists")
+        raise OutputError(f"{output}: {why_missing(output)}: -o names the folder the outputs are written into")
     if not output.exists() and output.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
         raise OutputError(f"{output}: named as a file ({output.suffix}), and -o names the folder the outputs are "
                           f"written into, each named as its input: give a folder (one of this name is used if it "

@@ -131,3 +131,14 @@ def test_a_sidecar_or_folder_yaml_that_is_a_broken_link_is_said_not_passed_over(
     code, out, err = cli("restore", photos / "astro.png", "-o", tmp_path / "b", "--model-root", tiny_root, *RUN)
     detail = _rows(tmp_path / "b")["astro.png"]["detail"]
     assert code == 1 and detail == f"{photos / 'mgfr.yaml'}: a broken symbolic link ({LOOP})", detail
+
+
+@pytest.mark.parametrize("command", ["restore", "align", "degrade"])
+def test_an_output_folder_that_is_a_broken_link_is_said_so(tiny_root, photos, tmp_path, cli, command):
+    """-o a link to a drive not mounted: it said `output folder is not writable (File exists)`."""
+    out = tmp_path / "out"
+    out.symlink_to("/media/usb-drive/restored")
+    extra = {"restore": ("--model-root", tiny_root, *RUN), "align": ("--model-root", tiny_root)}.get(command, ())
+    code, _, err = cli(command, photos / "astro.png", "-o", out, *extra)
+    assert code == 1 and f"{out}: a broken symbolic link (No such file or directory): -o names the folder" in \
+        " ".join(err.split()), err
