@@ -142,3 +142,17 @@ def test_an_output_folder_that_is_a_broken_link_is_said_so(tiny_root, photos, tm
     code, _, err = cli(command, photos / "astro.png", "-o", out, *extra)
     assert code == 1 and f"{out}: a broken symbolic link (No such file or directory): -o names the folder" in \
         " ".join(err.split()), err
+
+
+def test_a_model_root_that_is_a_broken_link_is_said_so(tmp_path, cli, monkeypatch):
+    """Weights kept on a drive not mounted: every weight was "missing" and a fetch said it could not write there."""
+    root = tmp_path / "weights"
+    root.symlink_to("/media/usb-drive/mgfr-weights")
+    said = f"the model root {root}: a broken symbolic link (No such file or directory): mount or fix what it points to"
+    for args in (("weights", "list", "--model-root", root), ("restore", tmp_path, "-o", tmp_path / "o", "--offline",
+                                                               "--model-root", root)):
+        code, _, err = cli(*args)
+        assert code == 1 and said in " ".join(err.split()), err
+    monkeypatch.setenv("MGFR_HOME", str(root))
+    code, _, err = cli("weights", "list")
+    assert code == 1 and said in " ".join(err.split()), err
