@@ -185,3 +185,17 @@ def test_a_moved_or_cleared_cache_is_linked_again_and_a_users_own_link_is_kept(h
     line = " ".join(err.split())
     assert code == 1 and "a link to /media/usb-drive/weights/" in line and "which is not there" in line, err
     assert os.readlink(detector) == "/media/usb-drive/weights/" + MOBILENET.name
+
+
+def test_a_file_that_fails_its_hash_is_replaced_by_the_caches_verified_copy(hub_world, tiny_root, cli, monkeypatch):
+    """`weights fetch` over a model-root file whose SHA-256 is not the manifest's, with the right one in the cache:
+    os.symlink met the file and raised FileExistsError (a traceback). It is replaced, as a download replaces one."""
+    w = hub_world
+    shutil.copytree(tiny_root / "sd21-base", w["root"] / "sd21-base")
+    wrong = w["root"] / "sd21-base" / "vae" / "config.json"
+    wrong.write_text(wrong.read_text() + " ")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = cli("weights", "fetch", "sd21-base", "--model-root", w["root"])
+    assert code == 0 and "Traceback" not in err, out + err
+    assert wrong.is_symlink() and hashlib.sha256(wrong.read_bytes()).hexdigest() == w["digest"]["vae/config.json"]
+    assert not [p for p in wrong.parent.iterdir() if p.name.startswith(".")]  # the link made beside it: moved in

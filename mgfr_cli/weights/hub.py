@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from mgfr_cli.errors import WeightsError
-from mgfr_cli.files import resolved
+from mgfr_cli.files import resolved, temp_prefix
 
 HUB_SOURCE = re.compile(r"^https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/?(?P<sub>.*)$")
 
@@ -104,9 +104,10 @@ def link_into_root(cached: Path, dest: Path, expected: str | None, what: str) ->
         raise WeightsError(f"{what}: the Hugging Face cache's copy {cached} has SHA-256 {digest[:12]}..., the manifest "
                            f"says {expected[:12]}...; refused (delete it from the cache and fetch again)")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if is_cache_link(dest):
-        dest.unlink()  # a link mgfr made earlier (the cache moved, say): never a file or a link of the user's
-    os.symlink(resolved(cached), dest)
+    made = dest.with_name(f"{temp_prefix(dest)}{os.getpid()}.tmp")  # (where the link is made, then moved in place)
+    made.unlink(missing_ok=True)
+    os.symlink(resolved(cached), made)
+    os.replace(made, dest)  # over a link made earlier (the cache moved) or a file that failed its hash, as a download
     return digest
 
 
