@@ -117,6 +117,10 @@ def test_a_recursive_pattern_never_goes_into_a_linked_folder(tmp_path, monkeypat
     assert sorted(str(it.relative) for it in items) == ["2019/b.png", "a.png"]
     items, _ = collect_inputs(["photos/*/*.png"], recursive=False)  # named levels: as the shell, through the link
     assert sorted(str(it.relative) for it in items) == ["2019/b.png", "again/a.png"]
+    (folder / "moved.png").symlink_to(tmp_path / "gone.png")  # a broken link: an input (it fails, said) as in a folder
+    for spec in ("photos/*.png", "photos/**/*.png", "photos"):
+        items, _ = collect_inputs([spec], recursive=True)
+        assert "moved.png" in [str(it.relative) for it in items], spec
 
 
 def test_a_sidecar_or_folder_yaml_that_is_a_broken_link_is_said_not_passed_over(tiny_root, photos, tmp_path, cli):

@@ -77,7 +77,8 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None 
             fence = fences if inside(root, skip) else [skip]
             for m in matches:
                 mp = Path(m)
-                if mp.is_file() and (is_image_file(mp) or is_video_file(mp)) and not any(inside(mp, f) for f in fence):
+                there = mp.is_file() or mp.is_symlink() and not mp.is_dir()  # (a broken link fails, as in a folder)
+                if there and (is_image_file(mp) or is_video_file(mp)) and not any(inside(mp, f) for f in fence):
                     items.append(InputItem(mp, _relative(mp, root)))
             if not matches:
                 missing.append(Outcome(path, FAILED, "no file matches this pattern"))
