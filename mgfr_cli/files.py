@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from mgfr_cli.errors import OutputError
@@ -53,15 +53,30 @@ def fit_name(name: str, tail: str = "", room: int = NAME_MAX) -> str:
     return f"{head}~{hashlib.sha1(os.fsencode(name)).hexdigest()[:8]}{tail}"
 
 
+def name_max(folder: Path) -> int:
+    """Bytes a file name may have in ``folder``: its file system's limit, at most :data:`NAME_MAX` (eCryptfs, the
+    encrypted home folder of older Ubuntu installs, allows 143); asked of the nearest folder there is above it."""
+    there = Path(folder).absolute()
+    while there != there.parent:
+        with suppress(OSError):  # (a path too long to ask about: the folder above is asked)
+            if there.is_dir():
+                break
+        there = there.parent
+    try:
+        return min(NAME_MAX, os.pathconf(there, "PC_NAME_MAX"))
+    except (OSError, ValueError):  # (a system that cannot say)
+        return NAME_MAX
+
+
 def hidden_beside(target: Path, tag: str) -> Path:
     """mgfr's own hidden file for ``target`` in its folder: ``.<name><tag>``, the name shortened where that would not
     fit."""
-    return target.with_name("." + fit_name(target.name, tag, NAME_MAX - 1))
+    return target.with_name("." + fit_name(target.name, tag, name_max(target.parent) - 1))
 
 
 def temp_prefix(target: Path) -> str:
     """The start of the name of every temporary file made for ``target`` (``.<name>.``, shortened to fit)."""
-    return "." + fit_name(target.name, ".", NAME_MAX - 1 - TEMP_EXTRA)
+    return "." + fit_name(target.name, ".", name_max(target.parent) - 1 - TEMP_EXTRA)
 
 
 def _umask() -> int:

@@ -131,3 +131,52 @@ def test_an_output_path_over_the_systems_limit_fails_that_photo_alone(tiny_root,
         assert rows[name]["status"] == "failed"
         assert rows[name]["detail"].endswith(": a path of its output is too long for the file system (File name too "
                                              "long): give a shorter -o")
+
+
+@pytest.fixture
+def ecryptfs(tmp_path, monkeypatch):
+    """A folder whose file system takes names of 143 bytes at most (eCryptfs, the encrypted home folder of older
+    Ubuntu installs): every call that names a file there refuses a longer name, as the kernel does."""
+    import errno
+
+    home = tmp_path / "home"
+    home.mkdir()
+    limit, real_pathconf = 143, os.pathconf
+
+    def check(path):
+        path = os.fsencode(os.path.abspath(os.fsdecode(path))) if isinstance(path, (str, bytes, os.PathLike)) else b""
+        if path.startswith(os.fsencode(str(home))) and any(len(p) > limit for p in path.split(b"/")):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), os.fsdecode(path))
+
+    for name in ("open", "mkdir", "stat", "lstat", "replace", "rename", "unlink", "rmdir"):
+        real = getattr(os, name)
+
+        def guarded(path, *args, _real=real, **kwargs):
+            check(path)
+            for other in args[:1]:  # (replace and rename: the target too)
+                if isinstance(other, (str, bytes, os.PathLike)):
+                    check(other)
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, guarded)
+    monkeypatch.setattr(os, "pathconf", lambda p, n: limit if n == "PC_NAME_MAX" and str(p).startswith(str(home))
+                        else real_pathconf(p, n))
+    return home
+
+
+def test_names_are_fitted_to_the_output_folders_own_limit(tiny_root, astronaut, tmp_path, cli, ecryptfs):
+    """A photo named in 200 bytes (it fits 255: an ordinary disk), restored into an eCryptfs home: its output, the
+    temporary it is written through, its claim, its saved faces and align's crops had names fitted to 255 bytes, which
+    that file system refuses. Each is fitted to the folder's own limit (os.pathconf), and the rerun finds them."""
+    name = "p" * 196 + ".png"
+    cv2.imwrite(str(tmp_path / name), np.ascontiguousarray(astronaut[:256, 100:356, ::-1]))
+    out = ecryptfs / "restored"
+    code, text, err = cli("restore", tmp_path / name, "-o", out, "--model-root", tiny_root, "--save-faces", *FAST)
+    assert code == 0 and "│ restored │      1 │" in text, text + err
+    made = [p for p in out.rglob("*") if p.is_file()]
+    assert len(made) >= 4 and all(len(os.fsencode(p.name)) <= 143 for p in made), made  # output, summary, 2 faces
+    code, text, err = cli("restore", tmp_path / name, "-o", out, "--model-root", tiny_root, *FAST)
+    assert code == 0 and "│ skipped  │      1 │" in text, text + err
+    code, text, err = cli("align", tmp_path / name, "-o", ecryptfs / "crops", "--model-root", tiny_root, *FAST[2:4])
+    crops = list((ecryptfs / "crops").glob("p*.png"))
+    assert code == 0 and len(crops) == 1 and len(os.fsencode(crops[0].name)) <= 143, text + err

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from mgfr_cli.errors import InputError, UsageError
 from mgfr_cli.faces.inputs import FAILED, InputItem, Outcome, inside
 from mgfr_cli.faces.io import Photo, output_format, plain_ext
-from mgfr_cli.files import fit_name, resolved, temp_prefix
+from mgfr_cli.files import fit_name, name_max, resolved, temp_prefix
 
 if TYPE_CHECKING:
     from mgfr_cli.app.batch import RestoreJob
@@ -41,7 +41,7 @@ def output_candidates(job: RestoreJob, item: InputItem) -> list[Path]:
 def named(folder: Path, rel: Path, tail: str) -> Path:
     """``folder/rel``'s folder, and ``rel``'s stem with ``tail`` (a suffix and extension) as its name, shortened where
     a name that long cannot be made (the stem's start and a hash: a long input name still gets its output)."""
-    return folder / rel.parent / fit_name(rel.stem, tail)
+    return folder / rel.parent / fit_name(rel.stem, tail, name_max(folder / rel.parent))
 
 
 def earlier_rows(path: Path) -> list[dict]:

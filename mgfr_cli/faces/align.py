@@ -16,7 +16,7 @@ from mgfr_cli.faces.inputs import FAILED, NO_FACE, RESTORED, Outcome, collect_in
 from mgfr_cli.errors import STOPPING_WRITE_ERRORS, MgfrError, OutputError, unexpected
 from mgfr_cli.faces.helper import FaceHelper, FaceSelection
 from mgfr_cli.faces.io import read_image, write_image
-from mgfr_cli.files import Journal, atomic_write_bytes, check_output_folder, fit_name, resolved
+from mgfr_cli.files import Journal, atomic_write_bytes, check_output_folder, fit_name, name_max, resolved
 
 FIELDS = ["source", "face_index", "crop", "score", "x1", "y1", "x2", "y2"] + [
     f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in ("x", "y")] + [
@@ -111,7 +111,8 @@ def _align_one(helper, item, output: Path, selection, max_megapixels, rows: list
         outcomes.append(Outcome(item.path, NO_FACE, selection.none_kept(found) or "no face detected"))
         return
     rel = item.relative
-    crops = [output / rel.parent / fit_name(rel.stem, f"_{f.index:02d}.png") for f in faces]
+    crops = [output / rel.parent / fit_name(rel.stem, f"_{f.index:02d}.png", name_max(output / rel.parent))
+             for f in faces]
     mine = next((c for c in crops if c.exists() and str(resolved(c)) not in written), None)
     if mine is not None:
         outcomes.append(Outcome(item.path, FAILED, f"{mine} exists and was not written by mgfr align; not replaced"))
@@ -153,7 +154,8 @@ def _align_video(helper, item, output: Path, selection, max_megapixels, rows: li
         return
     rel = item.relative
     for t in tracks:
-        crop_path = output / rel.parent / fit_name(rel.stem, f"_track_{t.index:02d}.png")
+        folder = output / rel.parent
+        crop_path = folder / fit_name(rel.stem, f"_track_{t.index:02d}.png", name_max(folder))
         if crop_path.exists() and str(resolved(crop_path)) not in written:
             outcomes.append(Outcome(item.path, FAILED, f"{crop_path} exists and was not written by mgfr align; not replaced"))
             return
