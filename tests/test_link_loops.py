@@ -4,6 +4,7 @@ a broken link is now one file that cannot be read, named with why, as any unread
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -35,8 +36,9 @@ def test_resolved_is_resolve_that_never_raises_on_a_loop(photos, monkeypatch):
     monkeypatch.chdir(photos.parent)
     for p in (Path("photos/astro.png"), Path("photos/../photos/moved.jpg"), photos / "nothing", Path(".")):
         assert resolved(p) == p.resolve()
-    with pytest.raises(RuntimeError):  # (what it stands in for, on this Python)
-        (photos / "loop.png").resolve()
+    if sys.version_info < (3, 13):  # (what it stands in for: 3.13's pathlib no longer raises)
+        with pytest.raises(RuntimeError):
+            (photos / "loop.png").resolve()
     assert resolved(photos / "loop.png") == photos / "loop.png"
 
 
