@@ -26,8 +26,8 @@ def read_yaml(path: Path) -> dict:
     except OSError as exc:
         from mgfr_cli.files import why_missing
 
-        missing = isinstance(exc, FileNotFoundError) or Path(path).is_symlink() and not Path(path).exists()
-        raise ConfigError(f"{path}: " + (why_missing(path) if missing else f"cannot read ({exc.strerror or exc})")) from None
+        why = why_missing(path) if not Path(path).exists() else f"cannot read ({exc.strerror or exc})"
+        raise ConfigError(f"{path}: {why}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
     try:

@@ -26,6 +26,16 @@ def resolved(path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def is_broken_link(path) -> bool:
+    """A symbolic link to nothing (a file moved away, a drive not mounted) or to itself."""
+    return os.path.islink(path) and not os.path.exists(path)
+
+
+def is_file_or_link(path) -> bool:
+    """A file, or a link that is no folder (a broken one included: read, it fails saying why, never passed over)."""
+    return Path(path).is_file() or os.path.islink(path) and not os.path.isdir(path)
+
+
 def why_missing(path) -> str:
     """Why a named file cannot be opened: ``not found``, or the broken symbolic link it is (to nothing, or a loop)."""
     if not os.path.islink(path):
@@ -155,7 +165,7 @@ def not_a_file(output: Path) -> None:
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: is a file, not a folder (-o names the folder the outputs are written into)")
-    if output.is_symlink() and not output.exists():  # (mkdir said "File exists")
+    if is_broken_link(output):  # (mkdir said "File exists")
         raise OutputError(f"{output}: {why_missing(output)}: -o names the folder the outputs are written into")
     if not output.exists() and output.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
         raise OutputError(f"{output}: named as a file ({output.suffix}), and -o names the folder the outputs are "

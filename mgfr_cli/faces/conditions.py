@@ -20,7 +20,7 @@ from pathlib import Path
 from mgfr_cli.configs import check_keys, expect_type, read_yaml
 from mgfr_cli.errors import ConfigError, InputError
 from mgfr_cli.faces.io import DEFAULT_MAX_MEGAPIXELS, is_image_file, is_video_file, read_image, same_photo
-from mgfr_cli.files import resolved, why_missing
+from mgfr_cli.files import is_file_or_link, resolved, why_missing
 
 FOLDER_YAML = "mgfr.yaml"
 _KEYS = {"prompt", "negative_prompt", "refs"}
@@ -107,14 +107,9 @@ def sidecar_path(photo: Path) -> Path | None:
     its own: that file is the folder's defaults, for every photo there)."""
     for ext in (".yaml", ".yml"):
         p = photo.with_suffix(ext)
-        if _there(p) and p.name != FOLDER_YAML:
+        if is_file_or_link(p) and p.name != FOLDER_YAML:
             return p
     return None
-
-
-def _there(path: Path) -> bool:
-    """A YAML file, or a broken link in its place (read, it fails naming why: never passed over unsaid)."""
-    return path.is_file() or path.is_symlink() and not path.is_dir()
 
 
 def condition_sources(photo: Path, flags: ConditionSpec) -> str:
@@ -125,7 +120,7 @@ def condition_sources(photo: Path, flags: ConditionSpec) -> str:
     side = sidecar_path(photo)
     if side is not None:
         found.append(side.name)
-    if _there(photo.parent / FOLDER_YAML):
+    if is_file_or_link(photo.parent / FOLDER_YAML):
         found.append(f"{photo.parent.name}/{FOLDER_YAML}")
     return ", ".join(found) or "defaults"
 
@@ -133,7 +128,7 @@ def condition_sources(photo: Path, flags: ConditionSpec) -> str:
 def resolve_specs(photo: Path, flags: ConditionSpec, num_faces: int) -> list[ConditionSpec]:
     """One spec per face of ``photo``, merged by the precedence in the module docstring."""
     folder_yaml = photo.parent / FOLDER_YAML
-    folder = read_sidecar(folder_yaml, allow_faces=False).top if _there(folder_yaml) else ConditionSpec()
+    folder = read_sidecar(folder_yaml, allow_faces=False).top if is_file_or_link(folder_yaml) else ConditionSpec()
     side_path = sidecar_path(photo)
     side = read_sidecar(side_path) if side_path else SidecarConditions(ConditionSpec(), {})
     clip = is_video_file(photo)  # its people are tracks, numbered in the order they first appear
@@ -217,8 +212,7 @@ def expand_refs(refs: tuple[Path, ...] | None, photo: Path | None = None, left_o
     for r in refs or ():
         if r.is_dir():
             # (a broken link among them is read, and fails as any unreadable reference: never left out unsaid)
-            images = sorted(p for p in r.iterdir() if (p.is_file() or p.is_symlink() and not p.is_dir())
-                            and is_image_file(p))
+            images = sorted(p for p in r.iterdir() if is_file_or_link(p) and is_image_file(p))
             if not images:
                 raise InputError(f"{r}: reference folder holds no images")
             made = restore_outputs(r, [p.name for p in r.iterdir()]) or set()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Collection, Sequence
 
 from mgfr_cli.faces.io import is_image_file, is_video_file
-from mgfr_cli.files import resolved
+from mgfr_cli.files import is_file_or_link, resolved
 
 RESTORED, SKIPPED, NO_FACE, FAILED = "restored", "skipped", "no face", "failed"
 
@@ -77,8 +77,8 @@ def collect_inputs(inputs: Sequence[str], recursive: bool, exclude: Path | None 
             fence = fences if inside(root, skip) else [skip]
             for m in matches:
                 mp = Path(m)
-                there = mp.is_file() or mp.is_symlink() and not mp.is_dir()  # (a broken link fails, as in a folder)
-                if there and (is_image_file(mp) or is_video_file(mp)) and not any(inside(mp, f) for f in fence):
+                if is_file_or_link(mp) and (is_image_file(mp) or is_video_file(mp)) \
+                        and not any(inside(mp, f) for f in fence):  # (a broken link fails, as in a folder)
                     items.append(InputItem(mp, _relative(mp, root)))
             if not matches:
                 missing.append(Outcome(path, FAILED, "no file matches this pattern"))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mgfr_cli.configs import ModelConfig
 from mgfr_cli.errors import WeightsError
+from mgfr_cli.files import is_broken_link
 
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SEPARATORS = " \t\n,;"  # not said at the start of a prompt's words that were cut
@@ -101,7 +102,7 @@ def load_base(path: Path, dtype=None) -> BaseModel:
         if not (path / part).is_dir():
             raise WeightsError(f"{path}: base model folder lacks {part}/ (expected the diffusers layout "
                                f"{', '.join(p + '/' for p in BASE_PARTS)}; get it with: mgfr weights fetch sd21-base)")
-    broken = [p for p in sorted(path.rglob("*")) if p.is_symlink() and not p.exists()]
+    broken = [p for p in sorted(path.rglob("*")) if is_broken_link(p)]
     if broken:  # (links into a Hugging Face cache moved or cleared since: diffusers would say "no file named ...")
         raise WeightsError(f"{path}: {len(broken)} file(s) link to nothing ({broken[0].relative_to(path)} -> "
                            f"{os.readlink(broken[0])}); get them again with: mgfr weights fetch sd21-base")

@@ -21,7 +21,7 @@ from typing import Callable
 
 from mgfr_cli.configs import check_keys, expect_type, read_yaml
 from mgfr_cli.errors import ConfigError, WeightsError
-from mgfr_cli.files import folder_lock, resolved, why_missing
+from mgfr_cli.files import folder_lock, is_broken_link, resolved, why_missing
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 MANIFEST = REPO_WEIGHTS / "manifest.yaml"  # $MGFR_MANIFEST, when set, replaces it (mirrors, tests)
@@ -139,7 +139,7 @@ def resolve_root(model_root: Path | None = None) -> Path:
     a drive not mounted) is said so: every weight in it would be "missing", and a fetch could not write there."""
     env = os.environ.get("MGFR_HOME")
     root = Path(model_root) if model_root is not None else Path(env) if env else REPO_WEIGHTS
-    if root.is_symlink() and not root.exists():
+    if is_broken_link(root):
         raise WeightsError(f"the model root {root}: {why_missing(root)}: mount or fix what it points to, or give "
                            f"--model-root (or $MGFR_HOME)")
     return root

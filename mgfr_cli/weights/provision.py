@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from mgfr_cli.errors import ConfigError, WeightsError
+from mgfr_cli.files import is_broken_link
 from mgfr_cli.weights.files import Entry, Manifest, fetch_entry, read_pins
 
 MGFR_ADAPTER = "mgfr-adapter"
@@ -90,7 +91,7 @@ def plan_restore(root: Path, manifest: Manifest, *, detector: str | None, base: 
 
     def need(path: Path, entry: str | None, hint: str):
         files = entries[entry].files if entry in entries else ()
-        if not path.exists() or any((root / f.path).is_symlink() and not (root / f.path).exists() for f in files):
+        if not path.exists() or any(is_broken_link(root / f.path) for f in files):
             missing.append((path, entry, hint))  # (a file linked from a Hugging Face cache since moved or cleared)
 
     det_file = None
